@@ -1,0 +1,238 @@
+"""`ballast agent`: one per host — registers the node, runs its instances, reports.
+
+The agent is level-triggered: each assignments answer from the control plane
+is the whole desired set for this node, and the agent converges to it
+(start what is missing, stop what is retired or unknown). It keeps a small
+state file so that after a restart it adopts running instances instead of
+restarting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ballast import __version__
+from ballast.agent.artifacts import ArtifactCache
+from ballast.agent.procs import adopt
+from ballast.agent.state import LocalInstance, StateFile
+from ballast.agent.supervisor import NodeIdentity, Supervisor
+from ballast.client import ApiError, Client, Unreachable
+
+log = logging.getLogger("ballast.agent")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    server: str
+    token: str
+    name: str
+    ip: str
+    cell: str
+    data_dir: Path
+    cpu_millis: int
+    memory_bytes: int
+    port_range: tuple[int, int] = (20000, 29999)
+    heartbeat_seconds: float = 2.0
+    stop_instances_on_exit: bool = False
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.client = Client(settings.server, settings.token, timeout=40.0)
+        self.http = httpx.AsyncClient()
+        self.state = StateFile(settings.data_dir / "state.json")
+        self.local: dict[str, LocalInstance] = self.state.load()
+        self.supervisors: dict[str, Supervisor] = {}
+        self.stopped_ids: set[str] = set()
+        self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
+        self.node: NodeIdentity | None = None
+        self._changed = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._register(stop)
+        if stop.is_set():
+            return await self._shutdown()
+        tasks = [asyncio.create_task(self._assignment_loop(stop)), asyncio.create_task(self._report_loop(stop))]
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._shutdown()
+
+    async def _register(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        body = {"cell": s.cell, "ip": s.ip, "cpuMillis": s.cpu_millis, "memoryBytes": s.memory_bytes,
+                "agentVersion": __version__}
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self.client.put(f"/v1/nodes/{s.name}", body)
+                cell = await self.client.get(f"/v1/cells/{s.cell}")
+                self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir)
+                log.info("node %s registered in cell %s", s.name, s.cell)
+                return
+            except (Unreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status in (401, 403, 422):
+                    raise
+                log.warning("registration failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _shutdown(self) -> None:
+        sups = list(self.supervisors.values())
+        if self.settings.stop_instances_on_exit:
+            await asyncio.gather(*(s.stop() for s in sups), return_exceptions=True)
+            for s in sups:
+                self.local.pop(s.id, None)
+            try:
+                await asyncio.wait_for(self._report(), 3)
+            except Exception:
+                pass
+        else:
+            await asyncio.gather(*(s.detach() for s in sups), return_exceptions=True)
+        self.state.save(self.local)
+        await self.client.close()
+        await self.http.aclose()
+
+    # --- desired state ---------------------------------------------------
+    async def _assignment_loop(self, stop: asyncio.Event) -> None:
+        known: str | None = None
+        while not stop.is_set():
+            try:
+                answer = await self.client.get(f"/v1/nodes/{self.settings.name}/assignments", known=known, timeout=25)
+            except (Unreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 404:
+                    await self._register(stop)
+                else:
+                    log.warning("assignments unavailable (%s); retrying", exc)
+                    await asyncio.sleep(1.0)
+                continue
+            known = answer["fingerprint"]
+            self.converge(answer["instances"])
+
+    def converge(self, assignments: list[dict[str, Any]]) -> None:
+        wanted = {a["id"]: a for a in assignments}
+        for instance_id, a in wanted.items():
+            sup = self.supervisors.get(instance_id)
+            if a["desired"] == "deleted":
+                if sup is not None:
+                    self._spawn(self._retire(sup))
+                else:
+                    self.stopped_ids.add(instance_id)
+                    self._changed.set()
+                continue
+            if sup is None and a["template"] is not None:
+                self._begin(a)
+            elif sup is not None and sup.assignment["revision"] != a["revision"]:
+                self._spawn(self._replace_revision(sup, a))
+        for instance_id, sup in list(self.supervisors.items()):
+            if instance_id not in wanted:
+                self._spawn(self._retire(sup))
+        for instance_id in list(self.local):
+            if instance_id not in wanted and instance_id not in self.supervisors:
+                self._stop_orphan(self.local[instance_id])
+
+    def _begin(self, a: dict[str, Any]) -> None:
+        assert self.node is not None
+        local = self.local.get(a["id"])
+        adopted = None
+        if local is not None and local.pid is not None and local.started is not None:
+            adopted = adopt(local.pid, local.started)
+            if adopted is None:
+                local.restarts += 1  # it died while no agent watched it
+        if local is None:
+            local = LocalInstance(id=a["id"], port=a["port"] or self._free_port())
+            self.local[a["id"]] = local
+        sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, adopted=adopted)
+        self.supervisors[a["id"]] = sup
+        sup.start()
+        self.state.save(self.local)
+
+    async def _retire(self, sup: Supervisor) -> None:
+        self.supervisors.pop(sup.id, None)
+        await sup.stop()
+        self.local.pop(sup.id, None)
+        self.stopped_ids.add(sup.id)
+        self.state.save(self.local)
+        self._changed.set()
+
+    async def _replace_revision(self, sup: Supervisor, a: dict[str, Any]) -> None:
+        """Same instance, new revision: stop, then start with the new template (keeps node and port)."""
+        self.supervisors.pop(sup.id, None)
+        await sup.stop()
+        self._begin(a)
+
+    def _stop_orphan(self, local: LocalInstance) -> None:
+        if local.pid is not None and local.started is not None:
+            handle = adopt(local.pid, local.started)
+            if handle is not None:
+                self._spawn(handle.stop(10.0))
+        self.local.pop(local.id, None)
+        self.state.save(self.local)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cwd_for(self, template: dict[str, Any]) -> Path:
+        if template.get("artifact"):
+            root = await self.artifacts.path_for(template["artifact"])
+            return root / template["workingDir"] if template.get("workingDir") else root
+        if template.get("workingDir"):
+            return Path(template["workingDir"])
+        return self.settings.data_dir
+
+    def _free_port(self) -> int:
+        used = {i.port for i in self.local.values()}
+        low, high = self.settings.port_range
+        for port in range(low, high + 1):
+            if port in used:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.settings.ip, port))
+                except OSError:
+                    continue
+            return port
+        raise RuntimeError(f"no free port in {low}-{high} on {self.settings.ip}")
+
+    # --- reporting -------------------------------------------------------
+    def _poke(self) -> None:
+        self._changed.set()
+        for sup in self.supervisors.values():  # keep pid/port on disk current for adoption
+            if sup.local.pid is not None:
+                self.local[sup.id] = sup.local
+        self.state.save(self.local)
+
+    async def _report(self) -> None:
+        reports = [s.report() for s in self.supervisors.values()]
+        reports += [{"id": i, "phase": "Stopped", "ready": False, "pid": None, "port": None, "restarts": 0,
+                     "message": "stopped"} for i in self.stopped_ids if i not in self.supervisors]
+        await self.client.post(f"/v1/nodes/{self.settings.name}/status", {"instances": reports})
+        self.stopped_ids -= {r["id"] for r in reports if r["phase"] == "Stopped"}
+
+    async def _report_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._changed.clear()
+            try:
+                await self._report()
+            except (Unreachable, ApiError) as exc:
+                log.warning("status report failed (%s)", exc)
+                if isinstance(exc, ApiError) and exc.status == 404:
+                    await self._register(stop)
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=self.settings.heartbeat_seconds)
+                await asyncio.sleep(0.05)  # coalesce a burst of changes into one report
+            except TimeoutError:
+                pass

@@ -1,0 +1,191 @@
+"""One instance on this node: start it, health-check it, restart it with backoff, stop it.
+
+A supervisor owns one asyncio task. Its observable state (phase, readiness,
+restarts) is what the agent reports; every change pokes the agent so the
+control plane hears about it at once instead of at the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import httpx
+
+from ballast.agent.procs import ProcessHandle, launch
+from ballast.agent.state import LocalInstance
+
+log = logging.getLogger("ballast.agent")
+BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 30.0, 60.0
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    name: str
+    ip: str
+    cell: str
+    zone: str
+    data_dir: Path
+
+
+class Supervisor:
+    def __init__(self, assignment: dict[str, Any], local: LocalInstance, node: NodeIdentity,
+                 resolve_cwd: Callable[[dict[str, Any]], Awaitable[Path]], on_change: Callable[[], None],
+                 http: httpx.AsyncClient, adopted: ProcessHandle | None = None) -> None:
+        self.assignment = assignment
+        self.local = local
+        self.node = node
+        self.resolve_cwd = resolve_cwd
+        self.on_change = on_change
+        self.http = http
+        self.proc = adopted
+        self.phase = "Running" if adopted else "Pending"
+        self.ready = False
+        self.message = "adopted after agent restart" if adopted else ""
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.assignment["id"])
+
+    @property
+    def template(self) -> dict[str, Any]:
+        return self.assignment["template"]  # type: ignore[no-any-return]
+
+    def report(self) -> dict[str, Any]:
+        return {"id": self.id, "phase": self.phase, "ready": self.ready, "pid": self.proc.pid if self.proc and self.proc.alive() else None,
+                "port": self.local.port, "restarts": self.local.restarts, "message": self.message[:2000]}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"instance {self.id}")
+
+    def _set(self, phase: str, ready: bool, message: str = "") -> None:
+        if (phase, ready, message) != (self.phase, self.ready, self.message):
+            self.phase, self.ready, self.message = phase, ready, message
+            self.on_change()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.template.get("env") or {})
+        data_dir = self.node.data_dir / "instances" / self.id
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env.update({
+            "HOST": self.node.ip, "PORT": str(self.local.port),
+            "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": str(self.assignment["app"]),
+            "BALLAST_CELL": self.node.cell, "BALLAST_ZONE": self.node.zone,
+            "BALLAST_REVISION": str(self.assignment["revision"]), "BALLAST_NODE_IP": self.node.ip,
+            "BALLAST_NODE": self.node.name, "BALLAST_DATA_DIR": str(data_dir),
+        })
+        return env
+
+    async def _launch(self) -> ProcessHandle:
+        cwd = await self.resolve_cwd(self.template)
+        argv = list(self.template["command"]) + list(self.template.get("args") or [])
+        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log")
+        self.local.pid, self.local.started = handle.pid, handle.started
+        self.local.revision = int(self.assignment["revision"])
+        return handle
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_START
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            if self.proc is None or not self.proc.alive():
+                try:
+                    self.proc = await self._launch()
+                except Exception as exc:  # the command, cwd or artifact is unusable: report, back off, retry
+                    self._set("Failed", False, f"cannot start: {exc}")
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                self._set("Starting", False, "")
+                self.on_change()
+            began = loop.time()
+            health = asyncio.create_task(self._health_loop())
+            exited = asyncio.create_task(self.proc.wait())
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            health.cancel()
+            stopping.cancel()
+            if self._stopping.is_set():
+                exited.cancel()
+                return
+            code = exited.result()
+            if loop.time() - began > STABLE_SECONDS:
+                backoff = BACKOFF_START
+            self.local.restarts += 1
+            self.proc = None
+            self._set("BackOff", False, f"exited with code {code}; restarting in {backoff:g}s")
+            await self._pause(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def _health_loop(self) -> None:
+        check = self.template.get("healthCheck")
+        period = float(check["periodSeconds"]) if check else 1.0
+        if check and check.get("initialDelaySeconds"):
+            await asyncio.sleep(float(check["initialDelaySeconds"]))
+        failures = 0
+        passed_once = self.phase == "Running"
+        while True:
+            ok, why = await self._probe(check)
+            if ok:
+                failures, passed_once = 0, True
+                self._set("Running", True, "")
+            else:
+                failures += 1
+                threshold = int(check["failureThreshold"]) if check else 3
+                if passed_once and failures >= threshold:
+                    self._set("Unhealthy", False, why)
+                elif not passed_once:
+                    self._set("Starting", False, why)
+            # Probe fast until the first pass so readiness is noticed promptly, then at the declared period.
+            await asyncio.sleep(period if passed_once else min(period, 0.2))
+
+    async def _probe(self, check: dict[str, Any] | None) -> tuple[bool, str]:
+        if check is None:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.ip, self.local.port), 1.0)
+                writer.close()
+                return True, ""
+            except (OSError, TimeoutError) as exc:
+                return False, f"port {self.local.port} not accepting connections: {exc}"
+        url = f"http://{self.node.ip}:{self.local.port}{check['path']}"
+        try:
+            response = await self.http.get(url, timeout=float(check["timeoutSeconds"]))
+        except httpx.HTTPError as exc:
+            return False, f"health check {url} failed: {type(exc).__name__}"
+        if 200 <= response.status_code < 400:
+            return True, ""
+        return False, f"health check {url} answered {response.status_code}"
+
+    async def stop(self) -> str:
+        """Stop the process for good (scale-in, deletion, platform shutdown)."""
+        self._stopping.set()
+        self._set("Stopping", False, "")
+        outcome = "not running"
+        if self.proc is not None:
+            outcome = await self.proc.stop(float(self.template.get("gracePeriodSeconds", 10.0)))
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.local.pid = self.local.started = None
+        self._set("Stopped", False, outcome)
+        return outcome
+
+    async def detach(self) -> None:
+        """Stop supervising but leave the process running (agent restart: it will be adopted)."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+

@@ -1,0 +1,64 @@
+"""Request-scoped helpers shared by the routes: who is calling, may they, and retries."""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, TypeVar
+
+from fastapi import Request
+
+from ballast.core.authz import Action, Role, allowed, explain_denial
+from ballast.errors import Forbidden, RetryableConflict
+from ballast.services.access import Principal, authenticate
+from ballast.store.engine import Store
+
+T = TypeVar("T")
+WRITE_ATTEMPTS = 5
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    store = store_of(request)
+    who = await authenticate(store, token.strip() if scheme.lower() == "bearer" else None, store.clock())
+    request.state.principal = who
+    return who
+
+
+def require(who: Principal, action: Action, app: str | None = None) -> None:
+    if not allowed(who.bindings, action, app):
+        raise Forbidden(explain_denial(who.user, who.bindings, action, app))
+
+
+def may_read_app(who: Principal, app: str) -> bool:
+    return allowed(who.bindings, Action.READ, app)
+
+
+def require_topology_read(who: Principal) -> None:
+    """Cells and nodes are visible to any reader, scoped or not: they hold no app data."""
+    if not any(b.role in (Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.AGENT) for b in who.bindings):
+        raise Forbidden(f"user {who.user!r} has no role that may read")
+
+
+def mark_audited(request: Request) -> None:
+    """The handler wrote its own audit record inside its transaction."""
+    request.state.audited = True
+
+
+def exempt_from_audit(request: Request) -> None:
+    """Telemetry (heartbeats, status reports) is not a change of intent."""
+    request.state.audit_exempt = True
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Re-run a whole write decision when a compare-and-set lost a race."""
+    for remaining in range(WRITE_ATTEMPTS - 1, -1, -1):
+        try:
+            return await attempt()
+        except RetryableConflict:
+            if not remaining:
+                raise
+    raise AssertionError("unreachable")

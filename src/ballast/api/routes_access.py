@@ -1,0 +1,153 @@
+"""Routes for users, role bindings and API tokens."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.core.authz import Action, allowed
+from ballast.core.manifests import NAME_PATTERN
+from ballast.errors import FieldProblem, InvalidInput
+from ballast.services import access
+from ballast.services.access import Principal
+
+router = APIRouter()
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=63)
+    role: str
+    apps: list[str] | None = Field(None, max_length=1000)
+
+
+class NewBinding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str
+    apps: list[str] | None = Field(None, max_length=1000)
+
+
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | None = Field(None, max_length=63)
+    name: str = Field("", max_length=128)
+    ttlSeconds: float | None = Field(None, gt=0, le=10 * 365 * 86400)
+
+
+def _apps(apps: list[str] | None) -> list[str] | None:
+    if apps is None:
+        return None
+    bad = [a for a in apps if not re.match(NAME_PATTERN, a)]
+    if bad:
+        raise InvalidInput("invalid app names", problems=[FieldProblem("apps", bad, "app names (lower-case DNS labels)")])
+    return sorted(set(apps))
+
+
+@router.get("/whoami", tags=["access"])
+async def whoami(who: Principal = Depends(principal)) -> dict[str, Any]:
+    return {"user": who.user, "token": who.token_id,
+            "bindings": [{"role": b.role.value, "apps": list(b.apps) if b.apps is not None else None} for b in who.bindings]}
+
+
+@router.get("/users", tags=["access"])
+async def list_users(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.READ)
+    async with store_of(request).read() as conn:
+        return {"items": await access.list_users(conn)}
+
+
+@router.post("/users", tags=["access"], status_code=201)
+async def create_user(body: NewUser, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_ACCESS)
+    name, role, apps = access.validate_user_name(body.name), access.validate_role(body.role), _apps(body.apps)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await access.create_user(tx, name, role, apps, who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.delete("/users/{name}", tags=["access"])
+async def delete_user(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_ACCESS)
+
+    async def attempt() -> None:
+        async with store_of(request).write() as tx:
+            await access.delete_user(tx, name, who.user)
+
+    await retrying(attempt)
+    mark_audited(request)
+    return {"deleted": f"User/{name}"}
+
+
+@router.post("/users/{name}/bindings", tags=["access"], status_code=201)
+async def bind(name: str, body: NewBinding, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_ACCESS)
+    role, apps = access.validate_role(body.role), _apps(body.apps)
+
+    async def attempt() -> None:
+        async with store_of(request).write() as tx:
+            await access.bind(tx, name, role, apps, who.user)
+
+    await retrying(attempt)
+    mark_audited(request)
+    return {"user": name, "role": role.value, "apps": apps}
+
+
+@router.delete("/users/{name}/bindings/{role}", tags=["access"])
+async def unbind(name: str, role: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_ACCESS)
+    parsed = access.validate_role(role)
+
+    async def attempt() -> int:
+        async with store_of(request).write() as tx:
+            return await access.unbind(tx, name, parsed, who.user)
+
+    removed = await retrying(attempt)
+    mark_audited(request)
+    return {"user": name, "role": parsed.value, "removed": removed}
+
+
+@router.get("/tokens", tags=["access"])
+async def list_tokens(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    mine_only = not allowed(who.bindings, Action.MANAGE_ACCESS)
+    async with store_of(request).read() as conn:
+        return {"items": await access.list_tokens(conn, who.user if mine_only else None)}
+
+
+@router.post("/tokens", tags=["access"], status_code=201)
+async def create_token(body: NewToken, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    user = body.user or who.user
+    if user != who.user:
+        require(who, Action.MANAGE_ACCESS)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await access.create_token(tx, user, body.name, body.ttlSeconds, who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.delete("/tokens/{token_id}", tags=["access"])
+async def revoke_token(token_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    async with store_of(request).read() as conn:
+        owner = await access.token_owner(conn, token_id)
+    if owner != who.user:
+        require(who, Action.MANAGE_ACCESS)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await access.revoke_token(tx, token_id, who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result

@@ -1,0 +1,129 @@
+"""Routes node agents use (register, report, long-poll assignments) and node reads."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+
+from ballast.api import objects
+from ballast.api.deps import exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
+from ballast.core.authz import Action
+from ballast.core.manifests import NAME_PATTERN
+from ballast.errors import NotFound
+from ballast.services import registry
+from ballast.services.access import Principal
+from ballast.store.schema import instances, nodes
+
+router = APIRouter()
+NodeName = Path(pattern=NAME_PATTERN, max_length=63)
+
+
+class NodeRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cell: str = Field(pattern=NAME_PATTERN)
+    ip: str
+    cpuMillis: int = Field(gt=0, le=10_000_000)
+    memoryBytes: int = Field(gt=0, le=2**50)
+    labels: dict[str, str] = Field(default_factory=dict)
+    agentVersion: str = Field("", max_length=64)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+
+class InstanceReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=80)
+    phase: str
+    ready: bool
+    pid: int | None = Field(None, ge=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    restarts: int = Field(ge=0)
+    message: str = Field("", max_length=2000)
+
+    @field_validator("phase")
+    @classmethod
+    def _phase(cls, value: str) -> str:
+        if value not in registry.PHASES:
+            raise ValueError("one of " + ", ".join(sorted(registry.PHASES)))
+        return value
+
+
+class StatusReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
+
+
+@router.get("/nodes", tags=["nodes"])
+async def list_nodes(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require_topology_read(who)
+    store = store_of(request)
+    async with store.read() as conn:
+        rows = (await conn.execute(select(nodes).order_by(nodes.c.name))).all()
+        counts = Counter((await conn.execute(select(instances.c.node).where(instances.c.desired == "running"))).scalars())
+    now = store.clock()
+    return {"items": [objects.node(r, now, counts[r.name]) for r in rows]}
+
+
+@router.get("/nodes/{name}", tags=["nodes"])
+async def get_node(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    for item in (await list_nodes(request, who))["items"]:
+        if item["metadata"]["name"] == name:
+            return item  # type: ignore[no-any-return]
+    raise NotFound(f"node {name!r} not found")
+
+
+@router.put("/nodes/{name}", tags=["nodes"])
+async def register_node(body: NodeRegistration, request: Request, name: str = NodeName,
+                        who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.NODE)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await registry.register_node(tx, name, body.model_dump(), who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.post("/nodes/{name}/status", tags=["nodes"])
+async def report_status(body: StatusReport, request: Request, name: str = NodeName,
+                        who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.NODE)
+    exempt_from_audit(request)
+
+    async def attempt() -> None:
+        async with store_of(request).write() as tx:
+            await registry.report_status(tx, name, [r.model_dump() for r in body.instances])
+
+    await retrying(attempt)
+    return {"ok": True}
+
+
+@router.get("/nodes/{name}/assignments", tags=["nodes"])
+async def assignments(request: Request, name: str = NodeName, known: str | None = Query(None, max_length=64),
+                      timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.NODE)
+    return await registry.assignments(store_of(request), name, known, timeout)
+
+
+@router.delete("/nodes/{name}", tags=["nodes"])
+async def delete_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_CELLS)
+
+    async def attempt() -> None:
+        async with store_of(request).write() as tx:
+            await registry.delete_node(tx, name, who.user)
+
+    await retrying(attempt)
+    mark_audited(request)
+    return {"deleted": f"Node/{name}"}

@@ -1,0 +1,51 @@
+"""`ballast server`: the control-plane process — store, API and controllers in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from ballast.api.app import create_app
+from ballast.controllers import scheduler
+from ballast.services.access import bootstrap_admin
+from ballast.store.engine import Store
+
+log = logging.getLogger("ballast.server")
+
+
+def write_secret(path: Path, content: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.replace(tmp, path)
+
+
+async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None) -> None:
+    store = await Store.open(store_url)
+    token = await bootstrap_admin(store)
+    if token is not None:
+        if bootstrap_token_file is None:
+            print(f"bootstrap admin token (shown once): {token}", flush=True)
+        else:
+            write_secret(bootstrap_token_file, token + "\n")
+            log.warning("empty store: created user 'admin'; its token is in %s", bootstrap_token_file)
+    app = create_app(store)
+    stop = asyncio.Event()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5, lifespan="off")
+    server = uvicorn.Server(config)
+    controller = asyncio.create_task(scheduler.run(store, stop), name="scheduler")
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        controller.cancel()
+        await asyncio.gather(controller, return_exceptions=True)
+        await store.close()

@@ -1,0 +1,427 @@
+"""The `ballast` command: a thin client of the API, plus the server, agent and `up` entry points.
+
+Entry points are the only place that reads the environment and files; all
+errors end as one readable message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import click
+import yaml
+from rich.console import Console
+
+from ballast.cli import config as client_config
+from ballast.cli import output, packaging
+from ballast.client import ApiError, Client
+from ballast.errors import BallastError
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
+         "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
+         "revision": "revisions", "revisions": "revisions", "inst": "instances"}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(message, markup=False)
+    sys.exit(code)
+
+
+def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Run an async command with an API client; turn every Ballast error into a message and exit code."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            cfg = client_config.load(ctx.obj.get("config"), ctx.obj.get("server"), ctx.obj.get("token"))
+
+            async def go() -> Any:
+                async with Client(cfg.server, cfg.token) as client:
+                    return await fn(client, *args, **kwargs)
+
+            return asyncio.run(go())
+        except ApiError as exc:
+            _fail(exc.render())
+        except BallastError as exc:
+            _fail(f"error: {exc.message}")
+    return wrapper
+
+
+@click.group()
+@click.option("--config", envvar="BALLAST_CONFIG", help="client config file (server URL and token)")
+@click.option("--server", help="control plane URL (overrides the config file)")
+@click.option("--token", help="API token (overrides the config file; prefer BALLAST_TOKEN)")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, server: str | None, token: str | None) -> None:
+    """Ballast: cell-aware, lossless, audited releases."""
+    ctx.obj = {"config": config, "server": server, "token": token}
+
+
+# --- platform processes ---------------------------------------------------------------
+def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await make(stop)
+    try:
+        asyncio.run(main())
+    except BallastError as exc:
+        _fail(f"error: {exc.message}")
+
+
+@cli.command()
+@click.option("--data-dir", default=".ballast", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--zones", default=2, show_default=True, type=int)
+@click.option("--nodes-per-zone", default=2, show_default=True, type=int)
+@click.option("--port", default=7700, show_default=True, type=click.IntRange(1, 65535), help="control plane port")
+@click.option("--store", help="store URL (default: SQLite in the data dir); e.g. postgresql://user@host/db")
+@click.option("--first-node-ip", default="127.0.0.2", show_default=True)
+@click.option("--node-cpu", default="16", show_default=True, help="capacity of each node")
+@click.option("--node-memory", default="16Gi", show_default=True)
+@click.option("--no-user-config", is_flag=True, help="do not write ~/.config/ballast/config.yaml")
+def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
+       node_cpu: str, node_memory: str, no_user_config: bool) -> None:
+    """Start the local platform (control plane + agents in two zones) until Ctrl-C."""
+    from ballast.cli.up import UpSettings, run
+    from ballast.dataplane_check import require_binaries
+    try:
+        require_binaries(console)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}")
+    settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
+                          first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
+                          write_user_config=not no_user_config)
+    _run_until_signal(lambda stop: run(settings, console, stop))
+
+
+@cli.command()
+@click.option("--store", default="sqlite:///.ballast/ballast.db", show_default=True, envvar="BALLAST_STORE")
+@click.option("--listen", default="127.0.0.1:7700", show_default=True)
+@click.option("--bootstrap-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="on an empty store, write the first admin token here (else it is printed)")
+def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
+    """Run the control plane."""
+    from ballast.api.server import serve
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"error: --listen {listen!r}: expected HOST:PORT with a port in 1..65535", 2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file))
+    except BallastError as exc:
+        _fail(f"error: {exc.message}")
+
+
+@cli.command()
+@click.option("--server", "server_url", required=True)
+@click.option("--name", required=True)
+@click.option("--ip", required=True, help="the node's IP; instances listen on it")
+@click.option("--cell", required=True)
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cpu", default="4", show_default=True)
+@click.option("--memory", default="8Gi", show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--stop-instances-on-exit", is_flag=True,
+              help="stop instances when the agent exits (default: leave them running for the next agent to adopt)")
+def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
+          token_file: Path | None, stop_instances_on_exit: bool) -> None:
+    """Run a node agent."""
+    from ballast.agent.agent import Agent, AgentSettings
+    from ballast.core.placement import parse_cpu, parse_memory
+    token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
+    if not token:
+        _fail("error: the agent needs a token: --token-file FILE or BALLAST_TOKEN", 2)
+    try:
+        settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
+                                 cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
+                                 stop_instances_on_exit=stop_instances_on_exit)
+    except ValueError as exc:
+        _fail(f"error: {exc}", 2)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _run_until_signal(lambda stop: Agent(settings).run(stop))
+
+
+# --- resources ------------------------------------------------------------------------
+def _load_documents(path: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        _fail(f"error: cannot read {path}: {exc.strerror}")
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        _fail(f"error: {path} is not valid YAML: {exc}")
+    if not docs:
+        _fail(f"error: {path} holds no documents")
+    return docs
+
+
+async def _resolve_artifacts(client: Client, docs: list[Any], base: Path) -> None:
+    """`artifact: ./dir` in a manifest: pack and push the directory, put its digest in its place."""
+    for doc in docs:
+        template = (doc.get("spec") or {}).get("template") if isinstance(doc, dict) else None
+        artifact = template.get("artifact") if isinstance(template, dict) else None
+        if isinstance(artifact, str) and not artifact.startswith("sha256:"):
+            directory = (base / artifact).resolve()
+            if not directory.is_dir():
+                raise click.ClickException(f"spec.template.artifact: {artifact!r} is neither a sha256 digest nor a directory")
+            data, digest = packaging.pack(directory)
+            await client.request("POST", "/v1/artifacts", content=data)
+            template["artifact"] = digest
+
+
+async def apply_documents(client: Client, docs: list[Any], base: Path, dry_run: bool) -> None:
+    await _resolve_artifacts(client, docs, base)
+    answer = await client.post("/v1/apply", {"items": docs, "dryRun": dry_run})
+    for r in answer["results"]:
+        rev = f" (revision {r['revision']})" if "revision" in r else ""
+        console.print(f"{r['kind'].lower()}/{r['name']} {r['outcome']}{rev}" + (" [dry run]" if dry_run else ""))
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", required=True, multiple=True, help="manifest file ('-' for stdin)")
+@click.option("--dry-run", is_flag=True, help="validate and show what would change; store nothing")
+@command
+async def apply(client: Client, files: tuple[str, ...], dry_run: bool) -> None:
+    """Create or update resources from manifests (all documents or none)."""
+    docs: list[Any] = []
+    for f in files:
+        docs.extend(_load_documents(f))
+    base = Path(files[0]).parent if files[0] != "-" else Path.cwd()
+    await apply_documents(client, docs, base, dry_run)
+
+
+@cli.command()
+@click.option("--replicas", default=None, type=int, help="instances, spread evenly over all cells (default: 5 per cell)")
+@command
+async def demo(client: Client, replicas: int | None) -> None:
+    """Deploy the bundled sample service `shop`."""
+    manifest = Path(__file__).resolve().parent.parent / "demo" / "shop.yaml"
+    docs = _load_documents(str(manifest))
+    if replicas is not None:
+        docs[0]["spec"].pop("cells", None)
+        docs[0]["spec"]["replicas"] = replicas
+    await apply_documents(client, docs, manifest.parent, False)
+    console.print("watch it come up: ballast get instances shop")
+
+
+def _kind(kind: str) -> str:
+    resolved = KINDS.get(kind.lower())
+    if resolved is None:
+        raise click.BadParameter(f"{kind!r}; expected one of cells, nodes, apps, instances, revisions", param_hint="KIND")
+    return resolved
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.option("--node", help="instances: only those on this node")
+@command
+async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
+    """List resources. `get instances APP` and `get revisions APP` take an app name."""
+    resolved = _kind(kind)
+    if resolved == "instances":
+        items = (await client.get("/v1/instances", app=name, node=node))["items"]
+    elif resolved == "revisions":
+        if not name:
+            raise click.UsageError("get revisions APP: name the app")
+        items = (await client.get(f"/v1/apps/{name}/revisions"))["items"]
+    elif name:
+        items = [await client.get(f"/v1/{resolved}/{name}")]
+    else:
+        items = (await client.get(f"/v1/{resolved}"))["items"]
+    output.render(resolved, items, fmt, console, single=bool(name) and resolved not in ("instances", "revisions"))
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name")
+@command
+async def describe(client: Client, kind: str, name: str) -> None:
+    """Show one resource in full (and, for apps, its instances)."""
+    resolved = _kind(kind)
+    path = {"instances": f"/v1/instances/{name}", "revisions": None}.get(resolved, f"/v1/{resolved}/{name}")
+    if path is None:
+        app, _, number = name.rpartition("-")
+        path = f"/v1/apps/{app}/revisions/{number}"
+    obj = await client.get(path)
+    console.out(yaml.safe_dump(obj, sort_keys=False), highlight=False)
+    if resolved == "apps":
+        output.render("instances", (await client.get("/v1/instances", app=name))["items"], "table", console)
+
+
+@cli.command()
+@click.argument("kind", required=False)
+@click.argument("name", required=False)
+@click.option("-f", "--filename", "files", multiple=True, help="delete what these manifests declare")
+@command
+async def delete(client: Client, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
+    """Delete an app, cell or node (deleting an app stops its instances)."""
+    targets: list[tuple[str, str]] = []
+    for f in files:
+        for doc in _load_documents(f):
+            targets.append((_kind(str(doc.get("kind", ""))), str((doc.get("metadata") or {}).get("name", ""))))
+    if kind and name:
+        targets.append((_kind(kind), name))
+    if not targets:
+        raise click.UsageError("name KIND NAME or give -f FILE")
+    # Apps before cells, so a file holding both deletes cleanly.
+    for resolved, target in sorted(targets, key=lambda t: t[0] != "apps"):
+        if resolved not in ("apps", "cells", "nodes"):
+            raise click.UsageError(f"cannot delete {resolved}; delete the app instead")
+        answer = await client.delete(f"/v1/{resolved}/{target}")
+        console.print(f"{answer['deleted']} deleted")
+
+
+# --- artifacts, access, audit -----------------------------------------------------------
+@cli.group()
+def artifact() -> None:
+    """Content-addressed packages agents fetch and run."""
+
+
+@artifact.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@command
+async def artifact_push(client: Client, directory: Path) -> None:
+    data, digest = packaging.pack(directory)
+    answer = await client.request("POST", "/v1/artifacts", content=data)
+    console.print(f"{answer['digest']}  ({answer['size']} bytes, {'new' if answer['created'] else 'already stored'})")
+    assert answer["digest"] == digest
+
+
+@artifact.command("list")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@command
+async def artifact_list(client: Client, fmt: str) -> None:
+    output.render("artifacts", (await client.get("/v1/artifacts"))["items"], fmt, console)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens (shown once, stored hashed)."""
+
+
+@token.command("create")
+@click.option("--user", help="owner (default: you; another user needs the admin role)")
+@click.option("--name", default="", help="a label for the token")
+@click.option("--ttl", type=float, help="lifetime in seconds (default: no expiry)")
+@command
+async def token_create(client: Client, user: str | None, name: str, ttl: float | None) -> None:
+    answer = await client.post("/v1/tokens", {"user": user, "name": name, "ttlSeconds": ttl})
+    console.print(f"token {answer['id']} for {answer['user']} (shown once, store it now):")
+    console.out(answer["token"])
+
+
+@token.command("list")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@command
+async def token_list(client: Client, fmt: str) -> None:
+    output.render("tokens", (await client.get("/v1/tokens"))["items"], fmt, console)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@command
+async def token_revoke(client: Client, token_id: str) -> None:
+    answer = await client.delete(f"/v1/tokens/{token_id}")
+    console.print(f"token {answer['id']} of {answer['user']} revoked")
+
+
+@cli.group()
+def user() -> None:
+    """Users and their roles (admin, operator, viewer, agent), optionally scoped to apps."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@click.option("--app", "apps", multiple=True, help="scope the role to these apps (repeatable)")
+@command
+async def user_create(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
+    await client.post("/v1/users", {"name": name, "role": role, "apps": list(apps) or None})
+    console.print(f"user {name} created with role {role}" + (f" on {', '.join(apps)}" if apps else ""))
+
+
+@user.command("list")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@command
+async def user_list(client: Client, fmt: str) -> None:
+    output.render("users", (await client.get("/v1/users"))["items"], fmt, console)
+
+
+@user.command("delete")
+@click.argument("name")
+@command
+async def user_delete(client: Client, name: str) -> None:
+    await client.delete(f"/v1/users/{name}")
+    console.print(f"user {name} deleted; their tokens are revoked")
+
+
+@user.command("bind")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@click.option("--app", "apps", multiple=True)
+@command
+async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
+    await client.post(f"/v1/users/{name}/bindings", {"role": role, "apps": list(apps) or None})
+    console.print(f"user {name} bound to {role}" + (f" on {', '.join(apps)}" if apps else ""))
+
+
+@user.command("unbind")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@command
+async def user_unbind(client: Client, name: str, role: str) -> None:
+    await client.delete(f"/v1/users/{name}/bindings/{role}")
+    console.print(f"user {name} no longer has role {role}")
+
+
+@cli.command()
+@command
+async def whoami(client: Client) -> None:
+    """Who the configured token belongs to."""
+    console.out(yaml.safe_dump(await client.get("/v1/whoami"), sort_keys=False))
+
+
+@cli.group()
+def audit() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit.command("list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@command
+async def audit_list(client: Client, limit: int, fmt: str) -> None:
+    output.render("audit", (await client.get("/v1/audit", limit=limit))["items"], fmt, console)
+
+
+@audit.command("verify")
+@command
+async def audit_verify(client: Client) -> None:
+    answer = await client.get("/v1/audit/verify")
+    if answer["ok"]:
+        console.print(f"audit chain intact: {answer['records']} records, head {answer['headHash'][:16]}…")
+        return
+    for b in answer["breaks"]:
+        err_console.print(f"record {b['seq']}: {b['problem']}", markup=False)
+    _fail(f"audit chain BROKEN: {len(answer['breaks'])} problem(s) in {answer['records']} records")
+
+
+def main() -> None:
+    cli(prog_name="ballast")

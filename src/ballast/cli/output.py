@@ -1,0 +1,63 @@
+"""How the CLI prints objects: tables for people, YAML/JSON for machines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+Row = Callable[[dict[str, Any]], list[str]]
+
+COLUMNS: dict[str, tuple[list[str], Row]] = {
+    "cells": (["NAME", "ZONE", "NODES"],
+              lambda o: [o["metadata"]["name"], o["spec"]["zone"], ",".join(o["status"]["nodes"]) or "-"]),
+    "nodes": (["NAME", "CELL", "ZONE", "IP", "READY", "INSTANCES", "CPU", "MEMORY", "HEARTBEAT"],
+              lambda o: [o["metadata"]["name"], o["spec"]["cell"], o["spec"]["zone"], o["spec"]["ip"],
+                         str(o["status"]["ready"]), str(o["status"]["instances"]), o["spec"]["capacity"]["cpu"],
+                         o["spec"]["capacity"]["memory"], f"{o['status']['secondsSinceHeartbeat']}s ago"]),
+    "apps": (["NAME", "READY", "REVISION", "LATEST", "CELLS", "MESSAGE"],
+             lambda o: [o["metadata"]["name"], f"{o['status']['readyInstances']}/{o['status']['instances']}",
+                        str(o["status"]["deployedRevision"]), str(o["status"]["latestRevision"]),
+                        " ".join(f"{c}:{v['ready']}/{v['total']}" for c, v in sorted(o["status"]["cells"].items())),
+                        _app_message(o)]),
+    "instances": (["ID", "NODE", "CELL", "ADDRESS", "REVISION", "PHASE", "READY", "RESTARTS", "MESSAGE"],
+                  lambda o: [o["metadata"]["name"], o["status"]["node"], o["status"]["cell"],
+                             f"{o['status']['ip']}:{o['status']['port'] or '-'}", str(o["status"]["revision"]),
+                             o["status"]["phase"] + (" (deleting)" if o["spec"]["desired"] == "deleted" else ""),
+                             str(o["status"]["ready"]), str(o["status"]["restarts"]), o["status"]["message"][:60]]),
+    "revisions": (["REVISION", "HASH", "CREATED", "DEPLOYED"],
+                  lambda o: [str(o["metadata"]["number"]), o["status"]["hash"][:19], o["metadata"]["creationTimestamp"],
+                             "yes" if o["status"]["deployed"] else ""]),
+    "users": (["NAME", "ROLES"],
+              lambda o: [o["name"], ", ".join(b["role"] + (f"({','.join(b['apps'])})" if b["apps"] else "") for b in o["bindings"])]),
+    "tokens": (["ID", "USER", "NAME", "EXPIRES", "REVOKED"],
+               lambda o: [o["id"], o["user"], o["name"], str(o["expiresAt"] or "never"), "yes" if o["revokedAt"] else ""]),
+    "audit": (["SEQ", "TIME", "ACTOR", "ACTION", "RESOURCE", "RESULT"],
+              lambda o: [str(o["seq"]), o["ts"][:19], o["actor"], o["action"], o["resource"], o["result"]]),
+    "artifacts": (["DIGEST", "SIZE", "CREATED"], lambda o: [o["digest"], str(o["size"]), o["createdAt"]]),
+}
+
+
+def _app_message(o: dict[str, Any]) -> str:
+    unplaced = o["status"].get("unplaced") or []
+    if unplaced:
+        return "; ".join(f"{u['count']} unplaced in {u['cell']}: {u['reason']}" for u in unplaced)
+    return str(o["status"].get("message", ""))
+
+
+def render(kind: str, items: list[dict[str, Any]], fmt: str, console: Console, *, single: bool = False) -> None:
+    if fmt == "json":
+        console.out(json.dumps(items[0] if single else {"items": items}, indent=2), highlight=False)
+    elif fmt == "yaml":
+        console.out(yaml.safe_dump(items[0] if single else {"items": items}, sort_keys=False), highlight=False)
+    else:
+        headers, row = COLUMNS[kind]
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for h in headers:
+            table.add_column(h, overflow="fold")
+        for item in items:
+            table.add_row(*row(item))
+        console.print(table)

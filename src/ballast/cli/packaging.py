@@ -1,0 +1,37 @@
+"""Deterministic packaging of a directory: the same files give the same sha256 digest."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+SKIP = {"__pycache__", ".git", ".ballast", ".venv", ".hypothesis", ".pytest_cache"}
+
+
+def pack(directory: Path) -> tuple[bytes, str]:
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is not a directory")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(directory.rglob("*")):
+            rel = path.relative_to(directory)
+            if any(part in SKIP for part in rel.parts) or path.suffix == ".pyc" or path.is_symlink():
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(rel))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o755 if path.is_dir() or info.mode & 0o111 else 0o644
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            elif path.is_dir():
+                tar.addfile(info)
+    blob = io.BytesIO()
+    with gzip.GzipFile(fileobj=blob, mode="wb", mtime=0) as gz:
+        gz.write(raw.getvalue())
+    data = blob.getvalue()
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()

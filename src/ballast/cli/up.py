@@ -1,0 +1,255 @@
+"""`ballast up`: the whole platform on this machine, in the foreground.
+
+Starts the control plane (SQLite in the data dir unless --store says
+otherwise), one Cell per zone and node agents on distinct loopback IPs, and
+keeps them alive until Ctrl-C, which stops instances, agents and the server
+in that order and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ballast.agent.procs import adopt
+from ballast.agent.state import StateFile
+from ballast.cli import config as client_config
+from ballast.client import ApiError, Client, Unreachable
+from ballast.errors import BallastError
+
+AGENT_USER = "node-agents"
+
+
+class UpFailed(BallastError):
+    status = 1
+
+
+@dataclass(frozen=True)
+class UpSettings:
+    data_dir: Path
+    zones: int = 2
+    nodes_per_zone: int = 2
+    host: str = "127.0.0.1"
+    port: int = 7700
+    store: str | None = None
+    first_node_ip: str = "127.0.0.2"
+    node_cpu: str = "16"
+    node_memory: str = "16Gi"
+    write_user_config: bool = True
+
+    @property
+    def server(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=out, stderr=out,
+                                                             stdin=asyncio.subprocess.DEVNULL,
+                                                             env={**os.environ, **self.env}, start_new_session=True)
+
+    async def stop(self, grace: float) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def node_plan(settings: UpSettings) -> list[tuple[str, str, str, str]]:
+    """(node name, ip, cell, zone) for every node, on consecutive loopback IPs."""
+    if not 1 <= settings.zones <= 26:
+        raise UpFailed(f"--zones {settings.zones}: expected 1..26")
+    if not 1 <= settings.nodes_per_zone <= 50:
+        raise UpFailed(f"--nodes-per-zone {settings.nodes_per_zone}: expected 1..50")
+    first = ipaddress.ip_address(settings.first_node_ip)
+    if not first.is_loopback:
+        raise UpFailed(f"--first-node-ip {first}: expected a loopback address (127.0.0.0/8)")
+    plan = []
+    for z in range(settings.zones):
+        letter = string.ascii_lowercase[z]
+        for n in range(settings.nodes_per_zone):
+            ip = first + z * settings.nodes_per_zone + n
+            if not ip.is_loopback:
+                raise UpFailed(f"node address {ip} leaves the loopback range; choose a lower --first-node-ip")
+            plan.append((f"node-{letter}{n + 1}", str(ip), f"cell-{letter}", f"zone-{letter}"))
+    return plan
+
+
+def _ballast(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ballast", *args]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+async def _wait_healthy(client: Client, server: Child, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        if server.proc is not None and server.proc.returncode is not None:
+            raise UpFailed(f"control plane exited with code {server.proc.returncode}:\n{_tail(server.log)}")
+        try:
+            await client.get("/healthz")
+            return
+        except (Unreachable, ApiError):
+            await asyncio.sleep(0.1)
+    raise UpFailed(f"control plane did not answer within the start timeout:\n{_tail(server.log)}")
+
+
+async def _admin_token(settings: UpSettings, client_file: Path, bootstrap_file: Path) -> str:
+    candidates = []
+    if bootstrap_file.exists():
+        candidates.append(bootstrap_file.read_text().strip())
+    try:
+        candidates.append(client_config.load(str(client_file)).token or "")
+    except BallastError:
+        pass
+    for token in candidates:
+        async with Client(settings.server, token) as c:
+            try:
+                await c.get("/v1/whoami")
+                return token
+            except ApiError:
+                continue
+    raise UpFailed(f"the store already has users but no token in {client_file} or {bootstrap_file} is valid; "
+                   "pass a valid token with BALLAST_TOKEN or use a fresh --data-dir")
+
+
+async def _agent_token(admin: Client, token_file: Path, server: str) -> str:
+    if token_file.exists():
+        async with Client(server, token_file.read_text().strip()) as c:
+            try:
+                await c.get("/v1/whoami")
+                return token_file.read_text().strip()
+            except ApiError:
+                pass
+    users = {u["name"] for u in (await admin.get("/v1/users"))["items"]}
+    if AGENT_USER not in users:
+        await admin.post("/v1/users", {"name": AGENT_USER, "role": "agent"})
+    token = (await admin.post("/v1/tokens", {"user": AGENT_USER, "name": "ballast up agents"}))["token"]
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return str(token)
+
+
+def sweep_instances(data_dir: Path) -> int:
+    """Last line of defence against orphans: stop any instance an agent left behind."""
+    killed = 0
+    for state in (data_dir / "agents").glob("*/state.json"):
+        for local in StateFile(state).load().values():
+            if local.pid is not None and local.started is not None:
+                handle = adopt(local.pid, local.started)
+                if handle is not None:
+                    handle.signal_group(signal.SIGKILL)
+                    killed += 1
+    return killed
+
+
+async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> None:
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    plan = node_plan(settings)
+    store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
+    bootstrap_file = data_dir / "bootstrap-token"
+    server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
+                                             "--bootstrap-token-file", str(bootstrap_file)), data_dir / "logs" / "server.log")
+    agents: list[Child] = []
+    loop = asyncio.get_running_loop()
+    try:
+        await server.start()
+        async with Client(settings.server, None) as anon:
+            await _wait_healthy(anon, server, loop.time() + 60)
+        client_file = data_dir / "client.yaml"
+        token = await _admin_token(settings, client_file, bootstrap_file)
+        client_config.write(client_file, settings.server, token)
+        if settings.write_user_config:
+            client_config.write(Path.home() / ".config" / "ballast" / "config.yaml", settings.server, token)
+        bootstrap_file.unlink(missing_ok=True)  # the token now lives only in the client config (mode 0600)
+        async with Client(settings.server, token) as admin:
+            zones = sorted({(cell, zone) for _, _, cell, zone in plan})
+            await admin.post("/v1/apply", {"items": [
+                {"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": cell}, "spec": {"zone": zone}}
+                for cell, zone in zones]})
+            agent_token = await _agent_token(admin, data_dir / "agent-token", settings.server)
+            for name, ip, cell, _ in plan:
+                agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
+                                             "--cell", cell, "--data-dir", str(data_dir / "agents" / name),
+                                             "--cpu", settings.node_cpu, "--memory", settings.node_memory,
+                                             "--stop-instances-on-exit"),
+                              data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
+                await agent.start()
+                agents.append(agent)
+            await _wait_nodes(admin, {p[0] for p in plan}, agents, loop.time() + 60)
+        _announce(console, settings, client_file, plan, data_dir)
+        await _supervise(server, agents, stop, console)
+    finally:
+        console.print("stopping: instances and agents first, then the control plane")
+        await asyncio.gather(*(a.stop(60) for a in agents))
+        await server.stop(15)
+        leftover = sweep_instances(data_dir)
+        if leftover:
+            console.print(f"[yellow]stopped {leftover} instance process(es) an agent left behind[/]")
+        console.print("stopped")
+
+
+async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        for a in agents:
+            if a.proc is not None and a.proc.returncode is not None:
+                raise UpFailed(f"agent {a.name} exited with code {a.proc.returncode}:\n{_tail(a.log)}")
+        ready = {n["metadata"]["name"] for n in (await admin.get("/v1/nodes"))["items"] if n["status"]["ready"]}
+        if names <= ready:
+            return
+        await asyncio.sleep(0.2)
+    raise UpFailed("agents did not register in time; see " + ", ".join(str(a.log) for a in agents))
+
+
+def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path) -> None:
+    console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  (API docs: {settings.server}/v1/docs)")
+    console.print(f"data dir: {data_dir}   client config: {client_file}")
+    for name, ip, cell, zone in plan:
+        console.print(f"  node {name:<8} {ip:<12} {cell} ({zone})")
+    console.print("try: ballast demo && ballast get instances shop     (Ctrl-C stops everything)", highlight=False)
+
+
+async def _supervise(server: Child, agents: list[Child], stop: asyncio.Event, console: Console) -> None:
+    """Restart a part that dies; a restarted agent adopts its running instances."""
+    while not stop.is_set():
+        for child in [server, *agents]:
+            if child.proc is not None and child.proc.returncode is not None:
+                child.restarts += 1
+                console.print(f"[yellow]{child.name} exited with code {child.proc.returncode}; restarting "
+                              f"(restart {child.restarts})[/]")
+                await child.start()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.5)
+        except TimeoutError:
+            pass

@@ -1,0 +1,194 @@
+"""The public manifest schema (`apiVersion: ballast.io/v1alpha1`).
+
+Field names here are the public API users write in YAML. Parsing is pure:
+documents in, typed manifests out, or an `InvalidInput` naming every bad
+field path with its value and what was expected. Checks that need the store
+(does the cell exist?) live in the apply service, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ballast.core.placement import Resources as ResourceRequest
+from ballast.core.placement import parse_cpu, parse_memory
+from ballast.errors import FieldProblem, InvalidInput
+
+API_VERSION = "ballast.io/v1alpha1"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case DNS label")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Metadata(_Model):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class CellSpec(_Model):
+    zone: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class HealthCheck(_Model):
+    path: str = Field(pattern=r"^/", description="an HTTP path starting with /")
+    period_seconds: float = Field(2.0, alias="periodSeconds", gt=0, le=3600)
+    timeout_seconds: float = Field(1.0, alias="timeoutSeconds", gt=0, le=600)
+    failure_threshold: int = Field(3, alias="failureThreshold", ge=1, le=100)
+    initial_delay_seconds: float = Field(0.0, alias="initialDelaySeconds", ge=0, le=3600)
+
+
+class ResourcesSpec(_Model):
+    cpu: str | int | float = "100m"
+    memory: str | int = "64Mi"
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | int | float) -> str | int | float:
+        parse_cpu(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int) -> str | int:
+        parse_memory(value)
+        return value
+
+    def request(self) -> ResourceRequest:
+        return ResourceRequest(cpu_millis=parse_cpu(self.cpu), memory_bytes=parse_memory(self.memory))
+
+
+class Template(_Model):
+    artifact: str | None = Field(None, pattern=DIGEST_PATTERN)
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = Field(None, alias="workingDir", min_length=1)
+    port: int | None = Field(None, ge=1024, le=65535, description="fixed listen port; default: assigned by the agent")
+    health_check: HealthCheck | None = Field(None, alias="healthCheck")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    grace_period_seconds: float = Field(10.0, alias="gracePeriodSeconds", ge=0, le=3600)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not ENV_NAME.match(key):
+                raise ValueError(f"environment variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if key in ("HOST", "PORT") or key.startswith("BALLAST_"):
+                raise ValueError(f"environment variable {key!r} is set by Ballast and cannot be overridden")
+        return env
+
+
+class AppServiceSpec(_Model):
+    cells: dict[Name, Annotated[int, Field(ge=0, le=10_000)]] | None = None
+    replicas: int | None = Field(None, ge=0, le=10_000)
+    template: Template
+
+    @model_validator(mode="after")
+    def _one_spread(self) -> "AppServiceSpec":
+        if self.cells is None and self.replicas is None:
+            raise ValueError("give either cells (instances per cell) or replicas (even spread over all cells)")
+        if self.cells is not None and self.replicas is not None:
+            raise ValueError("give cells or replicas, not both")
+        return self
+
+
+class CellManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["Cell"]
+    metadata: Metadata
+    spec: CellSpec
+
+
+class AppServiceManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["AppService"]
+    metadata: Metadata
+    spec: AppServiceSpec
+
+
+Manifest = Union[CellManifest, AppServiceManifest]
+KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest}
+
+
+def parse_documents(documents: list[Any], *, source: str = "items") -> list[Manifest]:
+    """Parse every document or none: all problems of all documents are reported together."""
+    problems: list[FieldProblem] = []
+    parsed: list[Manifest] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, doc in enumerate(documents):
+        where = f"{source}[{index}]"
+        manifest = _parse_one(doc, where, problems)
+        if manifest is None:
+            continue
+        key = (manifest.kind, manifest.metadata.name)
+        if key in seen:
+            problems.append(FieldProblem(f"{where}.metadata.name", manifest.metadata.name,
+                                         f"a name not already used by {source}[{seen[key]}] ({manifest.kind})"))
+            continue
+        seen[key] = index
+        parsed.append(manifest)
+    if problems:
+        raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
+    return parsed
+
+
+def _parse_one(doc: Any, where: str, problems: list[FieldProblem]) -> Manifest | None:
+    if not isinstance(doc, dict):
+        problems.append(FieldProblem(where, doc, "a mapping with apiVersion, kind, metadata, spec"))
+        return None
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(FieldProblem(f"{where}.apiVersion", doc.get("apiVersion"), f"{API_VERSION!r}"))
+        return None
+    kind = doc.get("kind")
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        problems.append(FieldProblem(f"{where}.kind", kind, "one of " + ", ".join(sorted(KINDS))))
+        return None
+    try:
+        return model.model_validate(doc)  # type: ignore[return-value]
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(exc, where))
+        return None
+
+
+def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        path = prefix
+        for part in err["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part in ("function-after", "str", "int", "float", "list[...]") or str(part).startswith(("function-", "literal[")):
+                continue  # union branch markers say nothing to a user
+            else:
+                path += f".{part}" if path else str(part)
+        value = err.get("input")
+        expected = err["msg"].removeprefix("Value error, ")
+        out.append(FieldProblem(path or "(document)", value, expected))
+    return _dedupe(out)
+
+
+def _dedupe(problems: list[FieldProblem]) -> list[FieldProblem]:
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for p in problems:
+        key = (p.path, p.expected)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def spec_json(manifest: Manifest) -> dict[str, Any]:
+    """The spec as stored: aliases (public names), defaults filled, stable."""
+    return manifest.spec.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,165 @@
+"""Users, role bindings and API tokens.
+
+Tokens are 256-bit random strings shown once; only their SHA-256 is stored
+(a fast hash is right here: the secret has full entropy, unlike a password).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.core.authz import Binding, Role
+from ballast.core.digests import digest
+from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound, Unauthenticated
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import role_bindings, tokens, users
+
+TOKEN_PREFIX = "blt_"
+USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    token_id: str
+    bindings: tuple[Binding, ...]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def authenticate(store: Store, token: str | None, now: float) -> Principal:
+    if not token:
+        raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    async with store.read() as conn:
+        row = (await conn.execute(select(tokens).where(tokens.c.hash == hash_token(token)))).first()
+        if row is None:
+            raise Unauthenticated("unknown API token")
+        if row.revoked_at is not None:
+            raise Unauthenticated(f"API token {row.id} was revoked")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise Unauthenticated(f"API token {row.id} has expired")
+        return Principal(user=row.user, token_id=row.id, bindings=await bindings_of(conn, row.user))
+
+
+async def bindings_of(conn: AsyncConnection, user: str) -> tuple[Binding, ...]:
+    rows = (await conn.execute(select(role_bindings).where(role_bindings.c.user == user).order_by(role_bindings.c.id))).all()
+    return tuple(Binding(role=Role(r.role), apps=tuple(r.apps) if r.apps is not None else None) for r in rows)
+
+
+def validate_user_name(name: Any, path: str = "name") -> str:
+    if not isinstance(name, str) or not USER_NAME.match(name):
+        raise InvalidInput("invalid user name", problems=[FieldProblem(path, name, "lower-case letters, digits, - _ . @ (1-63 chars)")])
+    return name
+
+
+def validate_role(role: Any, path: str = "role") -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidInput("invalid role", problems=[FieldProblem(path, role, "one of " + ", ".join(r.value for r in Role))]) from None
+
+
+async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> dict[str, Any]:
+    if (await tx.conn.execute(select(users.c.name).where(users.c.name == name))).first() is not None:
+        raise Conflict(f"user {name!r} already exists")
+    await tx.conn.execute(insert(users).values(name=name, created_at=tx.now))
+    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps))
+    after = {"name": name, "bindings": [{"role": role.value, "apps": apps}]}
+    await tx.audit(actor=actor, action="user.create", resource=f"User/{name}", after=digest(after), detail=after)
+    return after
+
+
+async def bind(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> None:
+    await _require_user(tx.conn, name)
+    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps))
+    await tx.audit(actor=actor, action="user.bind", resource=f"User/{name}", detail={"role": role.value, "apps": apps})
+
+
+async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
+    await _require_user(tx.conn, name)
+    removed = (await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name,
+                                                                 role_bindings.c.role == role.value))).rowcount
+    if not removed:
+        raise NotFound(f"user {name!r} has no {role.value!r} binding")
+    await tx.audit(actor=actor, action="user.unbind", resource=f"User/{name}", detail={"role": role.value})
+    return int(removed)
+
+
+async def delete_user(tx: Tx, name: str, actor: str) -> None:
+    await _require_user(tx.conn, name)
+    if name == actor:
+        raise Conflict("you cannot delete your own user")
+    await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name))
+    await tx.conn.execute(update(tokens).where(tokens.c.user == name, tokens.c.revoked_at.is_(None)).values(revoked_at=tx.now))
+    await tx.conn.execute(delete(users).where(users.c.name == name))
+    await tx.audit(actor=actor, action="user.delete", resource=f"User/{name}", detail={"tokens": "revoked"})
+
+
+async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
+    out = []
+    for row in (await conn.execute(select(users).order_by(users.c.name))).all():
+        bs = await bindings_of(conn, row.name)
+        out.append({"name": row.name, "createdAt": row.created_at,
+                    "bindings": [{"role": b.role.value, "apps": list(b.apps) if b.apps is not None else None} for b in bs]})
+    return out
+
+
+async def create_token(tx: Tx, user: str, name: str, ttl_seconds: float | None, actor: str) -> dict[str, Any]:
+    await _require_user(tx.conn, user)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token_id = "tok_" + secrets.token_hex(6)
+    expires = tx.now + ttl_seconds if ttl_seconds else None
+    await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=name, hash=hash_token(secret),
+                                                created_at=tx.now, expires_at=expires, revoked_at=None))
+    await tx.audit(actor=actor, action="token.create", resource=f"Token/{token_id}",
+                   detail={"user": user, "name": name, "expiresAt": expires})
+    return {"id": token_id, "user": user, "name": name, "token": secret, "expiresAt": expires}
+
+
+async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
+    row = (await tx.conn.execute(select(tokens).where(tokens.c.id == token_id))).first()
+    if row is None:
+        raise NotFound(f"token {token_id!r} not found")
+    if row.revoked_at is not None:
+        raise Conflict(f"token {token_id!r} is already revoked")
+    await tx.conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=tx.now))
+    await tx.audit(actor=actor, action="token.revoke", resource=f"Token/{token_id}", detail={"user": row.user})
+    return {"id": token_id, "user": row.user}
+
+
+async def token_owner(conn: AsyncConnection, token_id: str) -> str:
+    row = (await conn.execute(select(tokens.c.user).where(tokens.c.id == token_id))).first()
+    if row is None:
+        raise NotFound(f"token {token_id!r} not found")
+    return str(row.user)
+
+
+async def list_tokens(conn: AsyncConnection, user: str | None = None) -> list[dict[str, Any]]:
+    query = select(tokens).order_by(tokens.c.created_at)
+    if user is not None:
+        query = query.where(tokens.c.user == user)
+    return [{"id": r.id, "user": r.user, "name": r.name, "createdAt": r.created_at, "expiresAt": r.expires_at,
+             "revokedAt": r.revoked_at} for r in (await conn.execute(query)).all()]
+
+
+async def bootstrap_admin(store: Store) -> str | None:
+    """On an empty store, create user `admin` and return its first token; otherwise None."""
+    async with store.write() as tx:
+        if (await tx.conn.execute(select(func.count()).select_from(users))).scalar_one():
+            return None
+        await create_user(tx, "admin", Role.ADMIN, None, actor="system:bootstrap")
+        return str((await create_token(tx, "admin", "bootstrap", None, actor="system:bootstrap"))["token"])
+
+
+async def _require_user(conn: AsyncConnection, name: str) -> None:
+    if (await conn.execute(select(users.c.name).where(users.c.name == name))).first() is None:
+        raise NotFound(f"user {name!r} not found")

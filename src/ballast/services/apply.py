@@ -1,0 +1,147 @@
+"""Declarative apply of manifests: all documents or none, each change audited.
+
+Validation that needs the store (cells referenced by apps must exist, a cell's
+zone cannot move under its nodes) runs inside the same write transaction that
+stores the result, so what was checked is what gets written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.core.authz import Action
+from ballast.core.digests import digest
+from ballast.core.manifests import AppServiceManifest, CellManifest, Manifest, spec_json
+from ballast.errors import FieldProblem, InvalidInput
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import apps, cells, nodes, revisions
+
+Authorize = Callable[[Action, str | None], None]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: str
+    name: str
+    outcome: str            # created | configured | unchanged
+    revision: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "outcome": self.outcome}
+        if self.revision is not None:
+            out["revision"] = self.revision
+        return out
+
+
+class _DryRun(Exception):
+    def __init__(self, results: list[ApplyResult]) -> None:
+        self.results = results
+
+
+async def apply(store: Store, manifests: list[Manifest], *, actor: str, authorize: Authorize,
+                dry_run: bool = False) -> list[ApplyResult]:
+    for m in manifests:  # authorize everything before touching anything
+        if isinstance(m, CellManifest):
+            authorize(Action.MANAGE_CELLS, None)
+        else:
+            authorize(Action.APPLY_APP, m.metadata.name)
+    try:
+        async with store.write() as tx:
+            await _check_references(tx.conn, manifests)
+            results = []
+            for m in manifests:
+                if isinstance(m, CellManifest):
+                    results.append(await _apply_cell(tx, m, actor))
+                else:
+                    results.append(await _apply_app(tx, m, actor))
+            if dry_run:
+                raise _DryRun(results)
+    except _DryRun as dry:
+        return dry.results
+    return results
+
+
+async def _check_references(conn: AsyncConnection, manifests: list[Manifest]) -> None:
+    known_cells = {r.name: r.zone for r in (await conn.execute(select(cells.c.name, cells.c.zone))).all()}
+    problems: list[FieldProblem] = []
+    for index, m in enumerate(manifests):
+        if isinstance(m, CellManifest):
+            old_zone = known_cells.get(m.metadata.name)
+            if old_zone is not None and old_zone != m.spec.zone:
+                used = (await conn.execute(select(nodes.c.name).where(nodes.c.cell == m.metadata.name).limit(1))).first()
+                if used is not None:
+                    problems.append(FieldProblem(f"items[{index}].spec.zone", m.spec.zone,
+                                                 f"{old_zone!r}: cell {m.metadata.name!r} has nodes, its zone cannot change"))
+            known_cells[m.metadata.name] = m.spec.zone
+    for index, m in enumerate(manifests):
+        if isinstance(m, AppServiceManifest) and m.spec.cells is not None:
+            for cell in m.spec.cells:
+                if cell not in known_cells:
+                    problems.append(FieldProblem(f"items[{index}].spec.cells.{cell}", cell,
+                                                 "an existing cell (one of: " + (", ".join(sorted(known_cells)) or "none defined") + ")"))
+    if problems:
+        raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
+
+
+async def _apply_cell(tx: Tx, m: CellManifest, actor: str) -> ApplyResult:
+    name, spec = m.metadata.name, spec_json(m)
+    row = (await tx.conn.execute(select(cells).where(cells.c.name == name))).first()
+    resource = f"Cell/{name}"
+    if row is None:
+        await tx.conn.execute(insert(cells).values(name=name, zone=m.spec.zone, labels=m.metadata.labels, spec=spec,
+                                                   created_at=tx.now, resource_version=tx.rv))
+        await tx.audit(actor=actor, action="apply", resource=resource, after=digest(spec), detail={"outcome": "created"})
+        return ApplyResult("Cell", name, "created")
+    if row.spec == spec and row.labels == m.metadata.labels:
+        await tx.audit(actor=actor, action="apply", resource=resource, before=digest(row.spec), after=digest(spec),
+                       detail={"outcome": "unchanged"})
+        return ApplyResult("Cell", name, "unchanged")
+    await tx.conn.execute(update(cells).where(cells.c.name == name).values(
+        zone=m.spec.zone, labels=m.metadata.labels, spec=spec, resource_version=tx.rv))
+    await tx.audit(actor=actor, action="apply", resource=resource, before=digest(row.spec), after=digest(spec),
+                   detail={"outcome": "configured"})
+    return ApplyResult("Cell", name, "configured")
+
+
+async def _revision_for(tx: Tx, app: str, template: dict[str, Any]) -> int:
+    """Identical templates share a revision; a new template gets the next number."""
+    template_hash = digest(template)
+    existing = (await tx.conn.execute(select(revisions.c.number).where(
+        revisions.c.app == app, revisions.c.hash == template_hash))).first()
+    if existing is not None:
+        return int(existing.number)
+    numbers = (await tx.conn.execute(select(revisions.c.number).where(revisions.c.app == app))).scalars().all()
+    number = max(numbers, default=0) + 1
+    await tx.conn.execute(insert(revisions).values(app=app, number=number, hash=template_hash, template=template,
+                                                   created_at=tx.now))
+    return number
+
+
+async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
+    name, spec = m.metadata.name, spec_json(m)
+    resource = f"AppService/{name}"
+    row = (await tx.conn.execute(select(apps).where(apps.c.name == name))).first()
+    if row is None:
+        number = await _revision_for(tx, name, spec["template"])
+        await tx.conn.execute(insert(apps).values(
+            name=name, spec=spec, labels=m.metadata.labels, generation=1, latest_revision=number,
+            deployed_revision=number, status={}, created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
+        await tx.audit(actor=actor, action="apply", resource=resource, after=digest(spec),
+                       detail={"outcome": "created", "generation": 1, "revision": number})
+        return ApplyResult("AppService", name, "created", number)
+    if row.spec == spec and row.labels == m.metadata.labels:
+        await tx.audit(actor=actor, action="apply", resource=resource, before=digest(row.spec), after=digest(spec),
+                       detail={"outcome": "unchanged", "generation": row.generation})
+        return ApplyResult("AppService", name, "unchanged", row.latest_revision)
+    number = await _revision_for(tx, name, spec["template"])
+    generation = row.generation + 1
+    await tx.conn.execute(update(apps).where(apps.c.name == name).values(
+        spec=spec, labels=m.metadata.labels, generation=generation, latest_revision=number,
+        updated_at=tx.now, resource_version=tx.rv))
+    await tx.audit(actor=actor, action="apply", resource=resource, before=digest(row.spec), after=digest(spec),
+                   detail={"outcome": "configured", "generation": generation, "revision": number})
+    return ApplyResult("AppService", name, "configured", number)

@@ -1,0 +1,137 @@
+"""Nodes and instances as the control plane records them.
+
+Agents register their node, report heartbeats with instance status, and
+long-poll for their assignments (the instances the scheduler placed on
+them). Telemetry (heartbeats, status) is not audited; registration is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.core.digests import canonical_json, digest
+from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import apps, cells, instances, nodes, revisions
+
+NODE_TIMEOUT_SECONDS = 10.0
+PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
+_REPORTED_FIELDS = ("phase", "ready", "pid", "port", "restarts", "message")
+
+
+async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
+    cell = (await tx.conn.execute(select(cells).where(cells.c.name == body["cell"]))).first()
+    if cell is None:
+        raise InvalidInput("unknown cell", problems=[FieldProblem("cell", body["cell"], "an existing cell")])
+    row = (await tx.conn.execute(select(nodes).where(nodes.c.name == name))).first()
+    values = dict(cell=cell.name, zone=cell.zone, ip=body["ip"], cpu_millis=body["cpuMillis"],
+                  memory_bytes=body["memoryBytes"], labels=body.get("labels", {}),
+                  agent_version=body.get("agentVersion", ""), last_heartbeat=tx.now, resource_version=tx.rv)
+    if row is None:
+        await tx.conn.execute(insert(nodes).values(name=name, registered_at=tx.now, **values))
+        outcome = "created"
+    else:
+        if row.cell != cell.name:
+            live = (await tx.conn.execute(select(instances.c.id).where(instances.c.node == name).limit(1))).first()
+            if live is not None:
+                raise Conflict(f"node {name!r} is in cell {row.cell!r} and still has instances; delete the node before moving it to {cell.name!r}")
+        await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
+        outcome = "re-registered"
+    await tx.audit(actor=actor, action="node.register", resource=f"Node/{name}",
+                   after=digest({k: v for k, v in values.items() if k not in ("last_heartbeat", "resource_version")}),
+                   detail={"outcome": outcome, "cell": cell.name, "ip": body["ip"]})
+    return {"name": name, "outcome": outcome}
+
+
+async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> None:
+    moved = await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(last_heartbeat=tx.now))
+    if moved.rowcount != 1:
+        raise NotFound(f"node {name!r} is not registered")
+    rows = {r.id: r for r in (await tx.conn.execute(select(instances).where(instances.c.node == name))).all()}
+    for rep in reports:
+        row = rows.get(rep["id"])
+        if row is None:
+            continue
+        if row.desired == "deleted" and rep["phase"] == "Stopped":
+            await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
+            continue
+        changed = {f: rep[f] for f in _REPORTED_FIELDS if getattr(row, f) != rep[f]}
+        if changed:
+            await tx.conn.execute(update(instances).where(instances.c.id == row.id).values(
+                updated_at=tx.now, resource_version=tx.rv, **changed))
+
+
+def assignment_fingerprint(rows: list[Any]) -> str:
+    body = canonical_json(sorted([r.id, r.desired_version] for r in rows))
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+async def assignments(store: Store, node: str, known: str | None, timeout: float) -> dict[str, Any]:
+    """Long-poll: answer when the node's assignments differ from `known`, or at `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    rv = 0
+    while True:
+        async with store.read() as conn:
+            if (await conn.execute(select(nodes.c.name).where(nodes.c.name == node))).first() is None:
+                raise NotFound(f"node {node!r} is not registered")
+            rows = (await conn.execute(select(instances).where(instances.c.node == node).order_by(instances.c.id))).all()
+            fingerprint = assignment_fingerprint(rows)
+            if fingerprint != known or loop.time() >= deadline:
+                return {"fingerprint": fingerprint, "instances": await _assignment_bodies(conn, rows)}
+        rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
+
+
+async def _assignment_bodies(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, Any]]:
+    templates: dict[tuple[str, int], Any] = {}
+    out = []
+    for r in rows:
+        key = (r.app, r.revision)
+        if key not in templates:
+            rev = (await conn.execute(select(revisions.c.template).where(
+                revisions.c.app == r.app, revisions.c.number == r.revision))).first()
+            templates[key] = rev.template if rev is not None else None
+        out.append({"id": r.id, "app": r.app, "revision": r.revision, "desired": r.desired, "cell": r.cell,
+                    "zone": r.zone, "ip": r.ip, "port": r.port, "template": templates[key]})
+    return out
+
+
+async def delete_node(tx: Tx, name: str, actor: str) -> None:
+    row = (await tx.conn.execute(select(nodes).where(nodes.c.name == name))).first()
+    if row is None:
+        raise NotFound(f"node {name!r} not found")
+    gone = (await tx.conn.execute(delete(instances).where(instances.c.node == name))).rowcount
+    await tx.conn.execute(delete(nodes).where(nodes.c.name == name))
+    await tx.audit(actor=actor, action="node.delete", resource=f"Node/{name}", detail={"instancesForgotten": gone})
+
+
+async def delete_app(tx: Tx, name: str, actor: str) -> int:
+    row = (await tx.conn.execute(select(apps).where(apps.c.name == name))).first()
+    if row is None:
+        raise NotFound(f"app {name!r} not found")
+    stopping = (await tx.conn.execute(update(instances).where(instances.c.app == name, instances.c.desired != "deleted")
+                                      .values(desired="deleted", desired_version=tx.rv, resource_version=tx.rv))).rowcount
+    await tx.conn.execute(delete(apps).where(apps.c.name == name))
+    await tx.audit(actor=actor, action="delete", resource=f"AppService/{name}", before=digest(row.spec),
+                   detail={"instancesStopping": stopping})
+    return int(stopping)
+
+
+async def delete_cell(tx: Tx, name: str, actor: str) -> None:
+    row = (await tx.conn.execute(select(cells).where(cells.c.name == name))).first()
+    if row is None:
+        raise NotFound(f"cell {name!r} not found")
+    node_names = (await tx.conn.execute(select(nodes.c.name).where(nodes.c.cell == name))).scalars().all()
+    if node_names:
+        raise Conflict(f"cell {name!r} still has nodes: {', '.join(node_names)}")
+    users = [a.name for a in (await tx.conn.execute(select(apps.c.name, apps.c.spec))).all()
+             if name in (a.spec.get("cells") or {})]
+    if users:
+        raise Conflict(f"cell {name!r} is used by apps: {', '.join(sorted(users))}")
+    await tx.conn.execute(delete(cells).where(cells.c.name == name))
+    await tx.audit(actor=actor, action="delete", resource=f"Cell/{name}", before=digest(row.spec))

@@ -1,0 +1,150 @@
+"""Tables of the control-plane store (SQLAlchemy Core; SQLite and PostgreSQL).
+
+The Alembic migrations in `migrations/` create exactly these; a test checks
+that the migrated schema and this metadata agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table,
+                        Text, UniqueConstraint, Index)
+
+metadata = MetaData()
+
+# One row per counter: 'rv' is the global resource version bumped by every write.
+counters = Table(
+    "counters", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+cells = Table(
+    "cells", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("zone", String(63), nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+nodes = Table(
+    "nodes", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("cell", String(63), nullable=False),
+    Column("zone", String(63), nullable=False),
+    Column("ip", String(64), nullable=False),
+    Column("cpu_millis", BigInteger, nullable=False),
+    Column("memory_bytes", BigInteger, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("agent_version", String(64), nullable=False),
+    Column("registered_at", Float, nullable=False),
+    Column("last_heartbeat", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+apps = Table(
+    "apps", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("labels", JSON, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("latest_revision", Integer, nullable=False),
+    Column("deployed_revision", Integer, nullable=False),
+    Column("status", JSON, nullable=False),   # controller's last decision: unplaced counts and reasons
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+revisions = Table(
+    "revisions", metadata,
+    Column("app", String(63), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("hash", String(80), nullable=False),
+    Column("template", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("app", "hash", name="uq_revisions_app_hash"),
+)
+
+instances = Table(
+    "instances", metadata,
+    Column("id", String(80), primary_key=True),
+    Column("app", String(63), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("cell", String(63), nullable=False),
+    Column("zone", String(63), nullable=False),
+    Column("ip", String(64), nullable=False),
+    Column("port", Integer, nullable=True),
+    Column("desired", String(16), nullable=False),   # running | deleted
+    Column("phase", String(16), nullable=False),
+    Column("ready", Boolean, nullable=False),
+    Column("restarts", Integer, nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("message", Text, nullable=False),
+    Column("created_seq", BigInteger, nullable=False),
+    Column("desired_version", BigInteger, nullable=False),   # rv of the last change to what the agent must do
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+    Index("ix_instances_app", "app"),
+    Index("ix_instances_node", "node"),
+)
+
+users = Table(
+    "users", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+role_bindings = Table(
+    "role_bindings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user", String(63), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("apps", JSON, nullable=True),   # null: all apps and non-app resources
+    Index("ix_role_bindings_user", "user"),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(63), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("digest", String(80), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("actor", String(63), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("resource", String(255), nullable=False),
+    Column("before", String(80), nullable=False),
+    Column("after", String(80), nullable=False),
+    Column("result", String(255), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# Single row (id=1): the chain head, advanced by compare-and-set on seq.
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
