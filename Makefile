@@ -1,0 +1,38 @@
+# Two commands: `make up` (set up, then run the local platform) and `make test` (set up, then the suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT     = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: setup system-packages up test test-fast bench clean
+
+system-packages:
+	@missing=""; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	$(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(APT) update -qq && $(APT) install -y -qq $$missing; fi
+
+$(BIN)/ballast: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+setup: system-packages $(BIN)/ballast
+
+up: setup
+	$(BIN)/ballast up
+
+test: setup
+	BALLAST_TEST_PG_URL=$$(./scripts/postgres-for-tests.sh) BALLAST_REQUIRE_PG=1 $(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not e2e"
+
+bench: setup
+	$(BIN)/python benchmarks/apply_to_healthy.py
+	$(BIN)/python benchmarks/api_latency.py
+
+clean:
+	rm -rf $(VENV) .ballast .pytest_cache .hypothesis

@@ -1,0 +1,90 @@
+"""Shared fixtures: real stores (SQLite file, PostgreSQL database) and the API in-process.
+
+PostgreSQL tests need BALLAST_TEST_PG_URL (scripts/postgres-for-tests.sh prints one);
+without it they are skipped, unless BALLAST_REQUIRE_PG=1 (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from ballast.api.app import create_app
+from ballast.services.access import bootstrap_admin
+from ballast.store.engine import Store
+
+PG_URL = os.environ.get("BALLAST_TEST_PG_URL")
+
+
+def _require_pg() -> str:
+    if not PG_URL:
+        if os.environ.get("BALLAST_REQUIRE_PG") == "1":
+            pytest.fail("BALLAST_REQUIRE_PG=1 but BALLAST_TEST_PG_URL is not set")
+        pytest.skip("PostgreSQL not configured (set BALLAST_TEST_PG_URL)")
+    return PG_URL
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg  # the driver the store uses; no extra dependency
+
+    url = make_url(_require_pg())
+    conn = await asyncpg.connect(user=url.username, password=url.password, host=url.host or "127.0.0.1",
+                                 port=url.port or 5432, database=url.database or "postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def store_url(store_kind: str, tmp_path) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """A new, empty store per test: a SQLite file, or a PostgreSQL database dropped afterwards."""
+    if store_kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ballast.db'}"
+        return
+    base = _require_pg()
+    name = "ballast_t_" + secrets.token_hex(4)
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(store_url)
+    yield s
+    await s.close()
+
+
+@dataclass
+class Api:
+    store: Store
+    admin_token: str
+    http: httpx.AsyncClient
+
+    def as_(self, token: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.http._transport.app),  # type: ignore[attr-defined]
+                                 base_url="http://ballast", headers=headers)
+
+
+@pytest.fixture
+async def api(store: Store) -> AsyncIterator[Api]:
+    """The real API app over a real store, called in-process (no sockets)."""
+    token = await bootstrap_admin(store)
+    assert token is not None
+    app = create_app(store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ballast",
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        yield Api(store=store, admin_token=token, http=http)
