@@ -145,15 +145,18 @@ class Agent:
     def _begin(self, a: dict[str, Any]) -> None:
         assert self.node is not None
         local = self.local.get(a["id"])
-        adopted = None
+        adopted = outdated = None
         if local is not None and local.pid is not None and local.started is not None:
             adopted = adopt(local.pid, local.started)
             if adopted is None:
                 local.restarts += 1  # it died while no agent watched it
+            elif local.revision != a["revision"]:
+                # The revision changed while no agent watched: this process runs the old one.
+                outdated, adopted = adopted, None
         if local is None:
             local = LocalInstance(id=a["id"], port=a["port"] or self._free_port())
             self.local[a["id"]] = local
-        sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, adopted=adopted)
+        sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, adopted=adopted, outdated=outdated)
         self.supervisors[a["id"]] = sup
         sup.start()
         self.state.save(self.local)

@@ -35,7 +35,8 @@ class NodeIdentity:
 class Supervisor:
     def __init__(self, assignment: dict[str, Any], local: LocalInstance, node: NodeIdentity,
                  resolve_cwd: Callable[[dict[str, Any]], Awaitable[Path]], on_change: Callable[[], None],
-                 http: httpx.AsyncClient, adopted: ProcessHandle | None = None) -> None:
+                 http: httpx.AsyncClient, adopted: ProcessHandle | None = None,
+                 outdated: ProcessHandle | None = None) -> None:
         self.assignment = assignment
         self.local = local
         self.node = node
@@ -46,6 +47,7 @@ class Supervisor:
         self.phase = "Running" if adopted else "Pending"
         self.ready = False
         self.message = "adopted after agent restart" if adopted else ""
+        self.outdated = outdated  # a process of an older revision to stop before starting this one
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -59,7 +61,8 @@ class Supervisor:
 
     def report(self) -> dict[str, Any]:
         return {"id": self.id, "phase": self.phase, "ready": self.ready, "pid": self.proc.pid if self.proc and self.proc.alive() else None,
-                "port": self.local.port, "restarts": self.local.restarts, "message": self.message[:2000]}
+                "port": self.local.port, "restarts": self.local.restarts, "message": self.message[:2000],
+                "revision": int(self.assignment["revision"])}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"instance {self.id}")
@@ -94,6 +97,10 @@ class Supervisor:
     async def _run(self) -> None:
         backoff = BACKOFF_START
         loop = asyncio.get_running_loop()
+        if self.outdated is not None:
+            self._set("Stopping", False, "stopping the process of the previous revision")
+            await self.outdated.stop(float(self.template.get("gracePeriodSeconds", 10.0)))
+            self.outdated = None
         while not self._stopping.is_set():
             if self.proc is None or not self.proc.alive():
                 try:
@@ -137,37 +144,39 @@ class Supervisor:
             await asyncio.sleep(float(check["initialDelaySeconds"]))
         failures = 0
         passed_once = self.phase == "Running"
+        threshold = int(check["failureThreshold"]) if check else 3
         while True:
-            ok, why = await self._probe(check)
+            ok, why, answered = await self._probe_answered(check)
             if ok:
                 failures, passed_once = 0, True
                 self._set("Running", True, "")
             else:
-                failures += 1
-                threshold = int(check["failureThreshold"]) if check else 3
-                if passed_once and failures >= threshold:
+                # Before the first pass, only failing answers count: not listening yet is just starting.
+                failures += 1 if (passed_once or answered) else 0
+                if failures >= threshold:
                     self._set("Unhealthy", False, why)
                 elif not passed_once:
                     self._set("Starting", False, why)
             # Probe fast until the first pass so readiness is noticed promptly, then at the declared period.
             await asyncio.sleep(period if passed_once else min(period, 0.2))
 
-    async def _probe(self, check: dict[str, Any] | None) -> tuple[bool, str]:
+    async def _probe_answered(self, check: dict[str, Any] | None) -> tuple[bool, str, bool]:
+        """(passed, why, the app answered at all) — an answer that fails counts even while starting."""
         if check is None:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.ip, self.local.port), 1.0)
                 writer.close()
-                return True, ""
+                return True, "", True
             except (OSError, TimeoutError) as exc:
-                return False, f"port {self.local.port} not accepting connections: {exc}"
+                return False, f"port {self.local.port} not accepting connections: {exc}", False
         url = f"http://{self.node.ip}:{self.local.port}{check['path']}"
         try:
             response = await self.http.get(url, timeout=float(check["timeoutSeconds"]))
         except httpx.HTTPError as exc:
-            return False, f"health check {url} failed: {type(exc).__name__}"
+            return False, f"health check {url} failed: {type(exc).__name__}", False
         if 200 <= response.status_code < 400:
-            return True, ""
-        return False, f"health check {url} answered {response.status_code}"
+            return True, "", True
+        return False, f"health check {url} answered {response.status_code}", True
 
     async def stop(self) -> str:
         """Stop the process for good (scale-in, deletion, platform shutdown)."""

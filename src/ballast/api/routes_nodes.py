@@ -48,6 +48,7 @@ class InstanceReport(BaseModel):
     port: int | None = Field(None, ge=1, le=65535)
     restarts: int = Field(ge=0)
     message: str = Field("", max_length=2000)
+    revision: int | None = Field(None, ge=1, description="the revision the running process was started with")
 
     @field_validator("phase")
     @classmethod

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from ballast.api.app import create_app
-from ballast.controllers import scheduler
+from ballast.controllers import releases, scheduler
 from ballast.services.access import bootstrap_admin
 from ballast.store.engine import Store
 
@@ -41,11 +41,13 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
     server = uvicorn.Server(config)
-    controller = asyncio.create_task(scheduler.run(store, stop), name="scheduler")
+    controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
+                   asyncio.create_task(releases.run(store, stop), name="releases")]
     try:
         await server.serve()
     finally:
         stop.set()
-        controller.cancel()
-        await asyncio.gather(controller, return_exceptions=True)
+        for task in controllers:
+            task.cancel()
+        await asyncio.gather(*controllers, return_exceptions=True)
         await store.close()

@@ -11,50 +11,16 @@ import logging
 import os
 import signal
 import sys
-from functools import wraps
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import click
 import yaml
-from rich.console import Console
 
-from ballast.cli import config as client_config
 from ballast.cli import output, packaging
-from ballast.client import ApiError, Client
+from ballast.cli.common import KINDS, _fail, command, console, err_console
+from ballast.client import Client
 from ballast.errors import BallastError
-
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
-         "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
-         "revision": "revisions", "revisions": "revisions", "inst": "instances"}
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err_console.print(message, markup=False)
-    sys.exit(code)
-
-
-def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-    """Run an async command with an API client; turn every Ballast error into a message and exit code."""
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        try:
-            cfg = client_config.load(ctx.obj.get("config"), ctx.obj.get("server"), ctx.obj.get("token"))
-
-            async def go() -> Any:
-                async with Client(cfg.server, cfg.token) as client:
-                    return await fn(client, *args, **kwargs)
-
-            return asyncio.run(go())
-        except ApiError as exc:
-            _fail(exc.render())
-        except BallastError as exc:
-            _fail(f"error: {exc.message}")
-    return wrapper
-
 
 @click.group()
 @click.option("--config", envvar="BALLAST_CONFIG", help="client config file (server URL and token)")
@@ -421,6 +387,11 @@ async def audit_verify(client: Client) -> None:
     for b in answer["breaks"]:
         err_console.print(f"record {b['seq']}: {b['problem']}", markup=False)
     _fail(f"audit chain BROKEN: {len(answer['breaks'])} problem(s) in {answer['records']} records")
+
+
+from ballast.cli.release_cmds import release  # noqa: E402  (registers on the group above)
+
+cli.add_command(release)
 
 
 def main() -> None:

@@ -21,10 +21,41 @@ from ballast.core.placement import NodeView, PlacedInstance, Placement, Resource
 from ballast.errors import RetryableConflict
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
 from ballast.store.engine import Store
-from ballast.store.schema import apps, cells, instances, nodes
+from ballast.core.release_engine import ACTIVE_PHASES
+from ballast.store.schema import apps, cells, instances, nodes, releases
 
 log = logging.getLogger("ballast.scheduler")
 ACTOR = "controller/scheduler"
+
+
+def instance_id_for(app: str, ordinal: int | None) -> str:
+    """Ordered apps have stable identities APP-0, APP-1, ...; others a random suffix."""
+    return f"{app}-{ordinal}" if ordinal is not None else f"{app}-{secrets.token_hex(3)}"
+
+
+def ordinals_for(count: int, taken: set[int]) -> list[int]:
+    """The lowest free ordinals, so identities are reused after scale-in and scale-out."""
+    out, candidate = [], 0
+    while len(out) < count:
+        if candidate not in taken:
+            out.append(candidate)
+        candidate += 1
+    return out
+
+
+def highest_ordinals_first(decision: Placement, app_instances: list[Any]) -> Placement:
+    """Ordered apps scale in from the highest ordinal, like the upgrade order."""
+    if not decision.remove:
+        return decision
+    per_cell: dict[str, int] = {}
+    by_id = {i.id: i for i in app_instances}
+    for instance_id in decision.remove:
+        per_cell[by_id[instance_id].cell] = per_cell.get(by_id[instance_id].cell, 0) + 1
+    remove: list[str] = []
+    for cell, count in sorted(per_cell.items()):
+        members = sorted((i for i in app_instances if i.cell == cell), key=lambda i: -(i.ordinal or 0))
+        remove.extend(i.id for i in members[:count])
+    return Placement(create=decision.create, remove=tuple(remove), unplaced=decision.unplaced)
 
 
 def wanted_per_cell(spec: AppServiceSpec, all_cells: list[str]) -> dict[str, int]:
@@ -53,7 +84,10 @@ def enforce_fixed_port(placement: Placement, app: str, port: int | None,
 
 
 async def _snapshot(conn: AsyncConnection, now: float) -> tuple[list[Any], list[str], list[NodeView], list[PlacedInstance]]:
-    app_rows = (await conn.execute(select(apps).order_by(apps.c.name))).all()
+    releasing = set((await conn.execute(select(releases.c.app).where(
+        releases.c.phase.in_([p.value for p in ACTIVE_PHASES])))).scalars())
+    # An app under release belongs to the release engine (surge instances, replacements) until it ends.
+    app_rows = [a for a in (await conn.execute(select(apps).order_by(apps.c.name))).all() if a.name not in releasing]
     cell_names = list((await conn.execute(select(cells.c.name))).scalars())
     node_views = [NodeView(name=n.name, cell=n.cell, ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
@@ -71,17 +105,21 @@ async def reconcile_once(store: Store) -> int:
     """One pass over every app; returns how many instance records it created or retired."""
     async with store.read() as conn:
         app_rows, cell_names, node_views, placed = await _snapshot(conn, store.clock())
+        live = (await conn.execute(select(instances.c.id, instances.c.app, instances.c.cell, instances.c.ordinal)
+                                   .where(instances.c.desired == "running"))).all()
     changes = 0
-    node_ip = {n.name: n for n in node_views}
     for row in app_rows:
         spec = AppServiceSpec.model_validate(row.spec)
         decision = place(row.name, wanted_per_cell(spec, cell_names), spec.template.resources.request(), placed, node_views)
         decision = enforce_fixed_port(decision, row.name, spec.template.port, placed)
+        ordered = spec.strategy.upgrade == "ordered"
+        if ordered:
+            decision = highest_ordinals_first(decision, [i for i in live if i.app == row.name])
         status = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced]}
         if not decision.create and not decision.remove and status == row.status:
             continue
         try:
-            created = await _write(store, row, decision, status, spec.template.port, node_ip)
+            created = await _write(store, row, decision, status, spec.template.port, ordered)
         except RetryableConflict:
             continue  # the app changed under us; the next pass decides again from fresh state
         changes += len(created) + len(decision.remove)
@@ -90,23 +128,28 @@ async def reconcile_once(store: Store) -> int:
 
 
 async def _write(store: Store, row: Any, decision: Placement, status: dict[str, Any], port: int | None,
-                 node_views: dict[str, NodeView]) -> list[PlacedInstance]:
+                 ordered: bool) -> list[PlacedInstance]:
     async with store.write() as tx:
         guard = await tx.conn.execute(update(apps).where(apps.c.name == row.name,
                                                          apps.c.resource_version == row.resource_version)
                                       .values(status=status, resource_version=tx.rv))
         if guard.rowcount != 1:
             raise RetryableConflict(f"app {row.name} changed")
-        ips = {n.name: n.ip for n in (await tx.conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.zone))).all()}
-        zones = {n.name: n.zone for n in (await tx.conn.execute(select(nodes.c.name, nodes.c.zone))).all()}
+        node_rows = {n.name: n for n in (await tx.conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.zone))).all()}
         created: list[PlacedInstance] = []
         request = AppServiceSpec.model_validate(row.spec).template.resources.request()
-        for seq, new in enumerate(decision.create):
-            instance_id = f"{row.name}-{secrets.token_hex(3)}"
+        ordinals: list[int | None] = [None] * len(decision.create)
+        if ordered:
+            taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
+                instances.c.app == row.name, instances.c.ordinal.is_not(None)))).scalars())
+            ordinals = list(ordinals_for(len(decision.create), taken))
+        for seq, (new, ordinal) in enumerate(zip(decision.create, ordinals)):
+            instance_id = instance_id_for(row.name, ordinal)
             await tx.conn.execute(insert(instances).values(
                 id=instance_id, app=row.name, revision=row.deployed_revision, node=new.node, cell=new.cell,
-                zone=zones[new.node], ip=ips[new.node], port=port, desired="running", phase="Pending", ready=False,
-                restarts=0, pid=None, message="", created_seq=tx.rv * 10_000 + seq, desired_version=tx.rv,
+                zone=node_rows[new.node].zone, ip=node_rows[new.node].ip, port=port, desired="running",
+                phase="Pending", ready=False, restarts=0, pid=None, message="", created_seq=tx.rv * 10_000 + seq,
+                desired_version=tx.rv, running_revision=None, replaces=None, ordinal=ordinal, changed_at=tx.now,
                 created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
             created.append(PlacedInstance(id=instance_id, app=row.name, node=new.node, cell=new.cell,
                                           request=request, created_seq=tx.rv * 10_000 + seq))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
+from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
 from ballast.errors import FieldProblem, InvalidInput
 
 API_VERSION = "ballast.io/v1alpha1"
@@ -88,10 +89,31 @@ class Template(_Model):
         return env
 
 
+class StrategySpec(_Model):
+    """How releases of this app proceed; flags of `ballast release start` override each field."""
+
+    beta_size: int = Field(1, alias="betaSize", ge=0, le=10_000)
+    groups: int = Field(3, ge=1, le=100)
+    group_sizes: list[Annotated[int, Field(ge=0, le=10_000)]] | None = Field(None, alias="groupSizes", min_length=1, max_length=100)
+    pause: Literal["manual", "auto", "none"] = "manual"
+    pause_seconds: float = Field(0.0, alias="pauseSeconds", ge=0, le=86_400)
+    max_unavailable_per_cell: int = Field(1, alias="maxUnavailablePerCell", ge=1, le=10_000)
+    upgrade: Literal["inPlace", "replace", "ordered"] = "inPlace"
+    progress_deadline_seconds: float = Field(120.0, alias="progressDeadlineSeconds", gt=0, le=86_400)
+
+    def to_strategy(self) -> Strategy:
+        return Strategy(beta_size=self.beta_size, groups=self.groups,
+                        group_sizes=tuple(self.group_sizes) if self.group_sizes is not None else None,
+                        pause=PauseMode(self.pause), pause_seconds=self.pause_seconds,
+                        max_unavailable_per_cell=self.max_unavailable_per_cell, upgrade=UpgradeMode(self.upgrade),
+                        progress_deadline_seconds=self.progress_deadline_seconds)
+
+
 class AppServiceSpec(_Model):
     cells: dict[Name, Annotated[int, Field(ge=0, le=10_000)]] | None = None
     replicas: int | None = Field(None, ge=0, le=10_000)
     template: Template
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
 
     @model_validator(mode="after")
     def _one_spread(self) -> "AppServiceSpec":

@@ -21,7 +21,7 @@ from ballast.store.schema import apps, cells, instances, nodes, revisions
 
 NODE_TIMEOUT_SECONDS = 10.0
 PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
-_REPORTED_FIELDS = ("phase", "ready", "pid", "port", "restarts", "message")
+_REPORTED_FIELDS = ("phase", "ready", "pid", "port", "restarts", "message", "running_revision")
 
 
 async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -57,6 +57,7 @@ async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> Non
         row = rows.get(rep["id"])
         if row is None:
             continue
+        rep = {**rep, "running_revision": rep.get("revision")}
         if row.desired == "deleted" and rep["phase"] == "Stopped":
             await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
             continue

@@ -85,6 +85,10 @@ instances = Table(
     Column("message", Text, nullable=False),
     Column("created_seq", BigInteger, nullable=False),
     Column("desired_version", BigInteger, nullable=False),   # rv of the last change to what the agent must do
+    Column("running_revision", Integer, nullable=True),       # what the agent reports running
+    Column("replaces", String(80), nullable=True),            # replace-mode releases: the instance this one replaces
+    Column("ordinal", Integer, nullable=True),                # ordered identity (APP-0, APP-1, ...)
+    Column("changed_at", Float, nullable=True),               # when the desired revision last changed
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
@@ -147,4 +151,39 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+releases = Table(
+    "releases", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String(63), nullable=False),
+    Column("from_revision", Integer, nullable=False),
+    Column("to_revision", Integer, nullable=False),
+    Column("strategy", JSON, nullable=False),
+    Column("plan", JSON, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("completed_groups", Integer, nullable=False),
+    Column("pause_until", Float, nullable=True),
+    Column("fast", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("waiting", Text, nullable=False),
+    Column("created_by", String(63), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("resource_version", BigInteger, nullable=False),
+    Index("ix_releases_app", "app"),
+)
+
+release_events = Table(
+    "release_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("release_id", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(63), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_release_events_release", "release_id"),
 )

@@ -1,0 +1,107 @@
+"""Routes for releases: plan, start, status, pause / resume / rollback, history."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.core.authz import Action
+from ballast.services import releases
+from ballast.services.access import Principal
+
+router = APIRouter()
+
+
+class StrategyOverrides(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    betaSize: int | None = Field(None, ge=0, le=10_000)
+    groups: int | None = Field(None, ge=1, le=100)
+    groupSizes: list[int] | None = Field(None, min_length=1, max_length=100)
+    pause: Literal["manual", "auto", "none"] | None = None
+    pauseSeconds: float | None = Field(None, ge=0, le=86_400)
+    maxUnavailablePerCell: int | None = Field(None, ge=1, le=10_000)
+    upgrade: Literal["inPlace", "replace", "ordered"] | None = None
+    progressDeadlineSeconds: float | None = Field(None, gt=0, le=86_400)
+
+
+class StartRelease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    toRevision: int | None = Field(None, ge=1)
+    strategy: StrategyOverrides = Field(default_factory=StrategyOverrides)
+
+
+class ReleaseAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fast: bool = False
+    expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only if the release is in this phase")
+
+
+@router.post("/apps/{app}/releases/plan", tags=["releases"])
+async def plan_release(app: str, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """The groups a release would use, computed without changing anything."""
+    require(who, Action.READ, app)
+    request.state.audit_exempt = True  # a preview changes nothing
+    async with store_of(request).read() as conn:
+        return await releases.preview(conn, app, body.toRevision, body.strategy.model_dump())
+
+
+@router.post("/apps/{app}/releases", tags=["releases"], status_code=201)
+async def start_release(app: str, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.APPLY_APP, app)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await releases.start(tx, app, body.toRevision, body.strategy.model_dump(), who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.get("/apps/{app}/releases", tags=["releases"])
+async def release_history(app: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.READ, app)
+    async with store_of(request).read() as conn:
+        return {"items": await releases.history(conn, app)}
+
+
+@router.get("/apps/{app}/release", tags=["releases"])
+async def release_status(app: str, request: Request, id: int | None = Query(None, ge=1),
+                         who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.READ, app)
+    store = store_of(request)
+    async with store.read() as conn:
+        return await releases.status(conn, app, store.clock(), id)
+
+
+async def _act(app: str, action: str, body: ReleaseAction, request: Request, who: Principal) -> dict[str, Any]:
+    require(who, Action.APPLY_APP, app)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.post("/apps/{app}/release/pause", tags=["releases"])
+async def pause(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+                who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(app, "pause", body, request, who)
+
+
+@router.post("/apps/{app}/release/resume", tags=["releases"])
+async def resume(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+                 who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(app, "resume", body, request, who)
+
+
+@router.post("/apps/{app}/release/rollback", tags=["releases"])
+async def rollback(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+                   who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(app, "rollback", body, request, who)

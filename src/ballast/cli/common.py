@@ -1,0 +1,48 @@
+"""What every CLI command shares: the consoles, the error exit, and the async-command wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+import click
+from rich.console import Console
+
+from ballast.cli import config as client_config
+from ballast.client import ApiError, Client
+from ballast.errors import BallastError
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
+         "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
+         "revision": "revisions", "revisions": "revisions", "inst": "instances"}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(message, markup=False)
+    sys.exit(code)
+
+
+def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Run an async command with an API client; turn every Ballast error into a message and exit code."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            cfg = client_config.load(ctx.obj.get("config"), ctx.obj.get("server"), ctx.obj.get("token"))
+
+            async def go() -> Any:
+                async with Client(cfg.server, cfg.token) as client:
+                    return await fn(client, *args, **kwargs)
+
+            return asyncio.run(go())
+        except ApiError as exc:
+            _fail(exc.render())
+        except BallastError as exc:
+            _fail(f"error: {exc.message}")
+    return wrapper
+
+

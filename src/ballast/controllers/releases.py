@@ -1,0 +1,160 @@
+"""The release controller: executes the pure `decide()` for every active release.
+
+Each pass re-reads the release and its app's instances, decides, and writes
+the decision's instance changes, phase transition, release event and audit
+record in one transaction guarded by the release's resource version. A user
+action that moved the phase in between makes the write fail and the next pass
+decide again — never half of a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from ballast.controllers.scheduler import instance_id_for
+from ballast.core.manifests import AppServiceSpec
+from ballast.core.placement import NodeView, PlacedInstance, Resources, place
+from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Phase, Retire, SetRevision,
+                                         Transition, decide)
+from ballast.errors import RetryableConflict
+from ballast.services import releases as release_records
+from ballast.services.registry import NODE_TIMEOUT_SECONDS
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import apps, instances, nodes, releases
+
+log = logging.getLogger("ballast.releases")
+ACTOR = release_records.ENGINE
+TERMINAL = {Phase.SUCCEEDED, Phase.FAILED, Phase.ROLLED_BACK}
+
+
+async def reconcile_once(store: Store) -> int:
+    """One pass over every active release; returns how many decisions it wrote."""
+    async with store.read() as conn:
+        rows = (await conn.execute(select(releases).where(
+            releases.c.phase.in_([p.value for p in ACTIVE_PHASES])).order_by(releases.c.id))).all()
+    written = 0
+    for row in rows:
+        try:
+            if await _reconcile(store, row):
+                written += 1
+        except RetryableConflict:
+            continue  # a user action moved the release; decide again from fresh state
+    return written
+
+
+async def _reconcile(store: Store, row: Any) -> bool:
+    now = store.clock()
+    async with store.read() as conn:
+        app_row = (await conn.execute(select(apps).where(apps.c.name == row.app))).first()
+        inst_rows = (await conn.execute(select(instances).where(instances.c.app == row.app))).all()
+    if app_row is None:
+        decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))
+    else:
+        decision = decide(release_records.view(row), {r.id: release_records.instance_view(r) for r in inst_rows}, now)
+    if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
+        return False
+    async with store.write() as tx:
+        guard = await tx.conn.execute(update(releases).where(releases.c.id == row.id,
+                                                             releases.c.resource_version == row.resource_version)
+                                      .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
+        if guard.rowcount != 1:
+            raise RetryableConflict(f"release {row.id} changed")
+        done = [await _apply(tx, row, app_row, action) for action in decision.actions]
+        done = [d for d in done if d]
+        if done:
+            await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}",
+                           detail={"release": row.id, "actions": done})
+        if decision.transition is not None:
+            await _transition(tx, row, decision.transition)
+    return True
+
+
+def _failed(reason: str) -> Transition:
+    return Transition(Phase.FAILED, reason)
+
+
+async def _apply(tx: Tx, row: Any, app_row: Any, action: Any) -> dict[str, Any] | None:
+    if isinstance(action, SetRevision):
+        moved = await tx.conn.execute(update(instances).where(instances.c.id == action.instance,
+                                                              instances.c.revision != action.revision)
+                                      .values(revision=action.revision, desired_version=tx.rv, changed_at=tx.now,
+                                              resource_version=tx.rv))
+        return {"setRevision": action.instance, "revision": action.revision} if moved.rowcount else None
+    if isinstance(action, Retire):
+        moved = await tx.conn.execute(update(instances).where(instances.c.id == action.instance,
+                                                              instances.c.desired == "running")
+                                      .values(desired="deleted", desired_version=tx.rv, changed_at=tx.now,
+                                              resource_version=tx.rv))
+        return {"retire": action.instance} if moved.rowcount else None
+    if isinstance(action, CreateReplacement):
+        return await _create_replacement(tx, row, app_row, action)
+    raise TypeError(f"unknown action {action!r}")
+
+
+async def _create_replacement(tx: Tx, row: Any, app_row: Any, action: CreateReplacement) -> dict[str, Any] | None:
+    exists = (await tx.conn.execute(select(instances.c.id).where(instances.c.replaces == action.replaces))).first()
+    if exists is not None:
+        return None  # already created by an earlier pass
+    spec = AppServiceSpec.model_validate(app_row.spec)
+    request = spec.template.resources.request()
+    node_rows = (await tx.conn.execute(select(nodes))).all()
+    views = [NodeView(n.name, n.cell, tx.now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
+                      Resources(n.cpu_millis, n.memory_bytes)) for n in node_rows]
+    live = (await tx.conn.execute(select(instances).where(instances.c.desired == "running"))).all()
+    specs = {a.name: AppServiceSpec.model_validate(a.spec).template.resources.request()
+             for a in (await tx.conn.execute(select(apps.c.name, apps.c.spec))).all()}
+    placed = [PlacedInstance(i.id, i.app, i.node, i.cell, specs.get(i.app, Resources(0, 0)), i.created_seq) for i in live]
+    in_cell = sum(1 for i in live if i.app == row.app and i.cell == action.cell)
+    decision = place(row.app, {action.cell: in_cell + 1}, request, placed, views)
+    if not decision.create:
+        reason = decision.unplaced[0][2] if decision.unplaced else "no node"
+        log.warning("release %s: no room for a surge instance in %s: %s", row.id, action.cell, reason)
+        return None
+    node = next(n for n in node_rows if n.name == decision.create[0].node)
+    old = (await tx.conn.execute(select(instances.c.ordinal).where(instances.c.id == action.replaces))).first()
+    new_id = instance_id_for(row.app, None)
+    await tx.conn.execute(insert(instances).values(
+        id=new_id, app=row.app, revision=action.revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
+        port=spec.template.port, desired="running", phase="Pending", ready=False, restarts=0, pid=None, message="",
+        created_seq=tx.rv * 10_000, desired_version=tx.rv, running_revision=None, replaces=action.replaces,
+        ordinal=old.ordinal if old is not None else None, changed_at=tx.now, created_at=tx.now, updated_at=tx.now,
+        resource_version=tx.rv))
+    return {"create": new_id, "replaces": action.replaces, "node": node.name, "revision": action.revision}
+
+
+async def _transition(tx: Tx, row: Any, t: Any) -> None:
+    values: dict[str, Any] = {"phase": t.phase.value, "reason": t.reason, "pause_until": t.pause_until}
+    if t.completed_groups is not None:
+        values["completed_groups"] = t.completed_groups
+    if t.direction is not None:
+        values["direction"] = t.direction.value
+    if t.phase in TERMINAL:
+        values["finished_at"] = tx.now
+        values["waiting"] = ""
+    await tx.conn.execute(update(releases).where(releases.c.id == row.id).values(**values))
+    if t.phase is Phase.SUCCEEDED:
+        await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(deployed_revision=row.to_revision,
+                                                                                 resource_version=tx.rv))
+    action = {Phase.SUCCEEDED: "succeeded", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed",
+              Phase.PAUSED: "paused", Phase.RUNNING: "group-done"}.get(t.phase, t.phase.value.lower())
+    await release_records.event(tx, row.id, ACTOR, action, t.phase,
+                                {"reason": t.reason, "completedGroups": t.completed_groups})
+    await tx.audit(actor=ACTOR, action=f"release.{action}", resource=f"AppService/{row.app}",
+                   detail={"release": row.id, "phase": t.phase.value, "reason": t.reason})
+
+
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
+    rv = 0
+    while not stop.is_set():
+        try:
+            await reconcile_once(store)
+        except Exception:
+            log.exception("release pass failed; retrying")
+            await asyncio.sleep(1.0)
+        rv = await store.wait_for_change(rv, idle_seconds)
+
+

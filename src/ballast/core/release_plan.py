@@ -1,0 +1,138 @@
+"""Release planning: which instance is changed in which group, per cell. Pure.
+
+A plan has an optional beta group (`betaSize` instances of every cell) and
+then groups that split the rest of each cell proportionally, later groups
+taking the remainder (a cautious ramp). `groups` counts every group,
+including the beta group. Explicit `groupSizes` give the per-cell size of
+each group instead; the last group takes whatever remains. A cell with fewer
+instances than groups simply has empty groups. The executed release follows
+the stored plan exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Sequence
+
+from ballast.errors import FieldProblem, InvalidInput
+
+
+class PauseMode(str, Enum):
+    MANUAL = "manual"
+    AUTO = "auto"
+    NONE = "none"
+
+
+class UpgradeMode(str, Enum):
+    IN_PLACE = "inPlace"
+    REPLACE = "replace"
+    ORDERED = "ordered"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    beta_size: int = 1
+    groups: int = 3
+    group_sizes: tuple[int, ...] | None = None
+    pause: PauseMode = PauseMode.MANUAL
+    pause_seconds: float = 0.0
+    max_unavailable_per_cell: int = 1
+    upgrade: UpgradeMode = UpgradeMode.IN_PLACE
+    progress_deadline_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One instance position in the plan; `instance` is the id it had when the release started."""
+
+    instance: str
+    cell: str
+    ordinal: int | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    index: int
+    name: str
+    slots: tuple[Slot, ...]
+
+    def cells(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.slots:
+            out[s.cell] = out.get(s.cell, 0) + 1
+        return out
+
+
+def validate(strategy: Strategy, cell_sizes: dict[str, int]) -> None:
+    problems: list[FieldProblem] = []
+    if strategy.groups < 1:
+        problems.append(FieldProblem("strategy.groups", strategy.groups, "at least 1"))
+    if strategy.beta_size < 0:
+        problems.append(FieldProblem("strategy.betaSize", strategy.beta_size, "0 or more"))
+    for cell, size in sorted(cell_sizes.items()):
+        if strategy.group_sizes is None and strategy.groups > 1 and strategy.beta_size > size:
+            problems.append(FieldProblem("strategy.betaSize", strategy.beta_size,
+                                         f"at most {size}: cell {cell} has only {size} instance(s)"))
+    if strategy.group_sizes is not None:
+        if not strategy.group_sizes or any(s < 0 for s in strategy.group_sizes):
+            problems.append(FieldProblem("strategy.groupSizes", list(strategy.group_sizes),
+                                         "a non-empty list of per-cell sizes, each 0 or more"))
+    if strategy.max_unavailable_per_cell < 1:
+        problems.append(FieldProblem("strategy.maxUnavailablePerCell", strategy.max_unavailable_per_cell, "at least 1"))
+    if strategy.pause_seconds < 0:
+        problems.append(FieldProblem("strategy.pauseSeconds", strategy.pause_seconds, "0 or more"))
+    if strategy.progress_deadline_seconds <= 0:
+        problems.append(FieldProblem("strategy.progressDeadlineSeconds", strategy.progress_deadline_seconds, "more than 0"))
+    if problems:
+        raise InvalidInput("invalid release strategy; nothing was started", problems=problems)
+
+
+def per_cell_sizes(strategy: Strategy, cell_size: int) -> list[int]:
+    """How many of one cell's instances each group changes (sums to cell_size)."""
+    if strategy.group_sizes is not None:
+        sizes, left = [], cell_size
+        for want in strategy.group_sizes:
+            take = min(want, left)
+            sizes.append(take)
+            left -= take
+        sizes[-1] += left
+        return sizes
+    if strategy.groups == 1:
+        return [cell_size]
+    if strategy.beta_size == 0:
+        return _split(cell_size, strategy.groups)
+    beta = min(strategy.beta_size, cell_size)
+    return [beta] + _split(cell_size - beta, strategy.groups - 1)
+
+
+def _split(total: int, parts: int) -> list[int]:
+    bounds = [total * k // parts for k in range(parts + 1)]
+    return [bounds[k + 1] - bounds[k] for k in range(parts)]
+
+
+def plan(slots: Sequence[Slot], strategy: Strategy) -> list[Group]:
+    """Group the app's instances. Ordered mode takes the highest ordinals first."""
+    by_cell: dict[str, list[Slot]] = {}
+    for s in slots:
+        by_cell.setdefault(s.cell, []).append(s)
+    validate(strategy, {c: len(v) for c, v in by_cell.items()})
+    for members in by_cell.values():
+        if strategy.upgrade is UpgradeMode.ORDERED:
+            members.sort(key=lambda s: (-(s.ordinal or 0), s.instance))
+        else:
+            members.sort(key=lambda s: s.instance)
+    count = len(strategy.group_sizes) if strategy.group_sizes is not None else strategy.groups
+    has_beta = strategy.group_sizes is None and strategy.groups > 1 and strategy.beta_size > 0
+    groups: list[list[Slot]] = [[] for _ in range(count)]
+    for cell in sorted(by_cell):
+        members = by_cell[cell]
+        start = 0
+        for index, size in enumerate(per_cell_sizes(strategy, len(members))):
+            groups[index].extend(members[start:start + size])
+            start += size
+    names = [("beta" if has_beta and i == 0 else f"group-{i if has_beta else i + 1}") for i in range(count)]
+    result = [Group(i, names[i], tuple(g)) for i, g in enumerate(groups)]
+    if strategy.upgrade is UpgradeMode.ORDERED:
+        result = [Group(g.index, g.name, tuple(sorted(g.slots, key=lambda s: -(s.ordinal or 0)))) for g in result]
+    return result

@@ -1,0 +1,240 @@
+"""Releases as stored records: start, pause, resume, roll back, read.
+
+User actions change a release's phase by compare-and-set on the phase they
+saw, inside one transaction with their release event and audit record; a
+stale or conflicting request gets 409 naming the current phase. The engine
+(controllers/releases.py) does the instance work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.core.manifests import AppServiceSpec, StrategySpec, problems_from_validation
+from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
+                                         slot_state)
+from ballast.core.release_plan import Group, PauseMode, Slot, Strategy, UpgradeMode, plan
+from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.store.engine import Tx
+from ballast.store.schema import apps, instances, release_events, releases, revisions
+
+ENGINE = "controller/releases"
+
+
+def strategy_to_json(s: Strategy) -> dict[str, Any]:
+    out = asdict(s)
+    out["pause"], out["upgrade"] = s.pause.value, s.upgrade.value
+    out["group_sizes"] = list(s.group_sizes) if s.group_sizes is not None else None
+    return out
+
+
+def strategy_from_json(d: dict[str, Any]) -> Strategy:
+    return Strategy(beta_size=d["beta_size"], groups=d["groups"],
+                    group_sizes=tuple(d["group_sizes"]) if d.get("group_sizes") is not None else None,
+                    pause=PauseMode(d["pause"]), pause_seconds=d["pause_seconds"],
+                    max_unavailable_per_cell=d["max_unavailable_per_cell"], upgrade=UpgradeMode(d["upgrade"]),
+                    progress_deadline_seconds=d["progress_deadline_seconds"])
+
+
+def plan_to_json(groups: list[Group]) -> list[dict[str, Any]]:
+    return [{"index": g.index, "name": g.name,
+             "slots": [{"instance": s.instance, "cell": s.cell, "ordinal": s.ordinal} for s in g.slots]} for g in groups]
+
+
+def plan_from_json(raw: list[dict[str, Any]]) -> tuple[Group, ...]:
+    return tuple(Group(g["index"], g["name"], tuple(Slot(s["instance"], s["cell"], s.get("ordinal")) for s in g["slots"]))
+                 for g in raw)
+
+
+def view(row: Any) -> ReleaseView:
+    return ReleaseView(app=row.app, from_revision=row.from_revision, to_revision=row.to_revision,
+                       strategy=strategy_from_json(row.strategy), groups=plan_from_json(row.plan),
+                       phase=Phase(row.phase), direction=Direction(row.direction),
+                       completed_groups=row.completed_groups, pause_until=row.pause_until, fast=row.fast,
+                       reason=row.reason)
+
+
+def instance_view(row: Any) -> InstanceView:
+    return InstanceView(id=row.id, cell=row.cell, revision=row.revision, running_revision=row.running_revision,
+                        ready=row.ready, phase=row.phase, desired=row.desired, replaces=row.replaces,
+                        changed_at=row.changed_at if row.changed_at is not None else row.created_at,
+                        message=row.message)
+
+
+def merge_strategy(spec: AppServiceSpec, overrides: dict[str, Any]) -> Strategy:
+    """The app's strategy with the request's fields on top, validated as one strategy."""
+    base = spec.strategy.model_dump(by_alias=True)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("groupSizes") is not None and overrides.get("groups") is None:
+        base["groups"] = len(overrides["groupSizes"])
+    if overrides.get("groups") is not None and overrides.get("groupSizes") is None:
+        base["groupSizes"] = None
+    try:
+        return StrategySpec.model_validate(base).to_strategy()
+    except ValidationError as exc:
+        raise InvalidInput("invalid release strategy; nothing was started",
+                           problems=problems_from_validation(exc, "strategy")) from None
+
+
+async def active_release(conn: AsyncConnection, app: str) -> Any:
+    return (await conn.execute(select(releases).where(releases.c.app == app,
+                                                      releases.c.phase.in_([p.value for p in ACTIVE_PHASES]))
+                               .order_by(releases.c.id.desc()))).first()
+
+
+async def _app_and_target(conn: AsyncConnection, app: str, to_revision: int | None) -> tuple[Any, AppServiceSpec, int]:
+    row = (await conn.execute(select(apps).where(apps.c.name == app))).first()
+    if row is None:
+        raise NotFound(f"app {app!r} not found")
+    target = to_revision if to_revision is not None else row.latest_revision
+    exists = (await conn.execute(select(revisions.c.number).where(revisions.c.app == app,
+                                                                   revisions.c.number == target))).first()
+    if exists is None:
+        numbers = (await conn.execute(select(revisions.c.number).where(revisions.c.app == app))).scalars().all()
+        raise InvalidInput("unknown revision", problems=[FieldProblem("toRevision", target,
+                                                                      f"one of the app's revisions: {sorted(numbers)}")])
+    return row, AppServiceSpec.model_validate(row.spec), target
+
+
+async def _slots(conn: AsyncConnection, app: str) -> list[Slot]:
+    rows = (await conn.execute(select(instances).where(instances.c.app == app, instances.c.desired == "running"))).all()
+    return [Slot(r.id, r.cell, r.ordinal) for r in rows]
+
+
+async def preview(conn: AsyncConnection, app: str, to_revision: int | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    row, spec, target = await _app_and_target(conn, app, to_revision)
+    strategy = merge_strategy(spec, overrides)
+    groups = plan(await _slots(conn, app), strategy)
+    return {"app": app, "fromRevision": row.deployed_revision, "toRevision": target,
+            "strategy": strategy_to_json(strategy), "groups": plan_to_json(groups)}
+
+
+async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, Any], actor: str) -> dict[str, Any]:
+    running = await active_release(tx.conn, app)
+    if running is not None:
+        raise Conflict(f"release {running.id} of {app!r} is {running.phase} (revision {running.from_revision} → "
+                       f"{running.to_revision}); pause/resume/roll it back, or wait for it to finish")
+    row, spec, target = await _app_and_target(tx.conn, app, to_revision)
+    if target == row.deployed_revision:
+        raise Conflict(f"app {app!r} already runs revision {target}")
+    strategy = merge_strategy(spec, overrides)
+    groups = plan(await _slots(tx.conn, app), strategy)
+    if not any(g.slots for g in groups):
+        raise Conflict(f"app {app!r} has no instances to release")
+    result = await tx.conn.execute(insert(releases).values(
+        app=app, from_revision=row.deployed_revision, to_revision=target, strategy=strategy_to_json(strategy),
+        plan=plan_to_json(groups), phase=Phase.RUNNING.value, direction=Direction.FORWARD.value, completed_groups=0,
+        pause_until=None, fast=False, reason="started", waiting="", created_by=actor, created_at=tx.now,
+        updated_at=tx.now, finished_at=None, resource_version=tx.rv))
+    release_id = int(result.inserted_primary_key[0])
+    await event(tx, release_id, actor, "start", Phase.RUNNING, {"from": row.deployed_revision, "to": target})
+    await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app}",
+                   detail={"release": release_id, "from": row.deployed_revision, "to": target,
+                           "strategy": strategy_to_json(strategy)})
+    return {"id": release_id, "app": app, "fromRevision": row.deployed_revision, "toRevision": target,
+            "groups": plan_to_json(groups)}
+
+
+async def event(tx: Tx, release_id: int, actor: str, action: str, phase: Phase, detail: dict[str, Any]) -> None:
+    await tx.conn.execute(insert(release_events).values(release_id=release_id, ts=tx.now, actor=actor, action=action,
+                                                        phase=phase.value, detail=detail))
+
+
+_ALLOWED = {
+    "pause": ({Phase.RUNNING, Phase.ROLLING_BACK}, None),
+    "resume": ({Phase.PAUSED}, None),
+    "rollback": ({Phase.RUNNING, Phase.PAUSED, Phase.ROLLING_BACK}, Phase.ROLLING_BACK),
+}
+
+
+async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
+              expect_phase: str | None = None) -> dict[str, Any]:
+    """pause | resume | rollback, as a compare-and-set on the phase the request saw."""
+    row = (await tx.conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id.desc()))).first()
+    if row is None:
+        raise NotFound(f"app {app!r} has no release")
+    current = Phase(row.phase)
+    if expect_phase is not None and expect_phase != current.value:
+        raise Conflict(f"release {row.id} is {current.value}, not {expect_phase}; nothing changed")
+    allowed_from, _ = _ALLOWED[action]
+    if action == "rollback" and current is Phase.ROLLING_BACK and (row.fast or not fast):
+        raise Conflict(f"release {row.id} is already RollingBack; nothing changed")
+    if current not in allowed_from:
+        hint = " (start a new release to go back to an earlier revision)" if current is Phase.SUCCEEDED else ""
+        raise Conflict(f"cannot {action} release {row.id}: it is {current.value}{hint}")
+    if action == "pause":
+        new, direction, reason = Phase.PAUSED, Direction(row.direction), f"paused by {actor}"
+    elif action == "resume":
+        direction = Direction(row.direction)
+        new = Phase.ROLLING_BACK if direction is Direction.ROLLBACK else Phase.RUNNING
+        reason = f"resumed by {actor}"
+    else:
+        new, direction = Phase.ROLLING_BACK, Direction.ROLLBACK
+        reason = f"rollback{' (fast)' if fast else ''} by {actor} to revision {row.from_revision}"
+    moved = await tx.conn.execute(update(releases).where(releases.c.id == row.id, releases.c.phase == current.value)
+                                  .values(phase=new.value, direction=direction.value, reason=reason,
+                                          fast=row.fast or fast, pause_until=None, updated_at=tx.now,
+                                          resource_version=tx.rv))
+    if moved.rowcount != 1:
+        raise Conflict(f"release {row.id} changed concurrently; nothing changed")
+    await event(tx, row.id, actor, action, new, {"from": current.value, "fast": fast})
+    await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
+                   detail={"release": row.id, "from": current.value, "to": new.value, "fast": fast})
+    return {"id": row.id, "app": app, "phase": new.value, "previousPhase": current.value}
+
+
+async def status(conn: AsyncConnection, app: str, now: float, release_id: int | None = None) -> dict[str, Any]:
+    query = select(releases).where(releases.c.app == app)
+    query = query.where(releases.c.id == release_id) if release_id is not None else query.order_by(releases.c.id.desc())
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"app {app!r} has no release")
+    rel = view(row)
+    inst = {r.id: instance_view(r) for r in (await conn.execute(select(instances).where(instances.c.app == app))).all()}
+    rolling_back = rel.direction is Direction.ROLLBACK
+    target = rel.from_revision if rolling_back else rel.to_revision
+    groups = []
+    for g in rel.groups:
+        cells: dict[str, dict[str, int]] = {}
+        slots = []
+        for s in g.slots:
+            st = slot_state(s, target, rel.strategy.upgrade, inst, now, rel.strategy.progress_deadline_seconds)
+            if rolling_back and st.kind is SlotKind.DONE:
+                kind = "rolled back" if g.index <= rel.completed_groups else "untouched"
+            else:
+                kind = st.kind.value
+            c = cells.setdefault(s.cell, {"done": 0, "in progress": 0, "waiting": 0, "failed": 0})
+            bucket = {"done": "done", "rolled back": "done", "untouched": "done"}.get(kind, kind)
+            c[bucket] = c.get(bucket, 0) + 1
+            slots.append({"slot": s.instance, "instance": st.holder, "cell": s.cell, "state": kind, "reason": st.reason})
+        groups.append({"index": g.index, "name": g.name, "cells": cells, "instances": slots})
+    events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
+                                 .order_by(release_events.c.id))).all()
+    return {"id": row.id, "app": app, "phase": row.phase, "direction": row.direction,
+            "fromRevision": row.from_revision, "toRevision": row.to_revision, "completedGroups": row.completed_groups,
+            "reason": row.reason, "waiting": row.waiting, "fast": row.fast, "createdBy": row.created_by,
+            "startedAt": row.created_at, "finishedAt": row.finished_at,
+            "elapsedSeconds": round((row.finished_at or now) - row.created_at, 1),
+            "pauseUntil": row.pause_until, "strategy": row.strategy, "groups": groups,
+            "events": [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail}
+                       for e in events]}
+
+
+async def history(conn: AsyncConnection, app: str) -> list[dict[str, Any]]:
+    rows = (await conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id))).all()
+    out = []
+    for row in rows:
+        events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
+                                     .order_by(release_events.c.id))).all()
+        out.append({"id": row.id, "app": app, "fromRevision": row.from_revision, "toRevision": row.to_revision,
+                    "phase": row.phase, "createdBy": row.created_by, "startedAt": row.created_at,
+                    "finishedAt": row.finished_at,
+                    "durationSeconds": round(row.finished_at - row.created_at, 1) if row.finished_at else None,
+                    "events": [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail}
+                               for e in events]})
+    return out
