@@ -208,6 +208,14 @@ class Server(ThreadingHTTPServer):
             return len(self.conns)
 
 
+def record_start(env):
+    """Append one line per start to the instance's data dir: it survives restarts and upgrades."""
+    data_dir = env.get("BALLAST_DATA_DIR")
+    if data_dir:
+        with open(os.path.join(data_dir, "starts.log"), "a") as fh:
+            fh.write(f"{env.get('BALLAST_REVISION', '')} {os.getpid()}\n")
+
+
 def main():
     cfg = load_config(os.environ)
     if ":" in cfg.host:
@@ -225,6 +233,7 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"listening on {cfg.host}:{server.server_address[1]}", flush=True)
+    record_start(os.environ)
     server.serve_forever(poll_interval=0.1)
 
     server.socket.close()  # stop accepting: new connections are refused while we drain

@@ -101,15 +101,21 @@ async def _app_and_target(conn: AsyncConnection, app: str, to_revision: int | No
     return row, AppServiceSpec.model_validate(row.spec), target
 
 
-async def _slots(conn: AsyncConnection, app: str) -> list[Slot]:
+async def _slots(conn: AsyncConnection, app: str, strategy: Strategy) -> list[Slot]:
     rows = (await conn.execute(select(instances).where(instances.c.app == app, instances.c.desired == "running"))).all()
-    return [Slot(r.id, r.cell, r.ordinal) for r in rows]
+    slots = [Slot(r.id, r.cell, r.ordinal) for r in rows]
+    if strategy.upgrade is UpgradeMode.ORDERED and any(s.ordinal is None for s in slots):
+        raise InvalidInput("ordered upgrade needs ordinal identities", problems=[FieldProblem(
+            "strategy.upgrade", "ordered",
+            "inPlace or replace: this app's instances have no ordinal identities; declare "
+            "spec.strategy.upgrade: ordered in the AppService before its instances are created")])
+    return slots
 
 
 async def preview(conn: AsyncConnection, app: str, to_revision: int | None, overrides: dict[str, Any]) -> dict[str, Any]:
     row, spec, target = await _app_and_target(conn, app, to_revision)
     strategy = merge_strategy(spec, overrides)
-    groups = plan(await _slots(conn, app), strategy)
+    groups = plan(await _slots(conn, app, strategy), strategy)
     return {"app": app, "fromRevision": row.deployed_revision, "toRevision": target,
             "strategy": strategy_to_json(strategy), "groups": plan_to_json(groups)}
 
@@ -123,7 +129,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     if target == row.deployed_revision:
         raise Conflict(f"app {app!r} already runs revision {target}")
     strategy = merge_strategy(spec, overrides)
-    groups = plan(await _slots(tx.conn, app), strategy)
+    groups = plan(await _slots(tx.conn, app, strategy), strategy)
     if not any(g.slots for g in groups):
         raise Conflict(f"app {app!r} has no instances to release")
     result = await tx.conn.execute(insert(releases).values(
