@@ -7,6 +7,7 @@ Foreign exceptions are translated at the boundary (`raise X(...) from exc`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,11 @@ class BallastError(Exception):
         self.problems = problems or []
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        body: dict[str, Any] = {"error": type(self).__name__, "message": _jsonable(self.message)}
         if self.problems:
             body["problems"] = [
-                {"path": p.path, "value": _jsonable(p.value), "expected": p.expected} for p in self.problems
+                {"path": _jsonable(p.path), "value": _jsonable(p.value), "expected": _jsonable(p.expected)}
+                for p in self.problems
             ]
         return body
 
@@ -72,10 +74,16 @@ class RetryableConflict(Exception):
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    # The offending value is echoed back, so it must survive strict JSON and UTF-8:
+    # NaN/Infinity are not JSON, and a lone surrogate (a "\ud800" escape) is not UTF-8.
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_jsonable(str(k)): _jsonable(v) for k, v in value.items()}
     return repr(value)

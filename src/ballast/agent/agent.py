@@ -172,8 +172,11 @@ class Agent:
     async def _replace_revision(self, sup: Supervisor, a: dict[str, Any]) -> None:
         """Same instance, new revision: stop, then start with the new template (keeps node and port)."""
         self.supervisors.pop(sup.id, None)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         await sup.stop()
         self._begin(a)
+        self.supervisors[a["id"]].previous_stop = (began, loop.time())
 
     def _stop_orphan(self, local: LocalInstance) -> None:
         if local.pid is not None and local.started is not None:

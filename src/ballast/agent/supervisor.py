@@ -48,6 +48,7 @@ class Supervisor:
         self.ready = False
         self.message = "adopted after agent restart" if adopted else ""
         self.outdated = outdated  # a process of an older revision to stop before starting this one
+        self.previous_stop: tuple[float, float] | None = None  # (began, ended) of the stop this start follows
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -148,6 +149,8 @@ class Supervisor:
         while True:
             ok, why, answered = await self._probe_answered(check)
             if ok:
+                if not passed_once:
+                    self._log_upgrade_timing()
                 failures, passed_once = 0, True
                 self._set("Running", True, "")
             else:
@@ -159,6 +162,16 @@ class Supervisor:
                     self._set("Starting", False, why)
             # Probe fast until the first pass so readiness is noticed promptly, then at the declared period.
             await asyncio.sleep(period if passed_once else min(period, 0.2))
+
+    def _log_upgrade_timing(self) -> None:
+        """One line per revision change: the physical cost of the change, for operators and benchmarks."""
+        if self.previous_stop is None:
+            return
+        began, stopped = self.previous_stop
+        now = asyncio.get_running_loop().time()
+        log.info("upgrade-timing instance=%s revision=%s stop=%.3f start_to_ready=%.3f total=%.3f", self.id,
+                 self.assignment["revision"], stopped - began, now - stopped, now - began)
+        self.previous_stop = None
 
     async def _probe_answered(self, check: dict[str, Any] | None) -> tuple[bool, str, bool]:
         """(passed, why, the app answered at all) — an answer that fails counts even while starting."""

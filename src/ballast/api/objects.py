@@ -64,5 +64,7 @@ def instance(row: Any) -> dict[str, Any]:
                                      "resourceVersion": row.resource_version},
                 {"app": row.app, "revision": row.revision, "node": row.node, "cell": row.cell, "desired": row.desired},
                 {"node": row.node, "cell": row.cell, "zone": row.zone, "ip": row.ip, "port": row.port,
-                 "revision": row.revision, "phase": row.phase, "ready": row.ready, "restarts": row.restarts,
+                 # what the agent reports running (the desired revision until it first reports); spec has the desired
+                 "revision": row.running_revision if row.running_revision is not None else row.revision,
+                 "phase": row.phase, "ready": row.ready, "restarts": row.restarts,
                  "pid": row.pid, "message": row.message, "updated": iso(row.updated_at)})

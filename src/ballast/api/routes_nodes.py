@@ -44,9 +44,9 @@ class InstanceReport(BaseModel):
     id: str = Field(max_length=80)
     phase: str
     ready: bool
-    pid: int | None = Field(None, ge=1)
+    pid: int | None = Field(None, ge=1, le=2**31 - 1)  # the columns are 32-bit integers
     port: int | None = Field(None, ge=1, le=65535)
-    restarts: int = Field(ge=0)
+    restarts: int = Field(ge=0, le=2**31 - 1)
     message: str = Field("", max_length=2000)
     revision: int | None = Field(None, ge=1, description="the revision the running process was started with")
 

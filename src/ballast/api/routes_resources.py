@@ -225,7 +225,7 @@ async def fetch_artifact(digest: str, request: Request, who: Principal = Depends
 
 
 @router.get("/audit", tags=["audit"])
-async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0),
+async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=2**63 - 1),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:

@@ -31,7 +31,10 @@ def candidate_files(explicit: str | None) -> list[Path]:
         return [Path(explicit)]
     if os.environ.get("BALLAST_CONFIG"):
         paths.append(Path(os.environ["BALLAST_CONFIG"]))
-    paths.append(Path.cwd() / ".ballast" / "client.yaml")
+    try:
+        paths.append(Path.cwd() / ".ballast" / "client.yaml")
+    except FileNotFoundError:
+        pass  # the working directory was removed under us; the other places still count
     paths.append(Path.home() / ".config" / "ballast" / "config.yaml")
     return paths
 

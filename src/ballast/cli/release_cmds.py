@@ -71,7 +71,8 @@ def render_plan(p: dict[str, Any]) -> Table:
 
 def render_status(s: dict[str, Any]) -> RenderGroup:
     style = PHASE_STYLE.get(s["phase"], "white")
-    head = Text.assemble((f"release {s['id']} of {s['app']}: ", "bold"), (s["phase"], f"bold {style}"),
+    kind = "scale release" if s.get("kind") == "scale" else "release"
+    head = Text.assemble((f"{kind} {s['id']} of {s['app']}: ", "bold"), (s["phase"], f"bold {style}"),
                          f"  revision {s['fromRevision']} → {s['toRevision']}",
                          f"  ({s['direction']}{', fast' if s['fast'] else ''})  elapsed {s['elapsedSeconds']}s")
     why = Text(f"reason: {s['reason']}" + (f"\nwaiting: {s['waiting']}" if s["waiting"] else ""))

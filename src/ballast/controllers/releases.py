@@ -116,12 +116,14 @@ async def _create_replacement(tx: Tx, row: Any, app_row: Any, action: CreateRepl
         return None
     node = next(n for n in node_rows if n.name == decision.create[0].node)
     old = (await tx.conn.execute(select(instances.c.ordinal).where(instances.c.id == action.replaces))).first()
-    new_id = instance_id_for(row.app, None)
+    ordinal = old.ordinal if old is not None else action.ordinal
+    # A new ordinal keeps its stable name; a replacement of an existing identity gets a fresh id beside it.
+    new_id = instance_id_for(row.app, ordinal if old is None else None)
     await tx.conn.execute(insert(instances).values(
         id=new_id, app=row.app, revision=action.revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
         port=spec.template.port, desired="running", phase="Pending", ready=False, restarts=0, pid=None, message="",
         created_seq=tx.rv * 10_000, desired_version=tx.rv, running_revision=None, replaces=action.replaces,
-        ordinal=old.ordinal if old is not None else None, changed_at=tx.now, created_at=tx.now, updated_at=tx.now,
+        ordinal=ordinal, changed_at=tx.now, created_at=tx.now, updated_at=tx.now,
         resource_version=tx.rv))
     return {"create": new_id, "replaces": action.replaces, "node": node.name, "revision": action.revision}
 

@@ -22,6 +22,8 @@ from ballast.errors import RetryableConflict
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
 from ballast.store.engine import Store
 from ballast.core.release_engine import ACTIVE_PHASES
+from ballast.core.release_plan import Slot
+from ballast.services import releases as release_records
 from ballast.store.schema import apps, cells, instances, nodes, releases
 
 log = logging.getLogger("ballast.scheduler")
@@ -110,12 +112,27 @@ async def reconcile_once(store: Store) -> int:
     changes = 0
     for row in app_rows:
         spec = AppServiceSpec.model_validate(row.spec)
-        decision = place(row.name, wanted_per_cell(spec, cell_names), spec.template.resources.request(), placed, node_views)
+        decision = place(row.name, wanted_per_cell(spec, cell_names), spec.template.resources.request(), placed,
+                         node_views)
         decision = enforce_fixed_port(decision, row.name, spec.template.port, placed)
         ordered = spec.strategy.upgrade == "ordered"
         if ordered:
             decision = highest_ordinals_first(decision, [i for i in live if i.app == row.name])
-        status = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced]}
+        wanted = wanted_per_cell(spec, cell_names)
+        status = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced],
+                  "placedCounts": wanted}
+        mine = [i for i in live if i.app == row.name]
+        committed = row.status.get("placedCounts")
+        # A change of the declared counts of a running app goes through the grouped engine; catching up on
+        # counts already declared (instances not placed yet, or lost) is the scheduler's own work.
+        if mine and committed is not None and committed != wanted and (decision.create or decision.remove):
+            # A running app changes its instance counts through the grouped engine, like a release.
+            try:
+                await _start_scale(store, row, decision, status, mine, ordered)
+            except RetryableConflict:
+                continue
+            changes += len(decision.create) + len(decision.remove)
+            continue
         if not decision.create and not decision.remove and status == row.status:
             continue
         try:
@@ -125,6 +142,27 @@ async def reconcile_once(store: Store) -> int:
         changes += len(created) + len(decision.remove)
         placed = [p for p in placed if p.id not in decision.remove] + created
     return changes
+
+
+async def _start_scale(store: Store, row: Any, decision: Placement, status: dict[str, Any], mine: list[Any],
+                       ordered: bool) -> None:
+    adds: dict[str, int] = {}
+    for new in decision.create:
+        adds[new.cell] = adds.get(new.cell, 0) + 1
+    by_id = {i.id: i for i in mine}
+    removes = [Slot(i, by_id[i].cell, by_id[i].ordinal) for i in decision.remove]
+    async with store.write() as tx:
+        guard = await tx.conn.execute(update(apps).where(apps.c.name == row.name,
+                                                         apps.c.resource_version == row.resource_version)
+                                      .values(status=status, resource_version=tx.rv))
+        if guard.rowcount != 1:
+            raise RetryableConflict(f"app {row.name} changed")
+        ordinals: list[int] = []
+        if ordered:
+            taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
+                instances.c.app == row.name, instances.c.ordinal.is_not(None)))).scalars())
+            ordinals = ordinals_for(len(decision.create), taken)
+        await release_records.start_scale(tx, row, adds, removes, secrets.token_hex(4), ordinals, ACTOR)
 
 
 async def _write(store: Store, row: Any, decision: Placement, status: dict[str, Any], port: int | None,

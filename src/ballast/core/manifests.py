@@ -176,11 +176,36 @@ def _parse_one(doc: Any, where: str, problems: list[FieldProblem]) -> Manifest |
     if model is None:
         problems.append(FieldProblem(f"{where}.kind", kind, "one of " + ", ".join(sorted(KINDS))))
         return None
+    unstorable = _unstorable_text(doc, where)
+    if unstorable:
+        problems.extend(unstorable)
+        return None
     try:
         return model.model_validate(doc)  # type: ignore[return-value]
     except ValidationError as exc:
         problems.extend(problems_from_validation(exc, where))
         return None
+
+
+def _unstorable_text(doc: Any, where: str) -> list[FieldProblem]:
+    """Strings no store can hold and no process can be given: NUL characters and unpaired surrogates.
+
+    Iterative, so a deeply nested document cannot exhaust the stack.
+    """
+    out: list[FieldProblem] = []
+    pending: list[tuple[str, Any]] = [(where, doc)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value or not value.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == value:
+                out.append(FieldProblem(path, value, "text without NUL characters or unpaired surrogates"))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending.append((f"{path}.{key}", key))
+                pending.append((f"{path}.{key}", item))
+    return sorted(out, key=lambda p: p.path)
 
 
 def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:

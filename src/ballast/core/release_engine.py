@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Mapping, Sequence
 
-from ballast.core.release_plan import Group, PauseMode, Slot, Strategy, UpgradeMode
+from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode
 
 FAILING_PHASES = ("BackOff", "Failed", "Unhealthy")
 
@@ -75,6 +75,7 @@ class CreateReplacement:
     replaces: str
     cell: str
     revision: int
+    ordinal: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,9 @@ def _trouble(inst: InstanceView, revision: int, now: float, deadline: float) -> 
 
 
 def slot_state(slot: Slot, target: int, mode: UpgradeMode, instances: Mapping[str, InstanceView],
-               now: float, deadline: float) -> SlotState:
+               now: float, deadline: float, rollback: bool = False) -> SlotState:
+    if slot.op is not SlotOp.UPDATE:
+        return _scale_slot_state(slot, target, instances, now, deadline, rollback)
     members = chain(slot, instances)
     if not members:
         return SlotState(SlotKind.DONE, None, reason="instance no longer exists")
@@ -162,6 +165,28 @@ def slot_state(slot: Slot, target: int, mode: UpgradeMode, instances: Mapping[st
             return SlotState(SlotKind.TODO, latest.id, start=(SetRevision(latest.id, target),))
         if _at(latest, target):
             return SlotState(SlotKind.DONE, latest.id)
+    trouble = _trouble(latest, target, now, deadline)
+    if trouble:
+        return SlotState(SlotKind.FAILED, latest.id, reason=trouble)
+    return SlotState(SlotKind.PROGRESS, latest.id, reason=f"{latest.id}: {latest.phase}")
+
+
+def _scale_slot_state(slot: Slot, target: int, instances: Mapping[str, InstanceView], now: float, deadline: float,
+                      rollback: bool) -> SlotState:
+    """ADD and REMOVE slots; rolling back undoes them (retire what was added, recreate what was removed)."""
+    members = chain(slot, instances)
+    latest = members[-1] if members else None
+    adding = (slot.op is SlotOp.ADD) != rollback
+    if not adding:
+        victims = [m for m in members if m.desired == "running"]
+        if not victims:
+            return SlotState(SlotKind.DONE, None)
+        return SlotState(SlotKind.TODO, victims[-1].id, start=tuple(Retire(m.id) for m in victims))
+    if latest is None or latest.desired != "running":
+        replaces = latest.id if latest is not None else slot.instance
+        return SlotState(SlotKind.TODO, None, start=(CreateReplacement(replaces, slot.cell, target, slot.ordinal),))
+    if latest.id == slot.instance or _at(latest, target):
+        return SlotState(SlotKind.DONE, latest.id)
     trouble = _trouble(latest, target, now, deadline)
     if trouble:
         return SlotState(SlotKind.FAILED, latest.id, reason=trouble)
@@ -194,8 +219,9 @@ def _work_on(slots: Sequence[Slot], states: Sequence[SlotState], strategy: Strat
 
 def _states(group: Group, target: int, release: ReleaseView, instances: Mapping[str, InstanceView],
             now: float) -> list[SlotState]:
-    return [slot_state(s, target, release.strategy.upgrade, instances, now, release.strategy.progress_deadline_seconds)
-            for s in group.slots]
+    rollback = release.direction is Direction.ROLLBACK
+    return [slot_state(s, target, release.strategy.upgrade, instances, now, release.strategy.progress_deadline_seconds,
+                       rollback) for s in group.slots]
 
 
 def decide(release: ReleaseView, instances: Mapping[str, InstanceView], now: float) -> Decision:
@@ -224,6 +250,8 @@ def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView],
         return Decision(tuple(actions), waiting=f"automatic pause before {group.name} until {release.pause_until:.0f}")
     if all(st.kind is SlotKind.DONE for st in states):
         done = index + 1
+        while done < len(release.groups) and not release.groups[done].slots:
+            done += 1  # an empty group has nothing to verify: no pause before it
         if done == len(release.groups):
             return Decision(tuple(actions), Transition(Phase.SUCCEEDED, f"all {done} groups at revision {release.to_revision}",
                                                        completed_groups=done))

@@ -42,13 +42,21 @@ class Strategy:
     progress_deadline_seconds: float = 120.0
 
 
+class SlotOp(str, Enum):
+    UPDATE = "update"   # change the instance's revision
+    ADD = "add"         # scale-out: a new instance in the cell
+    REMOVE = "remove"   # scale-in: retire the instance
+
+
 @dataclass(frozen=True)
 class Slot:
-    """One instance position in the plan; `instance` is the id it had when the release started."""
+    """One instance position in the plan; `instance` is the id it had when the release started
+    (for an ADD slot, a key the created instance points at through `replaces`)."""
 
     instance: str
     cell: str
     ordinal: int | None = None
+    op: SlotOp = SlotOp.UPDATE
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,14 @@ class Group:
         return out
 
 
-def validate(strategy: Strategy, cell_sizes: dict[str, int]) -> None:
+def validate(strategy: Strategy, cell_sizes: dict[str, int], *, beta_within_cells: bool = True) -> None:
     problems: list[FieldProblem] = []
     if strategy.groups < 1:
         problems.append(FieldProblem("strategy.groups", strategy.groups, "at least 1"))
     if strategy.beta_size < 0:
         problems.append(FieldProblem("strategy.betaSize", strategy.beta_size, "0 or more"))
     for cell, size in sorted(cell_sizes.items()):
-        if strategy.group_sizes is None and strategy.groups > 1 and strategy.beta_size > size:
+        if beta_within_cells and strategy.group_sizes is None and strategy.groups > 1 and strategy.beta_size > size:
             problems.append(FieldProblem("strategy.betaSize", strategy.beta_size,
                                          f"at most {size}: cell {cell} has only {size} instance(s)"))
     if strategy.group_sizes is not None:
@@ -107,8 +115,9 @@ def per_cell_sizes(strategy: Strategy, cell_size: int) -> list[int]:
 
 
 def _split(total: int, parts: int) -> list[int]:
-    bounds = [total * k // parts for k in range(parts + 1)]
-    return [bounds[k + 1] - bounds[k] for k in range(parts)]
+    # Sizes differ by at most one and never shrink: the larger groups come last (a cautious ramp).
+    base, extra = divmod(total, parts)
+    return [base] * (parts - extra) + [base + 1] * extra
 
 
 def plan(slots: Sequence[Slot], strategy: Strategy) -> list[Group]:
@@ -117,7 +126,29 @@ def plan(slots: Sequence[Slot], strategy: Strategy) -> list[Group]:
     for s in slots:
         by_cell.setdefault(s.cell, []).append(s)
     validate(strategy, {c: len(v) for c, v in by_cell.items()})
-    for members in by_cell.values():
+    return _assemble(by_cell, strategy)
+
+
+def plan_scale(adds: dict[str, int], removes: Sequence[Slot], strategy: Strategy, key: str,
+               ordinals: Sequence[int] = ()) -> list[Group]:
+    """Group a change of instance counts like a release: new instances and retirements per cell.
+
+    `key` makes the ADD slots' ids unique; `ordinals` (ordered apps) are handed to new instances in turn.
+    A beta size larger than a cell's change is clamped: scaling by one is a beta of one.
+    """
+    free = iter(ordinals)
+    by_cell: dict[str, list[Slot]] = {}
+    for cell in sorted(adds):
+        for k in range(adds[cell]):
+            by_cell.setdefault(cell, []).append(Slot(f"{key}-{cell}-{k}", cell, next(free, None), SlotOp.ADD))
+    for r in removes:
+        by_cell.setdefault(r.cell, []).append(Slot(r.instance, r.cell, r.ordinal, SlotOp.REMOVE))
+    validate(strategy, {c: len(v) for c, v in by_cell.items()}, beta_within_cells=False)
+    return _assemble(by_cell, strategy, keep_order=True)
+
+
+def _assemble(by_cell: dict[str, list[Slot]], strategy: Strategy, keep_order: bool = False) -> list[Group]:
+    for members in by_cell.values() if not keep_order else ():
         if strategy.upgrade is UpgradeMode.ORDERED:
             members.sort(key=lambda s: (-(s.ordinal or 0), s.instance))
         else:

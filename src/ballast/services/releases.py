@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ballast.core.manifests import AppServiceSpec, StrategySpec, problems_from_validation
 from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
                                          slot_state)
-from ballast.core.release_plan import Group, PauseMode, Slot, Strategy, UpgradeMode, plan
+from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, instances, release_events, releases, revisions
@@ -43,11 +43,13 @@ def strategy_from_json(d: dict[str, Any]) -> Strategy:
 
 def plan_to_json(groups: list[Group]) -> list[dict[str, Any]]:
     return [{"index": g.index, "name": g.name,
-             "slots": [{"instance": s.instance, "cell": s.cell, "ordinal": s.ordinal} for s in g.slots]} for g in groups]
+             "slots": [{"instance": s.instance, "cell": s.cell, "ordinal": s.ordinal, "op": s.op.value} for s in g.slots]}
+            for g in groups]
 
 
 def plan_from_json(raw: list[dict[str, Any]]) -> tuple[Group, ...]:
-    return tuple(Group(g["index"], g["name"], tuple(Slot(s["instance"], s["cell"], s.get("ordinal")) for s in g["slots"]))
+    return tuple(Group(g["index"], g["name"], tuple(Slot(s["instance"], s["cell"], s.get("ordinal"),
+                                                         SlotOp(s.get("op", "update"))) for s in g["slots"]))
                  for g in raw)
 
 
@@ -133,7 +135,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     if not any(g.slots for g in groups):
         raise Conflict(f"app {app!r} has no instances to release")
     result = await tx.conn.execute(insert(releases).values(
-        app=app, from_revision=row.deployed_revision, to_revision=target, strategy=strategy_to_json(strategy),
+        app=app, kind="release", from_revision=row.deployed_revision, to_revision=target, strategy=strategy_to_json(strategy),
         plan=plan_to_json(groups), phase=Phase.RUNNING.value, direction=Direction.FORWARD.value, completed_groups=0,
         pause_until=None, fast=False, reason="started", waiting="", created_by=actor, created_at=tx.now,
         updated_at=tx.now, finished_at=None, resource_version=tx.rv))
@@ -144,6 +146,25 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
                            "strategy": strategy_to_json(strategy)})
     return {"id": release_id, "app": app, "fromRevision": row.deployed_revision, "toRevision": target,
             "groups": plan_to_json(groups)}
+
+
+async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[Slot], key: str,
+                      ordinals: list[int], actor: str) -> int:
+    """Changing instance counts of a running app goes through the grouped engine like a release."""
+    strategy = AppServiceSpec.model_validate(app_row.spec).strategy.to_strategy()
+    groups = plan_scale(adds, removes, strategy, key, ordinals)
+    result = await tx.conn.execute(insert(releases).values(
+        app=app_row.name, kind="scale", from_revision=app_row.deployed_revision, to_revision=app_row.deployed_revision,
+        strategy=strategy_to_json(strategy), plan=plan_to_json(groups), phase=Phase.RUNNING.value,
+        direction=Direction.FORWARD.value, completed_groups=0, pause_until=None, fast=False,
+        reason="instance counts changed", waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
+        finished_at=None, resource_version=tx.rv))
+    release_id = int(result.inserted_primary_key[0])
+    detail = {"add": adds, "remove": [r.instance for r in removes]}
+    await event(tx, release_id, actor, "start", Phase.RUNNING, detail)
+    await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app_row.name}",
+                   detail={"release": release_id, "kind": "scale", **detail})
+    return release_id
 
 
 async def event(tx: Tx, release_id: int, actor: str, action: str, phase: Phase, detail: dict[str, Any]) -> None:
@@ -221,7 +242,7 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
         groups.append({"index": g.index, "name": g.name, "cells": cells, "instances": slots})
     events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
                                  .order_by(release_events.c.id))).all()
-    return {"id": row.id, "app": app, "phase": row.phase, "direction": row.direction,
+    return {"id": row.id, "app": app, "kind": row.kind, "phase": row.phase, "direction": row.direction,
             "fromRevision": row.from_revision, "toRevision": row.to_revision, "completedGroups": row.completed_groups,
             "reason": row.reason, "waiting": row.waiting, "fast": row.fast, "createdBy": row.created_by,
             "startedAt": row.created_at, "finishedAt": row.finished_at,
@@ -237,7 +258,7 @@ async def history(conn: AsyncConnection, app: str) -> list[dict[str, Any]]:
     for row in rows:
         events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
                                      .order_by(release_events.c.id))).all()
-        out.append({"id": row.id, "app": app, "fromRevision": row.from_revision, "toRevision": row.to_revision,
+        out.append({"id": row.id, "app": app, "kind": row.kind, "fromRevision": row.from_revision, "toRevision": row.to_revision,
                     "phase": row.phase, "createdBy": row.created_by, "startedAt": row.created_at,
                     "finishedAt": row.finished_at,
                     "durationSeconds": round(row.finished_at - row.created_at, 1) if row.finished_at else None,

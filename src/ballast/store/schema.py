@@ -157,6 +157,7 @@ releases = Table(
     "releases", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("app", String(63), nullable=False),
+    Column("kind", String(16), nullable=False),        # release | scale
     Column("from_revision", Integer, nullable=False),
     Column("to_revision", Integer, nullable=False),
     Column("strategy", JSON, nullable=False),

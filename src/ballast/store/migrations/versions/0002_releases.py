@@ -30,6 +30,7 @@ def upgrade() -> None:
     op.create_table('releases',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('app', sa.String(length=63), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('from_revision', sa.Integer(), nullable=False),
     sa.Column('to_revision', sa.Integer(), nullable=False),
     sa.Column('strategy', sa.JSON(), nullable=False),
