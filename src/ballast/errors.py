@@ -73,17 +73,23 @@ class RetryableConflict(Exception):
     what: str = field(default="")
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, depth: int = 0) -> Any:
     # The offending value is echoed back, so it must survive strict JSON and UTF-8:
-    # NaN/Infinity are not JSON, and a lone surrogate (a "\ud800" escape) is not UTF-8.
+    # NaN/Infinity are not JSON, a lone surrogate (a "\ud800" escape) is not UTF-8,
+    # and a deeply nested value would exhaust the stack of any recursive encoder.
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    if depth >= _ECHO_DEPTH:
+        return "..."
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {_jsonable(str(k)): _jsonable(v) for k, v in value.items()}
+        return {_jsonable(str(k)): _jsonable(v, depth + 1) for k, v in value.items()}
     return repr(value)
+
+
+_ECHO_DEPTH = 20

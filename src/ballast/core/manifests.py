@@ -196,16 +196,22 @@ def _unstorable_text(doc: Any, where: str) -> list[FieldProblem]:
     pending: list[tuple[str, Any]] = [(where, doc)]
     while pending:
         path, value = pending.pop()
-        if isinstance(value, str):
-            if "\x00" in value or not value.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == value:
-                out.append(FieldProblem(path, value, "text without NUL characters or unpaired surrogates"))
+        if isinstance(value, str) and not _storable(value):
+            out.append(FieldProblem(path, value, "text without NUL characters or unpaired surrogates"))
         elif isinstance(value, list):
             pending.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
         elif isinstance(value, dict):
             for key, item in value.items():
-                pending.append((f"{path}.{key}", key))
-                pending.append((f"{path}.{key}", item))
+                pending.extend([(f"{path}.{key}", key), (f"{path}.{key}", item)])
     return sorted(out, key=lambda p: p.path)
+
+
+def _storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate, as a "\ud800" JSON escape decodes to
+        return False
+    return "\x00" not in text
 
 
 def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:

@@ -8,7 +8,7 @@ decides the same next step and never changes an instance twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping, Sequence
 
@@ -155,7 +155,13 @@ def slot_state(slot: Slot, target: int, mode: UpgradeMode, instances: Mapping[st
         return SlotState(SlotKind.DONE, None, reason="instance no longer exists")
     latest = members[-1]
     if mode is UpgradeMode.REPLACE:
+        running = [m for m in members if m.desired == "running"]
+        latest = running[-1] if running else latest
         if latest.revision != target:
+            keep = [m for m in running[:-1] if m.revision == target]
+            if keep:
+                # Rolling back a replacement begun but not finished: the original still runs; retire the new one.
+                return SlotState(SlotKind.PROGRESS, keep[-1].id, finish=(Retire(latest.id),))
             return SlotState(SlotKind.TODO, latest.id, start=(CreateReplacement(latest.id, slot.cell, target),))
         if _at(latest, target):
             retire = tuple(Retire(m.id) for m in members[:-1] if m.desired == "running")
@@ -240,8 +246,10 @@ def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView],
     states = _states(group, release.to_revision, release, instances, now)
     paused = release.phase is Phase.PAUSED
     waiting_auto = release.pause_until is not None and now < release.pause_until
-    actions = _work_on(group.slots, states, release.strategy, unlimited=False, may_start=not paused and not waiting_auto)
     failed = [st for st in states if st.kind is SlotKind.FAILED]
+    # A failure stops every new start, in every cell: the release pauses and never continues on its own.
+    actions = _work_on(group.slots, states, release.strategy, unlimited=False,
+                       may_start=not paused and not waiting_auto and not failed)
     if failed and not paused:
         return Decision(tuple(actions), Transition(Phase.PAUSED, f"{group.name}: {failed[0].reason}; paused, never continued on failure"))
     if paused:
@@ -275,7 +283,8 @@ def _decide_rollback(release: ReleaseView, instances: Mapping[str, InstanceView]
     if release.fast:
         slots = [s for g in touched for s in g.slots]
         states = [st for g in touched for st in _states(g, target, release, instances, now)]
-        actions = _work_on(slots, states, release.strategy, unlimited=True, may_start=not paused)
+        failing = any(st.kind is SlotKind.FAILED for st in states)
+        actions = _work_on(slots, states, release.strategy, unlimited=True, may_start=not paused and not failing)
         pending = [st for st in states if st.kind is not SlotKind.DONE]
         name = "all groups"
     else:
@@ -284,7 +293,9 @@ def _decide_rollback(release: ReleaseView, instances: Mapping[str, InstanceView]
             states = _states(group, target, release, instances, now)
             pending = [st for st in states if st.kind is not SlotKind.DONE]
             if pending:
-                actions = _work_on(group.slots, states, release.strategy, unlimited=False, may_start=not paused)
+                failing = any(st.kind is SlotKind.FAILED for st in states)
+                actions = _work_on(group.slots, states, release.strategy, unlimited=False,
+                                   may_start=not paused and not failing)
                 name = group.name
                 break
     if not pending:
@@ -296,8 +307,5 @@ def _decide_rollback(release: ReleaseView, instances: Mapping[str, InstanceView]
         return Decision(tuple(actions), waiting=release.reason or "rollback paused; resume to continue")
     return Decision(tuple(actions), waiting=f"rolling back {name}: {len(pending)} instance(s) to revision {target}")
 
-
-def with_phase(release: ReleaseView, phase: Phase) -> ReleaseView:
-    return replace(release, phase=phase)
 
 
