@@ -164,7 +164,7 @@ def slot_state(slot: Slot, target: int, mode: UpgradeMode, instances: Mapping[st
                 return SlotState(SlotKind.PROGRESS, keep[-1].id, finish=(Retire(latest.id),))
             return SlotState(SlotKind.TODO, latest.id, start=(CreateReplacement(latest.id, slot.cell, target),))
         if _at(latest, target):
-            retire = tuple(Retire(m.id) for m in members[:-1] if m.desired == "running")
+            retire = tuple(Retire(m.id) for m in running if m.id != latest.id)
             return SlotState(SlotKind.PROGRESS if retire else SlotKind.DONE, latest.id, finish=retire)
     else:
         if latest.revision != target:
