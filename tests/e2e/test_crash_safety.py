@@ -11,6 +11,7 @@ exactly once, and the audit chain verifies.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import Platform, eventually, processes_mentioning, proc_argv, start_platform
 
@@ -48,7 +50,7 @@ def _manifest(root: Path, greeting: str) -> Path:
             artifact: ./crashapp
             command: [python3, app.py]
             env: {{GREETING: {greeting}}}
-            healthCheck: {{path: /healthz, periodSeconds: 1, timeoutSeconds: 1, initialDelaySeconds: 2}}
+            healthCheck: {{path: /healthz, periodSeconds: 1, timeoutSeconds: 1, initialDelaySeconds: 3}}
             gracePeriodSeconds: 5
         """))
     return path
@@ -69,12 +71,20 @@ def _healthy(platform: Platform) -> None:
         raise AssertionError(f"control plane not answering: {exc}") from exc
 
 
-def kill_control_plane(platform: Platform, where: str, kills: list[str]) -> None:
+def kill_control_plane(platform: Platform, where: str, kills: list[tuple[Any, ...]]) -> None:
+    """SIGKILL the control plane and wait for `ballast up` to bring it back.
+
+    The point is recorded as observed just before the kill (release, phase, groups done, instances at
+    each revision), so the test counts the moments it really hit, not the names it meant.
+    """
     pid = eventually(lambda: _require(_server_pid(platform)), "the control plane process exists")
+    s = api(platform, "/v1/apps/crash/release")
+    revisions = sorted((i["spec"]["revision"], i["status"]["revision"], i["status"]["ready"])
+                       for i in api(platform, "/v1/instances?app=crash")["items"])
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: _require(_server_pid(platform) not in (None, pid)), f"control plane restarted after kill at {where}")
     eventually(lambda: _healthy(platform), "the restarted control plane answers")
-    kills.append(where)
+    kills.append((where, s["id"], s["phase"], s["completedGroups"], tuple(revisions)))
 
 
 def _require(value: Any) -> Any:
@@ -82,8 +92,16 @@ def _require(value: Any) -> Any:
     return value
 
 
+def api(platform: Platform, path: str) -> Any:
+    """Straight to the API (the CLI is slow to start on a loaded machine; these polls must be quick)."""
+    token = yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"]
+    request = urllib.request.Request(platform.server + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())
+
+
 def status(platform: Platform) -> dict[str, Any]:
-    return platform.cli_json("release", "status", "crash")  # type: ignore[no-any-return]
+    return api(platform, "/v1/apps/crash/release")  # type: ignore[no-any-return]
 
 
 def wait_phase(platform: Platform, phase: str, completed: int | None = None, timeout: float = 90) -> dict[str, Any]:
@@ -97,10 +115,13 @@ def wait_phase(platform: Platform, phase: str, completed: int | None = None, tim
 
 
 def wait_changing(platform: Platform, group: str, state: str = "in progress") -> None:
+    """Until an instance of `group` is in `state` — or the group is past it (a loaded machine may be slow
+    to look); the kill is then recorded at the later point it really hit."""
     def check() -> None:
         s = status(platform)
         g = next(g for g in s["groups"] if g["name"] == group)
-        assert any(i["state"] == state for i in g["instances"]), [i["state"] for i in g["instances"]]
+        states = [i["state"] for i in g["instances"]]
+        assert state in states or all(x in ("done", "rolled back") for x in states), states
     eventually(check, f"an instance of {group} is {state}", 60)
 
 
@@ -113,7 +134,7 @@ def starts(platform: Platform) -> dict[str, list[str]]:
 
 def test_killing_the_control_plane_anywhere_in_a_release_loses_nothing(platform: Platform, tmp_path: Path) -> None:
     """Twelve SIGKILLs of the control plane across a release and a rollback; the end state is exact."""
-    kills: list[str] = []
+    kills: list[tuple[Any, ...]] = []
     platform.cli("apply", "-f", str(_manifest(tmp_path, "one")))
     platform.wait_ready("crash", 10, revision=1)
     platform.cli("apply", "-f", str(_manifest(tmp_path, "two")))
@@ -135,6 +156,8 @@ def test_killing_the_control_plane_anywhere_in_a_release_loses_nothing(platform:
     platform.cli("release", "resume", "crash")
     wait_changing(platform, "group-2")
     kill_control_plane(platform, "inside group-2", kills)
+    wait_changing(platform, "group-2", "done")
+    kill_control_plane(platform, "group-2 partly done", kills)
     wait_phase(platform, "Succeeded")
     platform.wait_ready("crash", 10, revision=2)
 
@@ -144,11 +167,12 @@ def test_killing_the_control_plane_anywhere_in_a_release_loses_nothing(platform:
     kill_control_plane(platform, "inside group-1 of the second release", kills)
     platform.cli("release", "rollback", "crash")
     kill_control_plane(platform, "right after rollback", kills)
-    wait_phase(platform, "RollingBack", timeout=5)  # instances take >= 2 s each, so it is still rolling back
-    kill_control_plane(platform, "during the rollback", kills)
+    if status(platform)["phase"] == "RollingBack":  # instances take >= 3 s each: usually still rolling back
+        kill_control_plane(platform, "during the rollback", kills)
     wait_phase(platform, "RolledBack")
     kill_control_plane(platform, "after the rollback ended", kills)
-    assert len(set(kills)) >= 10, kills
+    distinct = {k[1:] for k in kills}  # what was observed at each kill, without the intended name
+    assert len(distinct) >= 10, kills
 
     final = platform.wait_ready("crash", 10, revision=2)
     assert {i["status"]["cell"] for i in final} == {"cell-a", "cell-b"}

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action, allowed
-from ballast.core.manifests import NAME_PATTERN
+from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.services import access
 from ballast.services.access import Principal
@@ -33,8 +33,8 @@ class NewBinding(BaseModel):
 
 class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str | None = Field(None, max_length=63)
-    name: str = Field("", max_length=128)
+    user: StoredText | None = Field(None, max_length=63)
+    name: StoredText = Field("", max_length=128)
     ttlSeconds: float | None = Field(None, gt=0, le=10 * 365 * 86400)
 
 

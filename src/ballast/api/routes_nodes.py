@@ -13,7 +13,7 @@ from sqlalchemy import select
 from ballast.api import objects
 from ballast.api.deps import exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
-from ballast.core.manifests import NAME_PATTERN
+from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import NotFound
 from ballast.services import registry
 from ballast.services.access import Principal
@@ -29,8 +29,8 @@ class NodeRegistration(BaseModel):
     ip: str
     cpuMillis: int = Field(gt=0, le=10_000_000)
     memoryBytes: int = Field(gt=0, le=2**50)
-    labels: dict[str, str] = Field(default_factory=dict)
-    agentVersion: str = Field("", max_length=64)
+    labels: dict[StoredText, StoredText] = Field(default_factory=dict)
+    agentVersion: StoredText = Field("", max_length=64)
 
     @field_validator("ip")
     @classmethod
@@ -41,13 +41,13 @@ class NodeRegistration(BaseModel):
 
 class InstanceReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(max_length=80)
+    id: StoredText = Field(max_length=80)
     phase: str
     ready: bool
     pid: int | None = Field(None, ge=1, le=2**31 - 1)  # the columns are 32-bit integers
     port: int | None = Field(None, ge=1, le=65535)
     restarts: int = Field(ge=0, le=2**31 - 1)
-    message: str = Field("", max_length=2000)
+    message: StoredText = Field("", max_length=2000)
     revision: int | None = Field(None, ge=1, description="the revision the running process was started with")
 
     @field_validator("phase")

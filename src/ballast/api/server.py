@@ -27,6 +27,18 @@ def write_secret(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server that first lets agents' long-polls answer, so shutdown is prompt."""
+
+    def __init__(self, config: uvicorn.Config, store: Store) -> None:
+        super().__init__(config)
+        self.store = store
+
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        await self.store.release_watchers()
+        await super().shutdown(sockets)
+
+
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None) -> None:
     store = await Store.open(store_url)
     token = await bootstrap_admin(store)
@@ -40,7 +52,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config, store)
     controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
                    asyncio.create_task(releases.run(store, stop), name="releases")]
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
@@ -212,6 +212,16 @@ def _storable(text: str) -> bool:
     except UnicodeEncodeError:  # an unpaired surrogate, as a "\ud800" JSON escape decodes to
         return False
     return "\x00" not in text
+
+
+def _require_storable(text: str) -> str:
+    if not _storable(text):
+        raise ValueError("text without NUL characters or unpaired surrogates")
+    return text
+
+
+# For request fields outside manifests (agent reports, token names): text both stores can hold.
+StoredText = Annotated[str, AfterValidator(_require_storable)]
 
 
 def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:

@@ -83,7 +83,7 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
                 raise NotFound(f"node {node!r} is not registered")
             rows = (await conn.execute(select(instances).where(instances.c.node == node).order_by(instances.c.id))).all()
             fingerprint = assignment_fingerprint(rows)
-            if fingerprint != known or loop.time() >= deadline:
+            if fingerprint != known or loop.time() >= deadline or store.closing:
                 return {"fingerprint": fingerprint, "instances": await _assignment_bodies(conn, rows)}
         rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
 

@@ -63,6 +63,7 @@ class Store:
         self.clock = clock
         self._write_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
+        self.closing = False
         self.dialect = engine.dialect.name
 
     @classmethod
@@ -117,6 +118,12 @@ class Store:
         async with self._changed:
             self._changed.notify_all()
 
+    async def release_watchers(self) -> None:
+        """Shutting down: every long-poll answers now instead of holding the server open."""
+        self.closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
     async def resource_version(self) -> int:
         async with self.read() as conn:
             return int((await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).scalar_one())
@@ -130,7 +137,7 @@ class Store:
         while True:
             current = await self.resource_version()
             remaining = deadline - asyncio.get_running_loop().time()
-            if current > after or remaining <= 0:
+            if current > after or remaining <= 0 or self.closing:
                 return current
             async with self._changed:
                 try:
