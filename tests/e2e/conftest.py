@@ -1,0 +1,269 @@
+"""End-to-end harness: the real `ballast up` as a subprocess, the real CLI, real sockets.
+
+Each test module starts its own platform on its own loopback addresses
+(127.0.2X.2 and up) and a free control-plane port, talks to it only through
+the `ballast` command and plain HTTP to the instances, and on teardown stops
+it the way a person would (SIGINT, i.e. Ctrl-C) and checks that nothing it
+started is left running. Every wait is a bounded poll on an observable fact.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+DEADLINE = 60.0          # the bound for any single fact to become true
+STOP_DEADLINE = 90.0     # SIGINT to exit: agents stop instances (grace 10 s), then the server
+POLL = 0.2               # how often a fact is re-checked
+
+
+def eventually(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> T:
+    """Re-run `check` until it stops raising AssertionError; fail with its last complaint at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError as exc:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"not true within {timeout:g}s: {what}\nlast check: {exc}") from None
+        time.sleep(POLL)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _ballast_argv() -> list[str]:
+    """The installed console script next to this interpreter (the real entry point), else `python -m ballast`."""
+    script = Path(sys.executable).with_name("ballast")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ballast"]
+
+
+# --- processes ----------------------------------------------------------------------------
+def proc_argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def proc_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a live (non-zombie) process, to tell a process from a reused pid."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def processes_mentioning(marker: str) -> dict[int, str]:
+    """Live processes whose command line, working directory or environment mention `marker`.
+
+    Agents and the server carry the data dir on their command line; instances
+    (`python3 app.py`) only in their working directory and BALLAST_DATA_DIR.
+    """
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            argv = proc_argv(pid)
+            if not argv or proc_start_time(pid) is None:  # kernel thread, zombie or gone
+                continue
+            cwd = os.readlink(entry / "cwd")
+            environ = (entry / "environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if any(marker in a for a in argv) or cwd.startswith(marker) or marker.encode() in environ:
+            found[pid] = " ".join(argv)
+    return found
+
+
+def find_agent(data_dir: Path, node: str) -> int | None:
+    """The pid of the live agent process for `node` of the platform in `data_dir`."""
+    for pid in processes_mentioning(str(data_dir)):
+        argv = proc_argv(pid)
+        named = any(a == "--name" and b == node for a, b in itertools.pairwise(argv))
+        if "agent" in argv and named:
+            return pid
+    return None
+
+
+# --- HTTP to instances --------------------------------------------------------------------
+def http_get_json(ip: str, port: int, path: str = "/", timeout: float = 5.0) -> dict[str, Any]:
+    """GET over a fresh connection; raise on anything but 200 with a JSON object."""
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise AssertionError(f"GET http://{ip}:{port}{path} answered {response.status}: {body[:200]!r}")
+    value = json.loads(body)
+    assert isinstance(value, dict), value
+    return value
+
+
+# --- the platform -------------------------------------------------------------------------
+class UpExited(Exception):
+    """`ballast up` ended while a test expected it to run; not retried by `eventually`."""
+
+
+@dataclass
+class Platform:
+    root: Path
+    first_node_ip: str
+    store: str | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "up.log"
+
+    @property
+    def server(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("BALLAST_TOKEN", "BALLAST_SERVER", "BALLAST_CONFIG")}
+        env.update(HOME=str(self.home), BALLAST_CONFIG=str(self.data_dir / "client.yaml"))
+        env.update(extra)
+        return env
+
+    # lifecycle
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        argv = [*_ballast_argv(), "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                "--first-node-ip", self.first_node_ip, "--no-user-config"]
+        if self.store:
+            argv += ["--store", self.store]
+        with open(self.log, "ab") as out:
+            # Its own session, like a terminal job: signals meant for pytest do not reach it, and ours only reach it.
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={k: v for k, v in self.env().items() if k != "BALLAST_CONFIG"},
+                                         cwd=self.root, start_new_session=True)
+
+        def announced() -> None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise UpExited(f"ballast up exited with {self.proc.returncode} before it was up:\n{self.log_tail()}")
+            assert "Ballast is up" in self.log.read_text(errors="replace"), "no 'Ballast is up' in its output yet"
+
+        eventually(announced, "ballast up announces 'Ballast is up'")
+
+    def stop(self) -> int | None:
+        """Ctrl-C, then SIGKILL if it does not finish within the bound. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def leftovers(self) -> dict[int, str]:
+        return processes_mentioning(str(self.data_dir))
+
+    # the CLI
+    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*_ballast_argv(), *args], check=False, capture_output=True, text=True, timeout=timeout,
+                                env=env if env is not None else self.env(), cwd=self.root, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ballast {' '.join(args)} exited {result.returncode}\n"
+                                 f"stdout: {result.stdout}\nstderr: {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str) -> Any:
+        """`ballast ARGS -o json`: the items (a list), or the one object a named get answers."""
+        answer = json.loads(self.cli(*args, "-o", "json").stdout)
+        return answer["items"] if isinstance(answer, dict) and set(answer) == {"items"} else answer
+
+    def get(self, kind: str, name: str | None = None) -> Any:
+        return self.cli_json("get", kind, *([name] if name else []))
+
+    def instances(self, app: str) -> list[dict[str, Any]]:
+        return list(self.get("instances", app))
+
+    def wait_ready(self, app: str, count: int, revision: int | None = None,
+                   timeout: float = DEADLINE) -> list[dict[str, Any]]:
+        """Wait until `app` has exactly `count` instances, all Running and ready (at `revision` if given)."""
+        def check() -> list[dict[str, Any]]:
+            items = self.instances(app)
+            summary = [(i["metadata"]["name"], i["status"]["phase"], i["status"]["ready"], i["status"]["revision"],
+                        i["status"]["message"]) for i in items]
+            assert len(items) == count, f"{len(items)} instances: {summary}"
+            assert all(i["status"]["phase"] == "Running" and i["status"]["ready"] for i in items), summary
+            if revision is not None:
+                assert all(i["status"]["revision"] == revision for i in items), summary
+            return items
+        return eventually(check, f"{count} instances of {app} Running and ready", timeout)
+
+
+def start_platform(root: Path, first_node_ip: str, store: str | None = None) -> Iterator[Platform]:
+    """Body of a platform fixture: start `ballast up`, yield it, then always stop it and check for orphans."""
+    platform = Platform(root=root, first_node_ip=first_node_ip, store=store)
+    try:
+        platform.start()
+        yield platform
+    finally:
+        code = platform.stop()
+        try:
+            eventually(lambda: _assert_none_left(platform), "no process of the platform is left", timeout=15)
+            left: dict[int, str] = {}
+        except AssertionError:
+            left = platform.leftovers()
+            for pid in left:  # processes this platform started; clean up before failing
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    assert not left, f"orphans after ballast up stopped: {left}\n{platform.log_tail()}"
+    assert code == 0, f"ballast up exited with {code}:\n{platform.log_tail()}"
+
+
+def _assert_none_left(platform: Platform) -> None:
+    left = platform.leftovers()
+    assert not left, left

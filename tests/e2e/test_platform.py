@@ -1,0 +1,189 @@
+"""`ballast up` + `ballast demo` on SQLite: the platform comes up, runs real instances, and the CLI
+reports, refuses and audits the way the foundation issue promises."""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Platform, http_get_json, proc_environ, start_platform
+
+pytestmark = pytest.mark.e2e
+
+FIRST_IP = "127.0.21.2"
+NODES = {  # node -> (cell, zone, ip)
+    "node-a1": ("cell-a", "zone-a", "127.0.21.2"), "node-a2": ("cell-a", "zone-a", "127.0.21.3"),
+    "node-b1": ("cell-b", "zone-b", "127.0.21.4"), "node-b2": ("cell-b", "zone-b", "127.0.21.5"),
+}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    yield from start_platform(tmp_path_factory.mktemp("platform"), FIRST_IP)
+
+
+@pytest.fixture(scope="module")
+def shop(platform: Platform) -> list[dict[str, Any]]:
+    """The demo app with 10 replicas, once every instance is Running and ready."""
+    platform.cli("demo", "--replicas", "10")
+    return platform.wait_ready("shop", 10)
+
+
+def test_up_registers_four_ready_nodes_in_two_cells_on_distinct_ips(platform: Platform) -> None:
+    nodes = {n["metadata"]["name"]: n for n in platform.get("nodes")}
+    assert set(nodes) == set(NODES)
+    for name, (cell, zone, ip) in NODES.items():
+        assert (nodes[name]["spec"]["cell"], nodes[name]["spec"]["zone"], nodes[name]["spec"]["ip"]) == (cell, zone, ip)
+        assert nodes[name]["status"]["ready"] is True, nodes[name]
+    assert len({n["spec"]["ip"] for n in nodes.values()}) == 4
+    cells = {c["metadata"]["name"]: c for c in platform.get("cells")}
+    assert {name: (c["spec"]["zone"], sorted(c["status"]["nodes"])) for name, c in cells.items()} == {
+        "cell-a": ("zone-a", ["node-a1", "node-a2"]), "cell-b": ("zone-b", ["node-b1", "node-b2"])}
+    assert (platform.data_dir / "client.yaml").is_file()
+    assert not (platform.home / ".config" / "ballast").exists(), "--no-user-config leaves $HOME alone"
+
+
+def test_demo_runs_ten_ready_instances_five_per_cell_listening_on_their_node_ip(shop: list[dict[str, Any]]) -> None:
+    by_cell: dict[str, int] = {}
+    for inst in shop:
+        s = inst["status"]
+        by_cell[s["cell"]] = by_cell.get(s["cell"], 0) + 1
+        cell, zone, ip = NODES[s["node"]]
+        assert (s["cell"], s["zone"], s["ip"]) == (cell, zone, ip), inst
+        assert s["revision"] == 1 and s["restarts"] == 0, inst
+        assert 20000 <= s["port"] <= 29999, inst
+    assert by_cell == {"cell-a": 5, "cell-b": 5}
+    assert len({(i["status"]["ip"], i["status"]["port"]) for i in shop}) == 10
+
+
+def test_each_instance_answers_http_with_its_own_identity(shop: list[dict[str, Any]]) -> None:
+    for inst in shop:
+        s = inst["status"]
+        answer = http_get_json(s["ip"], s["port"], "/")
+        assert answer["instance"] == inst["metadata"]["name"], answer
+        assert answer["app"] == "shop" and answer["revision"] == "1", answer
+        assert (answer["cell"], answer["zone"], answer["node"]) == (s["cell"], s["zone"], s["node"]), answer
+        assert answer["pid"] == s["pid"], "the process answering is the one the status names"
+
+
+def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], platform: Platform) -> None:
+    for inst in shop:
+        s = inst["status"]
+        env = proc_environ(s["pid"])
+        assert {k: env.get(k) for k in ("BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_CELL", "BALLAST_ZONE",
+                                        "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "HOST", "PORT")} == {
+            "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_CELL": s["cell"],
+            "BALLAST_ZONE": s["zone"], "BALLAST_REVISION": "1", "BALLAST_NODE": s["node"],
+            "BALLAST_NODE_IP": s["ip"], "HOST": s["ip"], "PORT": str(s["port"])}
+        data_dir = Path(env["BALLAST_DATA_DIR"])
+        assert data_dir.is_relative_to(platform.data_dir / "agents" / s["node"]), data_dir
+        assert ipaddress.ip_address(s["ip"]).is_loopback
+
+
+# --- bad input is refused with an actionable message, and nothing half-written stays ----
+BAD_MULTI_DOC = """\
+apiVersion: ballast.io/v1alpha1
+kind: AppService
+metadata: {name: fine-app}
+spec:
+  replicas: 2
+  template: {command: [python3, app.py]}
+---
+apiVersion: ballast.io/v1alpha1
+kind: AppService
+metadata: {name: broken-app}
+spec:
+  replicas: -3
+  template: {command: [python3, app.py]}
+"""
+
+UNKNOWN_KIND = """\
+apiVersion: ballast.io/v1alpha1
+kind: Gadget
+metadata: {name: gizmo}
+spec: {}
+"""
+
+VALID_CELL = """\
+apiVersion: ballast.io/v1alpha1
+kind: Cell
+metadata: {name: cell-viewer}
+spec: {zone: zone-viewer}
+"""
+
+
+def _app_names(platform: Platform) -> set[str]:
+    return {a["metadata"]["name"] for a in platform.get("apps")}
+
+
+def test_apply_with_one_invalid_document_stores_nothing_and_names_the_problem(platform: Platform, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_MULTI_DOC)
+    result = platform.cli("apply", "-f", str(bad), check=False)
+    assert result.returncode != 0
+    assert "items[1].spec.replicas" in result.stderr, result.stderr  # the field path
+    assert "-3" in result.stderr, result.stderr                      # the value
+    assert "greater than or equal to 0" in result.stderr, result.stderr  # what was expected
+    assert not {"fine-app", "broken-app"} & _app_names(platform)
+
+
+def test_apply_of_an_unknown_kind_is_refused(platform: Platform, tmp_path: Path) -> None:
+    manifest = tmp_path / "gadget.yaml"
+    manifest.write_text(UNKNOWN_KIND)
+    result = platform.cli("apply", "-f", str(manifest), check=False)
+    assert result.returncode != 0
+    assert "kind" in result.stderr and "Gadget" in result.stderr and "AppService" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args", [("apps", "no-such-app"), ("revisions", "no-such-app")])
+def test_get_of_an_unknown_app_fails_with_a_clear_message(platform: Platform, args: tuple[str, str]) -> None:
+    result = platform.cli("get", *args, check=False)
+    assert result.returncode != 0
+    assert "404" in result.stderr and "'no-such-app' not found" in result.stderr, result.stderr
+
+
+def test_a_viewer_may_read_but_apply_is_forbidden(platform: Platform, tmp_path: Path) -> None:
+    platform.cli("user", "create", "viewer-v", "--role", "viewer")
+    token = platform.cli("token", "create", "--user", "viewer-v").stdout.strip().splitlines()[-1]
+    manifest = tmp_path / "cell.yaml"
+    manifest.write_text(VALID_CELL)
+
+    as_viewer = platform.env(BALLAST_TOKEN=token, BALLAST_SERVER=platform.server)
+    del as_viewer["BALLAST_CONFIG"]
+    assert platform.cli("get", "cells", env=as_viewer).returncode == 0  # the token itself is good
+    by_env = platform.cli("apply", "-f", str(manifest), env=as_viewer, check=False)
+    by_flags = platform.cli("--token", token, "--server", platform.server, "apply", "-f", str(manifest),
+                            env={k: v for k, v in as_viewer.items() if k not in ("BALLAST_TOKEN", "BALLAST_SERVER")},
+                            check=False)
+    for result in (by_env, by_flags):
+        assert result.returncode != 0
+        assert "403" in result.stderr and "viewer" in result.stderr, result.stderr
+    assert "cell-viewer" not in {c["metadata"]["name"] for c in platform.get("cells")}
+
+
+# --- audit ----------------------------------------------------------------------------------
+def test_audit_shows_the_apply_and_detects_tampering(platform: Platform, shop: list[dict[str, Any]]) -> None:
+    records = platform.cli_json("audit", "list", "--limit", "10000")
+    assert any(r["action"] == "apply" and r["resource"] == "AppService/shop" and r["actor"] == "admin"
+               and r["result"] == "ok" for r in records), records
+    assert platform.cli("audit", "verify").returncode == 0
+
+    db = sqlite3.connect(platform.data_dir / "ballast.db", timeout=30)
+    original = db.execute("SELECT actor FROM audit WHERE seq = 2").fetchone()[0]
+    try:
+        with db:
+            assert db.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2").rowcount == 1
+        broken = platform.cli("audit", "verify", check=False)
+        assert broken.returncode != 0
+        assert "record 2:" in broken.stderr and "BROKEN" in broken.stderr, broken.stderr
+        assert "record 3:" not in broken.stderr, "only the edited record is named"
+    finally:
+        with db:  # put the record back so the store is whole again for anything after this test
+            db.execute("UPDATE audit SET actor = ? WHERE seq = 2", (original,))
+        db.close()
+    assert platform.cli("audit", "verify").returncode == 0
