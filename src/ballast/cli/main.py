@@ -203,6 +203,8 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
     resolved = _kind(kind)
     if resolved == "instances":
         items = (await client.get("/v1/instances", app=name, node=node))["items"]
+        if name and not items:
+            await client.get(f"/v1/apps/{name}")  # an unknown app is an error (404), not an empty list
     elif resolved == "revisions":
         if not name:
             raise click.UsageError("get revisions APP: name the app")
