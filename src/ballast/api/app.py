@@ -9,6 +9,7 @@ record of its outcome, so no attempt to change anything goes unrecorded.
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ballast.api import routes_access, routes_nodes, routes_releases, routes_resources
+from ballast.api.deps import principal
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.store.engine import Store
@@ -65,7 +67,13 @@ def create_app(store: Store) -> FastAPI:
     @app.middleware("http")
     async def _audit_attempts(request: Request, call_next: Any) -> Any:
         try:
-            response = await call_next(request)
+            if _unstorable(request.url.path) or _unstorable(str(request.url.query)) or _unstorable(
+                    unquote(request.url.query)):
+                # No name or filter may hold a NUL: refuse here, before any store sees it (PostgreSQL cannot).
+                response = JSONResponse({"error": "InvalidInput", "message": "the request URL holds a NUL or "
+                                         "non-text character; names are lower-case DNS labels"}, status_code=400)
+            else:
+                response = await call_next(request)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.url.path)
             response = JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
@@ -75,15 +83,33 @@ def create_app(store: Store) -> FastAPI:
                 and not getattr(state, "audited", False) and not getattr(state, "audit_exempt", False)):
             who = getattr(state, "principal", None)
             try:
+                if who is None:  # refused before any route authenticated (unknown route, wrong verb): who sent it?
+                    try:
+                        who = await principal(request)
+                    except BallastError:
+                        who = None
                 async with store.write() as tx:
-                    await tx.audit(actor=who.user if who else "anonymous", action=f"{request.method} {request.url.path}",
-                                   resource=request.url.path, result=_outcome(response.status_code),
+                    await tx.audit(actor=who.user if who else "anonymous", action=f"{request.method} {_printable(request.url.path)}",
+                                   resource=_printable(request.url.path), result=_outcome(response.status_code),
                                    detail={"status": response.status_code})
             except Exception:
                 log.exception("could not audit a refused request")
         return response
 
     return app
+
+
+def _printable(text: str) -> str:
+    """What the audit log stores of a refused URL: escaped where the store could not hold it."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")[:255]
+
+
+def _unstorable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return "\x00" in text
 
 
 def _outcome(status: int) -> str:

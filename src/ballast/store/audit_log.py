@@ -28,7 +28,8 @@ async def append(conn: AsyncConnection, *, actor: str, action: str, resource: st
     head = (await conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))).one()
     seq = int(head.seq) + 1
     ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    result = result[:255]
+    # Column widths hold on every store (PostgreSQL enforces them; SQLite would not).
+    actor, action, resource, result = actor[:63], action[:64], resource[:255], result[:255]
     digest = record_hash(head.hash, seq, ts, actor, action, resource, before, after, result, detail)
     moved = await conn.execute(
         update(audit_head).where(audit_head.c.id == 1, audit_head.c.seq == head.seq).values(seq=seq, hash=digest))
