@@ -237,6 +237,8 @@ def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[Fie
                 path += f".{part}" if path else str(part)
         value = err.get("input")
         expected = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":  # pydantic shows the enclosing mapping; say plainly what is missing
+            value, expected = None, "a value: this field is required"
         out.append(FieldProblem(path or "(document)", value, expected))
     return _dedupe(out)
 
