@@ -102,11 +102,11 @@ THE_ISSUE_PLAN = [("beta", {"cell-a": 1, "cell-b": 1}), ("group-1", {"cell-a": 2
 # (request body, status, problem path, words in the problem or message): each refused, nothing started.
 BAD_STARTS: list[tuple[dict[str, Any], int, str | None, tuple[str, ...]]] = [
     ({"toRevision": 7}, 422, "toRevision", ("[1, 2]",)),
-    ({"strategy": {"groups": 0}}, 422, "body.strategy.groups", ("greater than or equal to 1",)),
+    ({"strategy": {"groups": 0}}, 422, "strategy.groups", ("greater than or equal to 1",)),
     ({"strategy": {"betaSize": 6}}, 422, "strategy.betaSize", ("cell cell-a has only 5",)),
     ({"strategy": {"groupSizes": [2, -1]}}, 422, "strategy.groupSizes[1]", ("greater than or equal to 0",)),
     ({"strategy": {"upgrade": "ordered"}}, 422, "strategy.upgrade", ("ordinal",)),
-    ({"strategy": {"pause": "sometimes"}}, 422, "body.strategy.pause", ()),
+    ({"strategy": {"pause": "sometimes"}}, 422, "strategy.pause", ()),
     ({"toRevision": 1}, 409, None, ("already runs revision 1",)),
 ]
 

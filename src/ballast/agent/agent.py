@@ -51,6 +51,7 @@ class Agent:
         self.state = StateFile(settings.data_dir / "state.json")
         self.local: dict[str, LocalInstance] = self.state.load()
         self.supervisors: dict[str, Supervisor] = {}
+        self.stopping: dict[str, Supervisor] = {}  # still reported (Stopping, not ready) until their process is gone
         self.stopped_ids: set[str] = set()
         self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
         self.node: NodeIdentity | None = None
@@ -163,7 +164,11 @@ class Agent:
 
     async def _retire(self, sup: Supervisor) -> None:
         self.supervisors.pop(sup.id, None)
-        await sup.stop()
+        self.stopping[sup.id] = sup
+        try:
+            await sup.stop()
+        finally:
+            self.stopping.pop(sup.id, None)
         self.local.pop(sup.id, None)
         self.stopped_ids.add(sup.id)
         self.state.save(self.local)
@@ -172,9 +177,13 @@ class Agent:
     async def _replace_revision(self, sup: Supervisor, a: dict[str, Any]) -> None:
         """Same instance, new revision: stop, then start with the new template (keeps node and port)."""
         self.supervisors.pop(sup.id, None)
+        self.stopping[sup.id] = sup
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await sup.stop()
+        try:
+            await sup.stop()
+        finally:
+            self.stopping.pop(sup.id, None)
         self._begin(a)
         self.supervisors[a["id"]].previous_stop = (began, loop.time())
 
@@ -223,6 +232,7 @@ class Agent:
 
     async def _report(self) -> None:
         reports = [s.report() for s in self.supervisors.values()]
+        reports += [s.report() for i, s in self.stopping.items() if i not in self.supervisors]
         reports += [{"id": i, "phase": "Stopped", "ready": False, "pid": None, "port": None, "restarts": 0,
                      "message": "stopped"} for i in self.stopped_ids if i not in self.supervisors]
         await self.client.post(f"/v1/nodes/{self.settings.name}/status", {"instances": reports})

@@ -51,6 +51,8 @@ def create_app(store: Store) -> FastAPI:
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ())]
+            if loc and loc[0] == "body":  # the request body is the document the user wrote: paths start inside it
+                loc = loc[1:]
             problems.append(FieldProblem(".".join(loc) or "(request)", err.get("input"), str(err.get("msg", ""))))
         return JSONResponse(InvalidInput("invalid request", problems=problems).to_dict(), status_code=422)
 
