@@ -46,7 +46,9 @@ def app(row: Any, per_cell: dict[str, dict[str, int]]) -> dict[str, Any]:
                               "cells": per_cell}
     if row.status.get("unplaced"):
         status["unplaced"] = row.status["unplaced"]
-    if row.latest_revision != row.deployed_revision:
+    if row.status.get("message"):
+        status["message"] = row.status["message"]
+    elif row.latest_revision != row.deployed_revision:
         status["message"] = f"revision {row.latest_revision} is recorded; instances run revision {row.deployed_revision}"
     return _obj("AppService", row.name, {"labels": row.labels, "generation": row.generation,
                                          "creationTimestamp": iso(row.created_at), "resourceVersion": row.resource_version},

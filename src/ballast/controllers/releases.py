@@ -141,6 +141,13 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
     if t.phase is Phase.SUCCEEDED:
         await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(deployed_revision=row.to_revision,
                                                                                  resource_version=tx.rv))
+    if t.phase is Phase.ROLLED_BACK and row.kind == "scale":
+        # The counts before the scale stand again, and the scheduler must not redo the change on its own.
+        app_row = (await tx.conn.execute(select(apps.c.status, apps.c.generation).where(apps.c.name == row.app))).first()
+        if app_row is not None and app_row.status.get("previousCounts") is not None:
+            held = {**app_row.status, "placedCounts": app_row.status["previousCounts"],
+                    "heldGeneration": app_row.generation}
+            await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(status=held, resource_version=tx.rv))
     action = {Phase.SUCCEEDED: "succeeded", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed",
               Phase.PAUSED: "paused", Phase.RUNNING: "group-done"}.get(t.phase, t.phase.value.lower())
     await release_records.event(tx, row.id, ACTOR, action, t.phase,

@@ -112,23 +112,30 @@ async def reconcile_once(store: Store) -> int:
     changes = 0
     for row in app_rows:
         spec = AppServiceSpec.model_validate(row.spec)
-        decision = place(row.name, wanted_per_cell(spec, cell_names), spec.template.resources.request(), placed,
-                         node_views)
+        declared = wanted_per_cell(spec, cell_names)
+        committed = row.status.get("placedCounts")
+        # After a scale release was rolled back, the counts it left stand until the app is applied again.
+        held = committed is not None and row.status.get("heldGeneration") == row.generation
+        wanted = committed if held else declared
+        decision = place(row.name, wanted, spec.template.resources.request(), placed, node_views)
         decision = enforce_fixed_port(decision, row.name, spec.template.port, placed)
         ordered = spec.strategy.upgrade == "ordered"
         if ordered:
             decision = highest_ordinals_first(decision, [i for i in live if i.app == row.name])
-        wanted = wanted_per_cell(spec, cell_names)
-        status = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced],
-                  "placedCounts": wanted}
+        status: dict[str, Any] = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced],
+                                  "placedCounts": wanted}
+        if held:
+            status["heldGeneration"] = row.generation
+            if declared != wanted:
+                status["message"] = (f"declared counts {declared} are not applied: their scale release was rolled "
+                                     f"back; running {wanted}. Apply the app again to retry.")
         mine = [i for i in live if i.app == row.name]
-        committed = row.status.get("placedCounts")
         # A change of the declared counts of a running app goes through the grouped engine; catching up on
         # counts already declared (instances not placed yet, or lost) is the scheduler's own work.
         if mine and committed is not None and committed != wanted and (decision.create or decision.remove):
             # A running app changes its instance counts through the grouped engine, like a release.
             try:
-                await _start_scale(store, row, decision, status, mine, ordered)
+                await _start_scale(store, row, decision, {**status, "previousCounts": committed}, mine, ordered)
             except RetryableConflict:
                 continue
             changes += len(decision.create) + len(decision.remove)
