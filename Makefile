@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT     = DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: setup system-packages up test test-fast bench clean
+.PHONY: setup system-packages up test test-fast check bench clean
 
 system-packages:
 	@missing=""; \
@@ -24,7 +24,12 @@ setup: system-packages $(BIN)/ballast
 up: setup
 	$(BIN)/ballast up
 
-test: setup
+check: setup
+	$(BIN)/ruff check src tests --select F,E9
+	$(BIN)/mypy src/ballast
+	$(BIN)/lint-imports
+
+test: check
 	BALLAST_TEST_PG_URL=$$(./scripts/postgres-for-tests.sh) BALLAST_REQUIRE_PG=1 $(BIN)/pytest
 
 test-fast: setup
@@ -33,6 +38,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/apply_to_healthy.py
 	$(BIN)/python benchmarks/api_latency.py
+	$(BIN)/python benchmarks/release_groups.py
 
 clean:
 	rm -rf $(VENV) .ballast .pytest_cache .hypothesis

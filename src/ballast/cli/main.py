@@ -141,7 +141,7 @@ async def _resolve_artifacts(client: Client, docs: list[Any], base: Path) -> Non
     for doc in docs:
         template = (doc.get("spec") or {}).get("template") if isinstance(doc, dict) else None
         artifact = template.get("artifact") if isinstance(template, dict) else None
-        if isinstance(artifact, str) and not artifact.startswith("sha256:"):
+        if isinstance(template, dict) and isinstance(artifact, str) and not artifact.startswith("sha256:"):
             directory = (base / artifact).resolve()
             if not directory.is_dir():
                 raise click.ClickException(f"spec.template.artifact: {artifact!r} is neither a sha256 digest nor a directory")

@@ -37,7 +37,8 @@ def instance_id_for(app: str, ordinal: int | None) -> str:
 
 def ordinals_for(count: int, taken: set[int]) -> list[int]:
     """The lowest free ordinals, so identities are reused after scale-in and scale-out."""
-    out, candidate = [], 0
+    out: list[int] = []
+    candidate = 0
     while len(out) < count:
         if candidate not in taken:
             out.append(candidate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,7 +67,7 @@ async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> Non
                 updated_at=tx.now, resource_version=tx.rv, **changed))
 
 
-def assignment_fingerprint(rows: list[Any]) -> str:
+def assignment_fingerprint(rows: Sequence[Any]) -> str:
     body = canonical_json(sorted([r.id, r.desired_version] for r in rows))
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
@@ -88,7 +88,7 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
         rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
 
 
-async def _assignment_bodies(conn: AsyncConnection, rows: list[Any]) -> list[dict[str, Any]]:
+async def _assignment_bodies(conn: AsyncConnection, rows: Sequence[Any]) -> list[dict[str, Any]]:
     templates: dict[tuple[str, int], Any] = {}
     out = []
     for r in rows:

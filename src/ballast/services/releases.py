@@ -139,7 +139,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
         plan=plan_to_json(groups), phase=Phase.RUNNING.value, direction=Direction.FORWARD.value, completed_groups=0,
         pause_until=None, fast=False, reason="started", waiting="", created_by=actor, created_at=tx.now,
         updated_at=tx.now, finished_at=None, resource_version=tx.rv))
-    release_id = int(result.inserted_primary_key[0])
+    release_id = _new_id(result)
     await event(tx, release_id, actor, "start", Phase.RUNNING, {"from": row.deployed_revision, "to": target})
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app}",
                    detail={"release": release_id, "from": row.deployed_revision, "to": target,
@@ -159,7 +159,7 @@ async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[
         direction=Direction.FORWARD.value, completed_groups=0, pause_until=None, fast=False,
         reason="instance counts changed", waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
         finished_at=None, resource_version=tx.rv))
-    release_id = int(result.inserted_primary_key[0])
+    release_id = _new_id(result)
     detail = {"add": adds, "remove": [r.instance for r in removes]}
     await event(tx, release_id, actor, "start", Phase.RUNNING, detail)
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app_row.name}",
@@ -265,3 +265,9 @@ async def history(conn: AsyncConnection, app: str) -> list[dict[str, Any]]:
                     "events": [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail}
                                for e in events]})
     return out
+
+
+def _new_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "an insert without a primary key"
+    return int(key[0])
