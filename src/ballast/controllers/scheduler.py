@@ -110,6 +110,9 @@ async def reconcile_once(store: Store) -> int:
         app_rows, cell_names, node_views, placed = await _snapshot(conn, store.clock())
         live = (await conn.execute(select(instances.c.id, instances.c.app, instances.c.cell, instances.c.ordinal)
                                    .where(instances.c.desired == "running"))).all()
+    live_by_app: dict[str, list[Any]] = {}
+    for i in live:  # one grouping per pass, not one scan of every instance per app
+        live_by_app.setdefault(i.app, []).append(i)
     changes = 0
     for row in app_rows:
         spec = AppServiceSpec.model_validate(row.spec)
@@ -122,7 +125,7 @@ async def reconcile_once(store: Store) -> int:
         decision = enforce_fixed_port(decision, row.name, spec.template.port, placed)
         ordered = spec.strategy.upgrade == "ordered"
         if ordered:
-            decision = highest_ordinals_first(decision, [i for i in live if i.app == row.name])
+            decision = highest_ordinals_first(decision, live_by_app.get(row.name, []))
         status: dict[str, Any] = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced],
                                   "placedCounts": wanted}
         if held:
@@ -130,7 +133,7 @@ async def reconcile_once(store: Store) -> int:
             if declared != wanted:
                 status["message"] = (f"declared counts {declared} are not applied: their scale release was rolled "
                                      f"back; running {wanted}. Apply the app again to retry.")
-        mine = [i for i in live if i.app == row.name]
+        mine = live_by_app.get(row.name, [])
         # A change of the declared counts of a running app goes through the grouped engine; catching up on
         # counts already declared (instances not placed yet, or lost) is the scheduler's own work.
         if mine and committed is not None and committed != wanted and (decision.create or decision.remove):
@@ -209,12 +212,17 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
         return created
 
 
-async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 2.0) -> None:
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 2.0,
+              min_interval: float = 0.25) -> None:
+    """Pass after every change, at most one pass per `min_interval` (status reports are frequent writes)."""
     rv = 0
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
+        began = loop.time()
         try:
             await reconcile_once(store)
         except Exception:
             log.exception("scheduler pass failed; retrying")
             await asyncio.sleep(1.0)
         rv = await store.wait_for_change(rv, idle_seconds)
+        await asyncio.sleep(max(0.0, began + min_interval - loop.time()))
