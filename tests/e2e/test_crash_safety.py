@@ -11,7 +11,6 @@ exactly once, and the audit chain verifies.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import Platform, eventually, processes_mentioning, proc_argv, start_platform
 
@@ -93,11 +91,7 @@ def _require(value: Any) -> Any:
 
 
 def api(platform: Platform, path: str) -> Any:
-    """Straight to the API (the CLI is slow to start on a loaded machine; these polls must be quick)."""
-    token = yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"]
-    request = urllib.request.Request(platform.server + path, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as r:
-        return json.loads(r.read())
+    return platform.api(path)
 
 
 def status(platform: Platform) -> dict[str, Any]:

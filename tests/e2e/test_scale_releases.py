@@ -7,16 +7,14 @@ group and groups, pausable, resumable and reversible like any release.
 
 from __future__ import annotations
 
-import json
 import shutil
 import textwrap
-import urllib.request
+import urllib.error
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import Platform, eventually, start_platform
 
@@ -49,10 +47,7 @@ def apply_counts(platform: Platform, tmp: Path, a: int, b: int) -> None:
 
 
 def api(platform: Platform, path: str) -> Any:
-    token = yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"]
-    request = urllib.request.Request(platform.server + path, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as r:
-        return json.loads(r.read())
+    return platform.api(path)
 
 
 def ready_per_cell(platform: Platform) -> Counter[str]:
@@ -61,7 +56,12 @@ def ready_per_cell(platform: Platform) -> Counter[str]:
 
 
 def release(platform: Platform) -> dict[str, Any]:
-    return api(platform, "/v1/apps/scaler/release")  # type: ignore[no-any-return]
+    try:
+        return api(platform, "/v1/apps/scaler/release")  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        assert exc.code != 404, "no release yet"  # the scheduler has not started the scale release yet
+        raise
 
 
 def wait_release(platform: Platform, phase: str, completed: int | None = None) -> dict[str, Any]:

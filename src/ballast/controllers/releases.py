@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from ballast.controllers.loop import run_passes
 from ballast.controllers.scheduler import instance_id_for
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import NodeView, PlacedInstance, Resources, place
@@ -157,13 +158,5 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
 
 
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
-    rv = 0
-    while not stop.is_set():
-        try:
-            await reconcile_once(store)
-        except Exception:
-            log.exception("release pass failed; retrying")
-            await asyncio.sleep(1.0)
-        rv = await store.wait_for_change(rv, idle_seconds)
-
-
+    # The idle pass notices ends of automatic pauses and progress deadlines even when nothing is written.
+    await run_passes("releases", reconcile_once, store, stop, idle_seconds=idle_seconds)

@@ -20,7 +20,8 @@ from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import NodeView, PlacedInstance, Placement, Resources, even_spread, place
 from ballast.errors import RetryableConflict
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
-from ballast.store.engine import Store
+from ballast.controllers.loop import run_passes
+from ballast.store.engine import Store, Tx
 from ballast.core.release_engine import ACTIVE_PHASES
 from ballast.core.release_plan import Slot
 from ballast.services import releases as release_records
@@ -155,6 +156,21 @@ async def reconcile_once(store: Store) -> int:
     return changes
 
 
+async def _guard_app(tx: Tx, row: Any, status: dict[str, Any]) -> None:
+    """Write the decision only if the app is as it was read (compare-and-set on its resource version)."""
+    guard = await tx.conn.execute(update(apps).where(apps.c.name == row.name,
+                                                     apps.c.resource_version == row.resource_version)
+                                  .values(status=status, resource_version=tx.rv))
+    if guard.rowcount != 1:
+        raise RetryableConflict(f"app {row.name} changed")
+
+
+async def _free_ordinals(tx: Tx, app: str, count: int) -> list[int]:
+    taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
+        instances.c.app == app, instances.c.ordinal.is_not(None)))).scalars())
+    return ordinals_for(count, taken)
+
+
 async def _start_scale(store: Store, row: Any, decision: Placement, status: dict[str, Any], mine: list[Any],
                        ordered: bool) -> None:
     adds: dict[str, int] = {}
@@ -163,35 +179,21 @@ async def _start_scale(store: Store, row: Any, decision: Placement, status: dict
     by_id = {i.id: i for i in mine}
     removes = [Slot(i, by_id[i].cell, by_id[i].ordinal) for i in decision.remove]
     async with store.write() as tx:
-        guard = await tx.conn.execute(update(apps).where(apps.c.name == row.name,
-                                                         apps.c.resource_version == row.resource_version)
-                                      .values(status=status, resource_version=tx.rv))
-        if guard.rowcount != 1:
-            raise RetryableConflict(f"app {row.name} changed")
-        ordinals: list[int] = []
-        if ordered:
-            taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
-                instances.c.app == row.name, instances.c.ordinal.is_not(None)))).scalars())
-            ordinals = ordinals_for(len(decision.create), taken)
+        await _guard_app(tx, row, status)
+        ordinals = await _free_ordinals(tx, row.name, len(decision.create)) if ordered else []
         await release_records.start_scale(tx, row, adds, removes, secrets.token_hex(4), ordinals, ACTOR)
 
 
 async def _write(store: Store, row: Any, decision: Placement, status: dict[str, Any], port: int | None,
                  ordered: bool) -> list[PlacedInstance]:
     async with store.write() as tx:
-        guard = await tx.conn.execute(update(apps).where(apps.c.name == row.name,
-                                                         apps.c.resource_version == row.resource_version)
-                                      .values(status=status, resource_version=tx.rv))
-        if guard.rowcount != 1:
-            raise RetryableConflict(f"app {row.name} changed")
+        await _guard_app(tx, row, status)
         node_rows = {n.name: n for n in (await tx.conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.zone))).all()}
         created: list[PlacedInstance] = []
         request = AppServiceSpec.model_validate(row.spec).template.resources.request()
         ordinals: list[int | None] = [None] * len(decision.create)
         if ordered:
-            taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
-                instances.c.app == row.name, instances.c.ordinal.is_not(None)))).scalars())
-            ordinals = list(ordinals_for(len(decision.create), taken))
+            ordinals = list(await _free_ordinals(tx, row.name, len(decision.create)))
         for seq, (new, ordinal) in enumerate(zip(decision.create, ordinals)):
             instance_id = instance_id_for(row.name, ordinal)
             await tx.conn.execute(insert(instances).values(
@@ -212,17 +214,6 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
         return created
 
 
-async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 2.0,
-              min_interval: float = 0.25) -> None:
-    """Pass after every change, at most one pass per `min_interval` (status reports are frequent writes)."""
-    rv = 0
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        began = loop.time()
-        try:
-            await reconcile_once(store)
-        except Exception:
-            log.exception("scheduler pass failed; retrying")
-            await asyncio.sleep(1.0)
-        rv = await store.wait_for_change(rv, idle_seconds)
-        await asyncio.sleep(max(0.0, began + min_interval - loop.time()))
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 2.0) -> None:
+    # Status reports are frequent writes: at most one pass per 0.25 s.
+    await run_passes("scheduler", reconcile_once, store, stop, idle_seconds=idle_seconds, min_interval=0.25)
