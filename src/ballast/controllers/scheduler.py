@@ -114,6 +114,7 @@ async def reconcile_once(store: Store) -> int:
     live_by_app: dict[str, list[Any]] = {}
     for i in live:  # one grouping per pass, not one scan of every instance per app
         live_by_app.setdefault(i.app, []).append(i)
+    placed_by_app, usage = _index(placed)
     changes = 0
     for row in app_rows:
         spec = AppServiceSpec.model_validate(row.spec)
@@ -122,8 +123,9 @@ async def reconcile_once(store: Store) -> int:
         # After a scale release was rolled back, the counts it left stand until the app is applied again.
         held = committed is not None and row.status.get("heldGeneration") == row.generation
         wanted = committed if held else declared
-        decision = place(row.name, wanted, spec.template.resources.request(), placed, node_views)
-        decision = enforce_fixed_port(decision, row.name, spec.template.port, placed)
+        view = condensed(row.name, placed_by_app, usage)
+        decision = place(row.name, wanted, spec.template.resources.request(), view, node_views)
+        decision = enforce_fixed_port(decision, row.name, spec.template.port, view)
         ordered = spec.strategy.upgrade == "ordered"
         if ordered:
             decision = highest_ordinals_first(decision, live_by_app.get(row.name, []))
@@ -153,7 +155,42 @@ async def reconcile_once(store: Store) -> int:
             continue  # the app changed under us; the next pass decides again from fresh state
         changes += len(created) + len(decision.remove)
         placed = [p for p in placed if p.id not in decision.remove] + created
+        placed_by_app, usage = _index(placed)
     return changes
+
+
+def _index(placed: list[PlacedInstance]) -> tuple[dict[str, list[PlacedInstance]], dict[tuple[str, str], Resources]]:
+    by_app: dict[str, list[PlacedInstance]] = {}
+    usage: dict[tuple[str, str], Resources] = {}
+    for p in placed:
+        by_app.setdefault(p.app, []).append(p)
+        before = usage.get((p.node, p.cell), Resources(0, 0))
+        usage[(p.node, p.cell)] = Resources(before.cpu_millis + p.request.cpu_millis,
+                                            before.memory_bytes + p.request.memory_bytes)
+    return by_app, usage
+
+
+def condensed(app: str, by_app: dict[str, list[PlacedInstance]],
+              usage: dict[tuple[str, str], Resources]) -> list[PlacedInstance]:
+    """The app's own instances plus, per node, one stand-in holding what every other app uses there.
+
+    `place()` needs other apps only for capacity; passing thousands of them per app made a pass
+    cost apps x instances.
+    """
+    mine = by_app.get(app, [])
+    own: dict[tuple[str, str], list[int]] = {}
+    for p in mine:
+        slot = own.setdefault((p.node, p.cell), [0, 0])
+        slot[0] += p.request.cpu_millis
+        slot[1] += p.request.memory_bytes
+    others = []
+    for (node, cell), total in sorted(usage.items()):
+        cpu, mem = own.get((node, cell), [0, 0])
+        rest = Resources(total.cpu_millis - cpu, total.memory_bytes - mem)
+        if rest.cpu_millis or rest.memory_bytes:
+            others.append(PlacedInstance(id=f"~others@{node}", app="~others", node=node, cell=cell, request=rest,
+                                         created_seq=0))
+    return list(mine) + others
 
 
 async def _guard_app(tx: Tx, row: Any, status: dict[str, Any]) -> None:
