@@ -60,7 +60,7 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
        node_cpu: str, node_memory: str, no_user_config: bool) -> None:
     """Start the local platform (control plane + agents in two zones) until Ctrl-C."""
     from ballast.cli.up import UpSettings, run
-    from ballast.dataplane_check import require_binaries
+    from ballast.preflight import require_binaries
     try:
         require_binaries(console)
     except BallastError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from sqlalchemy import event, insert, select, update
@@ -49,7 +49,6 @@ class Tx:
     conn: AsyncConnection
     rv: int
     now: float
-    notes: list[str] = field(default_factory=list)
 
     async def audit(self, *, actor: str, action: str, resource: str, result: str = "ok",
                     before: str = "", after: str = "", detail: dict[str, Any] | None = None) -> int:

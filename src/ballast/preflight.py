@@ -1,4 +1,4 @@
-"""Say clearly when a binary the platform needs is missing, before starting anything."""
+"""Preflight for `ballast up`: say clearly which binary is missing before starting anything."""
 
 from __future__ import annotations
 
