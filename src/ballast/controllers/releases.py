@@ -13,17 +13,16 @@ import asyncio
 import logging
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from ballast.controllers.loop import run_passes
-from ballast.controllers.scheduler import instance_id_for
+from ballast.controllers.scheduler import insert_instance, instance_id_for, placement_inputs
 from ballast.core.manifests import AppServiceSpec
-from ballast.core.placement import NodeView, PlacedInstance, Resources, place
+from ballast.core.placement import place
 from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Phase, Retire, SetRevision,
                                          Transition, decide)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.services.registry import NODE_TIMEOUT_SECONDS
 from ballast.store.engine import Store, Tx
 from ballast.store.schema import apps, instances, nodes, releases
 
@@ -101,31 +100,20 @@ async def _create_replacement(tx: Tx, row: Any, app_row: Any, action: CreateRepl
     if exists is not None:
         return None  # already created by an earlier pass
     spec = AppServiceSpec.model_validate(app_row.spec)
-    request = spec.template.resources.request()
-    node_rows = (await tx.conn.execute(select(nodes))).all()
-    views = [NodeView(n.name, n.cell, tx.now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
-                      Resources(n.cpu_millis, n.memory_bytes)) for n in node_rows]
-    live = (await tx.conn.execute(select(instances).where(instances.c.desired == "running"))).all()
-    specs = {a.name: AppServiceSpec.model_validate(a.spec).template.resources.request()
-             for a in (await tx.conn.execute(select(apps.c.name, apps.c.spec))).all()}
-    placed = [PlacedInstance(i.id, i.app, i.node, i.cell, specs.get(i.app, Resources(0, 0)), i.created_seq) for i in live]
-    in_cell = sum(1 for i in live if i.app == row.app and i.cell == action.cell)
-    decision = place(row.app, {action.cell: in_cell + 1}, request, placed, views)
+    views, placed = await placement_inputs(tx.conn, tx.now)
+    in_cell = sum(1 for i in placed if i.app == row.app and i.cell == action.cell)
+    decision = place(row.app, {action.cell: in_cell + 1}, spec.template.resources.request(), placed, views)
     if not decision.create:
         reason = decision.unplaced[0][2] if decision.unplaced else "no node"
         log.warning("release %s: no room for a surge instance in %s: %s", row.id, action.cell, reason)
         return None
-    node = next(n for n in node_rows if n.name == decision.create[0].node)
+    node = (await tx.conn.execute(select(nodes).where(nodes.c.name == decision.create[0].node))).one()
     old = (await tx.conn.execute(select(instances.c.ordinal).where(instances.c.id == action.replaces))).first()
     ordinal = old.ordinal if old is not None else action.ordinal
     # A new ordinal keeps its stable name; a replacement of an existing identity gets a fresh id beside it.
     new_id = instance_id_for(row.app, ordinal if old is None else None)
-    await tx.conn.execute(insert(instances).values(
-        id=new_id, app=row.app, revision=action.revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
-        port=spec.template.port, desired="running", phase="Pending", ready=False, restarts=0, pid=None, message="",
-        created_seq=tx.rv * 10_000, desired_version=tx.rv, running_revision=None, replaces=action.replaces,
-        ordinal=ordinal, changed_at=tx.now, created_at=tx.now, updated_at=tx.now,
-        resource_version=tx.rv))
+    await insert_instance(tx, instance_id=new_id, app=row.app, revision=action.revision, node=node,
+                          port=spec.template.port, ordinal=ordinal, replaces=action.replaces, created_seq=tx.rv * 10_000)
     return {"create": new_id, "replaces": action.replaces, "node": node.name, "revision": action.revision}
 
 

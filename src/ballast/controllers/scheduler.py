@@ -93,16 +93,34 @@ async def _snapshot(conn: AsyncConnection, now: float) -> tuple[list[Any], list[
     # An app under release belongs to the release engine (surge instances, replacements) until it ends.
     app_rows = [a for a in (await conn.execute(select(apps).order_by(apps.c.name))).all() if a.name not in releasing]
     cell_names = list((await conn.execute(select(cells.c.name))).scalars())
+    node_views, placed = await placement_inputs(conn, now)
+    return app_rows, cell_names, node_views, placed
+
+
+async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[NodeView], list[PlacedInstance]]:
+    """Nodes and every live instance with its app's request: what `place()` needs, for any caller.
+
+    Requests come from every app, those under release included: their instances occupy capacity too.
+    """
     node_views = [NodeView(name=n.name, cell=n.cell, ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
-    templates: dict[str, Resources] = {}
-    for a in app_rows:
-        templates[a.name] = AppServiceSpec.model_validate(a.spec).template.resources.request()
+    requests = {a.name: AppServiceSpec.model_validate(a.spec).template.resources.request()
+                for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     placed = [PlacedInstance(id=i.id, app=i.app, node=i.node, cell=i.cell,
-                             request=templates.get(i.app, Resources(0, 0)), created_seq=i.created_seq)
+                             request=requests.get(i.app, Resources(0, 0)), created_seq=i.created_seq)
               for i in (await conn.execute(select(instances).where(instances.c.desired == "running"))).all()]
-    return app_rows, cell_names, node_views, placed
+    return node_views, placed
+
+
+async def insert_instance(tx: Tx, *, instance_id: str, app: str, revision: int, node: Any, port: int | None,
+                          ordinal: int | None, replaces: str | None, created_seq: int) -> None:
+    """One new instance record, Pending on `node` (a row with name, cell, zone, ip) until its agent reports."""
+    await tx.conn.execute(insert(instances).values(
+        id=instance_id, app=app, revision=revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
+        port=port, desired="running", phase="Pending", ready=False, restarts=0, pid=None, message="",
+        created_seq=created_seq, desired_version=tx.rv, running_revision=None, replaces=replaces, ordinal=ordinal,
+        changed_at=tx.now, created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
 
 
 async def reconcile_once(store: Store) -> int:
@@ -225,7 +243,8 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
                  ordered: bool) -> list[PlacedInstance]:
     async with store.write() as tx:
         await _guard_app(tx, row, status)
-        node_rows = {n.name: n for n in (await tx.conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.zone))).all()}
+        node_rows = {n.name: n for n in (await tx.conn.execute(
+            select(nodes.c.name, nodes.c.cell, nodes.c.ip, nodes.c.zone))).all()}
         created: list[PlacedInstance] = []
         request = AppServiceSpec.model_validate(row.spec).template.resources.request()
         ordinals: list[int | None] = [None] * len(decision.create)
@@ -233,12 +252,9 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
             ordinals = list(await _free_ordinals(tx, row.name, len(decision.create)))
         for seq, (new, ordinal) in enumerate(zip(decision.create, ordinals)):
             instance_id = instance_id_for(row.name, ordinal)
-            await tx.conn.execute(insert(instances).values(
-                id=instance_id, app=row.name, revision=row.deployed_revision, node=new.node, cell=new.cell,
-                zone=node_rows[new.node].zone, ip=node_rows[new.node].ip, port=port, desired="running",
-                phase="Pending", ready=False, restarts=0, pid=None, message="", created_seq=tx.rv * 10_000 + seq,
-                desired_version=tx.rv, running_revision=None, replaces=None, ordinal=ordinal, changed_at=tx.now,
-                created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
+            await insert_instance(tx, instance_id=instance_id, app=row.name, revision=row.deployed_revision,
+                                  node=node_rows[new.node], port=port, ordinal=ordinal, replaces=None,
+                                  created_seq=tx.rv * 10_000 + seq)
             created.append(PlacedInstance(id=instance_id, app=row.name, node=new.node, cell=new.cell,
                                           request=request, created_seq=tx.rv * 10_000 + seq))
         if decision.remove:
