@@ -240,30 +240,30 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
             c[bucket] = c.get(bucket, 0) + 1
             slots.append({"slot": s.instance, "instance": st.holder, "cell": s.cell, "state": kind, "reason": st.reason})
         groups.append({"index": g.index, "name": g.name, "cells": cells, "instances": slots})
-    events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
-                                 .order_by(release_events.c.id))).all()
     return {"id": row.id, "app": app, "kind": row.kind, "phase": row.phase, "direction": row.direction,
             "fromRevision": row.from_revision, "toRevision": row.to_revision, "completedGroups": row.completed_groups,
             "reason": row.reason, "waiting": row.waiting, "fast": row.fast, "createdBy": row.created_by,
             "startedAt": row.created_at, "finishedAt": row.finished_at,
             "elapsedSeconds": round((row.finished_at or now) - row.created_at, 1),
             "pauseUntil": row.pause_until, "strategy": row.strategy, "groups": groups,
-            "events": [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail}
-                       for e in events]}
+            "events": await _events(conn, row.id)}
+
+
+async def _events(conn: AsyncConnection, release_id: int) -> list[dict[str, Any]]:
+    rows = (await conn.execute(select(release_events).where(release_events.c.release_id == release_id)
+                               .order_by(release_events.c.id))).all()
+    return [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail} for e in rows]
 
 
 async def history(conn: AsyncConnection, app: str) -> list[dict[str, Any]]:
     rows = (await conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id))).all()
     out = []
     for row in rows:
-        events = (await conn.execute(select(release_events).where(release_events.c.release_id == row.id)
-                                     .order_by(release_events.c.id))).all()
         out.append({"id": row.id, "app": app, "kind": row.kind, "fromRevision": row.from_revision, "toRevision": row.to_revision,
                     "phase": row.phase, "createdBy": row.created_by, "startedAt": row.created_at,
                     "finishedAt": row.finished_at,
                     "durationSeconds": round(row.finished_at - row.created_at, 1) if row.finished_at else None,
-                    "events": [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail}
-                               for e in events]})
+                    "events": await _events(conn, row.id)})
     return out
 
 
