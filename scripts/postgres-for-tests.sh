@@ -22,5 +22,7 @@ DO $$ BEGIN
     CREATE ROLE ballast LOGIN CREATEDB PASSWORD 'ballast';
   END IF;
 END $$;
+-- DROP DATABASE ... WITH (FORCE) must be able to end an autovacuum worker that happens to run there.
+GRANT pg_signal_backend TO ballast;
 SQL
 echo "postgresql://ballast:ballast@127.0.0.1:5432/postgres"

@@ -6,6 +6,7 @@ without it they are skipped, unless BALLAST_REQUIRE_PG=1 (CI) makes that a failu
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from dataclasses import dataclass
@@ -57,7 +58,21 @@ async def store_url(store_kind: str, tmp_path) -> AsyncIterator[str]:  # type: i
     name = "ballast_t_" + secrets.token_hex(4)
     await _pg_admin(f'CREATE DATABASE "{name}"')
     yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _drop_database(name)
+
+
+async def _drop_database(name: str) -> None:
+    """Drop a test database; an autovacuum worker that just started there can refuse FORCE once, so retry."""
+    import asyncpg
+
+    for attempt in range(5):
+        try:
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.exceptions.InsufficientPrivilegeError, asyncpg.exceptions.ObjectInUseError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
 
 
 @pytest.fixture
