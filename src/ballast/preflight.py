@@ -6,6 +6,7 @@ import shutil
 
 from rich.console import Console
 
+from ballast.dataplane.haproxy import find_binary
 from ballast.errors import BallastError
 
 
@@ -17,3 +18,4 @@ def require_binaries(console: Console, names: tuple[str, ...] = ("python3",)) ->
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
         raise MissingBinary(f"missing binaries on PATH: {', '.join(missing)} (install them, e.g. with 'make setup')")
+    find_binary()  # sidecars and the gateway are HAProxy: say so now, naming it, rather than in every agent log

@@ -1,10 +1,13 @@
-"""`ballast agent`: one per host — registers the node, runs its instances, reports.
+"""`ballast agent`: one per host — registers the node, runs its instances and their sidecars, reports.
 
 The agent is level-triggered: each assignments answer from the control plane
 is the whole desired set for this node, and the agent converges to it
-(start what is missing, stop what is retired or unknown). It keeps a small
-state file so that after a restart it adopts running instances instead of
-restarting them.
+(start what is missing, stop what is retired or unknown). What it is told is
+what the drain protocol has granted: by the time an instance must stop or
+change, every caller has stopped sending to it. The agent also is the node's
+mesh component (`mesh.py`): it applies the registry to its sidecars and
+acknowledges it. It keeps a small state file so that after a restart it
+adopts running instances and sidecars instead of restarting them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import httpx
 
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
-from ballast.agent.procs import adopt
+from ballast.agent.mesh import Mesh
+from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
 from ballast.client import ApiError, Client, Unreachable
+from ballast.processes import adopt
 
 log = logging.getLogger("ballast.agent")
+FIRST_SNAPSHOT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class AgentSettings:
     data_dir: Path
     cpu_millis: int
     memory_bytes: int
+    haproxy: str                     # the HAProxy binary sidecars run
     port_range: tuple[int, int] = (20000, 29999)
     heartbeat_seconds: float = 2.0
     stop_instances_on_exit: bool = False
@@ -52,8 +59,10 @@ class Agent:
         self.local: dict[str, LocalInstance] = self.state.load()
         self.supervisors: dict[str, Supervisor] = {}
         self.stopping: dict[str, Supervisor] = {}  # still reported (Stopping, not ready) until their process is gone
+        self.sidecars: dict[str, Sidecar] = {}
         self.stopped_ids: set[str] = set()
         self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
+        self.mesh = Mesh(self.client, settings.name, lambda: list(self.sidecars.values()))
         self.node: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -63,7 +72,14 @@ class Agent:
         await self._register(stop)
         if stop.is_set():
             return await self._shutdown()
-        tasks = [asyncio.create_task(self._assignment_loop(stop)), asyncio.create_task(self._report_loop(stop))]
+        tasks = [asyncio.create_task(self.mesh.run(stop))]
+        # Sidecars start from the registry: wait (bounded) for a first snapshot before starting instances.
+        try:
+            await asyncio.wait_for(self.mesh.received.wait(), FIRST_SNAPSHOT_SECONDS)
+        except TimeoutError:
+            log.warning("no registry snapshot within %gs; sidecars start empty and fill in later",
+                        FIRST_SNAPSHOT_SECONDS)
+        tasks += [asyncio.create_task(self._assignment_loop(stop)), asyncio.create_task(self._report_loop(stop))]
         await stop.wait()
         for t in tasks:
             t.cancel()
@@ -92,7 +108,8 @@ class Agent:
     async def _shutdown(self) -> None:
         sups = list(self.supervisors.values())
         if self.settings.stop_instances_on_exit:
-            await asyncio.gather(*(s.stop() for s in sups), return_exceptions=True)
+            await asyncio.gather(*(s.stop(drain=False) for s in sups), return_exceptions=True)
+            await asyncio.gather(*(c.stop() for c in self.sidecars.values()), return_exceptions=True)
             for s in sups:
                 self.local.pop(s.id, None)
             try:
@@ -101,6 +118,7 @@ class Agent:
                 pass
         else:
             await asyncio.gather(*(s.detach() for s in sups), return_exceptions=True)
+            await asyncio.gather(*(c.detach() for c in self.sidecars.values()), return_exceptions=True)
         self.state.save(self.local)
         await self.client.close()
         await self.http.aclose()
@@ -128,11 +146,11 @@ class Agent:
             if a["desired"] == "deleted":
                 if sup is not None:
                     self._spawn(self._retire(sup))
-                else:
+                elif instance_id not in self.stopping:
                     self.stopped_ids.add(instance_id)
                     self._changed.set()
                 continue
-            if sup is None and a["template"] is not None:
+            if sup is None and a["template"] is not None and instance_id not in self.stopping:
                 self._begin(a)
             elif sup is not None and sup.assignment["revision"] != a["revision"]:
                 self._spawn(self._replace_revision(sup, a))
@@ -140,7 +158,7 @@ class Agent:
             if instance_id not in wanted:
                 self._spawn(self._retire(sup))
         for instance_id in list(self.local):
-            if instance_id not in wanted and instance_id not in self.supervisors:
+            if instance_id not in wanted and instance_id not in self.supervisors and instance_id not in self.stopping:
                 self._stop_orphan(self.local[instance_id])
 
     def _begin(self, a: dict[str, Any]) -> None:
@@ -157,16 +175,52 @@ class Agent:
         if local is None:
             local = LocalInstance(id=a["id"], port=a["port"] or self._free_port())
             self.local[a["id"]] = local
-        sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, adopted=adopted, outdated=outdated)
+        if not local.app_port:
+            local.app_port = self._free_port()
+        if not local.mesh_port:
+            local.mesh_port = self._free_port()
+        sidecar = self._sidecar_for(local)
+        sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, sidecar, adopted=adopted,
+                         outdated=outdated)
         self.supervisors[a["id"]] = sup
         sup.start()
         self.state.save(self.local)
+
+    def _sidecar_for(self, local: LocalInstance) -> Sidecar:
+        """The instance's sidecar: the running one, the one a previous agent left (adopted), or a new one."""
+        sidecar = self.sidecars.get(local.id)
+        if sidecar is not None:
+            return sidecar
+        assert self.node is not None
+        sidecar = Sidecar(local.id, self.node.ip, self.node.cell,
+                          SidecarPorts(endpoint=local.port, app=local.app_port, mesh=local.mesh_port),
+                          self.settings.haproxy, self.settings.data_dir / "sidecars" / local.id, self._sidecar_changed)
+        if local.sidecar_pid is not None and local.sidecar_started is not None:
+            if sidecar.adopt(local.sidecar_pid, local.sidecar_started):
+                self.mesh.poke()  # it may have missed registry changes while no agent watched
+        self.sidecars[local.id] = sidecar
+        sidecar.supervise(lambda: self.mesh.snapshot)
+        return sidecar
+
+    def _sidecar_changed(self) -> None:
+        for sidecar in self.sidecars.values():
+            local = self.local.get(sidecar.id)
+            if local is not None:
+                handle = sidecar.proxy.handle
+                local.sidecar_pid = handle.pid if handle is not None and sidecar.up else None
+                local.sidecar_started = handle.started if handle is not None and sidecar.up else None
+        self.state.save(self.local)
+        self.mesh.poke()
+        self._changed.set()
 
     async def _retire(self, sup: Supervisor) -> None:
         self.supervisors.pop(sup.id, None)
         self.stopping[sup.id] = sup
         try:
             await sup.stop()
+            sidecar = self.sidecars.pop(sup.id, None)
+            if sidecar is not None:
+                await sidecar.stop()
         finally:
             self.stopping.pop(sup.id, None)
         self.local.pop(sup.id, None)
@@ -175,7 +229,7 @@ class Agent:
         self._changed.set()
 
     async def _replace_revision(self, sup: Supervisor, a: dict[str, Any]) -> None:
-        """Same instance, new revision: stop, then start with the new template (keeps node and port)."""
+        """Same instance, new revision: stop the app, then start the new template (same node, port, sidecar)."""
         self.supervisors.pop(sup.id, None)
         self.stopping[sup.id] = sup
         loop = asyncio.get_running_loop()
@@ -188,10 +242,11 @@ class Agent:
         self.supervisors[a["id"]].previous_stop = (began, loop.time())
 
     def _stop_orphan(self, local: LocalInstance) -> None:
-        if local.pid is not None and local.started is not None:
-            handle = adopt(local.pid, local.started)
-            if handle is not None:
-                self._spawn(handle.stop(10.0))
+        for pid, started in ((local.pid, local.started), (local.sidecar_pid, local.sidecar_started)):
+            if pid is not None and started is not None:
+                handle = adopt(pid, started)
+                if handle is not None:
+                    self._spawn(handle.stop(10.0))
         self.local.pop(local.id, None)
         self.state.save(self.local)
 
@@ -209,7 +264,7 @@ class Agent:
         return self.settings.data_dir
 
     def _free_port(self) -> int:
-        used = {i.port for i in self.local.values()}
+        used = {p for i in self.local.values() for p in (i.port, i.app_port, i.mesh_port)}
         low, high = self.settings.port_range
         for port in range(low, high + 1):
             if port in used:

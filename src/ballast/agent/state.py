@@ -6,16 +6,22 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
 class LocalInstance:
     id: str
-    port: int
+    port: int                        # the registered endpoint (the sidecar's inbound side)
+    app_port: int = 0                # where the app listens, behind its sidecar
+    mesh_port: int = 0               # the sidecar's outbound listener
     pid: int | None = None
     started: int | None = None
+    sidecar_pid: int | None = None
+    sidecar_started: int | None = None
     restarts: int = 0
     revision: int = 0
+    drain: dict[str, Any] | None = None   # the last wait for in-flight requests, as reported
 
 
 class StateFile:
@@ -29,7 +35,9 @@ class StateFile:
             return {}
         except (ValueError, OSError):
             return {}  # unreadable state: start clean rather than adopt the wrong processes
-        return {item["id"]: LocalInstance(**item) for item in raw.get("instances", [])}
+        known = set(LocalInstance.__dataclass_fields__)
+        return {item["id"]: LocalInstance(**{k: v for k, v in item.items() if k in known})
+                for item in raw.get("instances", [])}
 
     def save(self, instances: dict[str, LocalInstance]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

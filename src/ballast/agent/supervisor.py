@@ -1,8 +1,12 @@
-"""One instance on this node: start it, health-check it, restart it with backoff, stop it.
+"""One instance's app process on this node: start it, health-check it, restart it with backoff, stop it.
 
-A supervisor owns one asyncio task. Its observable state (phase, readiness,
-restarts) is what the agent reports; every change pokes the agent so the
-control plane hears about it at once instead of at the next heartbeat.
+A supervisor owns one asyncio task for one revision of the instance; the
+instance's sidecar outlives it (an in-place upgrade replaces the supervisor,
+not the sidecar). Its observable state (phase, readiness, restarts) is what
+the agent reports; every change pokes the agent so the control plane hears
+about it at once instead of at the next heartbeat. Before the app is stopped
+for good or for a new revision, the sidecar's in-flight requests are waited
+for (the control plane has already drained the endpoint).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from ballast.agent.procs import ProcessHandle, launch
+from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
+from ballast.processes import ProcessHandle, launch
 
 log = logging.getLogger("ballast.agent")
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 30.0, 60.0
@@ -35,10 +40,11 @@ class NodeIdentity:
 class Supervisor:
     def __init__(self, assignment: dict[str, Any], local: LocalInstance, node: NodeIdentity,
                  resolve_cwd: Callable[[dict[str, Any]], Awaitable[Path]], on_change: Callable[[], None],
-                 http: httpx.AsyncClient, adopted: ProcessHandle | None = None,
+                 http: httpx.AsyncClient, sidecar: Sidecar, adopted: ProcessHandle | None = None,
                  outdated: ProcessHandle | None = None) -> None:
         self.assignment = assignment
         self.local = local
+        self.sidecar = sidecar
         self.node = node
         self.resolve_cwd = resolve_cwd
         self.on_change = on_change
@@ -50,6 +56,7 @@ class Supervisor:
         self.outdated = outdated  # a process of an older revision to stop before starting this one
         self.previous_stop: tuple[float, float] | None = None  # (began, ended) of the stop this start follows
         self._stopping = asyncio.Event()
+        self._quiescing = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -61,14 +68,37 @@ class Supervisor:
         return self.assignment["template"]  # type: ignore[no-any-return]
 
     def report(self) -> dict[str, Any]:
-        return {"id": self.id, "phase": self.phase, "ready": self.ready, "pid": self.proc.pid if self.proc and self.proc.alive() else None,
-                "port": self.local.port, "restarts": self.local.restarts, "message": self.message[:2000],
-                "revision": int(self.assignment["revision"])}
+        ready, message = self.ready, self.message
+        if self.phase == "Running" and not self.sidecar.up:
+            ready, message = False, f"sidecar is down (restarts: {self.sidecar.restarts}); restarting it"
+        elif self.sidecar.error and self.phase == "Running":
+            message = f"sidecar: {self.sidecar.error}"
+        return {"id": self.id, "phase": self.phase, "ready": ready,
+                "pid": self.proc.pid if self.proc and self.proc.alive() else None,
+                "port": self.local.port, "meshPort": self.local.mesh_port, "restarts": self.local.restarts,
+                "message": message[:2000], "revision": int(self.assignment["revision"]), "drain": self.local.drain}
+
+    @property
+    def traffic(self) -> dict[str, Any]:
+        return self.assignment.get("traffic") or {"drain": True, "drainTimeoutSeconds": 30.0}
+
+    async def drain(self) -> None:
+        """Let the requests callers sent before they removed this endpoint finish; record how it went."""
+        if not self.traffic.get("drain", True):
+            return
+        self._quiescing = True
+        self._set("Stopping", False, "waiting for in-flight requests")
+        report = await self.sidecar.wait_idle(int(self.assignment["revision"]),
+                                              float(self.traffic.get("drainTimeoutSeconds", 30.0)))
+        self.local.drain = report.to_json()
+        self.on_change()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"instance {self.id}")
 
     def _set(self, phase: str, ready: bool, message: str = "") -> None:
+        if self._quiescing and phase not in ("Stopping", "Stopped"):
+            return  # a passing health check must not make a draining instance look ready again
         if (phase, ready, message) != (self.phase, self.ready, self.message):
             self.phase, self.ready, self.message = phase, ready, message
             self.on_change()
@@ -79,7 +109,8 @@ class Supervisor:
         data_dir = self.node.data_dir / "instances" / self.id
         data_dir.mkdir(parents=True, exist_ok=True)
         env.update({
-            "HOST": self.node.ip, "PORT": str(self.local.port),
+            "HOST": self.node.ip, "PORT": str(self.local.app_port),
+            "BALLAST_ENDPOINT": f"{self.node.ip}:{self.local.port}", "BALLAST_MESH_URL": self.sidecar.mesh_url,
             "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": str(self.assignment["app"]),
             "BALLAST_CELL": self.node.cell, "BALLAST_ZONE": self.node.zone,
             "BALLAST_REVISION": str(self.assignment["revision"]), "BALLAST_NODE_IP": self.node.ip,
@@ -99,9 +130,11 @@ class Supervisor:
         backoff = BACKOFF_START
         loop = asyncio.get_running_loop()
         if self.outdated is not None:
+            await self.drain()
             self._set("Stopping", False, "stopping the process of the previous revision")
             await self.outdated.stop(float(self.template.get("gracePeriodSeconds", 10.0)))
             self.outdated = None
+            self._quiescing = False
         while not self._stopping.is_set():
             if self.proc is None or not self.proc.alive():
                 try:
@@ -177,12 +210,12 @@ class Supervisor:
         """(passed, why, the app answered at all) — an answer that fails counts even while starting."""
         if check is None:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.ip, self.local.port), 1.0)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.ip, self.local.app_port), 1.0)
                 writer.close()
                 return True, "", True
             except (OSError, TimeoutError) as exc:
-                return False, f"port {self.local.port} not accepting connections: {exc}", False
-        url = f"http://{self.node.ip}:{self.local.port}{check['path']}"
+                return False, f"port {self.local.app_port} not accepting connections: {exc}", False
+        url = f"http://{self.node.ip}:{self.local.app_port}{check['path']}"
         try:
             response = await self.http.get(url, timeout=float(check["timeoutSeconds"]))
         except httpx.HTTPError as exc:
@@ -191,8 +224,10 @@ class Supervisor:
             return True, "", True
         return False, f"health check {url} answered {response.status_code}", True
 
-    async def stop(self) -> str:
-        """Stop the process for good (scale-in, deletion, platform shutdown)."""
+    async def stop(self, *, drain: bool = True) -> str:
+        """Stop the process (retirement, a new revision, platform shutdown); first its in-flight requests."""
+        if drain and self.proc is not None and self.proc.alive():
+            await self.drain()
         self._stopping.set()
         self._set("Stopping", False, "")
         outcome = "not running"

@@ -69,4 +69,26 @@ def instance(row: Any) -> dict[str, Any]:
                  # what the agent reports running (the desired revision until it first reports); spec has the desired
                  "revision": row.running_revision if row.running_revision is not None else row.revision,
                  "phase": row.phase, "ready": row.ready, "restarts": row.restarts,
-                 "pid": row.pid, "message": row.message, "updated": iso(row.updated_at)})
+                 "pid": row.pid, "message": row.message, "updated": iso(row.updated_at),
+                 "meshUrl": f"http://{row.ip}:{row.mesh_port}" if row.mesh_port else None,
+                 # What the agent has been told: the intent in spec, once the drain protocol allowed it.
+                 "grantedRevision": row.granted_revision, "grantedDesired": row.granted_desired,
+                 "lastDrain": row.drain})
+
+
+def endpoint(row: Any, required: tuple[str, ...], acked: dict[str, int]) -> dict[str, Any]:
+    acknowledged = [k for k in required if acked.get(k, 0) >= row.generation]
+    return _obj("Endpoint", row.id, {"app": row.service},
+                {"service": row.service, "instance": row.id, "node": row.node, "cell": row.cell, "zone": row.zone,
+                 "ip": row.ip, "port": row.port, "revision": row.revision},
+                {"state": row.state, "generation": row.generation, "since": iso(row.since),
+                 "acknowledgedBy": acknowledged, "pending": [k for k in required if k not in acknowledged],
+                 "note": row.note})
+
+
+def gateway(row: Any, registry_generation: int, now: float) -> dict[str, Any]:
+    return _obj("Gateway", row.name, {"creationTimestamp": iso(row.registered_at)},
+                {"address": row.address},
+                {"url": f"http://{row.address}", "acknowledgedGeneration": row.acked_generation,
+                 "registryGeneration": registry_generation, "inSync": row.acked_generation >= registry_generation,
+                 "error": row.error, "lastSeen": iso(row.last_seen), "secondsSinceSeen": round(now - row.last_seen, 1)})

@@ -39,6 +39,15 @@ class NodeRegistration(BaseModel):
         return value
 
 
+class DrainReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    revision: int = Field(ge=0, le=2**31 - 1)
+    waitedSeconds: float = Field(ge=0, le=86_400)
+    inflightAtStop: int = Field(ge=0, le=2**31 - 1)
+    timedOut: bool
+    at: float = Field(ge=0, le=2**40)
+
+
 class InstanceReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: StoredText = Field(max_length=80)
@@ -49,6 +58,8 @@ class InstanceReport(BaseModel):
     restarts: int = Field(ge=0, le=2**31 - 1)
     message: StoredText = Field("", max_length=2000)
     revision: int | None = Field(None, ge=1, description="the revision the running process was started with")
+    meshPort: int | None = Field(None, ge=1, le=65535, description="the sidecar's outbound listener")
+    drain: DrainReport | None = Field(None, description="the last wait for in-flight requests before a stop")
 
     @field_validator("phase")
     @classmethod

@@ -56,9 +56,11 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @click.option("--node-cpu", default="16", show_default=True, help="capacity of each node")
 @click.option("--node-memory", default="16Gi", show_default=True)
 @click.option("--no-user-config", is_flag=True, help="do not write ~/.config/ballast/config.yaml")
+@click.option("--gateway-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="port of the north-south gateway (on 127.0.0.1)")
 def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
-       node_cpu: str, node_memory: str, no_user_config: bool) -> None:
-    """Start the local platform (control plane + agents in two zones) until Ctrl-C."""
+       node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int) -> None:
+    """Start the local platform (control plane, agents in two zones, a gateway) until Ctrl-C."""
     from ballast.cli.up import UpSettings, run
     from ballast.preflight import require_binaries
     try:
@@ -67,7 +69,7 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
         _fail(f"error: {exc.message}")
     settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
                           first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
-                          write_user_config=not no_user_config)
+                          write_user_config=not no_user_config, gateway_port=gateway_port)
     _run_until_signal(lambda stop: run(settings, console, stop))
 
 
@@ -102,10 +104,12 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--stop-instances-on-exit", is_flag=True,
               help="stop instances when the agent exits (default: leave them running for the next agent to adopt)")
+@click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary for sidecars (default: found on PATH)")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
-          token_file: Path | None, stop_instances_on_exit: bool) -> None:
+          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None) -> None:
     """Run a node agent."""
     from ballast.agent.agent import Agent, AgentSettings
+    from ballast.dataplane.haproxy import find_binary
     from ballast.core.placement import parse_cpu, parse_memory
     token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
     if not token:
@@ -113,12 +117,47 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
     try:
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
-                                 stop_instances_on_exit=stop_instances_on_exit)
+                                 haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit)
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     _run_until_signal(lambda stop: Agent(settings).run(stop))
+
+
+@cli.command()
+@click.option("--server", "server_url", required=True)
+@click.option("--name", required=True, help="the gateway's name in the registry")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="IP:PORT to serve on")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary (default: found on PATH)")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--stop-proxy-on-exit", is_flag=True,
+              help="stop HAProxy when this process exits (default: leave it serving for the next one to adopt)")
+def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file: Path | None, haproxy: str | None,
+            threads: int, stop_proxy_on_exit: bool) -> None:
+    """Run a north-south gateway (HAProxy) for the exposed services."""
+    from ballast.dataplane.haproxy import find_binary
+    from ballast.dataplane.haproxy_config import Address
+    from ballast.gateway.gateway import Gateway, GatewaySettings
+    token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
+    if not token:
+        _fail("error: the gateway needs a token: --token-file FILE or BALLAST_TOKEN", 2)
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"error: --listen {listen!r}: expected IP:PORT with a port in 1..65535", 2)
+    try:
+        settings = GatewaySettings(server=server_url, token=token, name=name, listen=Address(host, int(port)),
+                                   data_dir=data_dir.resolve(), haproxy=find_binary(haproxy), threads=threads,
+                                   stop_proxy_on_exit=stop_proxy_on_exit)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _run_until_signal(lambda stop: Gateway(settings).run(stop))
 
 
 # --- resources ------------------------------------------------------------------------

@@ -20,6 +20,8 @@ def pack(directory: Path) -> tuple[bytes, str]:
             rel = path.relative_to(directory)
             if any(part in SKIP for part in rel.parts) or path.suffix == ".pyc" or path.is_symlink():
                 continue
+            if not (path.is_file() or path.is_dir()):
+                continue  # sockets, pipes, devices: nothing a package can carry
             info = tar.gettarinfo(str(path), arcname=str(rel))
             info.uid = info.gid = 0
             info.uname = info.gname = ""

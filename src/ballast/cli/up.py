@@ -1,15 +1,16 @@
 """`ballast up`: the whole platform on this machine, in the foreground.
 
 Starts the control plane (SQLite in the data dir unless --store says
-otherwise), one Cell per zone and node agents on distinct loopback IPs, and
-keeps them alive until Ctrl-C, which stops instances, agents and the server
-in that order and leaves no process behind.
+otherwise), one Cell per zone, node agents on distinct loopback IPs and a
+gateway, and keeps them alive until Ctrl-C, which stops instances, agents,
+the gateway and the server in that order and leaves no process behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import signal
 import string
@@ -20,13 +21,14 @@ from typing import Any
 
 from rich.console import Console
 
-from ballast.agent.procs import adopt
+from ballast.processes import adopt
 from ballast.agent.state import StateFile
 from ballast.cli import config as client_config
 from ballast.client import ApiError, Client, Unreachable
 from ballast.errors import BallastError
 
 AGENT_USER = "node-agents"
+GATEWAY_NAME = "edge"
 
 
 class UpFailed(BallastError):
@@ -45,10 +47,15 @@ class UpSettings:
     node_cpu: str = "16"
     node_memory: str = "16Gi"
     write_user_config: bool = True
+    gateway_port: int = 8080
 
     @property
     def server(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
 
 
 @dataclass
@@ -160,15 +167,25 @@ async def _agent_token(admin: Client, token_file: Path, server: str) -> str:
 
 
 def sweep_instances(data_dir: Path) -> int:
-    """Last line of defence against orphans: stop any instance an agent left behind."""
-    killed = 0
+    """Last line of defence against orphans: stop any instance, sidecar or gateway proxy left behind."""
+    found: list[tuple[int, int]] = []
     for state in (data_dir / "agents").glob("*/state.json"):
         for local in StateFile(state).load().values():
-            if local.pid is not None and local.started is not None:
-                handle = adopt(local.pid, local.started)
-                if handle is not None:
-                    handle.signal_group(signal.SIGKILL)
-                    killed += 1
+            found += [(local.pid, local.started)] if local.pid is not None and local.started is not None else []
+            if local.sidecar_pid is not None and local.sidecar_started is not None:
+                found.append((local.sidecar_pid, local.sidecar_started))
+    try:
+        gateway = json.loads((data_dir / "gateway" / "state.json").read_text())
+        if gateway.get("pid") and gateway.get("started"):
+            found.append((int(gateway["pid"]), int(gateway["started"])))
+    except (FileNotFoundError, ValueError):
+        pass
+    killed = 0
+    for pid, started in found:
+        handle = adopt(pid, started)
+        if handle is not None:
+            handle.signal_group(signal.SIGKILL)
+            killed += 1
     return killed
 
 
@@ -206,7 +223,14 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                               data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
                 await agent.start()
                 agents.append(agent)
+            gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
+                                                "--listen", f"{settings.host}:{settings.gateway_port}",
+                                                "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit"),
+                            data_dir / "logs" / "gateway.log", env={"BALLAST_TOKEN": agent_token})
+            await gateway.start()
+            agents.append(gateway)
             await _wait_nodes(admin, {p[0] for p in plan}, agents, loop.time() + 60)
+            await _wait_gateway(admin, gateway, loop.time() + 60)
         _announce(console, settings, client_file, plan, data_dir)
         await _supervise(server, agents, stop, console)
     finally:
@@ -217,6 +241,18 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
         if leftover:
             console.print(f"[yellow]stopped {leftover} instance process(es) an agent left behind[/]")
         console.print("stopped")
+
+
+async def _wait_gateway(admin: Client, gateway: Child, deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline:
+        if gateway.proc is not None and gateway.proc.returncode is not None:
+            raise UpFailed(f"the gateway exited with code {gateway.proc.returncode}:\n{_tail(gateway.log)}")
+        items = (await admin.get("/v1/gateways"))["items"]
+        if any(g["metadata"]["name"] == GATEWAY_NAME and g["status"]["inSync"] for g in items):
+            return
+        await asyncio.sleep(0.2)
+    raise UpFailed(f"the gateway did not come up in time; see {gateway.log}")
 
 
 async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadline: float) -> None:
@@ -234,6 +270,7 @@ async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadl
 
 def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path) -> None:
     console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  (API docs: {settings.server}/v1/docs)")
+    console.print(f"gateway: {settings.gateway_url}")
     console.print(f"data dir: {data_dir}   client config: {client_file}")
     for name, ip, cell, zone in plan:
         console.print(f"  node {name:<8} {ip:<12} {cell} ({zone})")

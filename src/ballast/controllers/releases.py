@@ -50,11 +50,11 @@ async def _reconcile(store: Store, row: Any) -> bool:
     now = store.clock()
     async with store.read() as conn:
         app_row = (await conn.execute(select(apps).where(apps.c.name == row.app))).first()
-        inst_rows = (await conn.execute(select(instances).where(instances.c.app == row.app))).all()
+        views = await release_records.instance_views(conn, row.app)
     if app_row is None:
         decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))
     else:
-        decision = decide(release_records.view(row), {r.id: release_records.instance_view(r) for r in inst_rows}, now)
+        decision = decide(release_records.view(row), views, now)
     if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
         return False
     async with store.write() as tx:

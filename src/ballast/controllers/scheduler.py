@@ -118,7 +118,8 @@ async def insert_instance(tx: Tx, *, instance_id: str, app: str, revision: int, 
     """One new instance record, Pending on `node` (a row with name, cell, zone, ip) until its agent reports."""
     await tx.conn.execute(insert(instances).values(
         id=instance_id, app=app, revision=revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
-        port=port, desired="running", phase="Pending", ready=False, restarts=0, pid=None, message="",
+        port=port, desired="running", granted_revision=revision, granted_desired="running",
+        phase="Pending", ready=False, restarts=0, pid=None, message="",
         created_seq=created_seq, desired_version=tx.rv, running_revision=None, replaces=replaces, ordinal=ordinal,
         changed_at=tx.now, created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ballast.core.endpoints import GATEWAY, MESH, TrafficPolicy
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
 from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
@@ -109,11 +110,48 @@ class StrategySpec(_Model):
                         progress_deadline_seconds=self.progress_deadline_seconds)
 
 
+HOST_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+ROUTE_PATH_PATTERN = r"^/[A-Za-z0-9._~/-]{0,200}$"
+
+
+class ExposeSpec(_Model):
+    """A gateway route: requests for `host` whose path starts with `path` go to this app."""
+
+    host: str = Field(pattern=HOST_PATTERN, max_length=253, description="a lower-case DNS name, e.g. shop.local")
+    path: str = Field("/", pattern=ROUTE_PATH_PATTERN,
+                      description="a path prefix: / and then letters, digits, . _ ~ / -")
+
+    @field_validator("path")
+    @classmethod
+    def _no_empty_segments(cls, value: str) -> str:
+        if "//" in value:
+            raise ValueError("a path prefix without empty segments (no '//')")
+        return value
+
+
+class TrafficSpec(_Model):
+    """How the data plane carries the app's traffic, and how its instances are drained."""
+
+    components: list[Literal["gateway", "mesh"]] | None = Field(
+        None, description="what routes to the app (default: mesh, and gateway when exposed)")
+    drain: bool = Field(True, description="drain before an instance stops or changes (off only to measure the "
+                                          "difference)")
+    drain_timeout_seconds: float = Field(30.0, alias="drainTimeoutSeconds", gt=0, le=3600)
+    ack_timeout_seconds: float = Field(30.0, alias="ackTimeoutSeconds", gt=0, le=3600)
+
+
 class AppServiceSpec(_Model):
     cells: dict[Name, Annotated[int, Field(ge=0, le=10_000)]] | None = None
     replicas: int | None = Field(None, ge=0, le=10_000)
     template: Template
     strategy: StrategySpec = Field(default_factory=StrategySpec)
+    expose: list[ExposeSpec] | None = Field(None, max_length=50)
+    traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+
+    @field_validator("expose", mode="before")
+    @classmethod
+    def _one_route_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _one_spread(self) -> "AppServiceSpec":
@@ -121,7 +159,24 @@ class AppServiceSpec(_Model):
             raise ValueError("give either cells (instances per cell) or replicas (even spread over all cells)")
         if self.cells is not None and self.replicas is not None:
             raise ValueError("give cells or replicas, not both")
+        if self.traffic.components is not None and "gateway" in self.traffic.components and not self.expose:
+            raise ValueError("traffic.components names gateway, but the app has no expose route for it")
+        if self.expose and self.traffic.components is not None and "gateway" not in self.traffic.components:
+            raise ValueError("the app is exposed, so traffic.components must include gateway")
+        routes = [(r.host, r.path.rstrip("/") or "/") for r in self.expose or []]
+        if len(routes) != len(set(routes)):
+            raise ValueError("expose lists the same host and path twice")
         return self
+
+    def traffic_components(self) -> frozenset[str]:
+        if self.traffic.components is not None:
+            return frozenset(self.traffic.components)
+        return frozenset({MESH, GATEWAY} if self.expose else {MESH})
+
+    def traffic_policy(self) -> TrafficPolicy:
+        return TrafficPolicy(components=self.traffic_components(), drain=self.traffic.drain,
+                             drain_timeout_seconds=self.traffic.drain_timeout_seconds,
+                             ack_timeout_seconds=self.traffic.ack_timeout_seconds)
 
 
 class CellManifest(_Model):

@@ -61,6 +61,8 @@ class InstanceView:
     replaces: str | None
     changed_at: float             # when the desired revision last changed (or the instance was created)
     message: str = ""
+    serving: bool = True          # its endpoint is ready and every traffic component has added it
+    blocked: str = ""             # why its drain or its return to traffic is stuck (a component is silent)
 
 
 # --- actions ---------------------------------------------------------------------------
@@ -135,10 +137,13 @@ def chain(slot: Slot, instances: Mapping[str, InstanceView]) -> list[InstanceVie
 
 
 def _at(inst: InstanceView, revision: int) -> bool:
-    return inst.running_revision == revision and inst.ready and inst.phase == "Running"
+    """Done: running the revision, healthy, and back in traffic everywhere it is routed."""
+    return inst.running_revision == revision and inst.ready and inst.phase == "Running" and inst.serving
 
 
 def _trouble(inst: InstanceView, revision: int, now: float, deadline: float) -> str | None:
+    if inst.blocked:
+        return f"instance {inst.id}: {inst.blocked}"
     if inst.running_revision == revision and inst.phase in FAILING_PHASES:
         return f"instance {inst.id} is {inst.phase} at revision {revision}: {inst.message or 'no detail'}"
     if now - inst.changed_at > deadline:

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.authz import Action
 from ballast.core.digests import digest
-from ballast.core.manifests import AppServiceManifest, CellManifest, Manifest, spec_json
+from ballast.core.manifests import AppServiceManifest, AppServiceSpec, CellManifest, Manifest, spec_json
 from ballast.errors import FieldProblem, InvalidInput
+from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
 from ballast.store.schema import apps, cells, nodes, revisions
 
@@ -83,8 +84,30 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest]) ->
                 if cell not in known_cells:
                     problems.append(FieldProblem(f"items[{index}].spec.cells.{cell}", cell,
                                                  "an existing cell (one of: " + (", ".join(sorted(known_cells)) or "none defined") + ")"))
+    problems.extend(await _route_conflicts(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
+
+
+async def _route_conflicts(conn: AsyncConnection, manifests: list[Manifest]) -> list[FieldProblem]:
+    """A gateway route (host + path prefix) belongs to one app."""
+    declared = {m.metadata.name for m in manifests if isinstance(m, AppServiceManifest)}
+    owner: dict[tuple[str, str], str] = {}
+    for row in (await conn.execute(select(apps.c.name, apps.c.spec))).all():
+        if row.name not in declared:
+            for route in AppServiceSpec.model_validate(row.spec).expose or []:
+                owner[(route.host, route.path.rstrip("/") or "/")] = row.name
+    problems = []
+    for index, m in enumerate(manifests):
+        if not isinstance(m, AppServiceManifest):
+            continue
+        for k, route in enumerate(m.spec.expose or []):
+            key = (route.host, route.path.rstrip("/") or "/")
+            other = owner.setdefault(key, m.metadata.name)
+            if other != m.metadata.name:
+                problems.append(FieldProblem(f"items[{index}].spec.expose[{k}]", {"host": route.host, "path": route.path},
+                                             f"a host and path not already routed to app {other!r}"))
+    return problems
 
 
 async def _apply_cell(tx: Tx, m: CellManifest, actor: str) -> ApplyResult:
@@ -121,6 +144,11 @@ async def _revision_for(tx: Tx, app: str, template: dict[str, Any]) -> int:
     return number
 
 
+def _routing(spec: AppServiceSpec) -> tuple[Any, ...]:
+    """What traffic components apply of an app's spec."""
+    return spec.traffic_components(), tuple((r.host, r.path) for r in spec.expose or [])
+
+
 async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
     name, spec = m.metadata.name, spec_json(m)
     resource = f"AppService/{name}"
@@ -132,6 +160,7 @@ async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
             deployed_revision=number, status={}, created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
         await tx.audit(actor=actor, action="apply", resource=resource, after=digest(spec),
                        detail={"outcome": "created", "generation": 1, "revision": number})
+        await bump_registry(tx)  # a new service for every traffic component
         return ApplyResult("AppService", name, "created", number)
     if row.spec == spec and row.labels == m.metadata.labels:
         await tx.audit(actor=actor, action="apply", resource=resource, before=digest(row.spec), after=digest(spec),
@@ -139,6 +168,8 @@ async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
         return ApplyResult("AppService", name, "unchanged", row.latest_revision)
     number = await _revision_for(tx, name, spec["template"])
     generation = row.generation + 1
+    if _routing(AppServiceSpec.model_validate(row.spec)) != _routing(m.spec):
+        await bump_registry(tx)
     await tx.conn.execute(update(apps).where(apps.c.name == name).values(
         spec=spec, labels=m.metadata.labels, generation=generation, latest_revision=number,
         updated_at=tx.now, resource_version=tx.rv))

@@ -15,13 +15,20 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.digests import canonical_json, digest
+from ballast.core.endpoints import MESH
+from ballast.core.release_engine import ACTIVE_PHASES
+from ballast.core.manifests import AppServiceSpec
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
-from ballast.store.schema import apps, cells, instances, nodes, revisions
+from ballast.store.schema import apps, cells, components, instances, nodes, release_events, releases, revisions
+
+ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
+_DEFAULT_TRAFFIC = {"drain": True, "drainTimeoutSeconds": 30.0}
 
 NODE_TIMEOUT_SECONDS = 10.0
 PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
-_REPORTED_FIELDS = ("phase", "ready", "pid", "port", "restarts", "message", "running_revision")
+_REPORTED_FIELDS = ("phase", "ready", "pid", "port", "mesh_port", "restarts", "message", "running_revision", "drain")
 
 
 async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -35,6 +42,11 @@ async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> 
     if row is None:
         await tx.conn.execute(insert(nodes).values(name=name, registered_at=tx.now, **values))
         outcome = "created"
+        # Its agent is the mesh component for the node's sidecars: from now on it must acknowledge.
+        await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))
+        await tx.conn.execute(insert(components).values(kind=MESH, name=name, address=body["ip"], acked_generation=0,
+                                                        applied_hash="", error="", registered_at=tx.now,
+                                                        last_seen=tx.now))
     else:
         if row.cell != cell.name:
             live = (await tx.conn.execute(select(instances.c.id).where(instances.c.node == name).limit(1))).first()
@@ -57,14 +69,31 @@ async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> Non
         row = rows.get(rep["id"])
         if row is None:
             continue
-        rep = {**rep, "running_revision": rep.get("revision")}
-        if row.desired == "deleted" and rep["phase"] == "Stopped":
+        rep = {**rep, "running_revision": rep.get("revision"), "mesh_port": rep.get("meshPort"),
+               "drain": rep.get("drain") or row.drain}
+        if row.granted_desired == "deleted" and rep["phase"] == "Stopped":
             await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
             continue
+        if rep["drain"] != row.drain and (rep["drain"] or {}).get("timedOut"):
+            await _drain_timed_out(tx, name, row, rep["drain"])
         changed = {f: rep[f] for f in _REPORTED_FIELDS if getattr(row, f) != rep[f]}
         if changed:
             await tx.conn.execute(update(instances).where(instances.c.id == row.id).values(
                 updated_at=tx.now, resource_version=tx.rv, **changed))
+
+
+async def _drain_timed_out(tx: Tx, node: str, row: Any, drain: dict[str, Any]) -> None:
+    """The agent stopped an instance with requests still in flight: say so loudly, on the audit log and
+    on the app's release."""
+    detail = {"instance": row.id, "node": node, **drain}
+    await tx.audit(actor=f"agent/{node}", action="drain.timeout", resource=f"AppService/{row.app}",
+                   result="stopped with requests in flight", detail=detail)
+    release = (await tx.conn.execute(select(releases.c.id, releases.c.phase).where(releases.c.app == row.app)
+                                     .order_by(releases.c.id.desc()))).first()
+    if release is not None and release.phase in ACTIVE:
+        await tx.conn.execute(insert(release_events).values(release_id=release.id, ts=tx.now, actor=f"agent/{node}",
+                                                            action="drain-timeout", phase=release.phase,
+                                                            detail=detail))
 
 
 def assignment_fingerprint(rows: Sequence[Any]) -> str:
@@ -90,15 +119,20 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
 
 async def _assignment_bodies(conn: AsyncConnection, rows: Sequence[Any]) -> list[dict[str, Any]]:
     templates: dict[tuple[str, int], Any] = {}
+    traffic: dict[str, dict[str, Any]] = {}
+    for a in (await conn.execute(select(apps.c.name, apps.c.spec).where(apps.c.name.in_({r.app for r in rows})))).all():
+        t = AppServiceSpec.model_validate(a.spec).traffic
+        traffic[a.name] = {"drain": t.drain, "drainTimeoutSeconds": t.drain_timeout_seconds}
     out = []
     for r in rows:
-        key = (r.app, r.revision)
+        key = (r.app, r.granted_revision)
         if key not in templates:
             rev = (await conn.execute(select(revisions.c.template).where(
                 revisions.c.app == r.app, revisions.c.number == r.revision))).first()
             templates[key] = rev.template if rev is not None else None
-        out.append({"id": r.id, "app": r.app, "revision": r.revision, "desired": r.desired, "cell": r.cell,
-                    "zone": r.zone, "ip": r.ip, "port": r.port, "template": templates[key]})
+        out.append({"id": r.id, "app": r.app, "revision": r.granted_revision, "desired": r.granted_desired,
+                    "cell": r.cell, "zone": r.zone, "ip": r.ip, "port": r.port, "template": templates[key],
+                    "traffic": traffic.get(r.app, _DEFAULT_TRAFFIC)})
     return out
 
 
@@ -108,6 +142,7 @@ async def delete_node(tx: Tx, name: str, actor: str) -> None:
         raise NotFound(f"node {name!r} not found")
     gone = (await tx.conn.execute(delete(instances).where(instances.c.node == name))).rowcount
     await tx.conn.execute(delete(nodes).where(nodes.c.name == name))
+    await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))
     await tx.audit(actor=actor, action="node.delete", resource=f"Node/{name}", detail={"instancesForgotten": gone})
 
 
@@ -118,6 +153,7 @@ async def delete_app(tx: Tx, name: str, actor: str) -> int:
     stopping = (await tx.conn.execute(update(instances).where(instances.c.app == name, instances.c.desired != "deleted")
                                       .values(desired="deleted", desired_version=tx.rv, resource_version=tx.rv))).rowcount
     await tx.conn.execute(delete(apps).where(apps.c.name == name))
+    await bump_registry(tx)  # its routes leave every component
     await tx.audit(actor=actor, action="delete", resource=f"AppService/{name}", before=digest(row.spec),
                    detail={"instancesStopping": stopping})
     return int(stopping)

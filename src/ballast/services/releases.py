@@ -15,13 +15,15 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core.endpoints import serving
 from ballast.core.manifests import AppServiceSpec, StrategySpec, problems_from_validation
 from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
                                          slot_state)
 from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.services.endpoints import endpoint_record
 from ballast.store.engine import Tx
-from ballast.store.schema import apps, instances, release_events, releases, revisions
+from ballast.store.schema import apps, endpoints, instances, release_events, releases, revisions
 
 ENGINE = "controller/releases"
 
@@ -61,11 +63,19 @@ def view(row: Any) -> ReleaseView:
                        reason=row.reason)
 
 
-def instance_view(row: Any) -> InstanceView:
+def instance_view(row: Any, endpoint: Any | None) -> InstanceView:
+    """An instance as the engine sees it; `endpoint` is its registry row (None: never routable)."""
+    record = endpoint_record(endpoint) if endpoint is not None else None
     return InstanceView(id=row.id, cell=row.cell, revision=row.revision, running_revision=row.running_revision,
                         ready=row.ready, phase=row.phase, desired=row.desired, replaces=row.replaces,
                         changed_at=row.changed_at if row.changed_at is not None else row.created_at,
-                        message=row.message)
+                        message=row.message, serving=serving(record), blocked=record.note if record else "")
+
+
+async def instance_views(conn: AsyncConnection, app: str) -> dict[str, InstanceView]:
+    eps = {e.id: e for e in (await conn.execute(select(endpoints).where(endpoints.c.service == app))).all()}
+    rows = (await conn.execute(select(instances).where(instances.c.app == app))).all()
+    return {r.id: instance_view(r, eps.get(r.id)) for r in rows}
 
 
 def merge_strategy(spec: AppServiceSpec, overrides: dict[str, Any]) -> Strategy:
@@ -222,7 +232,7 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
     if row is None:
         raise NotFound(f"app {app!r} has no release")
     rel = view(row)
-    inst = {r.id: instance_view(r) for r in (await conn.execute(select(instances).where(instances.c.app == app))).all()}
+    inst = await instance_views(conn, app)
     rolling_back = rel.direction is Direction.ROLLBACK
     target = rel.from_revision if rolling_back else rel.to_revision
     groups = []

@@ -89,6 +89,11 @@ instances = Table(
     Column("replaces", String(80), nullable=True),            # replace-mode releases: the instance this one replaces
     Column("ordinal", Integer, nullable=True),                # ordered identity (APP-0, APP-1, ...)
     Column("changed_at", Float, nullable=True),               # when the desired revision last changed
+    # What the agent is told: the intent above, once the drain protocol allows it (core/endpoints.py).
+    Column("granted_revision", Integer, nullable=False),
+    Column("granted_desired", String(16), nullable=False),
+    Column("mesh_port", Integer, nullable=True),              # the sidecar's outbound listener (BALLAST_MESH_URL)
+    Column("drain", JSON, nullable=True),                     # the agent's report of the last in-flight wait
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
@@ -187,4 +192,36 @@ release_events = Table(
     Column("phase", String(16), nullable=False),
     Column("detail", JSON, nullable=False),
     Index("ix_release_events_release", "release_id"),
+)
+
+# The service registry: one endpoint per instance that is or was routable.
+endpoints = Table(
+    "endpoints", metadata,
+    Column("id", String(80), primary_key=True),       # the instance id
+    Column("service", String(63), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("cell", String(63), nullable=False),
+    Column("zone", String(63), nullable=False),
+    Column("ip", String(64), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("state", String(16), nullable=False),      # ready | draining | removed
+    Column("generation", BigInteger, nullable=False),  # the resource version of the last state change
+    Column("since", Float, nullable=False),
+    Column("pending", JSON, nullable=False),           # components that have not acknowledged this generation
+    Column("note", Text, nullable=False),              # why it is stuck (an acknowledgement timed out)
+    Index("ix_endpoints_service", "service"),
+)
+
+# Traffic components: the mesh of each node (its agent, for its sidecars) and each gateway.
+components = Table(
+    "components", metadata,
+    Column("kind", String(16), primary_key=True),      # mesh | gateway
+    Column("name", String(63), primary_key=True),
+    Column("address", String(128), nullable=False),
+    Column("acked_generation", BigInteger, nullable=False),
+    Column("applied_hash", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("registered_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
 )

@@ -1,4 +1,4 @@
-"""OS processes of instances: start, identify, watch and stop them.
+"""OS processes Ballast runs (instances, sidecars, gateways): start, identify, watch and stop them.
 
 Instances run in their own session (process group) so they outlive an agent
 that crashes or restarts; an agent that comes back adopts them by pid plus

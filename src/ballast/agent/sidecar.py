@@ -1,0 +1,184 @@
+"""The sidecar of one instance: an HAProxy beside the app, supervised by the agent.
+
+Inbound, it is the instance's registered endpoint (node IP:port) and passes
+requests to the app on its private port, counting what is in flight.
+Outbound, it is the app's way to other services (`BALLAST_MESH_URL`, service
+named by the Host header), balancing over their ready endpoints and
+preferring the own cell. It lives as long as the instance: an in-place
+upgrade restarts the app behind it, never the sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
+from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, render_sidecar
+from ballast.dataplane.registry import Snapshot
+from ballast.dataplane.runtime import RuntimeApiError
+from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backends
+
+log = logging.getLogger("ballast.agent")
+BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+IDLE_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class SidecarPorts:
+    endpoint: int     # what callers reach: the registered endpoint
+    app: int          # where the app listens (PORT)
+    mesh: int         # the outbound listener (BALLAST_MESH_URL)
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What waiting for an instance's requests to finish achieved, as the agent reports it."""
+
+    revision: int
+    waited_seconds: float
+    inflight_at_stop: int
+    timed_out: bool
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"revision": d["revision"], "waitedSeconds": round(d["waited_seconds"], 3),
+                "inflightAtStop": d["inflight_at_stop"], "timedOut": d["timed_out"], "at": d["at"]}
+
+
+class Sidecar:
+    def __init__(self, instance_id: str, ip: str, cell: str, ports: SidecarPorts, binary: str, state_dir: Path,
+                 on_change: Callable[[], None]) -> None:
+        self.id = instance_id
+        self.ip = ip
+        self.cell = cell
+        self.ports = ports
+        self.proxy = HAProxy(binary, ProxyFiles(state_dir), label=f"sidecar of {instance_id}")
+        self.on_change = on_change
+        self.applied_generation = 0
+        self.error = ""
+        self.restarts = 0
+        self.up = False
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def mesh_url(self) -> str:
+        return f"http://{self.ip}:{self.ports.mesh}"
+
+    def render(self, snapshot: Snapshot) -> tuple[str, tuple[Backend, ...]]:
+        backends = sidecar_backends(snapshot, self.cell)
+        cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
+                            inbound=Address(self.ip, self.ports.endpoint), app=Address(self.ip, self.ports.app),
+                            outbound=Address(self.ip, self.ports.mesh), backends=backends)
+        return render_sidecar(cfg), backends
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self.on_change()
+
+    async def apply(self, snapshot: Snapshot) -> None:
+        """Bring the proxy to `snapshot` (starting it if it is not running); never raises."""
+        async with self._lock:
+            if self._closing:
+                return
+            text, backends = self.render(snapshot)
+            try:
+                refused = await self.proxy.converge(text, backends)
+            except (ConfigRejected, ProxyFailed, RuntimeApiError) as exc:
+                self.error = exc.message
+                log.warning("%s", exc.message)
+            else:
+                # A deletion HAProxy postpones (connections still open) leaves a server in maintenance:
+                # it carries no traffic, so the snapshot is in effect. Anything else refused is not.
+                blocking = [r for r in refused if not r.startswith("del server")]
+                self.error = "; ".join(refused)
+                if not blocking:
+                    self.applied_generation = max(self.applied_generation, snapshot.generation)
+            self._set_up(self.proxy.alive())
+
+    def adopt(self, pid: int, started: int) -> bool:
+        adopted = self.proxy.adopt(pid, started)
+        self._set_up(adopted)
+        return adopted
+
+    def supervise(self, latest: Callable[[], Snapshot]) -> None:
+        """Keep the proxy running for the instance's life: restart it, with backoff, when it dies."""
+        self._task = asyncio.create_task(self._supervise(latest), name=f"sidecar {self.id}")
+
+    async def _supervise(self, latest: Callable[[], Snapshot]) -> None:
+        backoff = BACKOFF_START
+        while not self._closing:
+            if not self.proxy.alive():
+                await self.apply(latest())
+                if not self.proxy.alive():
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            handle = self.proxy.handle
+            assert handle is not None
+            began = time.monotonic()
+            await handle.wait()
+            if self._closing:
+                return
+            self.restarts += 1
+            self._set_up(False)  # the instance is not ready until its sidecar is back
+            log.warning("sidecar of %s exited; restarting in %gs", self.id, backoff)
+            await asyncio.sleep(backoff)
+            backoff = BACKOFF_START if time.monotonic() - began > 60 else min(backoff * 2, BACKOFF_MAX)
+
+    async def inflight(self) -> Inflight | None:
+        if not self.proxy.alive():
+            return None
+        try:
+            return inbound_inflight(await self.proxy.stat_rows())
+        except RuntimeApiError:
+            return None
+
+    async def wait_idle(self, revision: int, timeout: float) -> DrainReport:
+        """Wait until no request is in flight and none arrived between two looks (bounded by `timeout`).
+
+        Callers have already removed the endpoint (the control plane granted the change only after every
+        component acknowledged that); this lets what they sent before finish.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        last_total: int | None = None
+        busy = 0
+        while True:
+            now = loop.time()
+            seen = await self.inflight()
+            if seen is None:  # no proxy: nothing can be in flight through it
+                return DrainReport(revision, now - began, 0, False, time.time())
+            busy = seen.busy
+            if busy == 0 and seen.total == last_total:
+                return DrainReport(revision, now - began, 0, False, time.time())
+            if now - began >= timeout:
+                log.warning("instance %s: drain timeout of %gs reached with %d request(s) in flight",
+                            self.id, timeout, busy)
+                return DrainReport(revision, now - began, busy, True, time.time())
+            last_total = seen.total
+            await asyncio.sleep(IDLE_POLL_SECONDS)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        async with self._lock:
+            await self.proxy.stop(grace=5.0)
+        self._set_up(False)
+
+    async def detach(self) -> None:
+        """Stop supervising; leave the proxy running for the next agent to adopt."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,102 @@
+"""The registry controller: endpoint states and drain gates from instance records.
+
+Each pass reads instances, endpoints, traffic components and apps, asks the
+pure `core.endpoints.decide()` what to change, and writes it in one
+transaction guarded by the resource version it read (a concurrent write makes
+the pass start over, never half-apply). Grants are audited with what the
+drain achieved; endpoint states are registry data, visible through
+`ballast get endpoints`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.controllers.loop import run_passes
+from ballast.core.endpoints import Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide
+from ballast.core.manifests import AppServiceSpec
+from ballast.services import endpoints as registry_records
+from ballast.services.registry import NODE_TIMEOUT_SECONDS
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import apps, components, endpoints, instances, nodes
+
+log = logging.getLogger("ballast.endpoints")
+ACTOR = "controller/registry"
+
+
+State = tuple[list[InstanceFacts], dict[str, EndpointRecord], list[Component], dict[str, TrafficPolicy]]
+
+
+async def _read(conn: AsyncConnection, now: float) -> State:
+    node_ready = {n.name: now - n.last_heartbeat < NODE_TIMEOUT_SECONDS
+                  for n in (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat))).all()}
+    facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
+                           revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
+                           granted_desired=i.granted_desired, running_revision=i.running_revision,
+                           phase=i.phase, ready=i.ready, node_ready=node_ready.get(i.node, False))
+             for i in (await conn.execute(select(instances))).all()]
+    eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
+    comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)
+             for c in (await conn.execute(select(components))).all()]
+    policies = {a.name: AppServiceSpec.model_validate(a.spec).traffic_policy()
+                for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
+    return facts, eps, comps, policies
+
+
+async def reconcile_once(store: Store) -> int:
+    async with store.read() as conn:
+        state = await _read(conn, store.clock())
+    if decide(*state, store.clock()).empty():
+        return 0  # the common pass: nothing to do, nothing written
+    async with store.write() as tx:
+        # Decide again inside the write: what is written follows from exactly what this transaction sees.
+        facts, eps, comps, policies = await _read(tx.conn, tx.now)
+        decision = decide(facts, eps, comps, policies, tx.now)
+        await _write(tx, decision, {f.id: f for f in facts}, eps)
+    return len(decision.puts) + len(decision.acks) + len(decision.drops) + len(decision.grants)
+
+
+async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFacts],
+                 eps: dict[str, EndpointRecord]) -> None:
+    for put in decision.puts:
+        await _put(tx, put, eps.get(put.id))
+    for ack in decision.acks:
+        await tx.conn.execute(update(endpoints).where(endpoints.c.id == ack.id)
+                              .values(pending=list(ack.pending), note=ack.note))
+        if ack.note and (eps.get(ack.id) is None or eps[ack.id].note != ack.note):
+            await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{ack.id}",
+                           result="waiting", detail={"note": ack.note})
+    for drop in decision.drops:
+        await tx.conn.execute(delete(endpoints).where(endpoints.c.id == drop.id))
+    for grant in decision.grants:
+        await tx.conn.execute(update(instances).where(instances.c.id == grant.instance).values(
+            granted_revision=grant.revision, granted_desired=grant.desired, desired_version=tx.rv,
+            resource_version=tx.rv))
+    if decision.grants:
+        await tx.audit(actor=ACTOR, action="drain.grant", resource="Instances",
+                       detail={"grants": [{"instance": g.instance, "revision": g.revision, "desired": g.desired,
+                                           "drainedFirst": g.drained,
+                                           "app": facts[g.instance].app if g.instance in facts else None}
+                                          for g in decision.grants]})
+    if decision.registry_changed:
+        await registry_records.bump_registry(tx)
+
+
+async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
+    values = dict(service=put.service, node=put.node, cell=put.cell, zone=put.zone, ip=put.ip, port=put.port,
+                  revision=put.revision, state=put.state.value, generation=tx.rv, since=tx.now,
+                  pending=list(put.pending), note="")
+    if old is None:
+        await tx.conn.execute(insert(endpoints).values(id=put.id, **values))
+    else:
+        await tx.conn.execute(update(endpoints).where(endpoints.c.id == put.id).values(**values))
+
+
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
+    # The idle pass notices acknowledgement timeouts and silent nodes even when nothing is written.
+    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds)

@@ -1,0 +1,236 @@
+"""One HAProxy process in master-worker mode: validate, start, reload seamlessly, apply, stop.
+
+Every configuration is checked with `haproxy -c` before it replaces the file;
+a rejected one leaves the running process and the file as they were and
+raises `ConfigRejected` with HAProxy's own words. Reloads go through the
+master CLI: the master re-executes itself and hands the listening sockets to
+the new worker, so no connection is refused while it happens; the old worker
+finishes its requests. The master runs in its own session, so it outlives the
+component that started it and is adopted by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ballast.dataplane import runtime
+from ballast.dataplane.haproxy_config import Backend, structure_digest
+from ballast.dataplane.tables import LiveServer, parse_servers_state, parse_stat, runtime_commands
+from ballast.errors import BallastError
+from ballast.processes import ProcessHandle, adopt, launch
+
+SEARCH_PATH = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy")
+_MASTER_LINE = re.compile(r"^\s*(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.MULTILINE)
+_SOCKET_PATH_MAX = 100   # sun_path holds 108 bytes; keep a margin
+
+
+class HAProxyMissing(BallastError):
+    status = 503
+
+
+class ConfigRejected(BallastError):
+    status = 422
+
+
+class ProxyFailed(BallastError):
+    status = 503
+
+
+def find_binary(explicit: str | None = None) -> str:
+    """The haproxy binary: an explicit path, else PATH, else Debian's /usr/sbin (not on a user's PATH)."""
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise HAProxyMissing(f"HAProxy binary {explicit!r} is not an executable file")
+        return explicit
+    found = shutil.which("haproxy") or next((p for p in SEARCH_PATH if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise HAProxyMissing("missing binary: haproxy (HAProxy is not installed; install it with "
+                             "'sudo apt-get install haproxy' or run 'make setup')")
+    return found
+
+
+def socket_dir(state_dir: Path) -> Path:
+    """Where a proxy's UNIX sockets live: beside its state when the path is short enough, else under /tmp."""
+    candidate = state_dir / "run"
+    if len(str(candidate)) + len("/master.sock") <= _SOCKET_PATH_MAX:
+        return candidate
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"ballast-{os.getuid()}" / digest
+
+
+@dataclass(frozen=True)
+class ProxyFiles:
+    state_dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.state_dir / "haproxy.cfg"
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "haproxy.log"
+
+    @property
+    def sockets(self) -> Path:
+        return socket_dir(self.state_dir)
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.sockets / "admin.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.sockets / "master.sock"
+
+
+class HAProxy:
+    def __init__(self, binary: str, files: ProxyFiles, *, label: str) -> None:
+        self.binary = binary
+        self.files = files
+        self.label = label
+        self.handle: ProcessHandle | None = None
+
+    # --- process -------------------------------------------------------------------
+    def alive(self) -> bool:
+        return self.handle is not None and self.handle.alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle is not None else None
+
+    def adopt(self, pid: int, started: int) -> bool:
+        self.handle = adopt(pid, started)
+        return self.handle is not None
+
+    async def validate(self, text: str) -> None:
+        self.files.state_dir.mkdir(parents=True, exist_ok=True)
+        candidate = self.files.state_dir / "haproxy.cfg.candidate"
+        candidate.write_text(text)
+        proc = await asyncio.create_subprocess_exec(self.binary, "-c", "-q", "-f", str(candidate),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    stdin=asyncio.subprocess.DEVNULL)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            words = (err or out).decode(errors="replace").strip()[-2000:]
+            raise ConfigRejected(f"{self.label}: HAProxy rejected the rendered configuration; the running one "
+                                 f"stays in place: {words}")
+
+    def _install(self, text: str) -> str | None:
+        """Swap the file in atomically; return the previous text, to put back if HAProxy refuses it."""
+        previous = self.files.config.read_text() if self.files.config.exists() else None
+        tmp = self.files.config.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.files.config)
+        return previous
+
+    async def start(self, text: str, *, timeout: float = 15.0) -> None:
+        await self.validate(text)
+        self.files.sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in (self.files.admin_socket, self.files.master_socket):
+            stale.unlink(missing_ok=True)
+        self._install(text)
+        argv = [self.binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config)]
+        self.handle = await launch(argv, cwd=self.files.state_dir, env={"PATH": os.environ.get("PATH", "")},
+                                   log_path=self.files.log)
+        await self._wait_worker(timeout)
+
+    async def _wait_worker(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if not self.alive():
+                raise ProxyFailed(f"{self.label}: HAProxy exited while starting; see {self.files.log}")
+            try:
+                if "Name: HAProxy" in await runtime.command(self.files.admin_socket, "show info", timeout=1.0):
+                    return
+            except runtime.RuntimeApiError:
+                pass
+            if loop.time() >= deadline:
+                raise ProxyFailed(f"{self.label}: HAProxy did not answer on {self.files.admin_socket} "
+                                  f"within {timeout:g}s; see {self.files.log}")
+            await asyncio.sleep(0.02)
+
+    async def _master_counts(self) -> tuple[int, int]:
+        answer = await runtime.command(self.files.master_socket, "show proc")
+        match = _MASTER_LINE.search(answer)
+        if match is None:
+            raise ProxyFailed(f"{self.label}: unexpected answer from the master CLI: {answer[:200]!r}")
+        return int(match.group(2)), int(match.group(3))
+
+    async def reload(self, text: str, *, timeout: float = 15.0) -> None:
+        """Seamless reload onto `text`; on any failure the previous configuration keeps running."""
+        await self.validate(text)
+        before, failed_before = await self._master_counts()
+        previous = self._install(text)
+        try:
+            try:
+                await runtime.command(self.files.master_socket, "reload")
+            except runtime.RuntimeApiError:
+                pass  # the master closes the CLI connection when it re-executes
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    reloads, failed = await self._master_counts()
+                except (runtime.RuntimeApiError, ProxyFailed):
+                    reloads, failed = before, failed_before   # the master is re-executing
+                if failed > failed_before:
+                    raise ProxyFailed(f"{self.label}: HAProxy refused the reload; the previous configuration "
+                                      f"keeps running (see {self.files.log})")
+                if reloads > before:
+                    break
+                if loop.time() >= deadline or not self.alive():
+                    raise ProxyFailed(f"{self.label}: reload did not complete within {timeout:g}s")
+                await asyncio.sleep(0.02)
+            await self._wait_worker(timeout)
+        except BaseException:
+            if previous is not None:
+                self._install(previous)
+            raise
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Soft stop (finish what is in flight, up to `grace`), then hard."""
+        if self.handle is None or not self.handle.alive():
+            return
+        self.handle.signal_group(signal.SIGUSR1)
+        try:
+            await asyncio.wait_for(self.handle.wait(), timeout=grace)
+        except TimeoutError:
+            await self.handle.stop(1.0)
+
+    async def converge(self, rendered: str, backends: tuple[Backend, ...]) -> list[str]:
+        """Make the proxy run `rendered`: start it, reload it when the structure changed, else only
+        runtime commands for the servers. Returns the commands HAProxy refused (retried next time)."""
+        if not self.alive():
+            await self.start(rendered)
+        else:
+            on_disk = self.files.config.read_text() if self.files.config.exists() else ""
+            if structure_digest(on_disk) != structure_digest(rendered):
+                await self.reload(rendered)
+            else:
+                self._install(rendered)  # the same structure: only servers differ; a later reload starts from it
+        return await self.run(runtime_commands(backends, await self.servers()))
+
+    # --- runtime API -----------------------------------------------------------------
+    async def servers(self) -> dict[str, dict[str, LiveServer]]:
+        return parse_servers_state(await runtime.command(self.files.admin_socket, "show servers state"))
+
+    async def stat_rows(self) -> list[dict[str, str]]:
+        return parse_stat(await runtime.command(self.files.admin_socket, "show stat"))
+
+    async def run(self, commands: list[str]) -> list[str]:
+        """Run commands in order; return the ones HAProxy refused, with its answer."""
+        refused = []
+        for line in commands:
+            answer = await runtime.command(self.files.admin_socket, line)
+            if not runtime.succeeded(line, answer):
+                refused.append(f"{line}: {answer.strip()[:200]}")
+        return refused

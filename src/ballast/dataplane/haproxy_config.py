@@ -1,0 +1,193 @@
+"""HAProxy configuration for sidecars and gateways, rendered by pure functions.
+
+The rendered text is what `haproxy -c` validates and what is swapped in on a
+reload. Servers are in the file too (a reload must not lose them), but they
+are the dynamic part: endpoint changes reach a running HAProxy through its
+runtime API. Everything else is the *structure*; only a change of structure
+needs a reload, and `structure_digest` says when that is.
+
+Names and addresses reach the text only after `_safe` checked them: a
+registry value can never inject a directive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+SERVER_LINE = re.compile(r"^\s+server\s")
+_SAFE = re.compile(r"^[A-Za-z0-9._:/~-]+$")
+# Only requests a replay cannot harm are retried after a server closed without answering;
+# a connection that never opened is retried for every method (nothing was sent).
+RETRY_POLICY = ("    retries 3\n"
+                "    option redispatch 1\n"
+                "    retry-on conn-failure empty-response\n"
+                "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS\n")
+
+
+@dataclass(frozen=True)
+class Address:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{_safe(self.ip)}:{int(self.port)}"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str          # the instance id
+    address: Address
+    backup: bool = False
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Backend:
+    service: str
+    servers: tuple[Server, ...]
+
+    @property
+    def name(self) -> str:
+        return backend_name(self.service)
+
+
+@dataclass(frozen=True)
+class GatewayRoute:
+    host: str
+    path: str
+    service: str
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    instance: str
+    admin_socket: str
+    inbound: Address      # the registered endpoint
+    app: Address          # where the app itself listens
+    outbound: Address     # BALLAST_MESH_URL
+    backends: tuple[Backend, ...]
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    name: str
+    admin_socket: str
+    listen: Address
+    routes: tuple[GatewayRoute, ...]
+    backends: tuple[Backend, ...]
+    threads: int = 1
+
+
+def backend_name(service: str) -> str:
+    return f"svc_{_safe(service)}"
+
+
+def _safe(value: str) -> str:
+    if not _SAFE.match(value):
+        raise ValueError(f"{value!r} cannot be written into an HAProxy configuration")
+    return value
+
+
+def _global(admin_socket: str, threads: int) -> str:
+    return ("global\n"
+            "    master-worker\n"
+            f"    nbthread {int(threads)}\n"
+            "    maxconn 4096\n"
+            f"    stats socket {_safe(admin_socket)} mode 600 level admin expose-fd listeners\n"
+            "    stats timeout 30s\n"
+            # Old workers of a seamless reload finish their requests, then go.
+            "    hard-stop-after 60s\n"
+            "\n"
+            "defaults\n"
+            "    mode http\n"
+            "    option http-keep-alive\n"
+            # An old worker answers the next request on an idle keep-alive connection with
+            # `Connection: close` instead of closing it under a client that is about to send.
+            "    option idle-close-on-response\n"
+            "    timeout connect 2s\n"
+            "    timeout client 75s\n"
+            "    timeout server 75s\n"
+            "    timeout http-request 15s\n"
+            "    timeout http-keep-alive 60s\n"
+            "    timeout queue 15s\n")
+
+
+def _server_line(s: Server) -> str:
+    flags = (" backup" if s.backup else "") + ("" if s.enabled else " disabled")
+    return f"    server {_safe(s.name)} {s.address}{flags}\n"
+
+
+def _backend(b: Backend, *, locality: bool) -> str:
+    text = (f"\nbackend {b.name}\n"
+            "    balance roundrobin\n")
+    if locality:
+        # Other cells' endpoints are backups: used, all of them, only when this cell has none ready.
+        text += "    option allbackups\n"
+    text += RETRY_POLICY
+    return text + "".join(_server_line(s) for s in sorted(b.servers, key=lambda s: s.name))
+
+
+def render_sidecar(cfg: SidecarConfig) -> str:
+    out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1),
+           "\nfrontend inbound\n",
+           f"    bind {cfg.inbound}\n",
+           "    default_backend app\n",
+           "\nbackend app\n",
+           RETRY_POLICY,
+           f"    server app {cfg.app}\n",
+           "\nfrontend outbound\n",
+           f"    bind {cfg.outbound}\n",
+           "    http-request set-var(txn.service) req.hdr(host),field(1,:),lower\n"]
+    backends = sorted(cfg.backends, key=lambda b: b.service)
+    for b in backends:
+        out.append(f"    use_backend {b.name} if {{ var(txn.service) -m str {_safe(b.service)} }}\n")
+    out.append("    default_backend no_service\n"
+               "\nbackend no_service\n"
+               "    http-request return status 503 content-type text/plain "
+               "string \"ballast mesh: no service of that name (Host header)\"\n")
+    out.extend(_backend(b, locality=True) for b in backends)
+    return "".join(out)
+
+
+def _route_condition(route: GatewayRoute) -> str:
+    host = f"{{ var(txn.host) -m str {_safe(route.host)} }}"
+    path = _safe(route.path)
+    if path == "/":
+        return host
+    prefix = path.rstrip("/")
+    # A prefix matches itself and what lies below it: /api matches /api and /api/x, not /apix.
+    return f"{host} {{ path {prefix} }} || {host} {{ path_beg {prefix}/ }}"
+
+
+def route_order(routes: tuple[GatewayRoute, ...]) -> list[GatewayRoute]:
+    """Most specific first: a longer path prefix of the same host wins over a shorter one."""
+    return sorted(routes, key=lambda r: (r.host, -len(r.path.rstrip("/")), r.path, r.service))
+
+
+def render_gateway(cfg: GatewayConfig) -> str:
+    out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads),
+           "\nfrontend gateway\n",
+           f"    bind {cfg.listen}\n",
+           "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n"]
+    for route in route_order(cfg.routes):
+        out.append(f"    use_backend {backend_name(route.service)} if {_route_condition(route)}\n")
+    out.append("    default_backend no_route\n"
+               "\nbackend no_route\n"
+               "    http-request return status 404 content-type text/plain "
+               "string \"ballast gateway: no route for this host and path\"\n")
+    out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.service))
+    return "".join(out)
+
+
+def structure_digest(rendered: str) -> str:
+    """What a reload would change: the configuration without the servers of service backends."""
+    kept, in_service = [], False
+    for line in rendered.splitlines():
+        if not line.startswith(" "):
+            in_service = line.startswith("backend svc_")
+        if in_service and SERVER_LINE.match(line):
+            continue
+        kept.append(line)
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:16]

@@ -1,0 +1,48 @@
+"""HAProxy's runtime API over its UNIX sockets (the worker's stats socket and the master CLI).
+
+One connection per command: write it, half-close, read the answer to EOF.
+Errors become `RuntimeApiError`, so callers never see socket exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ballast.errors import BallastError
+
+class RuntimeApiError(BallastError):
+    status = 503
+
+
+async def command(socket_path: Path | str, line: str, *, timeout: float = 5.0) -> str:
+    """Send one command; return HAProxy's answer (which may itself describe a refusal)."""
+    if "\n" in line or ";" in line:
+        raise ValueError(f"one runtime command at a time, got {line!r}")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path} is unreachable: {exc!r}") from exc
+    try:
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        writer.write_eof()
+        return (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {line!r} failed: {exc!r}") from exc
+    finally:
+        writer.close()
+
+
+def succeeded(line: str, answer: str) -> bool:
+    """Did HAProxy do it? It answers in text, not with a status: each command has its own success."""
+    text = answer.strip()
+    if line.startswith("add server "):
+        return "New server registered" in text
+    if line.startswith("del server "):
+        return "Server deleted" in text
+    if line.startswith("set server ") and " addr " in line:
+        return text.startswith("IP changed") or "no need to change" in text
+    if line.startswith("set server "):
+        return text == ""
+    return True

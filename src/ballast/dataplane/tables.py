@@ -1,0 +1,133 @@
+"""From a registry snapshot to server tables, and from tables to runtime-API commands. Pure.
+
+A sidecar routes to every mesh service, preferring its own cell: endpoints of
+other cells are `backup` servers, which HAProxy uses only when no endpoint of
+the own cell is ready. The gateway routes to exposed services over all cells.
+`runtime_commands` turns the difference between what a running HAProxy has
+(`show servers state`) and what the snapshot wants into the commands that
+close it, so applying is level-triggered: the same snapshot applied twice
+issues nothing the second time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Mapping
+
+from ballast.dataplane.haproxy_config import Address, Backend, GatewayRoute, Server
+from ballast.dataplane.registry import Snapshot
+
+FORCED_MAINT = 0x01    # srv_admin_state bit: maintenance set by the CLI (or `disabled` in the file)
+INHERITED_MAINT = 0x02
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A server as a running HAProxy reports it."""
+
+    name: str
+    address: Address
+    enabled: bool
+
+
+def sidecar_backends(snapshot: Snapshot, cell: str) -> tuple[Backend, ...]:
+    out = []
+    for service in snapshot.services:
+        if not service.mesh:
+            continue
+        servers = tuple(Server(e.id, Address(e.ip, e.port), backup=e.cell != cell, enabled=e.ready)
+                        for e in service.endpoints)
+        out.append(Backend(service.name, servers))
+    return tuple(out)
+
+
+def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[Backend, ...]]:
+    routes: list[GatewayRoute] = []
+    backends: list[Backend] = []
+    for service in snapshot.services:
+        if not service.routes:
+            continue
+        routes.extend(GatewayRoute(r.host, r.path, service.name) for r in service.routes)
+        backends.append(Backend(service.name, tuple(Server(e.id, Address(e.ip, e.port), enabled=e.ready)
+                                                     for e in service.endpoints)))
+    return tuple(routes), tuple(backends)
+
+
+def runtime_commands(desired: tuple[Backend, ...], live: Mapping[str, Mapping[str, LiveServer]]) -> list[str]:
+    """Commands that make the live servers of each desired backend what the snapshot says.
+
+    New servers are added (they start in maintenance) and then enabled; gone ones are put in
+    maintenance and deleted (HAProxy refuses the deletion while connections remain; the next
+    apply tries again, and a server in maintenance gets no traffic meanwhile).
+    """
+    commands: list[str] = []
+    for backend in desired:
+        have = live.get(backend.name, {})
+        want = {s.name: s for s in backend.servers}
+        for name in sorted(want):
+            s = want[name]
+            ref = f"{backend.name}/{s.name}"
+            current = have.get(name)
+            if current is None:
+                commands.append(f"add server {ref} {s.address}" + (" backup" if s.backup else ""))
+                if s.enabled:
+                    commands.append(f"set server {ref} state ready")
+                continue
+            if current.address != s.address:
+                commands.append(f"set server {ref} addr {s.address.ip} port {s.address.port}")
+            if current.enabled != s.enabled:
+                commands.append(f"set server {ref} state {'ready' if s.enabled else 'maint'}")
+        for name in sorted(set(have) - set(want)):
+            ref = f"{backend.name}/{name}"
+            if have[name].enabled:
+                commands.append(f"set server {ref} state maint")
+            commands.append(f"del server {ref}")
+    return commands
+
+
+def parse_servers_state(text: str) -> dict[str, dict[str, LiveServer]]:
+    """`show servers state` → {backend: {server: LiveServer}}."""
+    out: dict[str, dict[str, LiveServer]] = {}
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("# be_id"):
+            header = line[2:].split()
+            continue
+        if not line.strip() or line.startswith("#") or header is None or line.strip() == "1":
+            continue
+        fields = dict(zip(header, line.split()))
+        if "srv_name" not in fields:
+            continue
+        admin = int(fields["srv_admin_state"])
+        server = LiveServer(fields["srv_name"], Address(fields["srv_addr"], int(fields["srv_port"])),
+                            enabled=not admin & (FORCED_MAINT | INHERITED_MAINT))
+        out.setdefault(fields["be_name"], {})[server.name] = server
+    return out
+
+
+def parse_stat(text: str) -> list[dict[str, str]]:
+    """`show stat` CSV → one dict per proxy/server row, keyed by the header's field names."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return []
+    reader = csv.DictReader(io.StringIO("\n".join([lines[0][2:], *lines[1:]])))
+    return [row for row in reader if row.get("pxname")]
+
+
+@dataclass(frozen=True)
+class Inflight:
+    busy: int           # requests being served by the app or queued for it
+    total: int          # requests the inbound side has received, ever (to notice new arrivals)
+
+
+def inbound_inflight(stat_rows: list[dict[str, str]]) -> Inflight:
+    """Requests a sidecar's inbound side is handling, from `show stat` rows."""
+    def num(row: dict[str, str] | None, field: str) -> int:
+        value = (row or {}).get(field) or "0"
+        return int(value) if value.isdigit() else 0
+    rows = {(r["pxname"], r["svname"]): r for r in stat_rows}
+    server, backend, frontend = rows.get(("app", "app")), rows.get(("app", "BACKEND")), rows.get(("inbound", "FRONTEND"))
+    return Inflight(busy=num(server, "scur") + num(backend, "qcur"), total=num(frontend, "req_tot"))
+

@@ -1,0 +1,134 @@
+"""The service registry as stored: snapshots for traffic components, their acknowledgements, reads.
+
+Traffic components (each node's agent for its sidecars, each gateway)
+long-poll `snapshot()`; the registry generation moves only when something a
+component must apply changes (an endpoint's state or address, an app's
+routes), so acknowledging a generation means "all of that is in effect".
+Acknowledgements are telemetry of the protocol, not changes of intent, so
+they are not audited; registering and deleting a gateway is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.core.endpoints import GATEWAY, MESH, EndpointRecord, EndpointState
+from ballast.core.manifests import AppServiceSpec
+from ballast.errors import FieldProblem, InvalidInput, NotFound
+from ballast.store.engine import Store, Tx
+from ballast.store.schema import apps, components, counters, endpoints, nodes
+
+REGISTRY = "registry"
+
+
+def endpoint_record(row: Any) -> EndpointRecord:
+    return EndpointRecord(id=row.id, service=row.service, node=row.node, cell=row.cell, zone=row.zone, ip=row.ip,
+                          port=row.port, revision=row.revision, state=EndpointState(row.state),
+                          generation=row.generation, since=row.since, pending=tuple(row.pending or ()),
+                          note=row.note)
+
+
+async def bump_registry(tx: Tx) -> None:
+    """Something components apply changed in this transaction: move the registry generation to it."""
+    moved = await tx.conn.execute(update(counters).where(counters.c.name == REGISTRY).values(value=tx.rv))
+    if moved.rowcount == 0:
+        await tx.conn.execute(insert(counters).values(name=REGISTRY, value=tx.rv))
+
+
+async def generation(conn: AsyncConnection) -> int:
+    value = (await conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY))).scalar()
+    return int(value or 0)
+
+
+async def _snapshot(conn: AsyncConnection) -> dict[str, Any]:
+    gen = await generation(conn)
+    eps: dict[str, list[dict[str, Any]]] = {}
+    for e in (await conn.execute(select(endpoints).where(endpoints.c.state != EndpointState.REMOVED.value)
+                                 .order_by(endpoints.c.service, endpoints.c.id))).all():
+        eps.setdefault(e.service, []).append({"id": e.id, "ip": e.ip, "port": e.port, "cell": e.cell,
+                                              "zone": e.zone, "state": e.state})
+    services = []
+    for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all():
+        spec = AppServiceSpec.model_validate(row.spec)
+        kinds = spec.traffic_components()
+        routes = [{"host": r.host, "path": r.path} for r in spec.expose or []] if GATEWAY in kinds else []
+        services.append({"name": row.name, "mesh": MESH in kinds, "routes": routes, "endpoints": eps.get(row.name, [])})
+    return {"generation": gen, "services": services}
+
+
+async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str, Any]:
+    """Long-poll: answer once the registry generation differs from `known`, or at `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    rv = 0
+    while True:
+        async with store.read() as conn:
+            current = await generation(conn)
+            if current != known or loop.time() >= deadline or store.closing:
+                return await _snapshot(conn)
+        rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
+
+
+async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: str, error: str) -> dict[str, Any]:
+    """A component says it applied the registry up to generation `acked`."""
+    current = (await tx.conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY))).scalar() or 0
+    if acked > current:
+        raise InvalidInput("acknowledged a generation the registry has not reached", problems=[
+            FieldProblem("generation", acked, f"at most the registry's generation {current}")])
+    row = (await tx.conn.execute(select(components).where(components.c.kind == kind, components.c.name == name))).first()
+    if row is None:
+        if kind == GATEWAY:
+            raise NotFound(f"gateway {name!r} is not registered")
+        node = (await tx.conn.execute(select(nodes.c.ip).where(nodes.c.name == name))).first()
+        if node is None:
+            raise NotFound(f"node {name!r} is not registered")
+        await tx.conn.execute(insert(components).values(kind=kind, name=name, address=node.ip, acked_generation=acked,
+                                                        applied_hash=applied_hash, error=error,
+                                                        registered_at=tx.now, last_seen=tx.now))
+    else:
+        # Acknowledgements only move forward: a late answer for an older snapshot changes nothing.
+        await tx.conn.execute(update(components).where(components.c.kind == kind, components.c.name == name).values(
+            acked_generation=max(acked, row.acked_generation), applied_hash=applied_hash, error=error,
+            last_seen=tx.now))
+    return {"kind": kind, "name": name, "acknowledged": acked}
+
+
+async def register_gateway(tx: Tx, name: str, address: str, actor: str) -> dict[str, Any]:
+    row = (await tx.conn.execute(select(components).where(components.c.kind == GATEWAY,
+                                                          components.c.name == name))).first()
+    if row is None:
+        await tx.conn.execute(insert(components).values(kind=GATEWAY, name=name, address=address, acked_generation=0,
+                                                        applied_hash="", error="", registered_at=tx.now,
+                                                        last_seen=tx.now))
+        outcome = "created"
+    else:
+        await tx.conn.execute(update(components).where(components.c.kind == GATEWAY, components.c.name == name)
+                              .values(address=address, last_seen=tx.now))
+        outcome = "re-registered"
+    await tx.audit(actor=actor, action="gateway.register", resource=f"Gateway/{name}",
+                   detail={"outcome": outcome, "address": address})
+    return {"name": name, "outcome": outcome}
+
+
+async def delete_component(tx: Tx, kind: str, name: str, actor: str) -> None:
+    gone = await tx.conn.execute(delete(components).where(components.c.kind == kind, components.c.name == name))
+    if kind == GATEWAY and gone.rowcount == 0:
+        raise NotFound(f"gateway {name!r} not found")
+    if gone.rowcount:
+        await tx.audit(actor=actor, action=f"{kind}.delete", resource=f"{kind.capitalize()}/{name}")
+
+
+async def list_components(conn: AsyncConnection, kind: str | None = None) -> list[Any]:
+    query = select(components).order_by(components.c.kind, components.c.name)
+    if kind is not None:
+        query = query.where(components.c.kind == kind)
+    return list((await conn.execute(query)).all())
+
+
+async def list_endpoints(conn: AsyncConnection, service: str) -> list[Any]:
+    return list((await conn.execute(select(endpoints).where(endpoints.c.service == service)
+                                    .order_by(endpoints.c.cell, endpoints.c.id))).all())
