@@ -101,7 +101,7 @@ def describe_python3(env: dict[str, str]) -> str:
 
 
 def start_platform(args: argparse.Namespace, data_dir: Path, port: int, deadline: float) -> Child:
-    up = Child([sys.executable, "-m", "ballast", "up", "--data-dir", str(data_dir), "--port", str(port),
+    up = Child([sys.executable, "-m", "ballast", "up", "--data-dir", str(data_dir), "--port", str(port), "--gateway-port", str(free_port()),
                 "--first-node-ip", args.first_node_ip, "--zones", str(args.zones),
                 "--nodes-per-zone", str(args.nodes_per_zone), "--node-cpu", args.node_cpu,
                 "--node-memory", args.node_memory, "--no-user-config"],

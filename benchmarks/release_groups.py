@@ -73,7 +73,7 @@ def wait(what: str, check: Any, timeout: float, platform: Child) -> Any:
 def run(args: argparse.Namespace, work: Path) -> None:
     port = free_port()
     data = work / "data"
-    platform = Child([sys.executable, "-m", "ballast", "up", "--data-dir", str(data), "--port", str(port),
+    platform = Child([sys.executable, "-m", "ballast", "up", "--data-dir", str(data), "--port", str(port), "--gateway-port", str(free_port()),
                       "--first-node-ip", "127.0.33.2", "--node-cpu", "64", "--node-memory", "64Gi",
                       "--no-user-config"], work / "up.log", env={"HOME": str(work)})
     app_dir = work / "app"

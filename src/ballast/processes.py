@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,12 @@ class ProcessHandle:
             return f"killed after the {grace_seconds:g}s grace period"
 
 
-async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> ProcessHandle:
+async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, nice: int = 0) -> ProcessHandle:
+    """Start `argv` in its own session; `nice` > 0 lowers its CPU priority (coreutils' nice execs it, so the
+    pid and the start time are the program's own)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if nice > 0:
+        argv = [shutil.which("nice") or "/usr/bin/nice", "-n", str(int(nice)), *argv]
     with open(log_path, "ab") as log:
         child = await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
                                                      stdout=log, stderr=log, start_new_session=True)

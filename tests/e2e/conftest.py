@@ -143,6 +143,7 @@ class Platform:
     first_node_ip: str
     store: str | None = None
     port: int = field(default_factory=free_port)
+    gateway_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,6 +162,10 @@ class Platform:
     def server(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("BALLAST_TOKEN", "BALLAST_SERVER", "BALLAST_CONFIG")}
         env.update(HOME=str(self.home), BALLAST_CONFIG=str(self.data_dir / "client.yaml"))
@@ -171,7 +176,7 @@ class Platform:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         argv = [*_ballast_argv(), "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                "--first-node-ip", self.first_node_ip, "--no-user-config"]
+                "--gateway-port", str(self.gateway_port), "--first-node-ip", self.first_node_ip, "--no-user-config"]
         if self.store:
             argv += ["--store", self.store]
         with open(self.log, "ab") as out:

@@ -76,10 +76,16 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
         s = inst["status"]
         env = proc_environ(s["pid"])
         assert {k: env.get(k) for k in ("BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_CELL", "BALLAST_ZONE",
-                                        "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "HOST", "PORT")} == {
+                                        "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "HOST",
+                                        "BALLAST_ENDPOINT", "BALLAST_MESH_URL")} == {
             "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_CELL": s["cell"],
             "BALLAST_ZONE": s["zone"], "BALLAST_REVISION": "1", "BALLAST_NODE": s["node"],
-            "BALLAST_NODE_IP": s["ip"], "HOST": s["ip"], "PORT": str(s["port"])}
+            "BALLAST_NODE_IP": s["ip"], "HOST": s["ip"], "BALLAST_ENDPOINT": f"{s['ip']}:{s['port']}",
+            "BALLAST_MESH_URL": s["meshUrl"]}
+        # The app listens on a private port of its own; the registered endpoint is its sidecar's.
+        assert env["PORT"].isdigit() and int(env["PORT"]) != s["port"], env["PORT"]
+        assert http_get_json(s["ip"], int(env["PORT"]), "/")["instance"] == inst["metadata"]["name"]
+        assert "BALLAST_TOKEN" not in env, "the agent's token is not the app's"
         data_dir = Path(env["BALLAST_DATA_DIR"])
         assert data_dir.is_relative_to(platform.data_dir / "agents" / s["node"]), data_dir
         assert ipaddress.ip_address(s["ip"]).is_loopback

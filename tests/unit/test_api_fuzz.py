@@ -32,7 +32,8 @@ FUZZ = settings(max_examples=int(os.environ.get("BALLAST_FUZZ_EXAMPLES", "75")),
 
 WORDS = ["apps", "cells", "nodes", "instances", "users", "tokens", "audit", "verify", "revisions", "bindings",
          "status", "assignments", "artifacts", "apply", "whoami", "releases", "release", "plan", "pause", "resume",
-         "rollback", "shop", "cell-a", "n1", "admin", "agent-1", "viewer", "1", "0", "-1", "99999999999999999999999"]
+         "rollback", "shop", "cell-a", "n1", "admin", "agent-1", "viewer", "1", "0", "-1", "99999999999999999999999",
+         "registry", "ack", "gateways", "edge", "endpoints"]
 HOSTILE = ["", "\x00", "\ud800", "a\udfffb", "é", "😀", " ", "%", "/", "\n", "null", "NaN", "0" * 70, "a" * 300]
 
 any_text = st.one_of(
@@ -77,6 +78,11 @@ app_spec = st.fixed_dictionaries({"template": mostly(template)}, optional={
                                     st.integers(min_value=-2, max_value=12) | numbers, max_size=3)),
     "replicas": mostly(st.integers(min_value=-2, max_value=12)),
     "strategy": mostly(strategy_spec),
+    "expose": mostly(st.fixed_dictionaries({"host": mostly(st.sampled_from(["shop.local", "a.b"]) | any_text)},
+                                           optional={"path": mostly(st.sampled_from(["/", "/api"]) | any_text)})),
+    "traffic": mostly(st.fixed_dictionaries({}, optional={
+        "components": mostly(st.lists(st.sampled_from(["gateway", "mesh"]) | any_text, max_size=3)),
+        "drain": mostly(st.booleans()), "drainTimeoutSeconds": numbers, "ackTimeoutSeconds": numbers})),
 })
 cell_spec = st.fixed_dictionaries({"zone": mostly(st.sampled_from(["zone-a", "zone-b"]) | any_text)},
                                   optional={"labels": labels})
@@ -267,6 +273,30 @@ async def test_access_and_node_bodies_never_fail_with_5xx(world: World, target: 
     assert_not_server_error(await send(client, method, path, body))
 
 
+ack_bodies = mostly(st.fixed_dictionaries({"generation": mostly(st.integers(min_value=-1, max_value=2**70))},
+                                          optional={"appliedHash": any_text, "error": any_text}))
+gateway_bodies = mostly(st.fixed_dictionaries({"address": mostly(st.sampled_from(["127.0.0.1:8080", "[::1]:80"])
+                                                                 | any_text)}))
+
+
+@SQLITE_ONLY
+@FUZZ
+@given(target=st.sampled_from(["ack-node", "ack-gateway", "gateway", "snapshot"]), ack=ack_bodies,
+       gateway=gateway_bodies, name=st.sampled_from(["n1", "edge", "nope"]) | any_text,
+       params=st.dictionaries(st.sampled_from(["known", "timeout"]), any_text | numbers.map(str), max_size=2))
+async def test_registry_requests_never_fail_with_5xx(world: World, target: str, ack: Any, gateway: Any, name: str,
+                                                     params: dict[str, str]) -> None:
+    """Acknowledgements, gateway registrations and registry snapshots answer 2xx/4xx whatever they carry."""
+    quoted = _quote(name)
+    method, path, body, query = {
+        "ack-node": ("POST", f"/v1/nodes/{quoted}/ack", ack, None),
+        "ack-gateway": ("POST", f"/v1/gateways/{quoted}/ack", ack, None),
+        "gateway": ("PUT", f"/v1/gateways/{quoted}", gateway, None),
+        "snapshot": ("GET", "/v1/registry", None, {k: v for k, v in params.items() if k != "timeout"} or None),
+    }[target]
+    assert_not_server_error(await send(world.agent, method, path, body, query))
+
+
 # --- hostile inputs, on both stores ----------------------------------------------------------------------------------
 
 def _nested(depth: int) -> list[Any]:
@@ -316,6 +346,13 @@ HOSTILE_REQUESTS: list[Row] = [
     ("node labels with a lone surrogate", "PUT", "/v1/nodes/n2", {**_NODE, "labels": {"a": "\ud800"}}, None,
      {422}),
     ("node agent version with NUL", "PUT", "/v1/nodes/n3", {**_NODE, "agentVersion": "1.0\x00"}, None, {422}),
+    ("ack generation beyond 64 bits", "POST", "/v1/nodes/n1/ack", {"generation": 2**70}, None, {422}),
+    ("ack generation the registry has not reached", "POST", "/v1/nodes/n1/ack", {"generation": 2**40}, None, {422}),
+    ("ack error with NUL", "POST", "/v1/nodes/n1/ack", {"generation": 0, "error": "x\x00"}, None, {422}),
+    ("gateway address with a lone surrogate", "PUT", "/v1/gateways/edge", {"address": "\ud800:80"}, None, {422}),
+    ("gateway address without a port", "PUT", "/v1/gateways/edge", {"address": "127.0.0.1"}, None, {422}),
+    ("route with a space", "POST", "/v1/apply", {"items": [{**_app(), "spec": {
+        **_app()["spec"], "expose": {"host": "a.local", "path": "/a b"}}}]}, None, {422}),
 ]
 
 
@@ -334,7 +371,7 @@ async def _wrong_answers(world: World, table: list[Row]) -> list[str]:
     for what, method, path, body, query, acceptable in table:
         if isinstance(body, dict) and body.get("instances"):
             body = {"instances": [{**i, "id": world.placed} for i in body["instances"]]}
-        client = world.agent if "/nodes/" in path else world.api.http
+        client = world.agent if "/nodes/" in path or "/gateways/" in path else world.api.http
         r = await send(client, method, path, body, query)
         if r.status_code not in acceptable:
             wrong.append(f"{what}: {method} {path} -> {r.status_code} (expected {sorted(acceptable)}) {r.text[:120]}")

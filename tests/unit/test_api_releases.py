@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from ballast.controllers import endpoints as registry_controller
 from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
@@ -65,14 +66,26 @@ async def desired_at(api: Api, revision: int) -> set[str]:
 
 
 async def agents_run_desired(api: Api, agent: httpx.AsyncClient) -> None:
-    """Every agent reports each of its instances Running and ready at the revision it was told to run."""
-    per_node: dict[str, list[dict[str, Any]]] = {}
-    for i in await instances(api):
-        per_node.setdefault(i["spec"]["node"], []).append(
-            {"id": i["metadata"]["name"], "phase": "Running", "ready": True, "restarts": 0,
-             "revision": i["spec"]["revision"]})
-    for node, reports in per_node.items():
-        await ok(agent.post(f"/v1/nodes/{node}/status", json={"instances": reports}))
+    """The data plane settles: the registry grants what the drain protocol allows, every agent runs what it
+    was granted (Running and ready; Stopped when retired) and every node's mesh acknowledges the registry."""
+    for _ in range(10):
+        changed = await registry_controller.reconcile_once(api.store)
+        per_node: dict[str, list[dict[str, Any]]] = {}
+        items = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
+        for k, i in enumerate(sorted(items, key=lambda i: i["metadata"]["name"])):
+            retired = i["status"]["grantedDesired"] == "deleted"
+            per_node.setdefault(i["spec"]["node"], []).append(
+                {"id": i["metadata"]["name"], "phase": "Stopped" if retired else "Running", "ready": not retired,
+                 "restarts": 0, "revision": i["status"]["grantedRevision"], "port": 20000 + k})
+        for node, reports in per_node.items():
+            await ok(agent.post(f"/v1/nodes/{node}/status", json={"instances": reports}))
+        changed += await registry_controller.reconcile_once(api.store)
+        generation = (await ok(agent.get("/v1/registry")))["generation"]
+        for node in NODES:
+            await ok(agent.post(f"/v1/nodes/{node}/ack", json={"generation": generation}))
+        if not changed and not await registry_controller.reconcile_once(api.store):
+            return
+    raise AssertionError("the registry did not settle")
 
 
 async def release_status(api: Api) -> dict[str, Any]:

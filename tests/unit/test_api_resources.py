@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ballast.controllers.scheduler import reconcile_once
+from ballast.controllers import endpoints as registry_controller
 from ballast.core.manifests import API_VERSION
 from tests.conftest import Api
 
@@ -357,8 +358,13 @@ async def test_stopped_report_removes_a_deleted_instance_but_not_a_running_one(a
     assert (await get_json(api, f"/v1/instances/{iid}"))["status"]["phase"] == "Stopped"
 
     assert (await api.http.delete("/v1/apps/shop")).status_code == 200
+    assert (await agent.post("/v1/nodes/n-a1/status", json=report(iid, "Stopped"))).status_code == 200
+    held = await get_json(api, f"/v1/instances/{iid}")
+    assert (held["spec"]["desired"], held["status"]["grantedDesired"]) == ("deleted", "running"), \
+        "until the registry grants the deletion, a Stopped report is only a phase"
+    await registry_controller.reconcile_once(api.store)  # never routable: granted without a drain
+    assert (await get_json(api, f"/v1/instances/{iid}"))["status"]["grantedDesired"] == "deleted"
     assert (await agent.post("/v1/nodes/n-a1/status", json=report(iid, "Stopping"))).status_code == 200
-    assert (await get_json(api, f"/v1/instances/{iid}"))["spec"]["desired"] == "deleted"
     assert (await agent.post("/v1/nodes/n-a1/status", json=report(iid, "Stopped"))).status_code == 200
     assert (await api.http.get(f"/v1/instances/{iid}")).status_code == 404
     assert await instances_of(api, "shop") == []
@@ -406,13 +412,13 @@ async def test_assignments_long_poll_wakes_when_the_scheduler_places_on_the_node
     assert empty["instances"] == []
 
     waiting = asyncio.Event()
-    real_wait = api.store.wait_for_change
+    real_wait = api.store.wait_for_topics
 
-    async def observed_wait(after: int, timeout: float) -> int:
+    async def observed_wait(topics: frozenset[str], after: int, timeout: float) -> int:
         waiting.set()
-        return int(await real_wait(after, timeout))
+        return int(await real_wait(topics, after, timeout))
 
-    monkeypatch.setattr(api.store, "wait_for_change", observed_wait)
+    monkeypatch.setattr(api.store, "wait_for_topics", observed_wait)
     poll_timeout = 60  # the route's maximum; the poll must come back long before it
     poll = asyncio.create_task(agent.get("/v1/nodes/n-a1/assignments",
                                          params={"known": empty["fingerprint"], "timeout": poll_timeout}))

@@ -116,6 +116,28 @@ INVALID = [
                  "text without NUL characters or unpaired surrogates", id="lone-surrogate-in-env"),
     pytest.param({**cell(), "metadata": {"name": "cell-a", "labels": {"\udc00": "x"}}}, "items[0].metadata.labels.\udc00",
                  "\udc00", "text without NUL characters or unpaired surrogates", id="lone-surrogate-in-label-key"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "Shop.Local"}}),
+                 "items[0].spec.expose[0].host", "Shop.Local", "String should match pattern", id="expose-host-case"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "shop.local", "path": "api"}}),
+                 "items[0].spec.expose[0].path", "api", "String should match pattern", id="expose-path-relative"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "shop.local", "path": "/a b"}}),
+                 "items[0].spec.expose[0].path", "/a b", "String should match pattern", id="expose-path-space"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "shop.local", "path": "/a//b"}}),
+                 "items[0].spec.expose[0].path", "/a//b", "without empty segments", id="expose-path-empty-segment"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "s.local", "port": 80}}),
+                 "items[0].spec.expose[0].port", 80, "Extra inputs are not permitted", id="expose-unknown-field"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "expose": [{"host": "s.local"}, {"host": "s.local",
+                                                                                               "path": "/"}]}),
+                 "items[0].spec", {"replicas": 1, "template": TEMPLATE, "expose": [{"host": "s.local"},
+                                                                                   {"host": "s.local", "path": "/"}]},
+                 "the same host and path twice", id="expose-duplicate-route"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "traffic": {"components": ["gateway"]}}),
+                 "items[0].spec", {"replicas": 1, "template": TEMPLATE, "traffic": {"components": ["gateway"]}},
+                 "no expose route", id="gateway-without-expose"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "traffic": {"components": ["lb"]}}),
+                 "items[0].spec.traffic.components[0]", "lb", "'gateway' or 'mesh'", id="unknown-component"),
+    pytest.param(app({"replicas": 1, "template": TEMPLATE, "traffic": {"drainTimeoutSeconds": 0}}),
+                 "items[0].spec.traffic.drainTimeoutSeconds", 0, "greater than 0", id="drain-timeout-zero"),
     pytest.param(["not", "a", "mapping"], "items[0]", ["not", "a", "mapping"],
                  "a mapping with apiVersion, kind, metadata, spec", id="list-document"),
     pytest.param("kind: Cell", "items[0]", "kind: Cell", "a mapping with apiVersion, kind, metadata, spec",
@@ -163,3 +185,15 @@ def test_source_prefix_is_used_in_paths() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_documents([cell(zone="Zone A")], source="shop.yaml")
     assert [p.path for p in caught.value.problems] == ["shop.yaml[0].spec.zone"]
+
+
+def test_expose_takes_one_route_or_a_list_and_defaults_the_components() -> None:
+    """`expose: {host, path}` is one route; the default components are mesh plus gateway when exposed."""
+    [one] = parse_documents([app({"replicas": 1, "template": TEMPLATE, "expose": {"host": "shop.local"}})])
+    assert isinstance(one, AppServiceManifest)
+    assert [(r.host, r.path) for r in one.spec.expose or []] == [("shop.local", "/")]
+    assert one.spec.traffic_components() == {"mesh", "gateway"}
+    [plain] = parse_documents([app()])
+    assert isinstance(plain, AppServiceManifest) and plain.spec.traffic_components() == {"mesh"}
+    policy = plain.spec.traffic_policy()
+    assert (policy.drain, policy.drain_timeout_seconds, policy.ack_timeout_seconds) == (True, 30.0, 30.0)

@@ -48,6 +48,7 @@ class AgentSettings:
     port_range: tuple[int, int] = (20000, 29999)
     heartbeat_seconds: float = 2.0
     stop_instances_on_exit: bool = False
+    instance_nice: int = 0            # > 0: apps yield the CPU to the agent and the sidecars under load
 
 
 class Agent:
@@ -95,7 +96,7 @@ class Agent:
             try:
                 await self.client.put(f"/v1/nodes/{s.name}", body)
                 cell = await self.client.get(f"/v1/cells/{s.cell}")
-                self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir)
+                self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir, s.instance_nice)
                 log.info("node %s registered in cell %s", s.name, s.cell)
                 return
             except (Unreachable, ApiError) as exc:

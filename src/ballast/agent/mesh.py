@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable, Iterable
 
 from ballast.agent.sidecar import Sidecar
@@ -32,6 +33,7 @@ class Mesh:
         self.received = asyncio.Event()      # a first snapshot has arrived
         self._dirty = asyncio.Event()
         self._acked = -1
+        self._received_at = 0.0
 
     def poke(self) -> None:
         """Apply (and acknowledge) again soon: a sidecar started, stopped or came back."""
@@ -56,6 +58,7 @@ class Mesh:
                 await asyncio.sleep(1.0)
                 continue
             snapshot = Snapshot.from_json(answer)
+            self._received_at = time.time()
             if not self.received.is_set() or snapshot.generation != self.snapshot.generation:
                 self.snapshot = snapshot
                 self.received.set()
@@ -73,8 +76,13 @@ class Mesh:
                 continue
             snapshot = self.snapshot
             running = [s for s in self.sidecars() if s.proxy.alive()]
+            began = time.monotonic()
             await asyncio.gather(*(s.apply(snapshot) for s in running))
+            applied = time.monotonic()
             await self._acknowledge(snapshot)
+            log.info("registry-apply generation=%s sidecars=%d received=%.3f apply=%.3f ack=%.3f",
+                     snapshot.generation, len(running), self._received_at, applied - began,
+                     time.monotonic() - applied)
 
     def in_effect(self, snapshot: Snapshot) -> int:
         """The generation every running sidecar on this node has applied (vacuously the newest if none runs)."""

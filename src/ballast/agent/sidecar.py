@@ -26,6 +26,7 @@ from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backend
 log = logging.getLogger("ballast.agent")
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 IDLE_POLL_SECONDS = 0.05
+LIVENESS_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Sidecar:
             handle = self.proxy.handle
             assert handle is not None
             began = time.monotonic()
-            await handle.wait()
+            await self._until_unserving(handle)
             if self._closing:
                 return
             self.restarts += 1
@@ -133,6 +134,21 @@ class Sidecar:
             log.warning("sidecar of %s exited; restarting in %gs", self.id, backoff)
             await asyncio.sleep(backoff)
             backoff = BACKOFF_START if time.monotonic() - began > 60 else min(backoff * 2, BACKOFF_MAX)
+
+    async def _until_unserving(self, handle: Any) -> None:
+        """Return when the proxy exited, or its master lives on without a worker that answers (then end it)."""
+        silent = 0
+        while not self._closing:
+            try:
+                await asyncio.wait_for(handle.wait(), timeout=LIVENESS_SECONDS)
+                return
+            except TimeoutError:
+                pass
+            silent = 0 if await self.proxy.answers() else silent + 1
+            if silent >= 3:
+                log.warning("sidecar of %s: no worker answers on its runtime API; restarting it", self.id)
+                await handle.stop(1.0)
+                return
 
     async def inflight(self) -> Inflight | None:
         if not self.proxy.alive():

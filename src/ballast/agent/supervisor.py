@@ -35,6 +35,7 @@ class NodeIdentity:
     cell: str
     zone: str
     data_dir: Path
+    instance_nice: int = 0   # CPU priority of app processes below the agent's and the sidecars'
 
 
 class Supervisor:
@@ -70,7 +71,8 @@ class Supervisor:
     def report(self) -> dict[str, Any]:
         ready, message = self.ready, self.message
         if self.phase == "Running" and not self.sidecar.up:
-            ready, message = False, f"sidecar is down (restarts: {self.sidecar.restarts}); restarting it"
+            why = f": {self.sidecar.error}" if self.sidecar.error else ""
+            ready, message = False, f"sidecar is down (restarts: {self.sidecar.restarts}); restarting it{why}"
         elif self.sidecar.error and self.phase == "Running":
             message = f"sidecar: {self.sidecar.error}"
         return {"id": self.id, "phase": self.phase, "ready": ready,
@@ -104,7 +106,8 @@ class Supervisor:
             self.on_change()
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The agent's own BALLAST_* settings (its API token among them) are not the app's business.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BALLAST_")}
         env.update(self.template.get("env") or {})
         data_dir = self.node.data_dir / "instances" / self.id
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,8 @@ class Supervisor:
     async def _launch(self) -> ProcessHandle:
         cwd = await self.resolve_cwd(self.template)
         argv = list(self.template["command"]) + list(self.template.get("args") or [])
-        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log")
+        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log",
+                              nice=self.node.instance_nice)
         self.local.pid, self.local.started = handle.pid, handle.started
         self.local.revision = int(self.assignment["revision"])
         return handle

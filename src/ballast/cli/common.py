@@ -18,7 +18,8 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
          "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
-         "revision": "revisions", "revisions": "revisions", "inst": "instances"}
+         "revision": "revisions", "revisions": "revisions", "inst": "instances", "endpoint": "endpoints",
+         "endpoints": "endpoints", "ep": "endpoints", "gateway": "gateways", "gateways": "gateways"}
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -105,8 +105,10 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
 @click.option("--stop-instances-on-exit", is_flag=True,
               help="stop instances when the agent exits (default: leave them running for the next agent to adopt)")
 @click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary for sidecars (default: found on PATH)")
+@click.option("--instance-nice", default=0, show_default=True, type=click.IntRange(0, 19),
+              help="run app processes at this nice level, so the agent and sidecars keep the CPU they need")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
-          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None) -> None:
+          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int) -> None:
     """Run a node agent."""
     from ballast.agent.agent import Agent, AgentSettings
     from ballast.dataplane.haproxy import find_binary
@@ -117,7 +119,8 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
     try:
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
-                                 haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit)
+                                 haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit,
+                                 instance_nice=instance_nice)
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     except BallastError as exc:
@@ -227,7 +230,8 @@ async def demo(client: Client, replicas: int | None) -> None:
 def _kind(kind: str) -> str:
     resolved = KINDS.get(kind.lower())
     if resolved is None:
-        raise click.BadParameter(f"{kind!r}; expected one of cells, nodes, apps, instances, revisions", param_hint="KIND")
+        raise click.BadParameter(f"{kind!r}; expected one of cells, nodes, apps, instances, revisions, endpoints, "
+                                 "gateways", param_hint="KIND")
     return resolved
 
 
@@ -238,7 +242,7 @@ def _kind(kind: str) -> str:
 @click.option("--node", help="instances: only those on this node")
 @command
 async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
-    """List resources. `get instances APP` and `get revisions APP` take an app name."""
+    """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name."""
     resolved = _kind(kind)
     if resolved == "instances":
         items = (await client.get("/v1/instances", app=name, node=node))["items"]
@@ -248,11 +252,16 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
         if not name:
             raise click.UsageError("get revisions APP: name the app")
         items = (await client.get(f"/v1/apps/{name}/revisions"))["items"]
+    elif resolved == "endpoints":
+        if not name:
+            raise click.UsageError("get endpoints SERVICE: name the app")
+        items = (await client.get(f"/v1/apps/{name}/endpoints"))["items"]
     elif name:
         items = [await client.get(f"/v1/{resolved}/{name}")]
     else:
         items = (await client.get(f"/v1/{resolved}"))["items"]
-    output.render(resolved, items, fmt, console, single=bool(name) and resolved not in ("instances", "revisions"))
+    output.render(resolved, items, fmt, console,
+                  single=bool(name) and resolved not in ("instances", "revisions", "endpoints"))
 
 
 @cli.command()
@@ -278,7 +287,7 @@ async def describe(client: Client, kind: str, name: str) -> None:
 @click.option("-f", "--filename", "files", multiple=True, help="delete what these manifests declare")
 @command
 async def delete(client: Client, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
-    """Delete an app, cell or node (deleting an app stops its instances)."""
+    """Delete an app, cell, node or gateway (deleting an app drains and stops its instances)."""
     targets: list[tuple[str, str]] = []
     for f in files:
         for doc in _load_documents(f):
@@ -289,10 +298,48 @@ async def delete(client: Client, kind: str | None, name: str | None, files: tupl
         raise click.UsageError("name KIND NAME or give -f FILE")
     # Apps before cells, so a file holding both deletes cleanly.
     for resolved, target in sorted(targets, key=lambda t: t[0] != "apps"):
-        if resolved not in ("apps", "cells", "nodes"):
+        if resolved not in ("apps", "cells", "nodes", "gateways"):
             raise click.UsageError(f"cannot delete {resolved}; delete the app instead")
         answer = await client.delete(f"/v1/{resolved}/{target}")
         console.print(f"{answer['deleted']} deleted")
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--host", "host_header", help="the Host header (default: the URL's host), e.g. shop.local")
+@click.option("--path", "paths", multiple=True, help="paths to send in turn (default: the URL's path)")
+@click.option("--connections", default=16, show_default=True, type=click.IntRange(1, 2000),
+              help="keep-alive connections, each sending requests back to back")
+@click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 86_400))
+@click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 600))
+def load(url: str, host_header: str | None, paths: tuple[str, ...], connections: int, duration: float,
+         timeout: float) -> None:
+    """Send continuous GET requests and count every failure (non-2xx, resets, timeouts); exit 1 on any."""
+    from urllib.parse import urlsplit
+
+    from ballast.loadgen import Load, Target, percentile
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        _fail(f"error: URL {url!r}: expected http://HOST[:PORT][/PATH]", 2)
+    target = Target("load", str(parts.hostname), parts.port or 80, host_header or parts.netloc,
+                    paths or (parts.path or "/",), connections)
+
+    async def go() -> Load:
+        run = Load([target], timeout=timeout)
+        run.start()
+        await asyncio.sleep(duration)
+        await run.stop()
+        return run
+
+    run = asyncio.run(go())
+    latencies = run.latencies()
+    console.print(f"{run.requests} requests in {duration:g}s ({run.requests / duration:.0f}/s), "
+                  f"{run.failed} failed; p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+                  f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms")
+    for kind, count in sorted(run.failures().items()):
+        console.print(f"  {count} × {kind.removeprefix('load: ')}")
+    if run.failed:
+        sys.exit(1)
 
 
 # --- artifacts, access, audit -----------------------------------------------------------

@@ -219,7 +219,10 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                 agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
                                              "--cell", cell, "--data-dir", str(data_dir / "agents" / name),
                                              "--cpu", settings.node_cpu, "--memory", settings.node_memory,
-                                             "--stop-instances-on-exit"),
+                                             "--stop-instances-on-exit",
+                                             # One machine carries the platform and the apps: when the apps are
+                                             # busy, agents and sidecars must still answer promptly.
+                                             "--instance-nice", "5"),
                               data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
                 await agent.start()
                 agents.append(agent)

@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.loop import run_passes
 from ballast.core.endpoints import Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide
-from ballast.core.manifests import AppServiceSpec
+from ballast.core.manifests import stored_spec
 from ballast.services import endpoints as registry_records
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
-from ballast.store.engine import Store, Tx
+from ballast.store.engine import ACKS, ENDPOINT_ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, endpoints, instances, nodes
 
 log = logging.getLogger("ballast.endpoints")
@@ -43,7 +43,7 @@ async def _read(conn: AsyncConnection, now: float) -> State:
     eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
     comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)
              for c in (await conn.execute(select(components))).all()]
-    policies = {a.name: AppServiceSpec.model_validate(a.spec).traffic_policy()
+    policies = {a.name: stored_spec(a.spec).traffic_policy()
                 for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     return facts, eps, comps, policies
 
@@ -68,9 +68,21 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
     for ack in decision.acks:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == ack.id)
                               .values(pending=list(ack.pending), note=ack.note))
+        before = eps.get(ack.id)
+        if before is not None and before.pending and not ack.pending:
+            # One line per fully acknowledged change: the drain protocol's own latency, for operators and benchmarks.
+            log.info("ack-latency endpoint=%s state=%s generation=%s seconds=%.3f", ack.id, before.state.value,
+                     before.generation, tx.now - before.since)
         if ack.note and (eps.get(ack.id) is None or eps[ack.id].note != ack.note):
             await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{ack.id}",
                            result="waiting", detail={"note": ack.note})
+    tx.only()
+    if decision.registry_changed:
+        tx.touch(REGISTRY)
+    if decision.acks:
+        tx.touch(ENDPOINT_ACKS)
+    if decision.grants:
+        tx.touch(GRANTS)
     for drop in decision.drops:
         await tx.conn.execute(delete(endpoints).where(endpoints.c.id == drop.id))
     for grant in decision.grants:
@@ -99,4 +111,5 @@ async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
 
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
     # The idle pass notices acknowledgement timeouts and silent nodes even when nothing is written.
-    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds)
+    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds,
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, ACKS}))

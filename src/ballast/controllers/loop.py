@@ -6,22 +6,24 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from ballast.store.engine import Store
+from ballast.store.engine import EVERYTHING, Store
 
 
 async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], store: Store, stop: asyncio.Event, *,
-                     idle_seconds: float, min_interval: float = 0.0) -> None:
-    """Re-decide from fresh state after every write (at most one pass per `min_interval`); a failed pass
-    is logged and retried, never fatal: the next pass decides from the store again."""
+                     idle_seconds: float, min_interval: float = 0.0,
+                     topics: frozenset[str] = frozenset({EVERYTHING})) -> None:
+    """Re-decide from fresh state after every write touching `topics` (at most one pass per `min_interval`);
+    a failed pass is logged and retried, never fatal: the next pass decides from the store again."""
     log = logging.getLogger(f"ballast.{name}")
     loop = asyncio.get_running_loop()
-    rv = 0
+    seen = 0
     while not stop.is_set():
         began = loop.time()
+        seen = store.topic_version(topics)  # a write during the pass makes the wait below return at once
         try:
             await reconcile(store)
         except Exception:
             log.exception("%s pass failed; retrying", name)
             await asyncio.sleep(1.0)
-        rv = await store.wait_for_change(rv, idle_seconds)
+        seen = await store.wait_for_topics(topics, seen, idle_seconds)
         await asyncio.sleep(max(0.0, began + min_interval - loop.time()))

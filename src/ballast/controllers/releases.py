@@ -23,7 +23,7 @@ from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decis
                                          Transition, decide)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.store.engine import Store, Tx
+from ballast.store.engine import ENDPOINT_ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, REGISTRY, Store, Tx
 from ballast.store.schema import apps, instances, nodes, releases
 
 log = logging.getLogger("ballast.releases")
@@ -147,4 +147,5 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
 
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
     # The idle pass notices ends of automatic pauses and progress deadlines even when nothing is written.
-    await run_passes("releases", reconcile_once, store, stop, idle_seconds=idle_seconds)
+    await run_passes("releases", reconcile_once, store, stop, idle_seconds=idle_seconds,
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ENDPOINT_ACKS, GRANTS}))

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.manifests import AppServiceSpec
+from ballast.core.manifests import AppServiceSpec, stored_spec
 from ballast.core.placement import NodeView, PlacedInstance, Placement, Resources, even_spread, place
 from ballast.errors import RetryableConflict
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
@@ -105,7 +105,7 @@ async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[Node
     node_views = [NodeView(name=n.name, cell=n.cell, ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
-    requests = {a.name: AppServiceSpec.model_validate(a.spec).template.resources.request()
+    requests = {a.name: stored_spec(a.spec).template.resources.request()
                 for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     placed = [PlacedInstance(id=i.id, app=i.app, node=i.node, cell=i.cell,
                              request=requests.get(i.app, Resources(0, 0)), created_seq=i.created_seq)
@@ -136,7 +136,7 @@ async def reconcile_once(store: Store) -> int:
     placed_by_app, usage = _index(placed)
     changes = 0
     for row in app_rows:
-        spec = AppServiceSpec.model_validate(row.spec)
+        spec = stored_spec(row.spec)
         declared = wanted_per_cell(spec, cell_names)
         committed = row.status.get("placedCounts")
         # After a scale release was rolled back, the counts it left stand until the app is applied again.
@@ -247,7 +247,7 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
         node_rows = {n.name: n for n in (await tx.conn.execute(
             select(nodes.c.name, nodes.c.cell, nodes.c.ip, nodes.c.zone))).all()}
         created: list[PlacedInstance] = []
-        request = AppServiceSpec.model_validate(row.spec).template.resources.request()
+        request = stored_spec(row.spec).template.resources.request()
         ordinals: list[int | None] = [None] * len(decision.create)
         if ordered:
             ordinals = list(await _free_ordinals(tx, row.name, len(decision.create)))

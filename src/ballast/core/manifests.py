@@ -8,6 +8,8 @@ field path with its value and what was expected. Checks that need the store
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -312,3 +314,13 @@ def _dedupe(problems: list[FieldProblem]) -> list[FieldProblem]:
 def spec_json(manifest: Manifest) -> dict[str, Any]:
     """The spec as stored: aliases (public names), defaults filled, stable."""
     return manifest.spec.model_dump(mode="json", by_alias=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_stored(text: str) -> AppServiceSpec:
+    return AppServiceSpec.model_validate_json(text)
+
+
+def stored_spec(raw: dict[str, Any]) -> AppServiceSpec:
+    """A stored AppService spec, parsed once per distinct content (controllers read every app on every pass)."""
+    return _parse_stored(json.dumps(raw, sort_keys=True))

@@ -29,7 +29,7 @@ from ballast.processes import ProcessHandle, adopt, launch
 
 SEARCH_PATH = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy")
 _MASTER_LINE = re.compile(r"^\s*(\d+)\s+master\s+(\d+)\s+\[failed:\s*(\d+)\]", re.MULTILINE)
-_SOCKET_PATH_MAX = 100   # sun_path holds 108 bytes; keep a margin
+_SOCKET_PATH_MAX = 90    # HAProxy refuses socket paths over 97 bytes (it binds a temporary name beside them)
 
 
 class HAProxyMissing(BallastError):
@@ -97,6 +97,7 @@ class HAProxy:
         self.files = files
         self.label = label
         self.handle: ProcessHandle | None = None
+        self._structure: str | None = None   # structure digest of the configuration the process runs
 
     # --- process -------------------------------------------------------------------
     def alive(self) -> bool:
@@ -108,7 +109,15 @@ class HAProxy:
 
     def adopt(self, pid: int, started: int) -> bool:
         self.handle = adopt(pid, started)
+        self._structure = None
         return self.handle is not None
+
+    async def answers(self) -> bool:
+        """Is a worker serving? (The master can outlive a worker that crashed.)"""
+        try:
+            return "Name: HAProxy" in await runtime.command(self.files.admin_socket, "show info", timeout=2.0)
+        except runtime.RuntimeApiError:
+            return False
 
     async def validate(self, text: str) -> None:
         self.files.state_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +149,7 @@ class HAProxy:
         argv = [self.binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config)]
         self.handle = await launch(argv, cwd=self.files.state_dir, env={"PATH": os.environ.get("PATH", "")},
                                    log_path=self.files.log)
+        self._structure = structure_digest(text)
         await self._wait_worker(timeout)
 
     async def _wait_worker(self, timeout: float) -> None:
@@ -191,6 +201,7 @@ class HAProxy:
                     raise ProxyFailed(f"{self.label}: reload did not complete within {timeout:g}s")
                 await asyncio.sleep(0.02)
             await self._wait_worker(timeout)
+            self._structure = structure_digest(text)
         except BaseException:
             if previous is not None:
                 self._install(previous)
@@ -212,11 +223,13 @@ class HAProxy:
         if not self.alive():
             await self.start(rendered)
         else:
-            on_disk = self.files.config.read_text() if self.files.config.exists() else ""
-            if structure_digest(on_disk) != structure_digest(rendered):
+            if self._structure is None:  # adopted: what it runs is what its file says
+                on_disk = self.files.config.read_text() if self.files.config.exists() else ""
+                self._structure = structure_digest(on_disk)
+            if self._structure != structure_digest(rendered):
                 await self.reload(rendered)
-            else:
-                self._install(rendered)  # the same structure: only servers differ; a later reload starts from it
+            # Same structure: only servers differ, and the runtime API changes them. The file is rewritten at
+            # the next reload or start, always from a fresh rendering, so it need not follow every change.
         return await self.run(runtime_commands(backends, await self.servers()))
 
     # --- runtime API -----------------------------------------------------------------

@@ -114,9 +114,14 @@ def _global(admin_socket: str, threads: int) -> str:
             "    timeout queue 15s\n")
 
 
+# Idle connections to a server are kept 30 s before HAProxy starts closing them (its default is 5 s): under
+# fluctuating concurrency the default opens and resets connections to the app many times a second.
+SERVER_OPTIONS = "pool-purge-delay 30s"
+
+
 def _server_line(s: Server) -> str:
     flags = (" backup" if s.backup else "") + ("" if s.enabled else " disabled")
-    return f"    server {_safe(s.name)} {s.address}{flags}\n"
+    return f"    server {_safe(s.name)} {s.address} {SERVER_OPTIONS}{flags}\n"
 
 
 def _backend(b: Backend, *, locality: bool) -> str:
@@ -136,7 +141,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            "    default_backend app\n",
            "\nbackend app\n",
            RETRY_POLICY,
-           f"    server app {cfg.app}\n",
+           f"    server app {cfg.app} {SERVER_OPTIONS}\n",
            "\nfrontend outbound\n",
            f"    bind {cfg.outbound}\n",
            "    http-request set-var(txn.service) req.hdr(host),field(1,:),lower\n"]

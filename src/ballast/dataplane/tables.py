@@ -16,7 +16,7 @@ import io
 from dataclasses import dataclass
 from typing import Mapping
 
-from ballast.dataplane.haproxy_config import Address, Backend, GatewayRoute, Server
+from ballast.dataplane.haproxy_config import SERVER_OPTIONS, Address, Backend, GatewayRoute, Server
 from ballast.dataplane.registry import Snapshot
 
 FORCED_MAINT = 0x01    # srv_admin_state bit: maintenance set by the CLI (or `disabled` in the file)
@@ -71,7 +71,7 @@ def runtime_commands(desired: tuple[Backend, ...], live: Mapping[str, Mapping[st
             ref = f"{backend.name}/{s.name}"
             current = have.get(name)
             if current is None:
-                commands.append(f"add server {ref} {s.address}" + (" backup" if s.backup else ""))
+                commands.append(f"add server {ref} {s.address} {SERVER_OPTIONS}" + (" backup" if s.backup else ""))
                 if s.enabled:
                     commands.append(f"set server {ref} state ready")
                 continue

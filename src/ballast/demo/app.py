@@ -10,7 +10,12 @@ GET path answers the identity JSON. Environment knobs: PORT (required), HOST
 (127.0.0.1), GREETING (hello), DEMO_LATENCY_PROFILE (none | realistic: 20% of
 requests take 100-500 ms), DEMO_FAIL_RATE (0..1 of identity answers are 500),
 DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
-optional Host header fetched by /call), DEMO_GRACE_SECONDS (10).
+optional Host header fetched by /call), DEMO_CALL_SERVICE (a service /call
+reaches through the sidecar, BALLAST_MESH_URL, by name), DEMO_GRACE_SECONDS (10).
+
+/call keeps one connection per thread to what it calls and reuses it; like any
+HTTP client, it retries once on a fresh connection when a reused one turns out
+to be closed before an answer came (the server may close an idle connection).
 
 On SIGTERM/SIGINT it stops accepting, closes idle keep-alive connections, lets
 in-flight requests finish and exits 0; exit 1 if the grace period runs out
@@ -26,14 +31,11 @@ import socketserver
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 MAX_SLOW_MS = 10_000
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # ignore *_PROXY env
 
 
 def fail(message, code=2):
@@ -77,15 +79,25 @@ def load_config(env):
         "node": env.get("BALLAST_NODE") or env.get("BALLAST_NODE_IP"),
         "greeting": env.get("GREETING", "hello"),
     }
-    return SimpleNamespace(
+    cfg = SimpleNamespace(
         host=env.get("HOST", "").strip() or "127.0.0.1", port=port, identity=identity,
         latency=latency, fail_rate=fail_rate, grace=grace,
         unhealthy=env.get("DEMO_UNHEALTHY", "").strip().lower() in ("1", "true", "yes", "on"),
         call_url=env.get("DEMO_CALL", "").strip(), call_host=env.get("DEMO_CALL_HOST", "").strip())
+    service = env.get("DEMO_CALL_SERVICE", "").strip()
+    if service:
+        mesh = env.get("BALLAST_MESH_URL", "").strip()
+        if not mesh:
+            fail("DEMO_CALL_SERVICE needs BALLAST_MESH_URL (set by Ballast's agent)")
+        cfg.call_url, cfg.call_host = mesh.rstrip("/") + "/", service
+    return cfg
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: connections are reused
+    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle holds the body back until the
+    # peer's delayed ACK (~40 ms) on every reused connection.
+    disable_nagle_algorithm = True
     server_version = "ballast-demo/1"
     timeout = 120  # idle keep-alive connections are dropped after this many seconds
 
@@ -140,20 +152,51 @@ class Handler(BaseHTTPRequestHandler):
         cfg, me = self.server.cfg, self.identity()
         if not cfg.call_url:
             return self.reply_json(404, {"self": me, "error": "DEMO_CALL is not set"})
-        headers = {"Host": cfg.call_host} if cfg.call_host else {}
         try:
-            with OPENER.open(urllib.request.Request(cfg.call_url, headers=headers), timeout=5) as resp:
-                raw = resp.read(1 << 20)
-        except urllib.error.HTTPError as e:
-            e.close()
-            return self.reply_json(502, {"self": me, "error": f"downstream answered {e.code}"})
+            status, raw = fetch(cfg.call_url, cfg.call_host)
         except (OSError, ValueError, http.client.HTTPException) as e:
             return self.reply_json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
+        if not 200 <= status < 300:
+            return self.reply_json(502, {"self": me, "error": f"downstream answered {status}"})
         try:
             downstream = json.loads(raw)
         except ValueError:
             downstream = raw.decode("utf-8", "replace")
         self.reply_json(200, {"self": me, "downstream": downstream})
+
+
+_local = threading.local()
+
+
+def fetch(url, host_header):
+    """GET over this thread's kept-alive connection; once more on a fresh one if the reused one was closed."""
+    parts = urllib.parse.urlsplit(url)
+    key = (parts.hostname, parts.port or 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Host": host_header} if host_header else {}
+    for attempt in (1, 2):
+        conn = getattr(_local, "conns", {}).get(key)
+        reused = conn is not None
+        if conn is None:
+            conn = http.client.HTTPConnection(*key, timeout=5)
+            _local.conns = {**getattr(_local, "conns", {}), key: conn}
+        try:
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(1 << 20)
+            if resp.getheader("Connection", "").lower() == "close":
+                conn.close()
+                _local.conns.pop(key, None)
+            return resp.status, body
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            _local.conns.pop(key, None)
+            if not reused or attempt == 2:
+                raise
+        except BaseException:
+            conn.close()
+            _local.conns.pop(key, None)
+            raise
 
 
 class Server(ThreadingHTTPServer):
@@ -186,6 +229,13 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.set_gone(request)
+
+    def handle_error(self, request, client_address):
+        # A peer closing or resetting its connection is routine (proxies recycle idle connections);
+        # a traceback for each one would cost more than the request did.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
 
     def set_busy(self, sock, busy):
         with self.lock:

@@ -17,12 +17,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.endpoints import GATEWAY, MESH, EndpointRecord, EndpointState
-from ballast.core.manifests import AppServiceSpec
+from ballast.core.manifests import stored_spec
 from ballast.errors import FieldProblem, InvalidInput, NotFound
-from ballast.store.engine import Store, Tx
+from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, nodes
 
-REGISTRY = "registry"
+REGISTRY_COUNTER = "registry"
+SNAPSHOT_TOPICS = frozenset({EVERYTHING, REGISTRY})
 
 
 def endpoint_record(row: Any) -> EndpointRecord:
@@ -34,13 +35,14 @@ def endpoint_record(row: Any) -> EndpointRecord:
 
 async def bump_registry(tx: Tx) -> None:
     """Something components apply changed in this transaction: move the registry generation to it."""
-    moved = await tx.conn.execute(update(counters).where(counters.c.name == REGISTRY).values(value=tx.rv))
+    tx.touch(REGISTRY)
+    moved = await tx.conn.execute(update(counters).where(counters.c.name == REGISTRY_COUNTER).values(value=tx.rv))
     if moved.rowcount == 0:
-        await tx.conn.execute(insert(counters).values(name=REGISTRY, value=tx.rv))
+        await tx.conn.execute(insert(counters).values(name=REGISTRY_COUNTER, value=tx.rv))
 
 
 async def generation(conn: AsyncConnection) -> int:
-    value = (await conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY))).scalar()
+    value = (await conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY_COUNTER))).scalar()
     return int(value or 0)
 
 
@@ -53,7 +55,7 @@ async def _snapshot(conn: AsyncConnection) -> dict[str, Any]:
                                               "zone": e.zone, "state": e.state})
     services = []
     for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all():
-        spec = AppServiceSpec.model_validate(row.spec)
+        spec = stored_spec(row.spec)
         kinds = spec.traffic_components()
         routes = [{"host": r.host, "path": r.path} for r in spec.expose or []] if GATEWAY in kinds else []
         services.append({"name": row.name, "mesh": MESH in kinds, "routes": routes, "endpoints": eps.get(row.name, [])})
@@ -64,18 +66,26 @@ async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str,
     """Long-poll: answer once the registry generation differs from `known`, or at `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    rv = 0
     while True:
+        seen = store.topic_version(SNAPSHOT_TOPICS)
         async with store.read() as conn:
             current = await generation(conn)
             if current != known or loop.time() >= deadline or store.closing:
-                return await _snapshot(conn)
-        rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
+                # Every component asks for the same generation at once: build it once. The generation moves
+                # with every change a snapshot holds, so a cached one of the same generation is the same.
+                cached = store.memo.get("registry-snapshot")
+                if cached is None or cached["generation"] != current:
+                    cached = await _snapshot(conn)
+                    store.memo["registry-snapshot"] = cached
+                return cached  # type: ignore[no-any-return]
+        await store.wait_for_topics(SNAPSHOT_TOPICS, seen, max(0.0, deadline - loop.time()))
+
 
 
 async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: str, error: str) -> dict[str, Any]:
     """A component says it applied the registry up to generation `acked`."""
-    current = (await tx.conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY))).scalar() or 0
+    tx.only(ACKS)
+    current = (await tx.conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY_COUNTER))).scalar() or 0
     if acked > current:
         raise InvalidInput("acknowledged a generation the registry has not reached", problems=[
             FieldProblem("generation", acked, f"at most the registry's generation {current}")])

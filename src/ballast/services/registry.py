@@ -17,14 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ballast.core.digests import canonical_json, digest
 from ballast.core.endpoints import MESH
 from ballast.core.release_engine import ACTIVE_PHASES
-from ballast.core.manifests import AppServiceSpec
+from ballast.core.manifests import stored_spec
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.services.endpoints import bump_registry
-from ballast.store.engine import Store, Tx
+from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
 from ballast.store.schema import apps, cells, components, instances, nodes, release_events, releases, revisions
 
 ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
 _DEFAULT_TRAFFIC = {"drain": True, "drainTimeoutSeconds": 30.0}
+ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
 
 NODE_TIMEOUT_SECONDS = 10.0
 PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
@@ -65,6 +66,7 @@ async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> Non
     if moved.rowcount != 1:
         raise NotFound(f"node {name!r} is not registered")
     rows = {r.id: r for r in (await tx.conn.execute(select(instances).where(instances.c.node == name))).all()}
+    tx.only(HEARTBEAT)  # the node is alive; anything more is said below
     for rep in reports:
         row = rows.get(rep["id"])
         if row is None:
@@ -73,11 +75,13 @@ async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> Non
                "drain": rep.get("drain") or row.drain}
         if row.granted_desired == "deleted" and rep["phase"] == "Stopped":
             await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
+            tx.touch(EVERYTHING)  # an instance is gone: capacity, endpoints and releases may all move
             continue
         if rep["drain"] != row.drain and (rep["drain"] or {}).get("timedOut"):
             await _drain_timed_out(tx, name, row, rep["drain"])
         changed = {f: rep[f] for f in _REPORTED_FIELDS if getattr(row, f) != rep[f]}
         if changed:
+            tx.touch(INSTANCE_STATUS)
             await tx.conn.execute(update(instances).where(instances.c.id == row.id).values(
                 updated_at=tx.now, resource_version=tx.rv, **changed))
 
@@ -105,8 +109,8 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
     """Long-poll: answer when the node's assignments differ from `known`, or at `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    rv = 0
     while True:
+        seen = store.topic_version(ASSIGNMENT_TOPICS)
         async with store.read() as conn:
             if (await conn.execute(select(nodes.c.name).where(nodes.c.name == node))).first() is None:
                 raise NotFound(f"node {node!r} is not registered")
@@ -114,14 +118,14 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
             fingerprint = assignment_fingerprint(rows)
             if fingerprint != known or loop.time() >= deadline or store.closing:
                 return {"fingerprint": fingerprint, "instances": await _assignment_bodies(conn, rows)}
-        rv = await store.wait_for_change(rv or await store.resource_version(), max(0.0, deadline - loop.time()))
+        seen = await store.wait_for_topics(ASSIGNMENT_TOPICS, seen, max(0.0, deadline - loop.time()))
 
 
 async def _assignment_bodies(conn: AsyncConnection, rows: Sequence[Any]) -> list[dict[str, Any]]:
     templates: dict[tuple[str, int], Any] = {}
     traffic: dict[str, dict[str, Any]] = {}
     for a in (await conn.execute(select(apps.c.name, apps.c.spec).where(apps.c.name.in_({r.app for r in rows})))).all():
-        t = AppServiceSpec.model_validate(a.spec).traffic
+        t = stored_spec(a.spec).traffic
         traffic[a.name] = {"drain": t.drain, "drainTimeoutSeconds": t.drain_timeout_seconds}
     out = []
     for r in rows:

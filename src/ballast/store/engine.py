@@ -1,9 +1,13 @@
 """The store: one async SQLAlchemy engine, read and write transactions.
 
 Writes are serialized in-process (SQLite has one writer anyway) and every
-write transaction bumps the global resource version, which watches use to
-wake up. Audit records are appended inside the same transaction as the change
-they describe, so a change without its record can never be committed.
+write transaction bumps the global resource version. Watchers (controllers,
+long-polls) wake on *topics*: a frequent write says how little it touched
+(`Tx.only`), every other write touches everything. So the heartbeats and acknowledgements
+that arrive every few seconds wake only those who care about them. Writes
+of another replica are noticed by polling the resource version. Audit records
+are appended inside the same transaction as the change they describe, so a
+change without its record can never be committed.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable
 
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
@@ -42,6 +46,16 @@ def normalize_url(url: str) -> str:
     raise StoreUnavailable(f"store URL {url!r}: expected sqlite:///PATH or postgresql://...")
 
 
+EVERYTHING = "*"
+# Topics of the frequent writes; everything else touches EVERYTHING.
+HEARTBEAT = "heartbeat"              # a node is alive; nothing else changed
+INSTANCE_STATUS = "instance-status"  # an agent reported a change of an instance's phase, readiness or revision
+ACKS = "acks"                        # a traffic component acknowledged a registry generation
+REGISTRY = "registry"                # endpoints changed: what traffic components apply
+GRANTS = "grants"                    # agents were granted a change of their instances
+ENDPOINT_ACKS = "endpoint-acks"      # which components are still pending on an endpoint
+
+
 @dataclass
 class Tx:
     """A write transaction: `rv` is this transaction's resource version."""
@@ -49,6 +63,14 @@ class Tx:
     conn: AsyncConnection
     rv: int
     now: float
+    topics: set[str] = field(default_factory=lambda: {EVERYTHING})
+
+    def only(self, *topics: str) -> None:
+        """This write changes no more than `topics` (and what it `touch`es later): wake only their watchers."""
+        self.topics = set(topics)
+
+    def touch(self, *topics: str) -> None:
+        self.topics.update(topics)
 
     async def audit(self, *, actor: str, action: str, resource: str, result: str = "ok",
                     before: str = "", after: str = "", detail: dict[str, Any] | None = None) -> int:
@@ -64,6 +86,10 @@ class Store:
         self._changed = asyncio.Condition()
         self.closing = False
         self.dialect = engine.dialect.name
+        self._seq = 0                            # local writes, in order
+        self._topic_seq: dict[str, int] = {}     # topic -> seq of the last local write touching it
+        self._local_rv = 0                       # rv of the newest local write (a newer one is another replica's)
+        self.memo: dict[str, Any] = {}           # values derived from the store, each keyed by what it derives from
 
     @classmethod
     async def open(cls, url: str, *, migrate_schema: bool = True) -> "Store":
@@ -113,7 +139,12 @@ class Store:
                 # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
                 await conn.execute(update(counters).where(counters.c.name == "rv").values(value=counters.c.value + 1))
                 rv = (await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).scalar_one()
-                yield Tx(conn=conn, rv=int(rv), now=self.clock())
+                tx = Tx(conn=conn, rv=int(rv), now=self.clock())
+                yield tx
+            self._seq += 1
+            self._local_rv = max(self._local_rv, tx.rv)
+            for topic in tx.topics:
+                self._topic_seq[topic] = self._seq
         async with self._changed:
             self._changed.notify_all()
 
@@ -127,19 +158,30 @@ class Store:
         async with self.read() as conn:
             return int((await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).scalar_one())
 
-    async def wait_for_change(self, after: int, timeout: float) -> int:
-        """Return the resource version once it exceeds `after`, or at `timeout`.
+    def topic_version(self, topics: Iterable[str]) -> int:
+        """A number that grows whenever a write touched one of `topics` (or everything)."""
+        return max([self._topic_seq.get(t, 0) for t in topics] + [self._topic_seq.get(EVERYTHING, 0)])
 
-        Woken at once by writes of this process; polls for writes of other replicas.
+    async def wait_for_topics(self, topics: frozenset[str], after: int, timeout: float) -> int:
+        """Return the topics' version once it exceeds `after`, or at `timeout`.
+
+        Local writes wake at once; a write of another replica (its rv is newer than any local one) is
+        noticed within a second and wakes every watcher, whatever it touched.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
-            current = await self.resource_version()
-            remaining = deadline - asyncio.get_running_loop().time()
+            current = self.topic_version(topics)
+            remaining = deadline - loop.time()
             if current > after or remaining <= 0 or self.closing:
                 return current
             async with self._changed:
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+                    continue
                 except TimeoutError:
                     pass
+            if await self.resource_version() > self._local_rv:
+                self._local_rv = await self.resource_version()
+                self._seq += 1
+                self._topic_seq[EVERYTHING] = self._seq

@@ -1,0 +1,173 @@
+"""The HAProxy adapter against the real binary: seamless reloads, rejected configurations, runtime changes.
+
+A sidecar rendered by `dataplane.haproxy_config` fronts two demo-app processes. Under continuous load
+(keep-alive connections and fresh connections) it is reloaded again and again with structural changes:
+not one connection may be refused and not one request may fail. A configuration HAProxy refuses leaves
+the running one serving, and the file on disk, as they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFiles, find_binary
+from ballast.dataplane.haproxy_config import Address, Backend, Server, SidecarConfig, render_sidecar
+from ballast.loadgen import Load, Target
+from tests.e2e.conftest import eventually, free_port
+from tests.e2e.test_releases import DEMO_APP
+
+pytestmark = pytest.mark.e2e
+IP = "127.0.61.2"
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> Iterator[list[int]]:
+    """Two demo apps listening on IP, their ports."""
+    ports = [free_port(IP), free_port(IP)]
+    procs = [subprocess.Popen([sys.executable, str(DEMO_APP)], env={**os.environ, "HOST": IP, "PORT": str(p),
+                                                                     "BALLAST_INSTANCE_ID": f"app-{k}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             for k, p in enumerate(ports)]
+    try:
+        for p in ports:
+            eventually(lambda p=p: _listening(p), f"app on {p}")
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _listening(port: int) -> None:
+    import socket
+    with socket.socket() as s:
+        s.settimeout(1)
+        assert s.connect_ex((IP, port)) == 0, f"nothing on {IP}:{port}"
+
+
+def sidecar_config(proxy: HAProxy, ports: list[int], inbound: int, outbound: int,
+                   services: int) -> tuple[str, tuple[Backend, ...]]:
+    backend = Backend("back", tuple(Server(f"b{k}", Address(IP, p)) for k, p in enumerate(ports)))
+    extra = tuple(Backend(f"svc{k}", ()) for k in range(services))  # structure: more services, more backends
+    backends = (backend, *extra)
+    cfg = SidecarConfig(instance="t1", admin_socket=str(proxy.files.admin_socket), inbound=Address(IP, inbound),
+                        app=Address(IP, ports[0]), outbound=Address(IP, outbound), backends=backends)
+    return render_sidecar(cfg), backends
+
+
+async def test_reloads_under_load_refuse_no_connection_and_fail_no_request(tmp_path: Path, apps: list[int]) -> None:
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, backends = sidecar_config(proxy, apps, inbound, outbound, 0)
+    await proxy.start(text)
+    master = proxy.pid
+    try:
+        load = Load([Target("keep-alive", IP, outbound, "back", connections=8),
+                     Target("inbound", IP, inbound, "t1", connections=4)], timeout=10)
+        fresh = _FreshConnections(IP, outbound)
+        load.start()
+        fresh.start()
+        for k in range(1, 9):
+            await asyncio.sleep(0.4)
+            text, backends = sidecar_config(proxy, apps, inbound, outbound, k)
+            assert await proxy.converge(text, backends) == []
+        await asyncio.sleep(0.5)
+        await load.stop()
+        await fresh.stop()
+        assert load.failed == 0 and fresh.failed == 0, (dict(load.failures()), fresh.failures)
+        assert load.requests > 500 and fresh.requests > 50, (load.requests, fresh.requests)
+        assert proxy.pid == master, "a reload keeps the master (the process the agent supervises)"
+        assert "svc8" in (tmp_path / "proxy" / "haproxy.cfg").read_text()
+    finally:
+        await proxy.stop(2)
+
+
+async def test_a_refused_configuration_leaves_the_running_one_in_place(tmp_path: Path, apps: list[int]) -> None:
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, backends = sidecar_config(proxy, apps, inbound, outbound, 1)
+    await proxy.start(text)
+    try:
+        broken = text.replace("balance roundrobin", "balance no-such-algorithm", 1)
+        with pytest.raises(ConfigRejected) as refused:
+            await proxy.converge(broken, backends)
+        assert "no-such-algorithm" in refused.value.message and "stays in place" in refused.value.message
+        assert (tmp_path / "proxy" / "haproxy.cfg").read_text() == text, "the file was not touched"
+        assert proxy.alive()
+        reader, writer = await asyncio.open_connection(IP, outbound)
+        writer.write(b"GET / HTTP/1.1\r\nHost: back\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200"), "still serving the previous configuration"
+        writer.close()
+    finally:
+        await proxy.stop(2)
+
+
+async def test_runtime_changes_route_around_a_server_without_a_reload(tmp_path: Path, apps: list[int]) -> None:
+    """A server put in maintenance gets no request; adding and deleting servers needs no reload."""
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, backends = sidecar_config(proxy, apps, inbound, outbound, 0)
+    await proxy.start(text)
+    try:
+        only_b1 = (Backend("back", (Server("b0", Address(IP, apps[0]), enabled=False),
+                                    Server("b1", Address(IP, apps[1])))),)
+        assert await proxy.converge(sidecar_config(proxy, apps, inbound, outbound, 0)[0], only_b1) == []
+        seen = {await _instance_via(outbound) for _ in range(6)}
+        assert seen == {"app-1"}, seen
+        moved = (Backend("back", (Server("b9", Address(IP, apps[0])),)),)
+        assert await proxy.converge(text, moved) == []
+        assert {await _instance_via(outbound) for _ in range(4)} == {"app-0"}
+        assert set((await proxy.servers())["svc_back"]) == {"b9"}
+        assert "New worker" not in (tmp_path / "proxy" / "haproxy.log").read_text().split("forked", 1)[-1], \
+            "no reload happened"
+    finally:
+        await proxy.stop(2)
+
+
+async def _instance_via(port: int) -> str:
+    import json
+    reader, writer = await asyncio.open_connection(IP, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: back\r\nConnection: close\r\n\r\n")
+    raw = await reader.read()
+    writer.close()
+    return str(json.loads(raw.split(b"\r\n\r\n", 1)[1])["instance"])
+
+
+class _FreshConnections:
+    """One new TCP connection per request, to see a refused connection if a reload ever drops the listener."""
+
+    def __init__(self, ip: str, port: int) -> None:
+        self.ip, self.port = ip, port
+        self.requests = self.failed = 0
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run()) for _ in range(2)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.requests += 1
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(self.ip, self.port), 5)
+                writer.write(b"GET / HTTP/1.1\r\nHost: back\r\nConnection: close\r\n\r\n")
+                status = await asyncio.wait_for(reader.readline(), 5)
+                writer.close()
+                if not status.startswith(b"HTTP/1.1 200"):
+                    self.failed += 1
+                    self.failures.append(status.decode(errors="replace"))
+            except (OSError, TimeoutError) as exc:
+                self.failed += 1
+                self.failures.append(repr(exc))

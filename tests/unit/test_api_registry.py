@@ -1,0 +1,193 @@
+"""Spec of the service registry through the API, over both stores: snapshots, acknowledgements, the drain gate.
+
+Agents and the gateway are simulated by their requests; the registry controller runs one pass at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from ballast.controllers import endpoints as registry_controller
+from ballast.controllers import releases as release_engine
+from ballast.controllers import scheduler
+from ballast.core.manifests import API_VERSION
+from tests.conftest import Api
+
+NODES = {"n-a1": ("cell-a", "10.0.0.1"), "n-b1": ("cell-b", "10.0.0.2")}
+
+
+def shop(revision_marker: str = "1", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": "shop"},
+            "spec": {"cells": {"cell-a": 1, "cell-b": 1}, "expose": {"host": "shop.local", "path": "/"},
+                     "template": {"command": ["python", "-m", "shop"], "env": {"V": revision_marker}}, **spec}}
+
+
+async def ok(response: Any, status: int = 200) -> Any:
+    r = await response
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+async def world(api: Api) -> httpx.AsyncClient:
+    """Two cells, a node in each, a gateway, and shop placed (one instance per cell) and reported running."""
+    cells = [{"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": c}, "spec": {"zone": f"z-{c}"}}
+             for c in ("cell-a", "cell-b")]
+    await ok(api.http.post("/v1/apply", json={"items": [*cells, shop()]}))
+    await ok(api.http.post("/v1/users", json={"name": "infra", "role": "agent"}), 201)
+    agent = api.as_((await ok(api.http.post("/v1/tokens", json={"user": "infra"}), 201))["token"])
+    for name, (cell, ip) in NODES.items():
+        await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": ip, "cpuMillis": 4000, "memoryBytes": 2**33}))
+    await ok(agent.put("/v1/gateways/edge", json={"address": "127.0.0.1:8080"}))
+    assert await scheduler.reconcile_once(api.store) == 2
+    await report(api, agent)
+    return agent
+
+
+async def instances(api: Api) -> list[dict[str, Any]]:
+    return (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]  # type: ignore[no-any-return]
+
+
+async def report(api: Api, agent: httpx.AsyncClient, *, ready: bool = True) -> None:
+    """Each node reports its instances running the revision they were granted."""
+    for k, i in enumerate(await instances(api)):
+        body = {"instances": [{"id": i["metadata"]["name"], "phase": "Running", "ready": ready, "restarts": 0,
+                               "revision": i["status"]["grantedRevision"], "port": 20000 + k}]}
+        await ok(agent.post(f"/v1/nodes/{i['spec']['node']}/status", json=body))
+
+
+async def ack_all(agent: httpx.AsyncClient, generation: int, *, skip: str | None = None) -> None:
+    for name in NODES:
+        if name != skip:
+            await ok(agent.post(f"/v1/nodes/{name}/ack", json={"generation": generation}))
+    if skip != "edge":
+        await ok(agent.post("/v1/gateways/edge/ack", json={"generation": generation}))
+
+
+async def endpoints(api: Api) -> dict[str, dict[str, Any]]:
+    items = (await ok(api.http.get("/v1/apps/shop/endpoints")))["items"]
+    return {e["metadata"]["name"]: e for e in items}
+
+
+async def test_the_snapshot_holds_routes_and_endpoints_and_acks_make_them_serving(api: Api) -> None:
+    agent = await world(api)
+    assert await registry_controller.reconcile_once(api.store) > 0
+    snap = await ok(agent.get("/v1/registry"))
+    [service] = snap["services"]
+    assert (service["name"], service["mesh"], service["routes"]) == ("shop", True, [{"host": "shop.local",
+                                                                                     "path": "/"}])
+    assert sorted((e["cell"], e["state"]) for e in service["endpoints"]) == [("cell-a", "ready"), ("cell-b", "ready")]
+    eps = await endpoints(api)
+    assert all(e["status"]["pending"] == ["gateway/edge", "mesh/n-a1", "mesh/n-b1"] for e in eps.values()), eps
+
+    await ack_all(agent, snap["generation"], skip="edge")
+    await registry_controller.reconcile_once(api.store)
+    eps = await endpoints(api)
+    assert all(e["status"]["pending"] == ["gateway/edge"] for e in eps.values()), "the gateway routes to it too"
+    await ack_all(agent, snap["generation"])
+    await registry_controller.reconcile_once(api.store)
+    eps = await endpoints(api)
+    assert all(e["status"]["acknowledgedBy"] == ["gateway/edge", "mesh/n-a1", "mesh/n-b1"]
+               and not e["status"]["pending"] for e in eps.values())
+    gateway = (await ok(api.http.get("/v1/gateways/edge")))
+    assert gateway["status"]["inSync"] and gateway["status"]["url"] == "http://127.0.0.1:8080"
+
+
+async def test_a_change_is_granted_only_after_every_component_acknowledged_the_drain(api: Api) -> None:
+    """Revision 2 for an instance: draining first; not granted while the gateway has not acknowledged; granted
+    after; the agent then runs revision 2 and the endpoint is ready again at a newer generation."""
+    agent = await world(api)
+    await registry_controller.reconcile_once(api.store)
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"])
+    await registry_controller.reconcile_once(api.store)
+    await ok(api.http.post("/v1/apply", json={"items": [shop("2")]}))
+    await ok(api.http.post("/v1/apps/shop/releases", json={"strategy": {"groups": 1}}), 201)
+    await release_engine.reconcile_once(api.store)
+    changed = [i for i in await instances(api) if i["spec"]["revision"] == 2]
+    assert changed, "the release set an intent"
+    target = changed[0]["metadata"]["name"]
+    assert changed[0]["status"]["grantedRevision"] == 1, "an intent is not a grant"
+
+    await registry_controller.reconcile_once(api.store)
+    draining = (await endpoints(api))[target]
+    assert draining["status"]["state"] == "draining"
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"], skip="edge")
+    await registry_controller.reconcile_once(api.store)
+    granted = {i["metadata"]["name"]: i for i in await instances(api)}[target]
+    assert granted["status"]["grantedRevision"] == 1, "the gateway may still route to it"
+
+    await ok(agent.post("/v1/gateways/edge/ack", json={"generation": draining["status"]["generation"]}))
+    await registry_controller.reconcile_once(api.store)
+    granted = {i["metadata"]["name"]: i for i in await instances(api)}[target]
+    assert granted["status"]["grantedRevision"] == 2
+    assignments = (await ok(agent.get(f"/v1/nodes/{granted['spec']['node']}/assignments")))["instances"]
+    assert [a["revision"] for a in assignments if a["id"] == target] == [2], "the agent is told the grant"
+    grants = [a for a in (await ok(api.http.get("/v1/audit", params={"limit": 100})))["items"]
+              if a["action"] == "drain.grant"]
+    assert any(g["instance"] == target and g["drainedFirst"] for a in grants for g in a["detail"]["grants"])
+
+    await report(api, agent)
+    await registry_controller.reconcile_once(api.store)
+    back = (await endpoints(api))[target]
+    assert (back["status"]["state"], back["spec"]["revision"]) == ("ready", 2)
+    assert back["status"]["generation"] > draining["status"]["generation"]
+
+
+async def test_a_silent_component_is_named_and_never_skipped(api: Api) -> None:
+    """With ackTimeoutSeconds 1, a node that does not acknowledge the drain is named on the endpoint and the
+    audit log, the change stays ungranted, and the release pauses naming the component."""
+    agent = await world(api)
+    await registry_controller.reconcile_once(api.store)
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"])
+    await registry_controller.reconcile_once(api.store)
+    await ok(api.http.post("/v1/apply", json={"items": [shop("2", traffic={"ackTimeoutSeconds": 1})]}))
+    await ok(api.http.post("/v1/apps/shop/releases", json={"strategy": {"groups": 1}}), 201)
+    await release_engine.reconcile_once(api.store)
+    await registry_controller.reconcile_once(api.store)
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"], skip="n-b1")
+    await asyncio.sleep(1.1)
+    await registry_controller.reconcile_once(api.store)
+    eps = await endpoints(api)
+    assert all(e["status"]["state"] == "draining" and "mesh/n-b1" in e["status"]["note"] for e in eps.values()), eps
+    assert all(i["status"]["grantedRevision"] == 1 for i in await instances(api)), \
+        "nothing changes while a component may still route to it"
+    audit = (await ok(api.http.get("/v1/audit", params={"limit": 50})))["items"]
+    notes = [a["detail"]["note"] for a in audit if a["action"] == "endpoint.ack-timeout"]
+    assert len(notes) == 2 and all("mesh/n-b1" in n for n in notes), notes
+    await release_engine.reconcile_once(api.store)
+    status = await ok(api.http.get("/v1/apps/shop/release"))
+    assert status["phase"] == "Paused" and "mesh/n-b1" in status["reason"], status["reason"]
+
+
+async def test_registry_requests_are_for_infrastructure_and_checked(api: Api) -> None:
+    agent = await world(api)
+    await ok(api.http.post("/v1/users", json={"name": "vera", "role": "viewer"}), 201)
+    viewer = api.as_((await ok(api.http.post("/v1/tokens", json={"user": "vera"}), 201))["token"])
+    assert (await viewer.get("/v1/registry")).status_code == 403
+    assert (await viewer.post("/v1/nodes/n-a1/ack", json={"generation": 0})).status_code == 403
+    assert (await viewer.get("/v1/gateways")).status_code == 200, "topology is readable"
+    r = await agent.post("/v1/nodes/n-a1/ack", json={"generation": 10**12})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "generation", r.text
+    assert (await agent.post("/v1/nodes/ghost/ack", json={"generation": 0})).status_code == 404
+    assert (await agent.post("/v1/gateways/ghost/ack", json={"generation": 0})).status_code == 404
+    r = await agent.put("/v1/gateways/edge", json={"address": "not-an-ip:80"})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "address", r.text
+    assert (await api.http.delete("/v1/gateways/ghost")).status_code == 404
+    await ok(api.http.delete("/v1/gateways/edge"))
+    assert (await api.http.get("/v1/gateways/edge")).status_code == 404
+    actions = [a["action"] for a in (await ok(api.http.get("/v1/audit", params={"limit": 100})))["items"]]
+    assert "gateway.register" in actions and "gateway.delete" in actions
+
+
+async def test_the_snapshot_long_poll_waits_for_a_new_generation(api: Api) -> None:
+    agent = await world(api)
+    await registry_controller.reconcile_once(api.store)
+    generation = (await ok(agent.get("/v1/registry")))["generation"]
+    poll = asyncio.create_task(agent.get("/v1/registry", params={"known": generation, "timeout": 30}))
+    await asyncio.sleep(0.3)
+    assert not poll.done(), "nothing changed: the poll waits"
+    await ok(api.http.delete("/v1/apps/shop"))
+    answer = (await asyncio.wait_for(poll, 10)).json()
+    assert answer["generation"] > generation and answer["services"] == []
