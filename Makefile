@@ -29,16 +29,21 @@ check: setup
 	$(BIN)/mypy src/ballast
 	$(BIN)/lint-imports
 
+# Unit tests on two workers; the end-to-end tests one at a time (each starts a whole platform on this machine).
 test: check
-	BALLAST_TEST_PG_URL=$$(./scripts/postgres-for-tests.sh) BALLAST_REQUIRE_PG=1 $(BIN)/pytest
+	url=$$(./scripts/postgres-for-tests.sh) || exit 1; \
+	export BALLAST_TEST_PG_URL=$$url BALLAST_REQUIRE_PG=1; \
+	$(BIN)/pytest -m "not e2e" -n 2 && $(BIN)/pytest -m e2e
 
 test-fast: setup
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e" -n 2
 
 bench: setup
 	$(BIN)/python benchmarks/apply_to_healthy.py
 	$(BIN)/python benchmarks/api_latency.py
 	$(BIN)/python benchmarks/release_groups.py
+	$(BIN)/python benchmarks/dataplane.py
+	$(BIN)/python benchmarks/lossless_release.py
 
 clean:
 	rm -rf $(VENV) .ballast .pytest_cache .hypothesis

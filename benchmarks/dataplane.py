@@ -58,6 +58,8 @@ async def measure(target: Target, seconds: float) -> tuple[int, int, float, floa
     await asyncio.sleep(seconds)
     await load.stop()
     lat = load.latencies()
+    for kind, count in load.failures().items():
+        print(f"  {target.name}: {count} x {kind}")
     return load.requests, load.failed, percentile(lat, 0.5), percentile(lat, 0.99)
 
 

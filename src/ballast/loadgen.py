@@ -43,6 +43,7 @@ class Tally:
     target: str
     samples: list[Sample] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
+    evidence: list[tuple[float, str, str]] = field(default_factory=list)   # (wall time, kind, what was said)
 
     @property
     def requests(self) -> int:
@@ -54,9 +55,10 @@ class Tally:
 
 
 class _Failed(Exception):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, evidence: str = "") -> None:
         super().__init__(kind)
         self.kind = kind
+        self.evidence = evidence
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
@@ -78,10 +80,9 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     length = int(headers.get("content-length", "0") or 0)
     if length > MAX_BODY:
         raise _Failed("oversized response")
-    if length:
-        await asyncio.wait_for(reader.readexactly(length), timeout)
+    body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
     if not 200 <= status < 300:
-        raise _Failed(f"HTTP {status}")
+        raise _Failed(f"HTTP {status}", body[:300].decode(errors="replace"))
     return headers.get("connection") != "close"
 
 
@@ -104,6 +105,8 @@ async def _worker(target: Target, tally: Tally, stop: asyncio.Event, offset: int
         except _Failed as exc:
             tally.failures[exc.kind] += 1
             tally.samples.append(Sample(began, loop.time() - began, False))
+            if len(tally.evidence) < 20:
+                tally.evidence.append((time.time(), exc.kind, exc.evidence))
         except asyncio.IncompleteReadError:
             tally.failures["connection closed mid-response"] += 1
             tally.samples.append(Sample(began, loop.time() - began, False))
@@ -162,6 +165,10 @@ class Load:
         for t in self.tallies.values():
             out.update({f"{t.target}: {k}": v for k, v in t.failures.items()})
         return out
+
+    def evidence(self) -> list[tuple[float, str, str]]:
+        """Up to 20 failed answers per target, with the time and what the server said."""
+        return sorted(e for t in self.tallies.values() for e in t.evidence)
 
     def latencies(self, since: float | None = None, until: float | None = None) -> list[float]:
         """Latencies (seconds) of requests that started in [since, until) (monotonic clock)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,17 +73,26 @@ class ProcessHandle:
             return f"killed after the {grace_seconds:g}s grace period"
 
 
-async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, nice: int = 0) -> ProcessHandle:
-    """Start `argv` in its own session; `nice` > 0 lowers its CPU priority (coreutils' nice execs it, so the
-    pid and the start time are the program's own)."""
+async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> ProcessHandle:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    if nice > 0:
-        argv = [shutil.which("nice") or "/usr/bin/nice", "-n", str(int(nice)), *argv]
     with open(log_path, "ab") as log:
         child = await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
                                                      stdout=log, stderr=log, start_new_session=True)
     started = start_time(child.pid)
     return ProcessHandle(pid=child.pid, started=started if started is not None else -1, child=child)
+
+
+def renice(pid: int, nice: int) -> None:
+    """Set the nice level of every thread of a process (Linux keeps it per thread; new threads inherit it)."""
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tasks:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass  # the thread ended, or the level is not ours to set
 
 
 def adopt(pid: int, started: int) -> ProcessHandle | None:

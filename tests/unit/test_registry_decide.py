@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from ballast.core.endpoints import (GATEWAY, MESH, Component, EndpointRecord, EndpointState, Grant, InstanceFacts,
-                                    TrafficPolicy, decide, required_components, serving)
+                                    TrafficPolicy, decide, pending_acks, required_components, serving)
 
 MESH_ONLY = TrafficPolicy(components=frozenset({MESH}))
 EXPOSED = TrafficPolicy(components=frozenset({MESH, GATEWAY}))
@@ -29,9 +29,9 @@ def running(**overrides: object) -> InstanceFacts:
 
 
 def endpoint(state: EndpointState = EndpointState.READY, generation: int = 10, since: float = NOW - 1,
-             pending: tuple[str, ...] = (), **overrides: object) -> EndpointRecord:
+             required: tuple[str, ...] = ("mesh/n1", "mesh/n2"), **overrides: object) -> EndpointRecord:
     base = EndpointRecord(id="shop-1", service="shop", node="n1", cell="a", zone="za", ip="10.0.0.1", port=20000,
-                          revision=1, state=state, generation=generation, since=since, pending=pending)
+                          revision=1, state=state, generation=generation, since=since, required=required)
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -51,7 +51,7 @@ def test_required_components_are_the_registered_ones_of_the_routing_kinds() -> N
 def test_a_healthy_instance_gets_a_ready_endpoint_that_all_must_acknowledge(facts: InstanceFacts, why: str) -> None:
     d = decide([facts], {}, COMPONENTS, {"shop": EXPOSED}, NOW)
     [put] = d.puts
-    assert (put.state, put.pending) == (EndpointState.READY, ("gateway/edge", "mesh/n1", "mesh/n2")), why
+    assert (put.state, put.required) == (EndpointState.READY, ("gateway/edge", "mesh/n1", "mesh/n2")), why
     assert d.registry_changed and not d.grants
 
 
@@ -78,32 +78,40 @@ def test_a_ready_endpoint_starts_draining_when_its_instance_must_not_get_traffic
                                                                                  why: str) -> None:
     d = decide([facts], {"shop-1": endpoint()}, COMPONENTS, {"shop": MESH_ONLY}, NOW)
     [put] = d.puts
-    assert (put.state, put.pending) == (EndpointState.DRAINING, ("mesh/n1", "mesh/n2")), why
+    assert (put.state, put.required) == (EndpointState.DRAINING, ("mesh/n1", "mesh/n2")), why
     assert not d.grants, "the drain begins: nothing may stop yet"
 
 
 def test_the_grant_waits_for_every_acknowledgement_of_the_draining_generation() -> None:
     change = running(revision=2)
-    draining = endpoint(EndpointState.DRAINING, generation=20, pending=("mesh/n1", "mesh/n2"))
+    draining = endpoint(EndpointState.DRAINING, generation=20)
     partly = [replace(COMPONENTS[0], acked_generation=20), COMPONENTS[1], COMPONENTS[2]]
     d = decide([change], {"shop-1": draining}, partly, {"shop": MESH_ONLY}, NOW)
-    assert not d.grants and [a.pending for a in d.acks] == [("mesh/n2",)]
+    assert not d.grants
+    assert pending_acks(draining, {c.key: c.acked_generation for c in partly}) == ("mesh/n2",)
     d = decide([change], {"shop-1": draining}, acked(20), {"shop": MESH_ONLY}, NOW)
     assert d.grants == [Grant("shop-1", 2, "running", drained=True)]
-    assert [a.pending for a in d.acks] == [()]
+    assert not d.puts and not d.notes, "an acknowledgement costs no bookkeeping write"
+
+
+def test_a_deleted_component_is_not_waited_for() -> None:
+    draining = endpoint(EndpointState.DRAINING, generation=20)
+    only_n1 = [replace(COMPONENTS[0], acked_generation=20)]
+    assert decide([running(revision=2)], {"shop-1": draining}, only_n1, {"shop": MESH_ONLY}, NOW).grants
 
 
 def test_an_older_acknowledgement_does_not_count() -> None:
-    draining = endpoint(EndpointState.DRAINING, generation=20, pending=("mesh/n1", "mesh/n2"))
+    draining = endpoint(EndpointState.DRAINING, generation=20)
     d = decide([running(revision=2)], {"shop-1": draining}, acked(19), {"shop": MESH_ONLY}, NOW)
     assert not d.grants
 
 
 def test_a_gateway_must_acknowledge_only_for_exposed_services() -> None:
-    draining = endpoint(EndpointState.DRAINING, generation=20, pending=("mesh/n1", "mesh/n2"))
     meshes_only = [replace(c, acked_generation=20 if c.kind == MESH else 0) for c in COMPONENTS]
-    assert decide([running(revision=2)], {"shop-1": draining}, meshes_only, {"shop": MESH_ONLY}, NOW).grants
-    assert not decide([running(revision=2)], {"shop-1": draining}, meshes_only, {"shop": EXPOSED}, NOW).grants
+    mesh_routed = endpoint(EndpointState.DRAINING, generation=20)
+    assert decide([running(revision=2)], {"shop-1": mesh_routed}, meshes_only, {"shop": MESH_ONLY}, NOW).grants
+    exposed = endpoint(EndpointState.DRAINING, generation=20, required=("gateway/edge", "mesh/n1", "mesh/n2"))
+    assert not decide([running(revision=2)], {"shop-1": exposed}, meshes_only, {"shop": EXPOSED}, NOW).grants
 
 
 @pytest.mark.parametrize("policy, endpoints, why", [
@@ -118,12 +126,12 @@ def test_grants_without_waiting(policy: TrafficPolicy, endpoints: dict[str, Endp
 
 def test_a_silent_component_is_named_after_the_ack_timeout() -> None:
     policy = replace(MESH_ONLY, ack_timeout_seconds=30)
-    fresh = endpoint(EndpointState.DRAINING, generation=20, since=NOW - 5, pending=("mesh/n2",))
+    fresh = endpoint(EndpointState.DRAINING, generation=20, since=NOW - 5)
     stale = replace(fresh, since=NOW - 31)
     one_silent = [replace(COMPONENTS[0], acked_generation=20), COMPONENTS[1]]
-    assert not decide([running(revision=2)], {"shop-1": fresh}, one_silent, {"shop": policy}, NOW).acks
-    [ack] = decide([running(revision=2)], {"shop-1": stale}, one_silent, {"shop": policy}, NOW).acks
-    assert "mesh/n2" in ack.note and "removal" in ack.note and "30s" in ack.note
+    assert not decide([running(revision=2)], {"shop-1": fresh}, one_silent, {"shop": policy}, NOW).notes
+    [note] = decide([running(revision=2)], {"shop-1": stale}, one_silent, {"shop": policy}, NOW).notes
+    assert "mesh/n2" in note.note and "removal" in note.note and "30s" in note.note
     assert not decide([running(revision=2)], {"shop-1": stale}, one_silent, {"shop": policy}, NOW).grants, \
         "a silent component is never taken for an acknowledgement"
 
@@ -132,16 +140,15 @@ def test_back_in_traffic_after_the_change_and_serving_once_acknowledged() -> Non
     upgraded = running(revision=2, granted_revision=2, running_revision=2)
     draining = endpoint(EndpointState.DRAINING, generation=20)
     [put] = decide([upgraded], {"shop-1": draining}, acked(20), {"shop": MESH_ONLY}, NOW).puts
-    assert (put.state, put.revision, put.pending) == (EndpointState.READY, 2, ("mesh/n1", "mesh/n2"))
-    ready = endpoint(EndpointState.READY, generation=30, revision=2, pending=put.pending)
-    assert not serving(ready)
-    [ack] = decide([upgraded], {"shop-1": ready}, acked(30), {"shop": MESH_ONLY}, NOW).acks
-    assert ack.pending == () and serving(replace(ready, pending=ack.pending))
+    assert (put.state, put.revision, put.required) == (EndpointState.READY, 2, ("mesh/n1", "mesh/n2"))
+    ready = endpoint(EndpointState.READY, generation=30, revision=2, required=put.required)
+    assert not serving(ready, {c.key: c.acked_generation for c in acked(20)})
+    assert serving(ready, {c.key: c.acked_generation for c in acked(30)})
 
 
 def test_a_rollback_during_the_drain_returns_the_endpoint_to_traffic() -> None:
     back_to_1 = running()  # intent again equals the grant
-    draining = endpoint(EndpointState.DRAINING, generation=20, pending=("mesh/n1",))
+    draining = endpoint(EndpointState.DRAINING, generation=20)
     d = decide([back_to_1], {"shop-1": draining}, COMPONENTS, {"shop": MESH_ONLY}, NOW)
     assert [p.state for p in d.puts] == [EndpointState.READY] and not d.grants
 
@@ -149,7 +156,7 @@ def test_a_rollback_during_the_drain_returns_the_endpoint_to_traffic() -> None:
 def test_an_endpoint_without_its_instance_is_removed_then_forgotten_once_acknowledged() -> None:
     [put] = decide([], {"shop-1": endpoint(EndpointState.DRAINING)}, COMPONENTS, {"shop": MESH_ONLY}, NOW).puts
     assert put.state is EndpointState.REMOVED
-    removed = endpoint(EndpointState.REMOVED, generation=40, pending=("mesh/n1", "mesh/n2"))
+    removed = endpoint(EndpointState.REMOVED, generation=40)
     assert not decide([], {"shop-1": removed}, acked(39), {"shop": MESH_ONLY}, NOW).drops
     assert decide([], {"shop-1": removed}, acked(40), {"shop": MESH_ONLY}, NOW).drops
     long_ago = replace(removed, since=NOW - 601)
@@ -162,7 +169,8 @@ def test_nothing_to_write_when_all_is_settled() -> None:
 
 
 def test_an_unknown_app_is_treated_as_routed_by_everything() -> None:
-    draining = endpoint(EndpointState.DRAINING, generation=20, service="gone")
+    draining = endpoint(EndpointState.DRAINING, generation=20, service="gone",
+                        required=("gateway/edge", "mesh/n1", "mesh/n2"))
     gone = running(app="gone", desired="deleted")
     meshes_only = [replace(c, acked_generation=20 if c.kind == MESH else 0) for c in COMPONENTS]
     assert not decide([gone], {"shop-1": draining}, meshes_only, {}, NOW).grants

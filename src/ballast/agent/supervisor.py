@@ -22,7 +22,7 @@ import httpx
 
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
-from ballast.processes import ProcessHandle, launch
+from ballast.processes import ProcessHandle, launch, renice
 
 log = logging.getLogger("ballast.agent")
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 30.0, 60.0
@@ -124,8 +124,7 @@ class Supervisor:
     async def _launch(self) -> ProcessHandle:
         cwd = await self.resolve_cwd(self.template)
         argv = list(self.template["command"]) + list(self.template.get("args") or [])
-        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log",
-                              nice=self.node.instance_nice)
+        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log")
         self.local.pid, self.local.started = handle.pid, handle.started
         self.local.revision = int(self.assignment["revision"])
         return handle
@@ -188,6 +187,10 @@ class Supervisor:
             if ok:
                 if not passed_once:
                     self._log_upgrade_timing()
+                    if self.node.instance_nice and self.proc is not None:
+                        # Started at full priority (a start is on a release's critical path); serving at a
+                        # lower one, so the agent and the sidecars keep the CPU they need when the app is busy.
+                        renice(self.proc.pid, self.node.instance_nice)
                 failures, passed_once = 0, True
                 self._set("Running", True, "")
             else:

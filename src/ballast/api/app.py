@@ -67,38 +67,7 @@ def create_app(store: Store) -> FastAPI:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _audit_attempts(request: Request, call_next: Any) -> Any:
-        try:
-            if _unstorable(request.url.path) or _unstorable(str(request.url.query)) or _unstorable(
-                    unquote(request.url.query)):
-                # No name or filter may hold a NUL: refuse here, before any store sees it (PostgreSQL cannot).
-                response = JSONResponse({"error": "InvalidInput", "message": "the request URL holds a NUL or "
-                                         "non-text character; names are lower-case DNS labels"}, status_code=400)
-            else:
-                response = await call_next(request)
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.url.path)
-            response = JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
-                                    status_code=500)
-        state = request.state
-        if (request.method in MUTATING and request.url.path.startswith("/v1/")
-                and not getattr(state, "audited", False) and not getattr(state, "audit_exempt", False)):
-            who = getattr(state, "principal", None)
-            try:
-                if who is None:  # refused before any route authenticated (unknown route, wrong verb): who sent it?
-                    try:
-                        who = await principal(request)
-                    except BallastError:
-                        who = None
-                async with store.write() as tx:
-                    await tx.audit(actor=who.user if who else "anonymous", action=f"{request.method} {_printable(request.url.path)}",
-                                   resource=_printable(request.url.path), result=_outcome(response.status_code),
-                                   detail={"status": response.status_code})
-            except Exception:
-                log.exception("could not audit a refused request")
-        return response
-
+    app.add_middleware(AuditAttempts, store=store)
     return app
 
 
@@ -117,3 +86,64 @@ def _unstorable(text: str) -> bool:
 
 def _outcome(status: int) -> str:
     return f"HTTP {status}" if status < 400 else f"refused: HTTP {status}"
+
+
+class AuditAttempts:
+    """ASGI middleware: refuse unstorable URLs, turn a crash into a JSON 500, and audit every mutating request
+    that did not audit itself (refused, invalid, conflicting). Plain ASGI: Starlette's BaseHTTPMiddleware
+    costs every request a task and a stream."""
+
+    def __init__(self, app: Any, store: Store) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if _unstorable(request.url.path) or _unstorable(str(request.url.query)) or _unstorable(
+                unquote(request.url.query)):
+            # No name or filter may hold a NUL: refuse here, before any store sees it (PostgreSQL cannot).
+            response = JSONResponse({"error": "InvalidInput", "message": "the request URL holds a NUL or "
+                                     "non-text character; names are lower-case DNS labels"}, status_code=400)
+            await response(scope, receive, send)
+            status = 400
+        else:
+            status = 500
+            started = False
+
+            async def send_and_note(message: Any) -> None:
+                nonlocal status, started
+                if message["type"] == "http.response.start":
+                    status, started = int(message["status"]), True
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_and_note)
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
+                if started:
+                    raise
+                status = 500
+                await JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
+                                   status_code=500)(scope, receive, send)
+        state = request.state
+        if (request.method in MUTATING and request.url.path.startswith("/v1/")
+                and not getattr(state, "audited", False) and not getattr(state, "audit_exempt", False)):
+            await self._audit_refusal(request, status)
+
+    async def _audit_refusal(self, request: Request, status: int) -> None:
+        who = getattr(request.state, "principal", None)
+        try:
+            if who is None:  # refused before any route authenticated (unknown route, wrong verb): who sent it?
+                try:
+                    who = await principal(request)
+                except BallastError:
+                    who = None
+            async with self.store.write() as tx:
+                await tx.audit(actor=who.user if who else "anonymous",
+                               action=f"{request.method} {_printable(request.url.path)}",
+                               resource=_printable(request.url.path), result=_outcome(status),
+                               detail={"status": status})
+        except Exception:
+            log.exception("could not audit a refused request")

@@ -76,8 +76,9 @@ def instance(row: Any) -> dict[str, Any]:
                  "lastDrain": row.drain})
 
 
-def endpoint(row: Any, required: tuple[str, ...], acked: dict[str, int]) -> dict[str, Any]:
-    acknowledged = [k for k in required if acked.get(k, 0) >= row.generation]
+def endpoint(row: Any, acked: dict[str, int]) -> dict[str, Any]:
+    required = [k for k in row.required or () if k in acked]  # a component deleted since routes nothing
+    acknowledged = [k for k in required if acked[k] >= row.generation]
     return _obj("Endpoint", row.id, {"app": row.service},
                 {"service": row.service, "instance": row.id, "node": row.node, "cell": row.cell, "zone": row.zone,
                  "ip": row.ip, "port": row.port, "revision": row.revision},

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from ballast.api import objects
 from ballast.api.deps import exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
-from ballast.core.endpoints import GATEWAY, MESH, Component, required_components
-from ballast.core.manifests import NAME_PATTERN, AppServiceSpec, StoredText
+from ballast.core.endpoints import GATEWAY, MESH
+from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import NotFound
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
@@ -129,14 +129,9 @@ async def list_endpoints(app: str, request: Request, who: Principal = Depends(pr
     """Each endpoint of the service: its state, and which components have acknowledged it."""
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:
-        app_row = (await conn.execute(select(apps.c.spec).where(apps.c.name == app))).first()
+        app_row = (await conn.execute(select(apps.c.name).where(apps.c.name == app))).first()
         rows = await registry.list_endpoints(conn, app)
-        comps = await registry.list_components(conn)
+        acked = await registry.acknowledged(conn)
     if app_row is None and not rows:
         raise NotFound(f"app {app!r} not found")
-    acked = {f"{c.kind}/{c.name}": c.acked_generation for c in comps}
-    required: tuple[str, ...] = ()
-    if app_row is not None:
-        policy = AppServiceSpec.model_validate(app_row.spec).traffic_policy()
-        required = required_components(policy, [Component(k, k.split("/")[0], v) for k, v in acked.items()])
-    return {"items": [objects.endpoint(r, required, acked) for r in rows]}
+    return {"items": [objects.endpoint(r, acked) for r in rows]}

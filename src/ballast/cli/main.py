@@ -215,14 +215,17 @@ async def apply(client: Client, files: tuple[str, ...], dry_run: bool) -> None:
 
 @cli.command()
 @click.option("--replicas", default=None, type=int, help="instances, spread evenly over all cells (default: 5 per cell)")
+@click.option("--greeting", default=None, help="change the sample's GREETING (a new template: a new revision)")
 @command
-async def demo(client: Client, replicas: int | None) -> None:
-    """Deploy the bundled sample service `shop`."""
+async def demo(client: Client, replicas: int | None, greeting: str | None) -> None:
+    """Deploy the bundled sample service `shop` (exposed on the gateway as shop.local)."""
     manifest = Path(__file__).resolve().parent.parent / "demo" / "shop.yaml"
     docs = _load_documents(str(manifest))
     if replicas is not None:
         docs[0]["spec"].pop("cells", None)
         docs[0]["spec"]["replicas"] = replicas
+    if greeting is not None:
+        docs[0]["spec"]["template"]["env"]["GREETING"] = greeting
     await apply_documents(client, docs, manifest.parent, False)
     console.print("watch it come up: ballast get instances shop")
 

@@ -97,6 +97,11 @@ def render_status(s: dict[str, Any]) -> RenderGroup:
     parts: list[Any] = [head, why, table]
     for t in trouble:
         parts.append(Text(f"  ✗ {t['reason']}", style="red"))
+    for e in s.get("events", []):
+        if e["action"] == "drain-timeout":
+            d = e["detail"]
+            parts.append(Text(f"  ⚠ {d['instance']} was stopped with {d['inflightAtStop']} request(s) in flight: "
+                              f"the drain timeout ({d['waitedSeconds']:g}s) ran out", style="yellow"))
     return RenderGroup(*parts)
 
 

@@ -222,7 +222,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                                              "--stop-instances-on-exit",
                                              # One machine carries the platform and the apps: when the apps are
                                              # busy, agents and sidecars must still answer promptly.
-                                             "--instance-nice", "5"),
+                                             "--instance-nice", "10"),
                               data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
                 await agent.start()
                 agents.append(agent)

@@ -18,11 +18,12 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.loop import run_passes
-from ballast.core.endpoints import Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide
+from ballast.core.endpoints import (Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
+                                    pending_acks)
 from ballast.core.manifests import stored_spec
 from ballast.services import endpoints as registry_records
 from ballast.services.registry import NODE_TIMEOUT_SECONDS
-from ballast.store.engine import ACKS, ENDPOINT_ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, REGISTRY, Store, Tx
+from ballast.store.engine import ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, endpoints, instances, nodes
 
 log = logging.getLogger("ballast.endpoints")
@@ -51,6 +52,8 @@ async def _read(conn: AsyncConnection, now: float) -> State:
 async def reconcile_once(store: Store) -> int:
     async with store.read() as conn:
         state = await _read(conn, store.clock())
+    _, eps, comps, _ = state
+    log_acknowledged(store.memo, eps, {c.key: c.acked_generation for c in comps}, store.clock())
     if decide(*state, store.clock()).empty():
         return 0  # the common pass: nothing to do, nothing written
     async with store.write() as tx:
@@ -58,31 +61,25 @@ async def reconcile_once(store: Store) -> int:
         facts, eps, comps, policies = await _read(tx.conn, tx.now)
         decision = decide(facts, eps, comps, policies, tx.now)
         await _write(tx, decision, {f.id: f for f in facts}, eps)
-    return len(decision.puts) + len(decision.acks) + len(decision.drops) + len(decision.grants)
+    return len(decision.puts) + len(decision.notes) + len(decision.drops) + len(decision.grants)
 
 
 async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFacts],
                  eps: dict[str, EndpointRecord]) -> None:
-    for put in decision.puts:
-        await _put(tx, put, eps.get(put.id))
-    for ack in decision.acks:
-        await tx.conn.execute(update(endpoints).where(endpoints.c.id == ack.id)
-                              .values(pending=list(ack.pending), note=ack.note))
-        before = eps.get(ack.id)
-        if before is not None and before.pending and not ack.pending:
-            # One line per fully acknowledged change: the drain protocol's own latency, for operators and benchmarks.
-            log.info("ack-latency endpoint=%s state=%s generation=%s seconds=%.3f", ack.id, before.state.value,
-                     before.generation, tx.now - before.since)
-        if ack.note and (eps.get(ack.id) is None or eps[ack.id].note != ack.note):
-            await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{ack.id}",
-                           result="waiting", detail={"note": ack.note})
     tx.only()
     if decision.registry_changed:
         tx.touch(REGISTRY)
-    if decision.acks:
-        tx.touch(ENDPOINT_ACKS)
+    if decision.notes:
+        tx.touch(ENDPOINT_NOTES)
     if decision.grants:
         tx.touch(GRANTS)
+    for put in decision.puts:
+        await _put(tx, put, eps.get(put.id))
+    for note in decision.notes:
+        await tx.conn.execute(update(endpoints).where(endpoints.c.id == note.id).values(note=note.note))
+        if note.note:
+            await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{note.id}",
+                           result="waiting", detail={"note": note.note})
     for drop in decision.drops:
         await tx.conn.execute(delete(endpoints).where(endpoints.c.id == drop.id))
     for grant in decision.grants:
@@ -99,10 +96,24 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
         await registry_records.bump_registry(tx)
 
 
+def log_acknowledged(memo: dict[str, Any], eps: dict[str, EndpointRecord], acked: dict[str, int],
+                     now: float) -> None:
+    """One line per fully acknowledged change: the drain protocol's own latency, for operators and benchmarks."""
+    logged: set[tuple[str, int]] = memo.setdefault("acknowledged-endpoints", set())
+    for ep in eps.values():
+        key = (ep.id, ep.generation)
+        if ep.required and key not in logged and not pending_acks(ep, acked):
+            logged.add(key)
+            log.info("ack-latency endpoint=%s state=%s generation=%s seconds=%.3f", ep.id, ep.state.value,
+                     ep.generation, now - ep.since)
+    if len(logged) > 100_000:
+        logged.clear()
+
+
 async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
     values = dict(service=put.service, node=put.node, cell=put.cell, zone=put.zone, ip=put.ip, port=put.port,
                   revision=put.revision, state=put.state.value, generation=tx.rv, since=tx.now,
-                  pending=list(put.pending), note="")
+                  required=list(put.required), note="")
     if old is None:
         await tx.conn.execute(insert(endpoints).values(id=put.id, **values))
     else:
@@ -111,5 +122,7 @@ async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
 
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
     # The idle pass notices acknowledgement timeouts and silent nodes even when nothing is written.
-    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds,
-                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, ACKS}))
+    # Acknowledgements of one change arrive from every component within a few tens of milliseconds: a short
+    # minimum interval lets one pass take several of them instead of one pass per acknowledgement.
+    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds, min_interval=0.03,
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, ACKS, INTENT}))

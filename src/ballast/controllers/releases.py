@@ -23,7 +23,7 @@ from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decis
                                          Transition, decide)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.store.engine import ENDPOINT_ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, REGISTRY, Store, Tx
+from ballast.store.engine import ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, Store, Tx
 from ballast.store.schema import apps, instances, nodes, releases
 
 log = logging.getLogger("ballast.releases")
@@ -58,6 +58,9 @@ async def _reconcile(store: Store, row: Any) -> bool:
     if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
         return False
     async with store.write() as tx:
+        # A step changes intents (the registry drains, then grants) and the release itself; the scheduler and
+        # the agents learn of it through those, or below when the release ends.
+        tx.only(INTENT)
         guard = await tx.conn.execute(update(releases).where(releases.c.id == row.id,
                                                              releases.c.resource_version == row.resource_version)
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
@@ -91,6 +94,7 @@ async def _apply(tx: Tx, row: Any, app_row: Any, action: Any) -> dict[str, Any] 
                                               resource_version=tx.rv))
         return {"retire": action.instance} if moved.rowcount else None
     if isinstance(action, CreateReplacement):
+        tx.touch(GRANTS)  # a new instance is granted at once: its agent must hear of it
         return await _create_replacement(tx, row, app_row, action)
     raise TypeError(f"unknown action {action!r}")
 
@@ -126,6 +130,7 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
     if t.phase in TERMINAL:
         values["finished_at"] = tx.now
         values["waiting"] = ""
+        tx.touch(EVERYTHING)  # the app is the scheduler's again
     await tx.conn.execute(update(releases).where(releases.c.id == row.id).values(**values))
     if t.phase is Phase.SUCCEEDED:
         await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(deployed_revision=row.to_revision,
@@ -148,4 +153,4 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
     # The idle pass notices ends of automatic pauses and progress deadlines even when nothing is written.
     await run_passes("releases", reconcile_once, store, stop, idle_seconds=idle_seconds,
-                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ENDPOINT_ACKS, GRANTS}))
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ENDPOINT_NOTES, ACKS, GRANTS, INTENT}))

@@ -14,9 +14,13 @@ protocol:
    healthy, with nothing pending; it counts as serving once every component
    has acknowledged that ready generation.
 
-A component that does not acknowledge within the app's `ackTimeoutSeconds`
-leaves a note naming it on the endpoint; the release engine pauses on it.
-Nothing here waits: every pass decides from records alone.
+Each endpoint records the components that must acknowledge its generation
+(`required`); who is still pending is derived from the components'
+acknowledged generations whenever it is needed, so an acknowledgement costs
+no write beyond its own. A component that does not acknowledge within the
+app's `ackTimeoutSeconds` leaves a note naming it on the endpoint; the
+release engine pauses on it. Nothing here waits: every pass decides from
+records alone.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class EndpointRecord:
     state: EndpointState
     generation: int
     since: float
-    pending: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()   # components that must acknowledge this generation
     note: str = ""
 
 
@@ -102,13 +106,14 @@ class PutEndpoint:
     port: int
     revision: int
     state: EndpointState
-    pending: tuple[str, ...]
+    required: tuple[str, ...]
 
 
 @dataclass(frozen=True)
-class SetAckStatus:
+class SetNote:
+    """An acknowledgement timed out (or a note no longer holds)."""
+
     id: str
-    pending: tuple[str, ...]
     note: str
 
 
@@ -128,7 +133,7 @@ class Grant:
 @dataclass
 class RegistryDecision:
     puts: list[PutEndpoint] = field(default_factory=list)
-    acks: list[SetAckStatus] = field(default_factory=list)
+    notes: list[SetNote] = field(default_factory=list)
     drops: list[DropEndpoint] = field(default_factory=list)
     grants: list[Grant] = field(default_factory=list)
 
@@ -137,7 +142,7 @@ class RegistryDecision:
         return bool(self.puts or self.drops)
 
     def empty(self) -> bool:
-        return not (self.puts or self.acks or self.drops or self.grants)
+        return not (self.puts or self.notes or self.drops or self.grants)
 
 
 def required_components(policy: TrafficPolicy, components: Iterable[Component]) -> tuple[str, ...]:
@@ -145,8 +150,10 @@ def required_components(policy: TrafficPolicy, components: Iterable[Component]) 
     return tuple(sorted(c.key for c in components if c.kind in policy.components))
 
 
-def pending_acks(generation: int, required: Sequence[str], acked: Mapping[str, int]) -> tuple[str, ...]:
-    return tuple(k for k in required if acked.get(k, 0) < generation)
+def pending_acks(ep: EndpointRecord, acked: Mapping[str, int]) -> tuple[str, ...]:
+    """Required components that have not acknowledged the endpoint's generation; a component deleted since
+    no longer routes anything, so it is not waited for."""
+    return tuple(k for k in ep.required if k in acked and acked[k] < ep.generation)
 
 
 def ack_note(pending: Sequence[str], generation: int, state: EndpointState, since: float, now: float,
@@ -190,7 +197,7 @@ def decide(instances: Sequence[InstanceFacts], endpoints: Mapping[str, EndpointR
         if put is not None:
             out.puts.append(put)
         elif ep is not None:
-            _ack_bookkeeping(out, ep, required, acked, policy, now)
+            _note(out, ep, acked, policy, now)
         if change_pending and _gate_open(ep, put, required, acked, policy):
             out.grants.append(Grant(inst.id, inst.revision, inst.desired,
                                     drained=ep is not None and policy.drain and bool(required)))
@@ -202,20 +209,16 @@ def decide(instances: Sequence[InstanceFacts], endpoints: Mapping[str, EndpointR
             out.puts.append(PutEndpoint(ep.id, ep.service, ep.node, ep.cell, ep.zone, ep.ip, ep.port, ep.revision,
                                         EndpointState.REMOVED, required))
             continue
-        pending = pending_acks(ep.generation, required, acked)
-        if not pending or now - ep.since > forget_after_seconds:
+        if not pending_acks(ep, acked) or now - ep.since > forget_after_seconds:
             out.drops.append(DropEndpoint(ep.id))
-        elif pending != ep.pending:
-            out.acks.append(SetAckStatus(ep.id, pending, ""))
     return out
 
 
-def _ack_bookkeeping(out: RegistryDecision, ep: EndpointRecord, required: Sequence[str], acked: Mapping[str, int],
-                     policy: TrafficPolicy, now: float) -> None:
-    pending = pending_acks(ep.generation, required, acked)
-    note = ack_note(pending, ep.generation, ep.state, ep.since, now, policy.ack_timeout_seconds)
-    if pending != ep.pending or note != ep.note:
-        out.acks.append(SetAckStatus(ep.id, pending, note))
+def _note(out: RegistryDecision, ep: EndpointRecord, acked: Mapping[str, int], policy: TrafficPolicy,
+          now: float) -> None:
+    note = ack_note(pending_acks(ep, acked), ep.generation, ep.state, ep.since, now, policy.ack_timeout_seconds)
+    if note != ep.note:
+        out.notes.append(SetNote(ep.id, note))
 
 
 def _gate_open(ep: EndpointRecord | None, put: PutEndpoint | None, required: Sequence[str],
@@ -229,9 +232,9 @@ def _gate_open(ep: EndpointRecord | None, put: PutEndpoint | None, required: Seq
         return False              # the drain begins in this very pass
     if ep.state is EndpointState.READY:
         return False
-    return not pending_acks(ep.generation, required, acked)
+    return not pending_acks(ep, acked)
 
 
-def serving(ep: EndpointRecord | None) -> bool:
+def serving(ep: EndpointRecord | None, acked: Mapping[str, int]) -> bool:
     """Ready, and every component that must route to it has acknowledged that."""
-    return ep is not None and ep.state is EndpointState.READY and not ep.pending
+    return ep is not None and ep.state is EndpointState.READY and not pending_acks(ep, acked)

@@ -123,12 +123,14 @@ class HAProxy:
         self.files.state_dir.mkdir(parents=True, exist_ok=True)
         candidate = self.files.state_dir / "haproxy.cfg.candidate"
         candidate.write_text(text)
-        proc = await asyncio.create_subprocess_exec(self.binary, "-c", "-q", "-f", str(candidate),
+        proc = await asyncio.create_subprocess_exec(self.binary, "-c", "-f", str(candidate),
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                                                     stdin=asyncio.subprocess.DEVNULL)
         out, err = await proc.communicate()
         if proc.returncode != 0:
-            words = (err or out).decode(errors="replace").strip()[-2000:]
+            text = (err or out).decode(errors="replace")
+            alerts = [line for line in text.splitlines() if "[ALERT]" in line or "[WARNING]" in line]
+            words = "\n".join(alerts or text.splitlines())[-2000:]
             raise ConfigRejected(f"{self.label}: HAProxy rejected the rendered configuration; the running one "
                                  f"stays in place: {words}")
 

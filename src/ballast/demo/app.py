@@ -13,26 +13,25 @@ DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
 optional Host header fetched by /call), DEMO_CALL_SERVICE (a service /call
 reaches through the sidecar, BALLAST_MESH_URL, by name), DEMO_GRACE_SECONDS (10).
 
-/call keeps one connection per thread to what it calls and reuses it; like any
-HTTP client, it retries once on a fresh connection when a reused one turns out
-to be closed before an answer came (the server may close an idle connection).
+One asyncio event loop serves every connection (HTTP/1.1, keep-alive): a
+thread per connection costs a busy machine more than the requests do. /call
+keeps idle connections to what it calls and reuses them; like any HTTP
+client, it retries once on a fresh connection when a reused one turns out to
+be closed before an answer came (the server may close an idle connection).
 
 On SIGTERM/SIGINT it stops accepting, closes idle keep-alive connections, lets
-in-flight requests finish and exits 0; exit 1 if the grace period runs out
-first, exit 2 on bad configuration.
+in-flight requests finish (answering them with Connection: close) and exits 0;
+exit 1 if the grace period runs out first, exit 2 on bad configuration.
 """
-import http.client
+import asyncio
 import json
 import os
 import random
 import signal
 import socket
-import socketserver
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 MAX_SLOW_MS = 10_000
@@ -93,169 +92,188 @@ def load_config(env):
     return cfg
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: connections are reused
-    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle holds the body back until the
-    # peer's delayed ACK (~40 ms) on every reused connection.
-    disable_nagle_algorithm = True
-    server_version = "ballast-demo/1"
-    timeout = 120  # idle keep-alive connections are dropped after this many seconds
 
-    def log_message(self, format, *args):  # no per-request logging
-        pass
+STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 500: "Internal Server Error",
+               502: "Bad Gateway", 503: "Service Unavailable"}
+IDLE_SECONDS = 120        # an idle keep-alive connection is closed after this long
+MAX_HEAD = 64 * 1024
 
-    def parse_request(self):  # a request line has arrived: the connection is busy
-        self.server.set_busy(self.request, True)
-        return super().parse_request()
 
-    def handle_one_request(self):
+class Connection:
+    def __init__(self, writer):
+        self.writer = writer
+        self.busy = False
+
+
+class App:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.draining = False
+        self.connections = set()
+        self.pool = {}        # (host, port) -> idle downstream connections
+
+    # --- serving ---------------------------------------------------------------
+    async def handle(self, reader, writer):
+        conn = Connection(writer)
+        self.connections.add(conn)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            super().handle_one_request()
+            while not self.draining:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_SECONDS)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                    return
+                conn.busy = True
+                keep = await self.respond(head, reader, writer)
+                conn.busy = False
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            return
         finally:
-            self.server.set_busy(self.request, False)
+            self.connections.discard(conn)
+            writer.close()
 
-    def reply(self, status, body, content_type="text/plain; charset=utf-8"):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.server.draining.is_set():
-            self.send_header("Connection", "close")  # also sets close_connection
-        self.end_headers()
-        self.wfile.write(body)
+    async def respond(self, head, reader, writer):
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            await self.send(writer, 400, b"bad request line", "text/plain", close=True)
+            return False
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            key, sep, value = line.partition(":")
+            if sep:
+                headers[key.strip().lower()] = value.strip()
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            await self.send(writer, 400, b"bad content-length", "text/plain", close=True)
+            return False
+        if int(length):
+            await reader.readexactly(int(length))
+        close = (headers.get("connection", "").lower() == "close"
+                 or (version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"))
+        status, body, ctype = await self.route(method, target)
+        close = close or self.draining
+        await self.send(writer, status, body, ctype, close=close)
+        return not close
 
-    def reply_json(self, status, obj):
-        self.reply(status, json.dumps(obj).encode() + b"\n", "application/json")
+    async def send(self, writer, status, body, ctype, close):
+        head = (f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Unknown')}\r\n"
+                f"Server: ballast-demo/2\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                + ("Connection: close\r\n" if close else "") + "\r\n")
+        writer.write(head.encode("latin-1") + body)
+        await writer.drain()
 
-    def identity(self):
-        return {**self.server.cfg.identity, "path": self.path, "pid": os.getpid()}
+    def identity(self, path):
+        return {**self.cfg.identity, "path": path, "pid": os.getpid()}
 
-    def do_GET(self):
-        cfg = self.server.cfg
-        url = urllib.parse.urlsplit(self.path)
+    def json(self, status, obj):
+        return status, json.dumps(obj).encode() + b"\n", "application/json"
+
+    async def route(self, method, target):
+        cfg = self.cfg
+        url = urllib.parse.urlsplit(target)
         if url.path == "/healthz":
-            return self.reply(503, b"unhealthy") if cfg.unhealthy else self.reply(200, b"ok")
+            return (503, b"unhealthy", "text/plain") if cfg.unhealthy else (200, b"ok", "text/plain")
         if url.path == "/call":
-            return self.call()
+            return await self.call(target)
         if url.path == "/slow":
             try:
                 ms = int(urllib.parse.parse_qs(url.query).get("ms", ["0"])[0])
             except ValueError:
-                return self.reply_json(400, {"error": "ms must be an integer"})
-            time.sleep(min(max(ms, 0), MAX_SLOW_MS) / 1000)
+                return self.json(400, {"error": "ms must be an integer"})
+            await asyncio.sleep(min(max(ms, 0), MAX_SLOW_MS) / 1000)
         elif cfg.latency == "realistic" and random.random() < 0.2:
-            time.sleep(random.uniform(0.1, 0.5))
+            await asyncio.sleep(random.uniform(0.1, 0.5))
         if random.random() < cfg.fail_rate:
-            return self.reply_json(500, {**self.identity(), "error": "injected failure"})
-        self.reply_json(200, self.identity())
+            return self.json(500, {**self.identity(target), "error": "injected failure"})
+        return self.json(200, self.identity(target))
 
-    def call(self):
-        cfg, me = self.server.cfg, self.identity()
+    # --- calling downstream ----------------------------------------------------
+    async def call(self, target):
+        cfg, me = self.cfg, self.identity(target)
         if not cfg.call_url:
-            return self.reply_json(404, {"self": me, "error": "DEMO_CALL is not set"})
+            return self.json(404, {"self": me, "error": "DEMO_CALL is not set"})
         try:
-            status, raw = fetch(cfg.call_url, cfg.call_host)
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            return self.reply_json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
+            status, raw = await asyncio.wait_for(self.fetch(cfg.call_url, cfg.call_host), 5)
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            return self.json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
         if not 200 <= status < 300:
-            return self.reply_json(502, {"self": me, "error": f"downstream answered {status}"})
+            return self.json(502, {"self": me, "error": f"downstream answered {status}"})
         try:
             downstream = json.loads(raw)
         except ValueError:
             downstream = raw.decode("utf-8", "replace")
-        self.reply_json(200, {"self": me, "downstream": downstream})
+        return self.json(200, {"self": me, "downstream": downstream})
 
-
-_local = threading.local()
-
-
-def fetch(url, host_header):
-    """GET over this thread's kept-alive connection; once more on a fresh one if the reused one was closed."""
-    parts = urllib.parse.urlsplit(url)
-    key = (parts.hostname, parts.port or 80)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {"Host": host_header} if host_header else {}
-    for attempt in (1, 2):
-        conn = getattr(_local, "conns", {}).get(key)
-        reused = conn is not None
-        if conn is None:
-            conn = http.client.HTTPConnection(*key, timeout=5)
-            _local.conns = {**getattr(_local, "conns", {}), key: conn}
-        try:
-            conn.request("GET", path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read(1 << 20)
-            if resp.getheader("Connection", "").lower() == "close":
-                conn.close()
-                _local.conns.pop(key, None)
-            return resp.status, body
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            conn.close()
-            _local.conns.pop(key, None)
-            if not reused or attempt == 2:
+    async def fetch(self, url, host_header):
+        """GET over a kept-alive connection; once more on a fresh one if the reused one was closed."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"cannot call {url!r}: expected http://HOST[:PORT]/PATH")
+        key = (parts.hostname, parts.port or 80)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or parts.netloc}\r\n\r\n").encode("latin-1")
+        for attempt in (1, 2):
+            idle = self.pool.setdefault(key, [])
+            reused = bool(idle)
+            reader, writer = idle.pop() if idle else await asyncio.open_connection(*key)
+            try:
+                writer.write(request)
+                await writer.drain()
+                status, body, keep = await read_response(reader)
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                writer.close()
+                if not reused or attempt == 2:
+                    raise ConnectionError(f"{type(e).__name__}: {e}") from e
+                continue
+            except BaseException:
+                writer.close()
                 raise
-        except BaseException:
-            conn.close()
-            _local.conns.pop(key, None)
-            raise
+            if keep and len(idle) < 64:
+                idle.append((reader, writer))
+            else:
+                writer.close()
+            return status, body
+        raise AssertionError("unreachable")
+
+    # --- stopping --------------------------------------------------------------
+    def close_idle(self):
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.writer.close()
+        for idle in self.pool.values():
+            for _, writer in idle:
+                writer.close()
+            idle.clear()
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = True  # note: socketserver never joins daemon threads, so we track them
-    allow_reuse_address = True
-
-    def __init__(self, address, cfg):
-        self.cfg = cfg
-        self.draining = threading.Event()
-        self.lock = threading.Lock()
-        self.conns = {}  # accepted socket -> busy (serving a request)?
-        super().__init__(address, Handler)
-
-    def server_bind(self):  # skip HTTPServer's reverse-DNS lookup (socket.getfqdn)
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request, client_address):  # runs in the accept loop
-        with self.lock:
-            self.conns[request] = False
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.set_gone(request)
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.set_gone(request)
-
-    def handle_error(self, request, client_address):
-        # A peer closing or resetting its connection is routine (proxies recycle idle connections);
-        # a traceback for each one would cost more than the request did.
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-            return
-        super().handle_error(request, client_address)
-
-    def set_busy(self, sock, busy):
-        with self.lock:
-            if sock in self.conns:
-                self.conns[sock] = busy
-
-    def set_gone(self, sock):
-        with self.lock:
-            self.conns.pop(sock, None)
-
-    def close_idle(self, force=False):
-        """Wake idle keep-alive readers (every connection if forced); return how many remain."""
-        with self.lock:
-            for sock, busy in self.conns.items():
-                if force or not busy:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR if force else socket.SHUT_RD)
-                    except OSError:
-                        pass
-            return len(self.conns)
+async def read_response(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ConnectionError(f"not an HTTP response: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        key, sep, value = line.partition(":")
+        if sep:
+            headers[key.strip().lower()] = value.strip().lower()
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+    return int(parts[1]), body[:1 << 20], headers.get("connection") != "close"
 
 
 def record_start(env):
@@ -266,38 +284,41 @@ def record_start(env):
             fh.write(f"{env.get('BALLAST_REVISION', '')} {os.getpid()}\n")
 
 
-def main():
-    cfg = load_config(os.environ)
-    if ":" in cfg.host:
-        Server.address_family = socket.AF_INET6
+async def serve(cfg):
+    app = App(cfg)
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     try:
-        server = Server((cfg.host, cfg.port), cfg)
+        server = await asyncio.start_server(app.handle, cfg.host, cfg.port, family=family, backlog=1024,
+                                            reuse_address=True, limit=MAX_HEAD)
     except OSError as e:
         fail(f"cannot listen on {cfg.host}:{cfg.port}: {e}", code=1)
-
-    def on_signal(signum, frame):
-        if not server.draining.is_set():
-            server.draining.set()  # shutdown() blocks until serve_forever returns: not here
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"listening on {cfg.host}:{server.server_address[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {cfg.host}:{server.sockets[0].getsockname()[1]}", flush=True)
     record_start(os.environ)
-    server.serve_forever(poll_interval=0.1)
+    await stop.wait()
 
-    server.socket.close()  # stop accepting: new connections are refused while we drain
+    app.draining = True
+    server.close()  # stop accepting: new connections are refused while we drain
     deadline = time.monotonic() + cfg.grace
-    while server.close_idle():
+    while True:
+        app.close_idle()
+        if not app.connections:
+            break
         if time.monotonic() >= deadline:
-            busy = server.close_idle(force=True)
-            print(f"app.py: grace period of {cfg.grace:g}s expired with {busy} connection(s) "
+            print(f"app.py: grace period of {cfg.grace:g}s expired with {len(app.connections)} connection(s) "
                   "still open", file=sys.stderr, flush=True)
-            os._exit(1)  # sleeping handler threads cannot be interrupted
-        time.sleep(0.02)
-    server.server_close()
+            os._exit(1)
+        await asyncio.sleep(0.02)
     print("stopped", flush=True)
     return 0
+
+
+def main():
+    cfg = load_config(os.environ)
+    return asyncio.run(serve(cfg))
 
 
 if __name__ == "__main__":

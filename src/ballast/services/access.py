@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ballast.core.authz import Binding, Role
 from ballast.core.digests import digest
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound, Unauthenticated
-from ballast.store.engine import Store, Tx
+from ballast.store.engine import ACCESS, Store, Tx
 from ballast.store.schema import role_bindings, tokens, users
 
 TOKEN_PREFIX = "blt_"
@@ -36,18 +36,42 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# A known token's principal is reused for a few seconds, as long as no user, binding or token changed in this
+# process (every such change invalidates at once); changes made through another replica take effect within it.
+PRINCIPAL_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class _Cached:
+    principal: Principal
+    access_stamp: int
+    at: float
+    expires_at: float | None
+
+
 async def authenticate(store: Store, token: str | None, now: float) -> Principal:
     if not token:
         raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    key = hash_token(token)
+    cache: dict[str, _Cached] = store.memo.setdefault("principals", {})
+    stamp = store.topic_stamp(ACCESS)
+    hit = cache.get(key)
+    if (hit is not None and hit.access_stamp == stamp and 0 <= now - hit.at < PRINCIPAL_CACHE_SECONDS
+            and (hit.expires_at is None or hit.expires_at > now)):
+        return hit.principal
     async with store.read() as conn:
-        row = (await conn.execute(select(tokens).where(tokens.c.hash == hash_token(token)))).first()
+        row = (await conn.execute(select(tokens).where(tokens.c.hash == key))).first()
         if row is None:
             raise Unauthenticated("unknown API token")
         if row.revoked_at is not None:
             raise Unauthenticated(f"API token {row.id} was revoked")
         if row.expires_at is not None and row.expires_at <= now:
             raise Unauthenticated(f"API token {row.id} has expired")
-        return Principal(user=row.user, token_id=row.id, bindings=await bindings_of(conn, row.user))
+        principal = Principal(user=row.user, token_id=row.id, bindings=await bindings_of(conn, row.user))
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = _Cached(principal, stamp, now, row.expires_at)
+    return principal
 
 
 async def bindings_of(conn: AsyncConnection, user: str) -> tuple[Binding, ...]:
@@ -69,6 +93,7 @@ def validate_role(role: Any, path: str = "role") -> Role:
 
 
 async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> dict[str, Any]:
+    tx.touch(ACCESS)
     if (await tx.conn.execute(select(users.c.name).where(users.c.name == name))).first() is not None:
         raise Conflict(f"user {name!r} already exists")
     await tx.conn.execute(insert(users).values(name=name, created_at=tx.now))
@@ -79,12 +104,14 @@ async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, act
 
 
 async def bind(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> None:
+    tx.touch(ACCESS)
     await _require_user(tx.conn, name)
     await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps))
     await tx.audit(actor=actor, action="user.bind", resource=f"User/{name}", detail={"role": role.value, "apps": apps})
 
 
 async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
+    tx.touch(ACCESS)
     await _require_user(tx.conn, name)
     removed = (await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name,
                                                                  role_bindings.c.role == role.value))).rowcount
@@ -95,6 +122,7 @@ async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
 
 
 async def delete_user(tx: Tx, name: str, actor: str) -> None:
+    tx.touch(ACCESS)
     await _require_user(tx.conn, name)
     if name == actor:
         raise Conflict("you cannot delete your own user")
@@ -114,6 +142,7 @@ async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 async def create_token(tx: Tx, user: str, name: str, ttl_seconds: float | None, actor: str) -> dict[str, Any]:
+    tx.touch(ACCESS)
     await _require_user(tx.conn, user)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = "tok_" + secrets.token_hex(6)
@@ -126,6 +155,7 @@ async def create_token(tx: Tx, user: str, name: str, ttl_seconds: float | None, 
 
 
 async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
+    tx.touch(ACCESS)
     row = (await tx.conn.execute(select(tokens).where(tokens.c.id == token_id))).first()
     if row is None:
         raise NotFound(f"token {token_id!r} not found")

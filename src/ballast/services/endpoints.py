@@ -29,7 +29,7 @@ SNAPSHOT_TOPICS = frozenset({EVERYTHING, REGISTRY})
 def endpoint_record(row: Any) -> EndpointRecord:
     return EndpointRecord(id=row.id, service=row.service, node=row.node, cell=row.cell, zone=row.zone, ip=row.ip,
                           port=row.port, revision=row.revision, state=EndpointState(row.state),
-                          generation=row.generation, since=row.since, pending=tuple(row.pending or ()),
+                          generation=row.generation, since=row.since, required=tuple(row.required or ()),
                           note=row.note)
 
 
@@ -137,6 +137,12 @@ async def list_components(conn: AsyncConnection, kind: str | None = None) -> lis
     if kind is not None:
         query = query.where(components.c.kind == kind)
     return list((await conn.execute(query)).all())
+
+
+async def acknowledged(conn: AsyncConnection) -> dict[str, int]:
+    """Every traffic component's acknowledged generation, by key ("mesh/node-a1", "gateway/edge")."""
+    rows = (await conn.execute(select(components.c.kind, components.c.name, components.c.acked_generation))).all()
+    return {f"{r.kind}/{r.name}": int(r.acked_generation) for r in rows}
 
 
 async def list_endpoints(conn: AsyncConnection, service: str) -> list[Any]:

@@ -21,7 +21,7 @@ from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView,
                                          slot_state)
 from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
-from ballast.services.endpoints import endpoint_record
+from ballast.services.endpoints import acknowledged, endpoint_record
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, endpoints, instances, release_events, releases, revisions
 
@@ -63,19 +63,21 @@ def view(row: Any) -> ReleaseView:
                        reason=row.reason)
 
 
-def instance_view(row: Any, endpoint: Any | None) -> InstanceView:
-    """An instance as the engine sees it; `endpoint` is its registry row (None: never routable)."""
+def instance_view(row: Any, endpoint: Any | None, acked: dict[str, int]) -> InstanceView:
+    """An instance as the engine sees it; `endpoint` is its registry row (None: never routable), `acked` every
+    traffic component's acknowledged generation."""
     record = endpoint_record(endpoint) if endpoint is not None else None
     return InstanceView(id=row.id, cell=row.cell, revision=row.revision, running_revision=row.running_revision,
                         ready=row.ready, phase=row.phase, desired=row.desired, replaces=row.replaces,
                         changed_at=row.changed_at if row.changed_at is not None else row.created_at,
-                        message=row.message, serving=serving(record), blocked=record.note if record else "")
+                        message=row.message, serving=serving(record, acked), blocked=record.note if record else "")
 
 
 async def instance_views(conn: AsyncConnection, app: str) -> dict[str, InstanceView]:
     eps = {e.id: e for e in (await conn.execute(select(endpoints).where(endpoints.c.service == app))).all()}
+    acked = await acknowledged(conn)
     rows = (await conn.execute(select(instances).where(instances.c.app == app))).all()
-    return {r.id: instance_view(r, eps.get(r.id)) for r in rows}
+    return {r.id: instance_view(r, eps.get(r.id), acked) for r in rows}
 
 
 def merge_strategy(spec: AppServiceSpec, overrides: dict[str, Any]) -> Strategy:

@@ -53,7 +53,9 @@ INSTANCE_STATUS = "instance-status"  # an agent reported a change of an instance
 ACKS = "acks"                        # a traffic component acknowledged a registry generation
 REGISTRY = "registry"                # endpoints changed: what traffic components apply
 GRANTS = "grants"                    # agents were granted a change of their instances
-ENDPOINT_ACKS = "endpoint-acks"      # which components are still pending on an endpoint
+ENDPOINT_NOTES = "endpoint-notes"    # an acknowledgement timed out, or a note no longer holds
+ACCESS = "access"                    # users, role bindings or tokens changed (also touches everything)
+INTENT = "intent"                    # the release engine changed what instances should run
 
 
 @dataclass
@@ -137,8 +139,8 @@ class Store:
         async with self._write_lock:
             async with self.engine.begin() as conn:
                 # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
-                await conn.execute(update(counters).where(counters.c.name == "rv").values(value=counters.c.value + 1))
-                rv = (await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).scalar_one()
+                rv = (await conn.execute(update(counters).where(counters.c.name == "rv")
+                                         .values(value=counters.c.value + 1).returning(counters.c.value))).scalar_one()
                 tx = Tx(conn=conn, rv=int(rv), now=self.clock())
                 yield tx
             self._seq += 1
@@ -157,6 +159,10 @@ class Store:
     async def resource_version(self) -> int:
         async with self.read() as conn:
             return int((await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).scalar_one())
+
+    def topic_stamp(self, topic: str) -> int:
+        """Moves only when a local write touched exactly this topic (not when one touched everything)."""
+        return self._topic_seq.get(topic, 0)
 
     def topic_version(self, topics: Iterable[str]) -> int:
         """A number that grows whenever a write touched one of `topics` (or everything)."""

@@ -208,7 +208,7 @@ endpoints = Table(
     Column("state", String(16), nullable=False),      # ready | draining | removed
     Column("generation", BigInteger, nullable=False),  # the resource version of the last state change
     Column("since", Float, nullable=False),
-    Column("pending", JSON, nullable=False),           # components that have not acknowledged this generation
+    Column("required", JSON, nullable=False),          # components that must acknowledge this generation
     Column("note", Text, nullable=False),              # why it is stuck (an acknowledgement timed out)
     Index("ix_endpoints_service", "service"),
 )

@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.Column('state', sa.String(length=16), nullable=False),
     sa.Column('generation', sa.BigInteger(), nullable=False),
     sa.Column('since', sa.Float(), nullable=False),
-    sa.Column('pending', sa.JSON(), nullable=False),
+    sa.Column('required', sa.JSON(), nullable=False),
     sa.Column('note', sa.Text(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )

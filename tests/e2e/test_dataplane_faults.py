@@ -1,0 +1,124 @@
+"""Faults of the data plane on the real platform: a dead sidecar, a silent traffic component.
+
+A sidecar killed with SIGKILL is restarted by its agent; meanwhile its instance is not ready and its
+endpoint is drained. A node agent frozen (SIGSTOP) in the middle of a release never acknowledges: the
+release pauses naming that node's mesh, changes nothing more, and completes once the agent is back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import Platform, eventually, find_agent, http_get_json, proc_argv, start_platform
+from tests.e2e.test_releases import DEMO_APP, Api, phase_is, wait_release, wait_steady
+
+pytestmark = pytest.mark.e2e
+
+FIRST_IP = "127.0.81.2"
+Item = dict[str, Any]
+
+
+def manifest(name: str, greeting: str, ack_timeout: float = 30.0) -> Item:
+    return {"apiVersion": "ballast.io/v1alpha1", "kind": "AppService", "metadata": {"name": name},
+            "spec": {"cells": {"cell-a": 2, "cell-b": 2}, "expose": {"host": f"{name}.local", "path": "/"},
+                     "strategy": {"pause": "none", "groups": 1},
+                     "traffic": {"ackTimeoutSeconds": ack_timeout},
+                     "template": {"artifact": "./", "command": ["python3", "app.py"], "env": {"GREETING": greeting},
+                                  "healthCheck": {"path": "/healthz", "periodSeconds": 5, "timeoutSeconds": 1},
+                                  "gracePeriodSeconds": 3}}}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    yield from start_platform(tmp_path_factory.mktemp("faults"), FIRST_IP)
+
+
+@pytest.fixture(scope="module")
+def api(platform: Platform) -> Api:
+    directory = platform.root / "apps"
+    directory.mkdir()
+    shutil.copy(DEMO_APP, directory / "app.py")
+    for name in ("sidecar", "silent"):
+        apply(platform, manifest(name, "v1", ack_timeout=3.0))
+    api = Api(platform)
+    for name in ("sidecar", "silent"):
+        wait_steady(api, name, 4, 1, timeout=120)
+    return api
+
+
+def apply(platform: Platform, doc: Item) -> None:
+    path = platform.root / "apps" / f"{doc['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    platform.cli("apply", "-f", str(path))
+
+
+def endpoint(api: Api, app: str, instance: str) -> Item:
+    return {e["metadata"]["name"]: e for e in api.get(f"/v1/apps/{app}/endpoints")["items"]}[instance]
+
+
+def sidecar_pid(platform: Platform, item: Item) -> int:
+    """The HAProxy master serving this instance's endpoint (found by its configuration file)."""
+    config = platform.data_dir / "agents" / item["status"]["node"] / "sidecars" / item["metadata"]["name"]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = proc_argv(int(entry.name))
+            if argv and "haproxy" in argv[0] and "-W" in argv and str(config / "haproxy.cfg") in argv:
+                return int(entry.name)
+    raise AssertionError(f"no sidecar process for {item['metadata']['name']}")
+
+
+def test_a_killed_sidecar_is_restarted_and_its_endpoint_drained_meanwhile(platform: Platform, api: Api) -> None:
+    item = api.instances("sidecar")[0]
+    name, s = item["metadata"]["name"], item["status"]
+    assert http_get_json(s["ip"], s["port"], "/")["instance"] == name
+    before = sidecar_pid(platform, item)
+    os.killpg(before, signal.SIGKILL)
+
+    def not_ready() -> Item:
+        now = {i["metadata"]["name"]: i for i in api.instances("sidecar")}[name]
+        assert now["status"]["ready"] is False and "sidecar" in now["status"]["message"], now["status"]
+        return now
+    seen = eventually(not_ready, "the instance is reported not ready while its sidecar is down", timeout=20)
+    assert seen["status"]["pid"] == s["pid"], "the app itself keeps running"
+    eventually(lambda: _state_is(api, "sidecar", name, "draining"), "its endpoint is drained", timeout=20)
+
+    def back() -> None:
+        now = {i["metadata"]["name"]: i for i in api.instances("sidecar")}[name]
+        assert now["status"]["ready"] is True, now["status"]
+        assert sidecar_pid(platform, now) != before
+        ep = endpoint(api, "sidecar", name)
+        assert ep["status"]["state"] == "ready" and not ep["status"]["pending"], ep["status"]
+    eventually(back, "a new sidecar serves and the endpoint is ready and acknowledged again", timeout=60)
+    assert http_get_json(s["ip"], s["port"], "/")["instance"] == name
+
+
+def _state_is(api: Api, app: str, instance: str, state: str) -> None:
+    ep = endpoint(api, app, instance)
+    assert ep["status"]["state"] == state, ep["status"]
+
+
+def test_a_silent_agent_pauses_the_release_naming_its_mesh(platform: Platform, api: Api) -> None:
+    apply(platform, manifest("silent", "v2", ack_timeout=3.0))
+    agent = find_agent(platform.data_dir, "node-b2")
+    assert agent is not None
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        platform.cli("release", "start", "silent")
+        status = wait_release(api, "silent", "paused for a silent component", phase_is("Paused"), timeout=60)
+        assert "mesh/node-b2" in status["reason"] and "did not acknowledge" in status["reason"], status["reason"]
+        granted = [i for i in api.instances("silent") if i["status"]["grantedRevision"] == 2]
+        assert not granted, "nothing changed while node-b2's sidecars might still route to it"
+        audit = api.get("/v1/audit?limit=200")["items"]
+        assert any(a["action"] == "endpoint.ack-timeout" and "mesh/node-b2" in a["detail"]["note"] for a in audit)
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    platform.cli("release", "resume", "silent")
+    wait_release(api, "silent", "done once the agent answers again", phase_is("Succeeded"), timeout=120)
+    wait_steady(api, "silent", 4, 2)
