@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
-from ballast.services import releases
+from ballast.errors import Conflict
+from ballast.services import orders, releases
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -54,6 +55,10 @@ async def start_release(app: str, body: StartRelease, request: Request, who: Pri
 
     async def attempt() -> dict[str, Any]:
         async with store_of(request).write() as tx:
+            order = await orders.active_order_for(tx.conn, app)
+            if order is not None:
+                raise Conflict(f"app {app!r} belongs to release order {order.name!r} ({order.phase}); its releases "
+                               f"are the order's: steer them with `ballast order ...`")
             return await releases.start(tx, app, body.toRevision, body.strategy.model_dump(), who.user)
 
     result = await retrying(attempt)

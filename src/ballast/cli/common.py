@@ -19,7 +19,10 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
          "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
          "revision": "revisions", "revisions": "revisions", "inst": "instances", "endpoint": "endpoints",
-         "endpoints": "endpoints", "ep": "endpoints", "gateway": "gateways", "gateways": "gateways"}
+         "endpoints": "endpoints", "ep": "endpoints", "gateway": "gateways", "gateways": "gateways",
+         "order": "orders", "orders": "orders", "releaseorder": "orders", "releaseorders": "orders",
+         "changewindow": "changewindows", "changewindows": "changewindows", "window": "changewindows",
+         "windows": "changewindows"}
 
 
 def _fail(message: str, code: int = 1) -> None:

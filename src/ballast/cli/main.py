@@ -7,6 +7,7 @@ errors end as one readable message and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import yaml
 from ballast.cli import output, packaging
 from ballast.cli.common import KINDS, _fail, command, console, err_console
 from ballast.client import Client
+from ballast.core.authz import Role
 from ballast.errors import BallastError
 
 @click.group()
@@ -401,12 +403,12 @@ async def token_revoke(client: Client, token_id: str) -> None:
 
 @cli.group()
 def user() -> None:
-    """Users and their roles (admin, operator, viewer, agent), optionally scoped to apps."""
+    """Users and their roles (admin, operator, viewer, agent, approver, emergency-approver), optionally scoped to apps."""
 
 
 @user.command("create")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
 @click.option("--app", "apps", multiple=True, help="scope the role to these apps (repeatable)")
 @command
 async def user_create(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
@@ -431,7 +433,7 @@ async def user_delete(client: Client, name: str) -> None:
 
 @user.command("bind")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
 @click.option("--app", "apps", multiple=True)
 @command
 async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
@@ -441,7 +443,7 @@ async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...])
 
 @user.command("unbind")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(["admin", "operator", "viewer", "agent"]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
 @command
 async def user_unbind(client: Client, name: str, role: str) -> None:
     await client.delete(f"/v1/users/{name}/bindings/{role}")
@@ -469,20 +471,37 @@ async def audit_list(client: Client, limit: int, fmt: str) -> None:
 
 
 @audit.command("verify")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="a JSON report (`ballast order report --format json`): check its audit records are in the chain")
 @command
-async def audit_verify(client: Client) -> None:
-    answer = await client.get("/v1/audit/verify")
+async def audit_verify(client: Client, report_file: Path | None) -> None:
+    """Check the whole hash chain (and, with --report, that a report's records are exactly in it)."""
+    if report_file is None:
+        answer = await client.get("/v1/audit/verify")
+    else:
+        try:
+            records = json.loads(report_file.read_text())["audit"]["records"]
+        except (ValueError, KeyError, TypeError):
+            _fail(f"error: {report_file}: expected a JSON order report with audit.records", 2)
+        answer = await client.post("/v1/audit/verify", {"records": [{"seq": r["seq"], "hash": r["hash"]} for r in records]})
     if answer["ok"]:
-        console.print(f"audit chain intact: {answer['records']} records, head {answer['headHash'][:16]}…")
+        checked = f"; all {answer['checked']} records of the report match" if report_file is not None else ""
+        console.print(f"audit chain intact: {answer['records']} records, head {answer['headHash'][:16]}…{checked}")
         return
     for b in answer["breaks"]:
         err_console.print(f"record {b['seq']}: {b['problem']}", markup=False)
-    _fail(f"audit chain BROKEN: {len(answer['breaks'])} problem(s) in {answer['records']} records")
+    for m in answer.get("mismatches", []):
+        err_console.print(f"report record {m['seq']}: {m['problem']}", markup=False)
+    _fail(f"audit chain BROKEN or report not covered: {len(answer['breaks'])} break(s), "
+          f"{len(answer.get('mismatches', []))} mismatch(es) in {answer['records']} records")
 
 
 from ballast.cli.release_cmds import release  # noqa: E402  (registers on the group above)
 
+from ballast.cli.order_cmds import order  # noqa: E402
+
 cli.add_command(release)
+cli.add_command(order)
 
 
 def main() -> None:

@@ -47,6 +47,15 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                lambda o: [o["id"], o["user"], o["name"], str(o["expiresAt"] or "never"), "yes" if o["revokedAt"] else ""]),
     "audit": (["SEQ", "TIME", "ACTOR", "ACTION", "RESOURCE", "RESULT"],
               lambda o: [str(o["seq"]), o["ts"][:19], o["actor"], o["action"], o["resource"], o["result"]]),
+    "orders": (["NAME", "PHASE", "APPS", "AUTHOR", "CREATED", "TITLE"],
+               lambda o: [o["metadata"]["name"], o["status"]["phase"] + (" (emergency)" if o["status"]["emergency"] else ""),
+                          ",".join(r["app"] for r in o["spec"]["releases"]), o["status"]["author"],
+                          o["status"]["createdAt"] or "-", o["spec"]["title"][:50]]),
+    "changewindows": (["NAME", "TIME ZONE", "APPS", "ALLOWED", "FREEZES", "OPEN NOW"],
+                      lambda o: [o["metadata"]["name"], o["spec"]["timeZone"], ",".join(o["spec"]["apps"] or ["*"]),
+                                 "; ".join(",".join(r["days"]) + f" {r['start']}-{r['end']}" for r in o["spec"]["allowed"])
+                                 or "any time", str(len(o["spec"]["freezes"])),
+                                 "yes" if o["status"]["openNow"] else "no: " + "; ".join(o["status"]["why"])[:60]]),
     "artifacts": (["DIGEST", "SIZE", "CREATED"], lambda o: [o["digest"], str(o["size"]), o["createdAt"]]),
 }
 

@@ -2,7 +2,9 @@
 
 Roles: `admin` (everything), `operator` (change apps, push artifacts, read),
 `viewer` (read only), `agent` (node agents: register, report, read
-assignments and artifacts). A binding may be scoped to apps; a scoped binding
+assignments and artifacts), `approver` (read, approve or reject release
+orders), `emergency-approver` (read, the extra approval an emergency start
+needs). A binding may be scoped to apps; a scoped binding
 grants nothing on resources that belong to no app (cells, users, tokens).
 """
 
@@ -17,6 +19,8 @@ class Role(str, Enum):
     OPERATOR = "operator"
     VIEWER = "viewer"
     AGENT = "agent"
+    APPROVER = "approver"
+    EMERGENCY_APPROVER = "emergency-approver"
 
 
 class Action(str, Enum):
@@ -26,6 +30,9 @@ class Action(str, Enum):
     MANAGE_CELLS = "manage-cells"
     MANAGE_ACCESS = "manage-access"  # users, role bindings, tokens of other users
     NODE = "node"              # agent: register, heartbeat, report status
+    APPROVE_ORDER = "approve-order"
+    APPROVE_EMERGENCY = "approve-emergency"
+    MANAGE_WINDOWS = "manage-change-windows"
 
 
 _GRANTS: dict[Role, frozenset[Action]] = {
@@ -33,6 +40,8 @@ _GRANTS: dict[Role, frozenset[Action]] = {
     Role.OPERATOR: frozenset({Action.READ, Action.APPLY_APP, Action.PUSH_ARTIFACT}),
     Role.VIEWER: frozenset({Action.READ}),
     Role.AGENT: frozenset({Action.READ, Action.NODE}),
+    Role.APPROVER: frozenset({Action.READ, Action.APPROVE_ORDER}),
+    Role.EMERGENCY_APPROVER: frozenset({Action.READ, Action.APPROVE_EMERGENCY}),
 }
 
 

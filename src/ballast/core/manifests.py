@@ -11,11 +11,15 @@ from __future__ import annotations
 import functools
 import json
 import re
+from datetime import datetime
+from datetime import time as dtime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ballast.core.endpoints import GATEWAY, MESH, TrafficPolicy
+from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, parse_day
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
 from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
@@ -181,6 +185,98 @@ class AppServiceSpec(_Model):
                              ack_timeout_seconds=self.traffic.ack_timeout_seconds)
 
 
+class StrategyOverride(_Model):
+    """Fields of an app's strategy a release order (or `release start`) replaces for one release."""
+
+    beta_size: int | None = Field(None, alias="betaSize", ge=0, le=10_000)
+    groups: int | None = Field(None, ge=1, le=100)
+    group_sizes: list[Annotated[int, Field(ge=0, le=10_000)]] | None = Field(None, alias="groupSizes", min_length=1,
+                                                                               max_length=100)
+    pause: Literal["manual", "auto", "none"] | None = None
+    pause_seconds: float | None = Field(None, alias="pauseSeconds", ge=0, le=86_400)
+    max_unavailable_per_cell: int | None = Field(None, alias="maxUnavailablePerCell", ge=1, le=10_000)
+    upgrade: Literal["inPlace", "replace", "ordered"] | None = None
+    progress_deadline_seconds: float | None = Field(None, alias="progressDeadlineSeconds", gt=0, le=86_400)
+
+
+class OrderRelease(_Model):
+    app: Name
+    to_revision: int | None = Field(None, alias="toRevision", ge=1,
+                                    description="default: the app's newest revision when the order is applied")
+    after: list[Name] = Field(default_factory=list, max_length=100)
+    strategy: StrategyOverride = Field(default_factory=StrategyOverride)
+
+
+class ReleaseOrderSpec(_Model):
+    title: str = Field(min_length=1, max_length=200)
+    reason: str = Field("", max_length=4000)
+    ticket: str = Field("", max_length=200, description="the change ticket this order carries out")
+    approvals: int = Field(1, ge=1, le=10, description="approvals needed, by users other than the author")
+    max_parallel: int = Field(1, alias="maxParallel", ge=1, le=100)
+    releases: list[OrderRelease] = Field(min_length=1, max_length=100)
+
+
+HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class AllowedRange(_Model):
+    days: list[str] = Field(min_length=1, max_length=7, description="mon, tue, ... sun")
+    start: str = Field(pattern=HHMM, description="HH:MM, local time of the window's timeZone")
+    end: str = Field(pattern=HHMM, description="HH:MM; at or before start: the range ends the next day")
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        for day in value:
+            parse_day(day)
+        return value
+
+
+class FreezeSpec(_Model):
+    start: datetime = Field(alias="from", description="ISO 8601 date-time; without an offset: the window's timeZone")
+    end: datetime = Field(alias="to")
+    reason: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FreezeSpec":
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError("give both from and to with an offset, or both without")
+        if self.end <= self.start:
+            raise ValueError("to must be after from")
+        return self
+
+
+class ChangeWindowSpec(_Model):
+    time_zone: str = Field("UTC", alias="timeZone", description="an IANA time zone, e.g. Europe/Zurich")
+    allowed: list[AllowedRange] = Field(default_factory=list, max_length=50,
+                                        description="weekly times changes may start (empty: any time not frozen)")
+    freezes: list[FreezeSpec] = Field(default_factory=list, max_length=200)
+    apps: list[Name] | None = Field(None, description="the apps it governs (default: every app)")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"an IANA time zone such as UTC or Europe/Zurich, not {value!r}") from None
+        return value
+
+    def to_window(self, name: str) -> Window:
+        zone = ZoneInfo(self.time_zone)
+
+        def hhmm(text: str) -> dtime:
+            return dtime(int(text[:2]), int(text[3:]))
+
+        def aware(moment: datetime) -> datetime:
+            return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
+        return Window(name=name, zone=self.time_zone,
+                      allowed=tuple(WeeklyRange(tuple(sorted({parse_day(d) for d in r.days})), hhmm(r.start), hhmm(r.end))
+                                    for r in self.allowed),
+                      freezes=tuple(Freeze(aware(f.start), aware(f.end), f.reason) for f in self.freezes),
+                      apps=tuple(self.apps) if self.apps is not None else None)
+
+
 class CellManifest(_Model):
     api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["Cell"]
@@ -195,8 +291,23 @@ class AppServiceManifest(_Model):
     spec: AppServiceSpec
 
 
-Manifest = Union[CellManifest, AppServiceManifest]
-KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest}
+class ReleaseOrderManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ReleaseOrder"]
+    metadata: Metadata
+    spec: ReleaseOrderSpec
+
+
+class ChangeWindowManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ChangeWindow"]
+    metadata: Metadata
+    spec: ChangeWindowSpec
+
+
+Manifest = Union[CellManifest, AppServiceManifest, ReleaseOrderManifest, ChangeWindowManifest]
+KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest,
+                                     "ReleaseOrder": ReleaseOrderManifest, "ChangeWindow": ChangeWindowManifest}
 
 
 def parse_documents(documents: list[Any], *, source: str = "items") -> list[Manifest]:
@@ -238,10 +349,16 @@ def _parse_one(doc: Any, where: str, problems: list[FieldProblem]) -> Manifest |
         problems.extend(unstorable)
         return None
     try:
-        return model.model_validate(doc)  # type: ignore[return-value]
+        manifest = model.model_validate(doc)
     except ValidationError as exc:
         problems.extend(problems_from_validation(exc, where))
         return None
+    if isinstance(manifest, ReleaseOrderManifest):  # the dependencies must form a DAG over the order's apps
+        graph = graph_problems([(r.app, r.after) for r in manifest.spec.releases], f"{where}.spec.releases")
+        if graph:
+            problems.extend(graph)
+            return None
+    return manifest  # type: ignore[return-value]
 
 
 def _unstorable_text(doc: Any, where: str) -> list[FieldProblem]:

@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.authz import Action
 from ballast.core.digests import digest
-from ballast.core.manifests import AppServiceManifest, AppServiceSpec, CellManifest, Manifest, spec_json
+from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest, Manifest,
+                                    ReleaseOrderManifest, spec_json)
 from ballast.errors import FieldProblem, InvalidInput
+from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
 from ballast.store.schema import apps, cells, nodes, revisions
@@ -48,17 +50,30 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
     for m in manifests:  # authorize everything before touching anything
         if isinstance(m, CellManifest):
             authorize(Action.MANAGE_CELLS, None)
+        elif isinstance(m, ChangeWindowManifest):
+            authorize(Action.MANAGE_WINDOWS, None)
+        elif isinstance(m, ReleaseOrderManifest):
+            for r in m.spec.releases:  # the author must be allowed to change every app of the order
+                authorize(Action.APPLY_APP, r.app)
         else:
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
         async with store.write() as tx:
             await _check_references(tx.conn, manifests)
             results = []
-            for m in manifests:
+            for index, m in enumerate(manifests):
                 if isinstance(m, CellManifest):
                     results.append(await _apply_cell(tx, m, actor))
-                else:
+                elif isinstance(m, AppServiceManifest):
                     results.append(await _apply_app(tx, m, actor))
+            # Orders last: they resolve target revisions of apps applied in the same request.
+            for index, m in enumerate(manifests):
+                if isinstance(m, ChangeWindowManifest):
+                    results.append(ApplyResult("ChangeWindow", m.metadata.name,
+                                               await order_records.apply_window(tx, m, actor)))
+                elif isinstance(m, ReleaseOrderManifest):
+                    results.append(ApplyResult("ReleaseOrder", m.metadata.name,
+                                               await order_records.apply_order(tx, m, actor, f"items[{index}]")))
             if dry_run:
                 raise _DryRun(results)
     except _DryRun as dry:

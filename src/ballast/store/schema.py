@@ -225,3 +225,71 @@ components = Table(
     Column("registered_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
 )
+
+# Change windows: when release orders may start.
+change_windows = Table(
+    "change_windows", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+# Release orders: one change request over several apps, approved, then run in dependency order.
+orders = Table(
+    "orders", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("spec", JSON, nullable=False),              # as applied, with every target revision resolved
+    Column("digest", String(80), nullable=False),      # of the spec: approvals are for exactly this
+    Column("phase", String(16), nullable=False),
+    Column("rolling_back", Boolean, nullable=False),
+    Column("emergency", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),             # why it is in its phase
+    Column("waiting", Text, nullable=False),
+    Column("author", String(63), nullable=False),
+    Column("started_by", String(63), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+# One row per app of an order: the releases the order ran for it.
+order_items = Table(
+    "order_items", metadata,
+    Column("order_name", String(63), primary_key=True),
+    Column("app", String(63), primary_key=True),
+    Column("to_revision", Integer, nullable=False),
+    Column("from_revision", Integer, nullable=True),   # what the app ran when its release started
+    Column("release_id", Integer, nullable=True),      # the current forward release
+    Column("undo_release_id", Integer, nullable=True),  # the release back, when a finished app was rolled back
+    Column("unchanged", Boolean, nullable=False),
+    Column("releases", JSON, nullable=False),           # every release id the order ran for this app
+)
+
+order_approvals = Table(
+    "order_approvals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_name", String(63), nullable=False),
+    Column("user", String(63), nullable=False),
+    Column("decision", String(16), nullable=False),    # approve | reject
+    Column("emergency", Boolean, nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("digest", String(80), nullable=False),       # the spec it was given for
+    Column("voided", Boolean, nullable=False),          # the order changed after it
+    Column("ts", Float, nullable=False),
+    Index("ix_order_approvals_order", "order_name"),
+)
+
+order_events = Table(
+    "order_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_name", String(63), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(63), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_order_events_order", "order_name"),
+)

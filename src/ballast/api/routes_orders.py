@@ -1,0 +1,188 @@
+"""Routes for release orders and change windows: approve / reject, start, pause / resume / rollback, read, report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.core.authz import Action
+from ballast.core.manifests import StoredText
+from ballast.core.orders import OrderPhase
+from ballast.errors import FieldProblem, InvalidInput
+from ballast.services import orders
+from ballast.services.access import Principal
+
+router = APIRouter()
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: StoredText = Field("", max_length=4000)
+    emergency: bool = False
+
+
+class StartOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    emergency: bool = False
+
+
+class OrderAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only in this phase")
+
+
+async def _read_order(request: Request, who: Principal, name: str) -> Any:
+    async with store_of(request).read() as conn:
+        row = await orders.get_order(conn, name)
+    for app in orders.order_apps(row):
+        require(who, Action.READ, app)
+    return row
+
+
+@router.get("/orders", tags=["orders"])
+async def list_orders(request: Request, state: str | None = Query(None, max_length=16),
+                      app: str | None = Query(None, max_length=63), author: str | None = Query(None, max_length=63),
+                      since: str | None = Query(None, max_length=40), until: str | None = Query(None, max_length=40),
+                      who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.READ)
+    if state is not None and state not in {p.value for p in OrderPhase}:
+        raise InvalidInput("invalid filter", problems=[FieldProblem("state", state, "one of " + ", ".join(p.value for p in OrderPhase))])
+    async with store_of(request).read() as conn:
+        rows = await orders.list_orders(conn, phase=state, app=app, author=author, since=_moment("since", since),
+                                        until=_moment("until", until))
+    return {"items": [orders.summary(r) for r in rows], "stats": orders.order_stats(rows)}
+
+
+def _moment(field: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput("invalid filter", problems=[FieldProblem(field, text, "an ISO 8601 date or date-time, "
+                                                                                "e.g. 2026-12-01 or 2026-12-01T08:00+01:00")]) from None
+    if moment.tzinfo is None:
+        from datetime import timezone
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+@router.get("/orders/{name}", tags=["orders"])
+async def order_status(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    await _read_order(request, who, name)
+    async with store_of(request).read() as conn:
+        return await orders.status(conn, name)
+
+
+@router.get("/orders/{name}/report", tags=["orders"])
+async def order_report(name: str, request: Request, format: Literal["json", "markdown"] = "json",
+                       who: Principal = Depends(principal)) -> Any:
+    await _read_order(request, who, name)
+    async with store_of(request).read() as conn:
+        body = await orders.report(conn, name)
+    if format == "markdown":
+        from fastapi.responses import PlainTextResponse
+        return PlainTextResponse(orders.render_markdown(body), media_type="text/markdown")
+    return body
+
+
+async def _decide(name: str, request: Request, who: Principal, *, approve: bool, body: Decision) -> dict[str, Any]:
+    await _read_order(request, who, name)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await orders.decide_approval(tx, name, who, approve=approve, emergency=body.emergency,
+                                                comment=body.comment)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.post("/orders/{name}/approve", tags=["orders"])
+async def approve(name: str, request: Request, body: Decision = Decision(),
+                  who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _decide(name, request, who, approve=True, body=body)
+
+
+@router.post("/orders/{name}/reject", tags=["orders"])
+async def reject(name: str, request: Request, body: Decision = Decision(),
+                 who: Principal = Depends(principal)) -> dict[str, Any]:
+    if not body.comment.strip():
+        raise InvalidInput("a rejection says why", problems=[FieldProblem("comment", body.comment, "a reason for the author")])
+    return await _decide(name, request, who, approve=False, body=body)
+
+
+async def _may_change(request: Request, who: Principal, name: str) -> None:
+    row = await _read_order(request, who, name)
+    for app in orders.order_apps(row):
+        require(who, Action.APPLY_APP, app)
+
+
+@router.post("/orders/{name}/start", tags=["orders"])
+async def start(name: str, request: Request, body: StartOrder = StartOrder(),
+                who: Principal = Depends(principal)) -> dict[str, Any]:
+    await _may_change(request, who, name)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await orders.start(tx, name, who, emergency=body.emergency)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+async def _act(name: str, action: str, request: Request, who: Principal, body: OrderAction) -> dict[str, Any]:
+    await _may_change(request, who, name)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await orders.act(tx, name, action, who.user, body.expectPhase)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.post("/orders/{name}/pause", tags=["orders"])
+async def pause(name: str, request: Request, body: OrderAction = OrderAction(),
+                who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(name, "pause", request, who, body)
+
+
+@router.post("/orders/{name}/resume", tags=["orders"])
+async def resume(name: str, request: Request, body: OrderAction = OrderAction(),
+                 who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(name, "resume", request, who, body)
+
+
+@router.post("/orders/{name}/rollback", tags=["orders"])
+async def rollback(name: str, request: Request, body: OrderAction = OrderAction(),
+                   who: Principal = Depends(principal)) -> dict[str, Any]:
+    return await _act(name, "rollback", request, who, body)
+
+
+@router.get("/changewindows", tags=["orders"])
+async def list_windows(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.READ)
+    store = store_of(request)
+    async with store.read() as conn:
+        return {"items": await orders.list_windows(conn, store.clock())}
+
+
+@router.delete("/changewindows/{name}", tags=["orders"])
+async def delete_window(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_WINDOWS)
+
+    async def attempt() -> None:
+        async with store_of(request).write() as tx:
+            await orders.delete_window(tx, name, who.user)
+
+    await retrying(attempt)
+    mark_audited(request)
+    return {"deleted": name}

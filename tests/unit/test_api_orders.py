@@ -1,0 +1,186 @@
+"""Release orders through the API over both stores: apply and its refusals, maker-checker approval, change
+windows and emergency starts, one order per app at a time, list filters and statistics.
+
+The engine's execution of an order runs on the real platform (tests/e2e/test_orders.py); here the apps
+have no instances, so nothing is released and every check is about the records and the refusals.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+
+from ballast.core.manifests import API_VERSION
+from tests.conftest import Api
+
+
+async def ok(response: Any, status: int = 200) -> Any:
+    r = await response
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def app(name: str, greeting: str = "hi") -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": name},
+            "spec": {"cells": {"cell-a": 0}, "template": {"command": ["python3", "app.py"], "env": {"G": greeting}}}}
+
+
+def order(name: str, releases: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ReleaseOrder", "metadata": {"name": name},
+            "spec": {"title": f"change {name}", "ticket": "CHG-1", "releases": releases, **spec}}
+
+
+def window(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ChangeWindow", "metadata": {"name": name}, "spec": spec}
+
+
+ABCD = [{"app": "a"}, {"app": "b", "after": ["a"]}, {"app": "c", "after": ["b"]}, {"app": "d"}]
+
+
+async def user(api: Api, name: str, role: str, apps: list[str] | None = None) -> httpx.AsyncClient:
+    await ok(api.http.post("/v1/users", json={"name": name, "role": role, "apps": apps}), 201)
+    token = (await ok(api.http.post("/v1/tokens", json={"user": name, "name": name}), 201))["token"]
+    return api.as_(token)
+
+
+async def four_apps_at_revision_2(api: Api) -> None:
+    cell = {"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": "cell-a"}, "spec": {"zone": "z"}}
+    await ok(api.http.post("/v1/apply", json={"items": [cell, *(app(n) for n in "abcd")]}))
+    await ok(api.http.post("/v1/apply", json={"items": [app(n, "v2") for n in "abcd"]}))
+
+
+async def audit(api: Api) -> list[dict[str, Any]]:
+    return (await ok(api.http.get("/v1/audit", params={"limit": 10_000})))["items"]  # type: ignore[no-any-return]
+
+
+async def test_bad_orders_are_refused_with_the_field_and_change_nothing(api: Api) -> None:
+    await four_apps_at_revision_2(api)
+    before = len(await audit(api))
+    cases = [
+        (order("o", [{"app": "a"}, {"app": "zz"}]), "items[0].spec.releases[1].app", "an existing AppService"),
+        (order("o", [{"app": "a", "after": ["b"]}, {"app": "b", "after": ["a"]}]), "items[0].spec.releases[0].after",
+         "without a cycle"),
+        (order("o", [{"app": "a", "after": ["c"]}]), "items[0].spec.releases[0].after[0]", "an app of this order"),
+        (order("o", [{"app": "a", "toRevision": 9}]), "items[0].spec.releases[0].toRevision", "[1, 2]"),
+        (order("o", [{"app": "a", "strategy": {"groups": 0}}]), "items[0].spec.releases[0].strategy.groups", ""),
+        (order("o", []), "items[0].spec.releases", ""),
+        (window("w", timeZone="Mars/Olympus"), "items[0].spec.timeZone", "IANA"),
+        (window("w", allowed=[{"days": ["funday"], "start": "09:00", "end": "17:00"}]),
+         "items[0].spec.allowed[0].days", "a day of the week"),
+    ]
+    for doc, path, words in cases:
+        r = await api.http.post("/v1/apply", json={"items": [doc]})
+        assert r.status_code == 422, (path, r.text)
+        problems = r.json()["problems"]
+        assert any(p["path"] == path and words in p["expected"] for p in problems), (path, problems)
+    assert (await ok(api.http.get("/v1/orders")))["items"] == []
+    added = (await audit(api))[before:]
+    assert len(added) == len(cases) and all(a["result"] == "refused: HTTP 422" for a in added), \
+        "each refusal is recorded as an attempt, nothing else"
+
+
+async def test_maker_checker_approval_and_voiding(api: Api) -> None:
+    await four_apps_at_revision_2(api)
+    alice = await user(api, "alice", "operator")
+    bob = await user(api, "bob", "approver")
+    carol = await user(api, "carol", "viewer")
+    scoped = await user(api, "erin", "approver", ["a", "b"])
+    [result] = (await ok(alice.post("/v1/apply", json={"items": [order("chg", ABCD, approvals=1)]})))["results"]
+    assert result == {"kind": "ReleaseOrder", "name": "chg", "outcome": "created"}
+    again = await ok(alice.post("/v1/apply", json={"items": [order("chg", ABCD, approvals=1)]}))
+    assert again["results"][0]["outcome"] == "unchanged"
+    status = await ok(alice.get("/v1/orders/chg"))
+    assert status["status"]["phase"] == "PendingApproval" and status["status"]["author"] == "alice"
+    assert [r["toRevision"] for r in status["spec"]["releases"]] == [2, 2, 2, 2], "targets are snapshotted"
+
+    r = await alice.post("/v1/orders/chg/approve", json={"comment": "mine"})
+    assert r.status_code == 403 and "maker-checker" in r.json()["message"] and "alice" in r.json()["message"]
+    r = await carol.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "approver" in r.json()["message"]
+    r = await scoped.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "'c'" in r.json()["message"], "an approver must cover every app of the order"
+    r = await alice.post("/v1/orders/chg/start", json={})
+    assert r.status_code == 409 and "PendingApproval" in r.json()["message"]
+
+    approved = await ok(bob.post("/v1/orders/chg/approve", json={"comment": "looks right"}))
+    assert approved["phase"] == "Approved"
+    r = await bob.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 409
+
+    changed = [*ABCD[:3], {"app": "d", "toRevision": 1}]
+    await ok(alice.post("/v1/apply", json={"items": [order("chg", changed, approvals=1)]}))
+    status = await ok(alice.get("/v1/orders/chg"))
+    assert status["status"]["phase"] == "PendingApproval", "a change voids the approvals"
+    assert [a["valid"] for a in status["status"]["approvals"]] == [False]
+    r = await bob.post("/v1/orders/chg/reject", json={"comment": ""})
+    assert r.status_code == 422
+    rejected = await ok(bob.post("/v1/orders/chg/reject", json={"comment": "d must not go back"}))
+    assert rejected["phase"] == "Rejected"
+    actions = [a["action"] for a in await audit(api) if a["resource"] == "ReleaseOrder/chg"]
+    assert actions == ["order.create", "apply", "order.approve", "order.change", "order.reject"]
+    denied = [a for a in await audit(api) if a["resource"] == "/v1/orders/chg/approve"]
+    assert len(denied) == 4 and all(a["result"].startswith("refused") for a in denied), \
+        "refused approvals are on the record too"
+
+
+async def test_windows_emergencies_and_one_order_per_app(api: Api) -> None:
+    await four_apps_at_revision_2(api)
+    alice = await user(api, "alice", "operator")
+    bob = await user(api, "bob", "approver")
+    dave = await user(api, "dave", "emergency-approver")
+    now = datetime.now(timezone.utc)
+    freeze = {"from": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(hours=1)).isoformat(),
+              "reason": "year-end freeze"}
+    await ok(api.http.post("/v1/apply", json={"items": [window("freeze", freezes=[freeze], apps=["a"])]}))
+    r = await alice.post("/v1/apply", json={"items": [window("mine")]})
+    assert r.status_code == 403, "change windows are the platform owners'"
+    await ok(alice.post("/v1/apply", json={"items": [order("chg", ABCD)]}))
+    await ok(bob.post("/v1/orders/chg/approve", json={}))
+    before = len(await audit(api))
+
+    r = await alice.post("/v1/orders/chg/start", json={})
+    assert r.status_code == 409 and "year-end freeze" in r.json()["message"] and "emergency" in r.json()["message"]
+    r = await alice.post("/v1/orders/chg/start", json={"emergency": True})
+    assert r.status_code == 403 and "emergency-approver" in r.json()["message"]
+    r = await bob.post("/v1/orders/chg/approve", json={"emergency": True})
+    assert r.status_code == 403, "an approver is not an emergency approver"
+    assert (await ok(alice.get("/v1/orders/chg")))["status"]["phase"] == "Approved"
+    assert [a["result"] for a in (await audit(api))[before:]] == ["refused: HTTP 409", "refused: HTTP 403",
+                                                                  "refused: HTTP 403"]
+
+    await ok(dave.post("/v1/orders/chg/approve", json={"emergency": True, "comment": "payment outage"}))
+    started = await ok(alice.post("/v1/orders/chg/start", json={"emergency": True}))
+    assert started == {"name": "chg", "phase": "Running", "emergency": True}
+    [record] = [a for a in await audit(api) if a["action"] == "order.start"]
+    assert record["actor"] == "alice" and record["detail"]["emergency"] is True
+    assert "year-end freeze" in record["detail"]["outsideWindow"][0]
+
+    r = await alice.post("/v1/apps/b/releases", json={})
+    assert r.status_code == 409 and "chg" in r.json()["message"], "an app under an order is released by the order"
+    await ok(alice.post("/v1/apply", json={"items": [order("second", [{"app": "d"}])]}))
+    await ok(bob.post("/v1/orders/second/approve", json={}))
+    r = await alice.post("/v1/orders/second/start", json={})
+    assert r.status_code == 409 and "'chg'" in r.json()["message"]
+    r = await alice.post("/v1/apply", json={"items": [order("chg", ABCD[:2])]})
+    assert r.status_code == 409 and "Running" in r.json()["message"], "a running order cannot change"
+
+    paused = await ok(alice.post("/v1/orders/chg/pause", json={}))
+    assert paused["phase"] == "Paused"
+    r = await alice.post("/v1/orders/chg/pause", json={})
+    assert r.status_code == 409
+    r = await alice.post("/v1/orders/chg/resume", json={"expectPhase": "Running"})
+    assert r.status_code == 409 and "Paused" in r.json()["message"]
+
+    listed = await ok(api.http.get("/v1/orders", params={"app": "d"}))
+    assert [o["metadata"]["name"] for o in listed["items"]] == ["chg", "second"]
+    assert listed["stats"]["byPhase"] == {"Paused": 1, "Approved": 1}
+    assert (await ok(api.http.get("/v1/orders", params={"state": "Approved"})))["items"][0]["metadata"]["name"] == "second"
+    assert (await ok(api.http.get("/v1/orders", params={"author": "nobody"})))["items"] == []
+    later = (now + timedelta(days=1)).date().isoformat()
+    assert (await ok(api.http.get("/v1/orders", params={"since": later})))["items"] == []
+    r = await api.http.get("/v1/orders", params={"since": "yesterday"})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "since"
+    r = await api.http.get("/v1/orders", params={"state": "Happy"})
+    assert r.status_code == 422
