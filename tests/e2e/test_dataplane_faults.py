@@ -3,6 +3,7 @@
 A sidecar killed with SIGKILL is restarted by its agent; meanwhile its instance is not ready and its
 endpoint is drained. A node agent frozen (SIGSTOP) in the middle of a release never acknowledges: the
 release pauses naming that node's mesh, changes nothing more, and completes once the agent is back.
+Draining a node under load moves its instances to the cell's other node without a failed request.
 """
 
 from __future__ import annotations
@@ -122,3 +123,32 @@ def test_a_silent_agent_pauses_the_release_naming_its_mesh(platform: Platform, a
     platform.cli("release", "resume", "silent")
     wait_release(api, "silent", "done once the agent answers again", phase_is("Succeeded"), timeout=120)
     wait_steady(api, "silent", 4, 2)
+
+
+def test_draining_a_node_moves_its_instances_away_without_a_failed_request(platform: Platform, api: Api) -> None:
+    """`ballast node drain` under load through the gateway: new instances start on the cell's other node,
+    the old ones are drained (acknowledged everywhere) before they stop, and no request fails."""
+    from ballast.loadgen import BackgroundLoad, Target
+    on_a1 = [i["metadata"]["name"] for i in api.instances("sidecar") if i["status"]["node"] == "node-a1"]
+    assert on_a1, "the fixture's app has an instance on node-a1"
+    with BackgroundLoad([Target("gateway", "127.0.0.1", platform.gateway_port, "sidecar.local", ("/",), 8)]) as load:
+        out = platform.cli("node", "drain", "node-a1").stdout
+        assert "node-a1 cordoned" in out and "sidecar" in out, out
+        wait_release(api, "sidecar", "the evacuation ends", phase_is("Succeeded"), timeout=120)
+        wait_release(api, "silent", "the evacuation ends", phase_is("Succeeded"), timeout=120)
+    assert load.failed == 0 and load.requests > 100, (load.requests, load.failed, dict(load.failures()))
+    for app in ("sidecar", "silent"):
+        now = wait_steady(api, app, 4, api.app(app)["status"]["deployedRevision"])
+        assert not [i for i in now.values() if i["status"]["node"] == "node-a1"], "nothing runs on node-a1"
+        assert sorted(i["status"]["cell"] for i in now.values()) == ["cell-a", "cell-a", "cell-b", "cell-b"]
+    status = api.release("sidecar")
+    assert status["kind"] == "evacuate" and status["phase"] == "Succeeded", status
+    assert {e["action"] for e in api.history("sidecar")[-1]["events"]} >= {"start", "succeeded"}
+    node = api.get("/v1/nodes/node-a1")
+    assert node["status"]["cordoned"] is True
+    audit = api.get("/v1/audit?limit=500")["items"]
+    assert any(a["action"] == "node.drain" and a["resource"] == "Node/node-a1" for a in audit)
+    refused = platform.cli("node", "drain", "node-nope", check=False)
+    assert refused.returncode != 0 and "not found" in refused.stderr
+    platform.cli("node", "uncordon", "node-a1")
+    assert api.get("/v1/nodes/node-a1")["status"]["cordoned"] is False

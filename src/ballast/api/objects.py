@@ -35,7 +35,7 @@ def node(row: Any, now: float, instance_count: int) -> dict[str, Any]:
                  "capacity": {"cpu": format_cpu(row.cpu_millis), "memory": format_memory(row.memory_bytes)}},
                 {"ready": age < NODE_TIMEOUT_SECONDS, "lastHeartbeat": iso(row.last_heartbeat),
                  "secondsSinceHeartbeat": round(age, 1), "instances": instance_count,
-                 "agentVersion": row.agent_version})
+                 "agentVersion": row.agent_version, "cordoned": row.cordoned})
 
 
 def app(row: Any, per_cell: dict[str, dict[str, int]]) -> dict[str, Any]:

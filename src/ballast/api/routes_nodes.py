@@ -15,7 +15,7 @@ from ballast.api.deps import exempt_from_audit, mark_audited, principal, require
 from ballast.core.authz import Action
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import NotFound
-from ballast.services import registry
+from ballast.services import evacuation, registry
 from ballast.services.access import Principal
 from ballast.store.schema import instances, nodes
 
@@ -139,3 +139,30 @@ async def delete_node(request: Request, name: str = NodeName, who: Principal = D
     await retrying(attempt)
     mark_audited(request)
     return {"deleted": f"Node/{name}"}
+
+
+@router.post("/nodes/{name}/drain", tags=["nodes"])
+async def drain_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Cordon the node and move its instances to other nodes of its cell, each drained before it stops."""
+    require(who, Action.MANAGE_CELLS)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await evacuation.drain(tx, name, who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
+
+
+@router.post("/nodes/{name}/uncordon", tags=["nodes"])
+async def uncordon_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require(who, Action.MANAGE_CELLS)
+
+    async def attempt() -> dict[str, Any]:
+        async with store_of(request).write() as tx:
+            return await evacuation.uncordon(tx, name, who.user)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result

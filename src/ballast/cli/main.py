@@ -500,6 +500,32 @@ from ballast.cli.release_cmds import release  # noqa: E402  (registers on the gr
 
 from ballast.cli.order_cmds import order  # noqa: E402
 
+
+@cli.group()
+def node() -> None:
+    """Node operations: drain (cordon and move instances away, losslessly) and uncordon."""
+
+
+@node.command("drain")
+@click.argument("name")
+@command
+async def node_drain(client: Client, name: str) -> None:
+    """Cordon NAME and move its instances to other nodes of its cell, each drained before it stops."""
+    answer = await client.post(f"/v1/nodes/{name}/drain")
+    console.print(f"node {name} cordoned")
+    for r in answer["releases"]:
+        console.print(f"  {r['app']}: release {r['release']} moves {len(r['instances'])} instance(s) "
+                      f"(`ballast release status {r['app']}`)")
+
+
+@node.command("uncordon")
+@click.argument("name")
+@command
+async def node_uncordon(client: Client, name: str) -> None:
+    """Let new instances land on NAME again."""
+    await client.post(f"/v1/nodes/{name}/uncordon")
+    console.print(f"node {name} uncordoned")
+
 cli.add_command(release)
 cli.add_command(order)
 

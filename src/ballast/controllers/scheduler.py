@@ -102,7 +102,8 @@ async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[Node
 
     Requests come from every app, those under release included: their instances occupy capacity too.
     """
-    node_views = [NodeView(name=n.name, cell=n.cell, ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS,
+    node_views = [NodeView(name=n.name, cell=n.cell,
+                           ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS and not n.cordoned,
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
     requests = {a.name: stored_spec(a.spec).template.resources.request()

@@ -161,21 +161,23 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
 
 
 async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[Slot], key: str,
-                      ordinals: list[int], actor: str) -> int:
-    """Changing instance counts of a running app goes through the grouped engine like a release."""
-    strategy = AppServiceSpec.model_validate(app_row.spec).strategy.to_strategy()
+                      ordinals: list[int], actor: str, *, kind: str = "scale", strategy: Strategy | None = None,
+                      reason: str = "instance counts changed") -> int:
+    """Changing instance counts of a running app goes through the grouped engine like a release (and so does
+    moving instances off a node: new ones elsewhere in the cell first, then the old ones drained and retired)."""
+    strategy = strategy or AppServiceSpec.model_validate(app_row.spec).strategy.to_strategy()
     groups = plan_scale(adds, removes, strategy, key, ordinals)
     result = await tx.conn.execute(insert(releases).values(
-        app=app_row.name, kind="scale", from_revision=app_row.deployed_revision, to_revision=app_row.deployed_revision,
+        app=app_row.name, kind=kind, from_revision=app_row.deployed_revision, to_revision=app_row.deployed_revision,
         strategy=strategy_to_json(strategy), plan=plan_to_json(groups), phase=Phase.RUNNING.value,
         direction=Direction.FORWARD.value, completed_groups=0, pause_until=None, fast=False,
-        reason="instance counts changed", waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
+        reason=reason, waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
         finished_at=None, resource_version=tx.rv))
     release_id = _new_id(result)
     detail = {"add": adds, "remove": [r.instance for r in removes]}
     await event(tx, release_id, actor, "start", Phase.RUNNING, detail)
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app_row.name}",
-                   detail={"release": release_id, "kind": "scale", **detail})
+                   detail={"release": release_id, "kind": kind, **detail})
     return release_id
 
 

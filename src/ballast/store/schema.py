@@ -7,7 +7,7 @@ that the migrated schema and this metadata agree.
 from __future__ import annotations
 
 from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table,
-                        Text, UniqueConstraint, Index)
+                        Text, UniqueConstraint, Index, false)
 
 metadata = MetaData()
 
@@ -41,6 +41,8 @@ nodes = Table(
     Column("registered_at", Float, nullable=False),
     Column("last_heartbeat", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
+    # Cordoned: no new instances land here; `ballast node drain` moves the running ones away.
+    Column("cordoned", Boolean, nullable=False, server_default=false()),
 )
 
 apps = Table(
@@ -162,7 +164,7 @@ releases = Table(
     "releases", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("app", String(63), nullable=False),
-    Column("kind", String(16), nullable=False),        # release | scale
+    Column("kind", String(16), nullable=False),        # release | scale | evacuate
     Column("from_revision", Integer, nullable=False),
     Column("to_revision", Integer, nullable=False),
     Column("strategy", JSON, nullable=False),

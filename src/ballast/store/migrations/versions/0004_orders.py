@@ -1,4 +1,4 @@
-"""release orders, approvals, change windows
+"""release orders, approvals, change windows; cordoned nodes
 
 Revision ID: 0004
 Revises: 0003
@@ -14,6 +14,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('nodes', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('cordoned', sa.Boolean(), server_default=sa.false(), nullable=False))
     op.create_table('change_windows',
     sa.Column('name', sa.String(length=63), nullable=False),
     sa.Column('spec', sa.JSON(), nullable=False),
@@ -84,3 +86,5 @@ def downgrade() -> None:
             batch_op.drop_index(index)
     for table in ('order_events', 'order_approvals', 'order_items', 'orders', 'change_windows'):
         op.drop_table(table)
+    with op.batch_alter_table('nodes', schema=None) as batch_op:
+        batch_op.drop_column('cordoned')
