@@ -9,7 +9,7 @@ from fastapi import Request
 from ballast.core.authz import Action, allowed, explain_denial
 from ballast.errors import Forbidden, RetryableConflict
 from ballast.services.access import Principal, authenticate
-from ballast.store.engine import Store
+from ballast.store.engine import Store, Tx
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 5
@@ -51,6 +51,17 @@ def mark_audited(request: Request) -> None:
 def exempt_from_audit(request: Request) -> None:
     """Telemetry (heartbeats, status reports) is not a change of intent."""
     request.state.audit_exempt = True
+
+
+async def audited_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
+    """One write transaction that audits itself (`change` appends its record), retried on a lost race."""
+    async def attempt() -> T:
+        async with store_of(request).write() as tx:
+            return await change(tx)
+
+    result = await retrying(attempt)
+    mark_audited(request)
+    return result
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:

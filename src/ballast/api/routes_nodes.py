@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from ballast.api import objects
-from ballast.api.deps import exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
+from ballast.api.deps import audited_write, exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import NotFound
@@ -145,24 +145,10 @@ async def delete_node(request: Request, name: str = NodeName, who: Principal = D
 async def drain_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
     """Cordon the node and move its instances to other nodes of its cell, each drained before it stops."""
     require(who, Action.MANAGE_CELLS)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await evacuation.drain(tx, name, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: evacuation.drain(tx, name, who.user))
 
 
 @router.post("/nodes/{name}/uncordon", tags=["nodes"])
 async def uncordon_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await evacuation.uncordon(tx, name, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: evacuation.uncordon(tx, name, who.user))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.api.deps import audited_write, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import StoredText
 from ballast.core.orders import OrderPhase
@@ -92,15 +92,8 @@ async def order_report(name: str, request: Request, format: Literal["json", "mar
 
 async def _decide(name: str, request: Request, who: Principal, *, approve: bool, body: Decision) -> dict[str, Any]:
     await _read_order(request, who, name)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await orders.decide_approval(tx, name, who, approve=approve, emergency=body.emergency,
-                                                comment=body.comment)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: orders.decide_approval(
+        tx, name, who, approve=approve, emergency=body.emergency, comment=body.comment))
 
 
 @router.post("/orders/{name}/approve", tags=["orders"])
@@ -127,26 +120,12 @@ async def _may_change(request: Request, who: Principal, name: str) -> None:
 async def start(name: str, request: Request, body: StartOrder = StartOrder(),
                 who: Principal = Depends(principal)) -> dict[str, Any]:
     await _may_change(request, who, name)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await orders.start(tx, name, who, emergency=body.emergency)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: orders.start(tx, name, who, emergency=body.emergency))
 
 
 async def _act(name: str, action: str, request: Request, who: Principal, body: OrderAction) -> dict[str, Any]:
     await _may_change(request, who, name)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await orders.act(tx, name, action, who.user, body.expectPhase)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: orders.act(tx, name, action, who.user, body.expectPhase))
 
 
 @router.post("/orders/{name}/pause", tags=["orders"])
@@ -178,11 +157,5 @@ async def list_windows(request: Request, who: Principal = Depends(principal)) ->
 @router.delete("/changewindows/{name}", tags=["orders"])
 async def delete_window(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_WINDOWS)
-
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await orders.delete_window(tx, name, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: orders.delete_window(tx, name, who.user))
     return {"deleted": name}
