@@ -149,6 +149,11 @@ def test_an_order_approved_started_in_an_emergency_paused_by_a_failure_and_rolle
     wait_steady(api, "d", 2, 2)
     assert {i["status"]["revision"] for i in api.instances("c")} == {1}
 
+    shown = users.cli("bob", "order", "status", "chg-42").stdout
+    assert "Paused" in shown and "EMERGENCY" in shown and "Waiting" in shown, shown
+    windows = platform.cli("get", "changewindows").stdout
+    assert "year-end" in windows and "frozen" in windows, windows
+    assert "chg-42" in platform.cli("get", "orders").stdout
     users.cli("alice", "order", "rollback", "chg-42")
     eventually(lambda: _require(apps_of(order(api))["b"]["release"]["phase"] in ("RollingBack", "RolledBack")),
                "b turns round first", timeout=30)
