@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ballast.api import routes_access, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
+from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
 from ballast.api.deps import principal
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
@@ -43,6 +43,7 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(routes_releases.router, prefix="/v1")
     app.include_router(routes_registry.router, prefix="/v1")
     app.include_router(routes_orders.router, prefix="/v1")
+    app.include_router(routes_metrics.router)  # /metrics, where Prometheus looks by default
 
     @app.exception_handler(BallastError)
     async def _ballast_error(_: Request, exc: BallastError) -> JSONResponse:
