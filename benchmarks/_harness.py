@@ -16,8 +16,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO
+import shutil
+import tempfile
 
 
 class BenchFailed(Exception):
@@ -27,6 +29,20 @@ class BenchFailed(Exception):
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so `finally` blocks stop the processes we started."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def run_in_workdir(prefix: str, body: Callable[[Path], None]) -> int:
+    """A benchmark's entry: `body` in a fresh temp directory (removed after); a `BenchFailed` is exit code 1."""
+    exit_on_sigterm()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        body(work)
+    except BenchFailed as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -24,12 +24,11 @@ import asyncio
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import BenchFailed, Child, code_version, exit_on_sigterm, free_port, kill_leftovers, loadavg  # noqa: E402
+from _harness import BenchFailed, Child, code_version, run_in_workdir, free_port, kill_leftovers, loadavg  # noqa: E402
 
 from ballast.dataplane.haproxy import HAProxy, ProxyFiles, find_binary  # noqa: E402
 from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, Server,  # noqa: E402
@@ -122,16 +121,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    exit_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix="ballast-bench-dp-"))
-    try:
-        asyncio.run(run(args, work))
-    except BenchFailed as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_in_workdir("ballast-bench-dp-", lambda work: asyncio.run(run(args, work)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (BenchFailed, Child, code_version, exit_on_sigterm, free_port, kill_leftovers,  # noqa: E402
+from _harness import (BenchFailed, Child, code_version, free_port, run_in_workdir, kill_leftovers,  # noqa: E402
                       loadavg, tail)
 
 from ballast.loadgen import BackgroundLoad, Load, Target, percentile  # noqa: E402
@@ -266,16 +265,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=48)
     parser.add_argument("--steady", type=float, default=10.0, help="seconds of steady state before releasing")
     args = parser.parse_args()
-    exit_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix="ballast-bench-lossless-"))
-    try:
-        run(args, work)
-    except BenchFailed as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_in_workdir("ballast-bench-lossless-", lambda work: run(args, work))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import BenchFailed, Child, exit_on_sigterm, free_port, kill_leftovers, tail  # noqa: E402
+from _harness import BenchFailed, Child, run_in_workdir, free_port, kill_leftovers, tail  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = re.compile(r"upgrade-timing instance=(\S+) revision=(\d+) stop=([\d.]+) start_to_ready=([\d.]+) total=([\d.]+)")
@@ -171,16 +170,7 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    exit_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix="ballast-bench-release-"))
-    try:
-        run(args, work)
-    except BenchFailed as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_in_workdir("ballast-bench-release-", lambda work: run(args, work))
 
 
 if __name__ == "__main__":
