@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import audited_write, principal, require, store_of
@@ -38,7 +39,7 @@ class OrderAction(BaseModel):
 async def _read_order(request: Request, who: Principal, name: str) -> Any:
     async with store_of(request).read() as conn:
         row = await orders.get_order(conn, name)
-    for app in orders.order_apps(row):
+    for app in orders.order_apps(row.spec):
         require(who, Action.READ, app)
     return row
 
@@ -66,7 +67,6 @@ def _moment(field: str, text: str | None) -> float | None:
         raise InvalidInput("invalid filter", problems=[FieldProblem(field, text, "an ISO 8601 date or date-time, "
                                                                                 "e.g. 2026-12-01 or 2026-12-01T08:00+01:00")]) from None
     if moment.tzinfo is None:
-        from datetime import timezone
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
@@ -85,7 +85,6 @@ async def order_report(name: str, request: Request, format: Literal["json", "mar
     async with store_of(request).read() as conn:
         body = await orders.report(conn, name)
     if format == "markdown":
-        from fastapi.responses import PlainTextResponse
         return PlainTextResponse(orders.render_markdown(body), media_type="text/markdown")
     return body
 
@@ -112,7 +111,7 @@ async def reject(name: str, request: Request, body: Decision = Decision(),
 
 async def _may_change(request: Request, who: Principal, name: str) -> None:
     row = await _read_order(request, who, name)
-    for app in orders.order_apps(row):
+    for app in orders.order_apps(row.spec):
         require(who, Action.APPLY_APP, app)
 
 

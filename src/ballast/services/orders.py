@@ -24,7 +24,7 @@ from ballast.services.access import Principal
 from ballast.store import audit_log
 from ballast.store.engine import Tx
 from ballast.store.schema import (apps, audit, change_windows, order_approvals, order_events, order_items, orders,
-                                  release_events, revisions)
+                                  revisions)
 from ballast.store.schema import releases as release_rows
 
 ENGINE = "controller/orders"
@@ -158,8 +158,8 @@ async def get_order(conn: AsyncConnection, name: str) -> Any:
     return row
 
 
-def order_apps(row: Any) -> list[str]:
-    return [r["app"] for r in row.spec["releases"]]
+def order_apps(spec: dict[str, Any]) -> list[str]:
+    return [r["app"] for r in spec["releases"]]
 
 
 async def authors(conn: AsyncConnection, name: str) -> set[str]:
@@ -187,7 +187,7 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
                         f"may not give its {what}; another user must")
     action = Action.APPROVE_EMERGENCY if emergency else Action.APPROVE_ORDER
     role = "emergency-approver" if emergency else "approver"
-    lacking = [a for a in order_apps(row) if not allowed(who.bindings, action, a)]
+    lacking = [a for a in order_apps(row.spec) if not allowed(who.bindings, action, a)]
     if lacking:
         raise Forbidden(f"user {who.user!r} holds no {role} role for app(s) {', '.join(lacking)} of release order "
                         f"{name!r}; its {what} needs one for every app")
@@ -227,7 +227,7 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
 async def active_order_for(conn: AsyncConnection, app: str, other_than: str | None = None) -> Any:
     rows = (await conn.execute(select(orders).where(orders.c.phase.in_([p.value for p in ACTIVE])))).all()
     for r in rows:
-        if r.name != other_than and app in order_apps(r):
+        if r.name != other_than and app in order_apps(r.spec):
             return r
     return None
 
@@ -237,12 +237,12 @@ async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[s
     phase = OrderPhase(row.phase)
     if phase is not OrderPhase.APPROVED:
         raise Conflict(f"release order {name!r} is {phase.value} ({row.reason}); only an Approved order starts")
-    for app in order_apps(row):
+    for app in order_apps(row.spec):
         other = await active_order_for(tx.conn, app, other_than=name)
         if other is not None:
             raise Conflict(f"release order {other.name!r} ({other.phase}) also changes app {app!r}; two orders "
                            f"touching one app never run at once: wait for it to finish")
-    verdict = check_windows(await windows(tx.conn), order_apps(row), tx.now)
+    verdict = check_windows(await windows(tx.conn), order_apps(row.spec), tx.now)
     if emergency:
         given = await _approvals(tx.conn, row)
         if not any(a.emergency and a.decision == "approve" for a in given):
@@ -396,7 +396,7 @@ async def list_orders(conn: AsyncConnection, *, phase: str | None = None, app: s
     if until is not None:
         query = query.where(orders.c.created_at < until)
     rows = (await conn.execute(query)).all()
-    return [r for r in rows if app is None or app in order_apps(r)]
+    return [r for r in rows if app is None or app in order_apps(r.spec)]
 
 
 def order_stats(rows: list[Any]) -> dict[str, Any]:
@@ -421,21 +421,18 @@ async def report(conn: AsyncConnection, name: str) -> dict[str, Any]:
         entry["diff"] = await _diff(conn, entry["app"], before, entry["toRevision"])
         entry["diffAgainstRevision"] = before
         apps_out.append(entry)
+    undo_ids = {a["undo"]["id"] for a in apps_out if a["undo"]}
     ran = []
     for release_id in sorted(release_ids):
         rel = await _release(conn, release_id)
         if rel is None:
             continue
-        summary_ = _release_summary(rel, "back" if rel.created_by == engine_actor(name) and
-                                    any(i["undo"] and i["undo"]["id"] == rel.id for i in apps_out) else "forward")
+        summary_ = _release_summary(rel, "back" if rel.id in undo_ids else "forward")
         summary_["app"] = rel.app
         summary_["createdBy"] = rel.created_by
-        events = (await conn.execute(select(release_events).where(release_events.c.release_id == rel.id)
-                                     .order_by(release_events.c.id))).all()
-        summary_["events"] = [{"at": utc(e.ts), "actor": e.actor, "action": e.action, "phase": e.phase,
-                               "detail": e.detail} for e in events]
+        summary_["events"] = [{"at": utc(e.pop("ts")), **e} for e in await releases.event_log(conn, rel.id)]
         ran.append(summary_)
-    app_resources = [f"AppService/{a}" for a in order_apps(await get_order(conn, name))]
+    app_resources = [f"AppService/{a}" for a in order_apps(current["spec"])]
     rows = (await conn.execute(select(audit).where(or_(audit.c.resource == resource(name),
                                                        audit.c.resource.in_(app_resources)))
                                .order_by(audit.c.seq))).all()
@@ -457,12 +454,9 @@ async def report(conn: AsyncConnection, name: str) -> dict[str, Any]:
 
 
 async def _diff(conn: AsyncConnection, app: str, before: int | None, after: int) -> list[dict[str, Any]]:
-    def template(number: int | None) -> Any:
-        return None if number is None else number
-
     rows = {r.number: r.template for r in (await conn.execute(select(revisions).where(
         revisions.c.app == app, revisions.c.number.in_([n for n in (before, after) if n is not None])))).all()}
-    old, new = rows.get(template(before)) if before is not None else None, rows.get(after)
+    old, new = rows.get(before) if before is not None else None, rows.get(after)
     return [{"path": p, "before": b, "after": a} for p, b, a in template_diff(old or {}, new or {})]
 
 

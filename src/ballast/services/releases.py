@@ -260,10 +260,10 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
             "startedAt": row.created_at, "finishedAt": row.finished_at,
             "elapsedSeconds": round((row.finished_at or now) - row.created_at, 1),
             "pauseUntil": row.pause_until, "strategy": row.strategy, "groups": groups,
-            "events": await _events(conn, row.id)}
+            "events": await event_log(conn, row.id)}
 
 
-async def _events(conn: AsyncConnection, release_id: int) -> list[dict[str, Any]]:
+async def event_log(conn: AsyncConnection, release_id: int) -> list[dict[str, Any]]:
     rows = (await conn.execute(select(release_events).where(release_events.c.release_id == release_id)
                                .order_by(release_events.c.id))).all()
     return [{"ts": e.ts, "actor": e.actor, "action": e.action, "phase": e.phase, "detail": e.detail} for e in rows]
@@ -277,7 +277,7 @@ async def history(conn: AsyncConnection, app: str) -> list[dict[str, Any]]:
                     "phase": row.phase, "createdBy": row.created_by, "startedAt": row.created_at,
                     "finishedAt": row.finished_at,
                     "durationSeconds": round(row.finished_at - row.created_at, 1) if row.finished_at else None,
-                    "events": await _events(conn, row.id)})
+                    "events": await event_log(conn, row.id)})
     return out
 
 
