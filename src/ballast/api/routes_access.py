@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.api.deps import audited_write, principal, require, store_of
 from ballast.core.authz import Action, allowed
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, InvalidInput
@@ -65,25 +65,14 @@ async def create_user(body: NewUser, request: Request, who: Principal = Depends(
     require(who, Action.MANAGE_ACCESS)
     name, role, apps = access.validate_user_name(body.name), access.validate_role(body.role), _apps(body.apps)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await access.create_user(tx, name, role, apps, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: access.create_user(tx, name, role, apps, who.user))
 
 
 @router.delete("/users/{name}", tags=["access"])
 async def delete_user(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await access.delete_user(tx, name, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: access.delete_user(tx, name, who.user))
     return {"deleted": f"User/{name}"}
 
 
@@ -92,12 +81,7 @@ async def bind(name: str, body: NewBinding, request: Request, who: Principal = D
     require(who, Action.MANAGE_ACCESS)
     role, apps = access.validate_role(body.role), _apps(body.apps)
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await access.bind(tx, name, role, apps, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: access.bind(tx, name, role, apps, who.user))
     return {"user": name, "role": role.value, "apps": apps}
 
 
@@ -106,12 +90,7 @@ async def unbind(name: str, role: str, request: Request, who: Principal = Depend
     require(who, Action.MANAGE_ACCESS)
     parsed = access.validate_role(role)
 
-    async def attempt() -> int:
-        async with store_of(request).write() as tx:
-            return await access.unbind(tx, name, parsed, who.user)
-
-    removed = await retrying(attempt)
-    mark_audited(request)
+    removed = await audited_write(request, lambda tx: access.unbind(tx, name, parsed, who.user))
     return {"user": name, "role": parsed.value, "removed": removed}
 
 
@@ -128,13 +107,7 @@ async def create_token(body: NewToken, request: Request, who: Principal = Depend
     if user != who.user:
         require(who, Action.MANAGE_ACCESS)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await access.create_token(tx, user, body.name, body.ttlSeconds, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: access.create_token(tx, user, body.name, body.ttlSeconds, who.user))
 
 
 @router.delete("/tokens/{token_id}", tags=["access"])
@@ -144,10 +117,4 @@ async def revoke_token(token_id: str, request: Request, who: Principal = Depends
     if owner != who.user:
         require(who, Action.MANAGE_ACCESS)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await access.revoke_token(tx, token_id, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: access.revoke_token(tx, token_id, who.user))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
+from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import NotFound
@@ -98,13 +98,7 @@ async def register_node(body: NodeRegistration, request: Request, name: str = No
                         who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await registry.register_node(tx, name, body.model_dump(), who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: registry.register_node(tx, name, body.model_dump(), who.user))
 
 
 @router.post("/nodes/{name}/status", tags=["nodes"])
@@ -132,12 +126,7 @@ async def assignments(request: Request, name: str = NodeName, known: str | None 
 async def delete_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await registry.delete_node(tx, name, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: registry.delete_node(tx, name, who.user))
     return {"deleted": f"Node/{name}"}
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from ballast.api import objects
-from ballast.api.deps import exempt_from_audit, mark_audited, principal, require, require_topology_read, retrying, store_of
+from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core.manifests import NAME_PATTERN, StoredText
@@ -76,13 +76,7 @@ async def register_gateway(body: GatewayRegistration, request: Request, name: st
                            who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await registry.register_gateway(tx, name, body.address, who.user)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user))
 
 
 @router.post("/gateways/{name}/ack", tags=["registry"])
@@ -115,12 +109,7 @@ async def delete_gateway(request: Request, name: str = ComponentName, who: Princ
     """Forget a gateway: releases stop waiting for its acknowledgements."""
     require(who, Action.MANAGE_CELLS)
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await registry.delete_component(tx, GATEWAY, name, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: registry.delete_component(tx, GATEWAY, name, who.user))
     return {"deleted": f"Gateway/{name}"}
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ballast.api.deps import mark_audited, principal, require, retrying, store_of
+from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
 from ballast.errors import Conflict
 from ballast.services import orders, releases
@@ -85,13 +85,7 @@ async def release_status(app: str, request: Request, id: int | None = Query(None
 async def _act(app: str, action: str, body: ReleaseAction, request: Request, who: Principal) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
 
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase)
-
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase))
 
 
 @router.post("/apps/{app}/release/pause", tags=["releases"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, insert, select
 
 from ballast.api import objects
-from ballast.api.deps import (mark_audited, may_read_app, principal, require, require_topology_read, retrying,
+from ballast.api.deps import (audited_write, mark_audited, may_read_app, principal, require, require_topology_read, retrying,
                               store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
@@ -72,12 +72,7 @@ async def get_cell(name: str, request: Request, who: Principal = Depends(princip
 async def delete_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await registry.delete_cell(tx, name, who.user)
-
-    await retrying(attempt)
-    mark_audited(request)
+    await audited_write(request, lambda tx: registry.delete_cell(tx, name, who.user))
     return {"deleted": f"Cell/{name}"}
 
 
@@ -118,12 +113,7 @@ async def get_app(name: str, request: Request, who: Principal = Depends(principa
 async def delete_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, name)
 
-    async def attempt() -> int:
-        async with store_of(request).write() as tx:
-            return await registry.delete_app(tx, name, who.user)
-
-    stopping = await retrying(attempt)
-    mark_audited(request)
+    stopping = await audited_write(request, lambda tx: registry.delete_app(tx, name, who.user))
     return {"deleted": f"AppService/{name}", "instancesStopping": stopping}
 
 
@@ -263,9 +253,8 @@ async def verify_audit_records(body: VerifyRecords, request: Request,
     request.state.audit_exempt = True  # a check changes nothing
     async with store_of(request).read() as conn:
         count, breaks, head = await audit_log.verify_all(conn)
-        stored = {r.seq: r.hash for r in await audit_log.records(conn, after_seq=min(x.seq for x in body.records) - 1,
-                                                                  limit=max(x.seq for x in body.records)
-                                                                  - min(x.seq for x in body.records) + 1)}
+        first, last = min(x.seq for x in body.records), max(x.seq for x in body.records)
+        stored = {r.seq: r.hash for r in await audit_log.records(conn, after_seq=first - 1, limit=last - first + 1)}
     mismatches = [{"seq": x.seq, "problem": "no such record" if x.seq not in stored else
                    f"hash {x.hash[:16]}… differs from the chain's {stored[x.seq][:16]}…"}
                   for x in body.records if stored.get(x.seq) != x.hash]
