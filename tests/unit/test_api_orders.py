@@ -184,3 +184,32 @@ async def test_windows_emergencies_and_one_order_per_app(api: Api) -> None:
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "since"
     r = await api.http.get("/v1/orders", params={"state": "Happy"})
     assert r.status_code == 422
+
+
+async def test_bad_requests_to_order_routes_are_4xx_naming_the_field(api: Api) -> None:
+    await four_apps_at_revision_2(api)
+    await ok(api.http.post("/v1/apply", json={"items": [order("chg", ABCD)]}))
+    before = await ok(api.http.get("/v1/orders/chg"))
+    cases = [
+        ("post", "/v1/orders/chg/approve", {"comment": 5}, 422, "comment"),
+        ("post", "/v1/orders/chg/approve", {"emergency": "maybe"}, 422, "emergency"),
+        ("post", "/v1/orders/chg/approve", {"extra": 1}, 422, "extra"),
+        ("post", "/v1/orders/chg/start", {"emergency": []}, 422, "emergency"),
+        ("post", "/v1/orders/chg/pause", {"expectPhase": "x" * 40}, 422, "expectPhase"),
+        ("post", "/v1/orders/nope/approve", {}, 404, None),
+        ("get", "/v1/orders/chg/report?format=pdf", None, 422, "format"),
+        ("post", "/v1/audit/verify", {"records": []}, 422, "records"),
+        ("post", "/v1/audit/verify", {"records": [{"seq": 0, "hash": "x"}]}, 422, "records.0.seq"),
+        ("delete", "/v1/changewindows/nope", None, 404, None),
+    ]
+    for method, path, body, status, field in cases:
+        r = await (api.http.request(method.upper(), path, json=body) if body is not None
+                   else api.http.request(method.upper(), path))
+        assert r.status_code == status, (path, body, r.text)
+        if field is not None:
+            assert any(field in p["path"] for p in r.json()["problems"]), (path, r.json())
+    freeze = {"from": "2026-12-24T00:00+01:00", "to": "2026-12-25T00:00"}
+    r = await api.http.post("/v1/apply", json={"items": [window("w", freezes=[freeze])]})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "items[0].spec.freezes[0]"
+    after = await ok(api.http.get("/v1/orders/chg"))
+    assert after == before, "refused requests change nothing"
