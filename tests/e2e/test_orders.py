@@ -14,11 +14,13 @@ import json
 import os
 import shutil
 import signal
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Platform, eventually, start_platform
 from tests.e2e.test_crash_safety import _healthy, _require, _server_pid
@@ -201,3 +203,15 @@ def test_an_order_approved_started_in_an_emergency_paused_by_a_failure_and_rolle
     listed = json.loads(users.cli("bob", "order", "list", "--app", "b", "-o", "json").stdout)
     assert [o["metadata"]["name"] for o in listed["items"]] == ["chg-42"]
     assert listed["stats"]["byPhase"] == {"RolledBack": 1} and listed["stats"]["rollbackRate"] == 1.0
+
+    # What an existing Prometheus scrapes from the real control plane.
+    token = yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"]
+    scrape = urllib.request.Request(f"{platform.server}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(scrape, timeout=10) as r:
+        text = r.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("ballast_order_phase", (("emergency", "true"), ("order", "chg-42"), ("phase", "RolledBack")))] == 1
+    b_release = str(items["b"]["release"]["id"])
+    assert samples[("ballast_release_phase", (("app", "b"), ("kind", "release"), ("phase", "RolledBack"),
+                                              ("release", b_release)))] == 1
