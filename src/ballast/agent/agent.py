@@ -13,6 +13,7 @@ adopts running instances and sidecars instead of restarting them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
 from ballast.client import ApiError, Client, Unreachable
+from ballast.core.request_metrics import Series
+from ballast.dataplane.collector import RequestStats
+from ballast.dataplane.haproxy import install_stats_script
+from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 from ballast.processes import adopt
 
 log = logging.getLogger("ballast.agent")
@@ -49,6 +54,8 @@ class AgentSettings:
     heartbeat_seconds: float = 2.0
     stop_instances_on_exit: bool = False
     instance_nice: int = 0            # > 0: apps yield the CPU to the agent and the sidecars under load
+    metrics_port: int = 9464          # /metrics and /v1/request-metrics on the node's IP; 0: not served
+    metrics_interval: float = 1.0     # how often the sidecars' request statistics are read
 
 
 class Agent:
@@ -64,16 +71,25 @@ class Agent:
         self.stopped_ids: set[str] = set()
         self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
         self.mesh = Mesh(self.client, settings.name, lambda: list(self.sidecars.values()))
+        self.stats_hooks = install_stats_script(settings.data_dir)
+        self.request_stats = RequestStats(settings.name, interval=settings.metrics_interval)
+        self.telemetry: TelemetryServer | None = None
+        if settings.metrics_port:
+            app = build_app(self.request_stats, lambda: request_families("ballast", "node", settings.name,
+                                                                                self.request_stats))
+            self.telemetry = TelemetryServer(app, settings.ip, settings.metrics_port)
         self.node: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        if self.telemetry is not None:
+            await self.telemetry.start()
         await self._register(stop)
         if stop.is_set():
             return await self._shutdown()
-        tasks = [asyncio.create_task(self.mesh.run(stop))]
+        tasks = [asyncio.create_task(self.mesh.run(stop)), asyncio.create_task(self.request_stats.run(stop))]
         # Sidecars start from the registry: wait (bounded) for a first snapshot before starting instances.
         try:
             await asyncio.wait_for(self.mesh.received.wait(), FIRST_SNAPSHOT_SECONDS)
@@ -90,7 +106,8 @@ class Agent:
     async def _register(self, stop: asyncio.Event) -> None:
         s = self.settings
         body = {"cell": s.cell, "ip": s.ip, "cpuMillis": s.cpu_millis, "memoryBytes": s.memory_bytes,
-                "agentVersion": __version__}
+                "agentVersion": __version__,
+                "metricsAddress": self.telemetry.address if self.telemetry is not None else None}
         delay = 0.2
         while not stop.is_set():
             try:
@@ -121,6 +138,8 @@ class Agent:
             await asyncio.gather(*(s.detach() for s in sups), return_exceptions=True)
             await asyncio.gather(*(c.detach() for c in self.sidecars.values()), return_exceptions=True)
         self.state.save(self.local)
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         await self.client.close()
         await self.http.aclose()
 
@@ -195,13 +214,24 @@ class Agent:
         assert self.node is not None
         sidecar = Sidecar(local.id, self.node.ip, self.node.cell,
                           SidecarPorts(endpoint=local.port, app=local.app_port, mesh=local.mesh_port),
-                          self.settings.haproxy, self.settings.data_dir / "sidecars" / local.id, self._sidecar_changed)
+                          self.settings.haproxy, self.settings.data_dir / "sidecars" / local.id, self._sidecar_changed,
+                          stats=self.stats_hooks)
         if local.sidecar_pid is not None and local.sidecar_started is not None:
             if sidecar.adopt(local.sidecar_pid, local.sidecar_started):
                 self.mesh.poke()  # it may have missed registry changes while no agent watched
         self.sidecars[local.id] = sidecar
         sidecar.supervise(lambda: self.mesh.snapshot)
+        self.request_stats.add(local.id, sidecar.request_counts, functools.partial(self._series_of, local.id))
         return sidecar
+
+    def _series_of(self, instance_id: str, _key: str = "") -> Series | None:
+        """The series an instance's requests count for now: the revision its app process runs (or ran, while
+        it stops)."""
+        sup = self.supervisors.get(instance_id) or self.stopping.get(instance_id)
+        if sup is None or self.node is None:
+            return None
+        return Series(app=str(sup.assignment["app"]), instance=instance_id, revision=int(sup.assignment["revision"]),
+                      cell=self.node.cell, source=self.node.name)
 
     def _sidecar_changed(self) -> None:
         for sidecar in self.sidecars.values():
@@ -219,6 +249,8 @@ class Agent:
         self.stopping[sup.id] = sup
         try:
             await sup.stop()
+            await self.request_stats.poll(sup.id)  # its last requests count for the revision it ran
+            self.request_stats.remove(sup.id)
             sidecar = self.sidecars.pop(sup.id, None)
             if sidecar is not None:
                 await sidecar.stop()
@@ -237,6 +269,9 @@ class Agent:
         began = loop.time()
         try:
             await sup.stop()
+            # Drained and stopped: what the sidecar counted so far was the old revision's; later requests are
+            # the new one's.
+            await self.request_stats.poll(sup.id)
         finally:
             self.stopping.pop(sup.id, None)
         self._begin(a)

@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ballast.core.request_metrics import Counts
+from ballast.dataplane import runtime
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
 from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, render_sidecar
 from ballast.dataplane.registry import Snapshot
+from ballast.dataplane.request_stats import SIDECAR_PREFIX, StatsHooks, parse_dump, sidecar_counts
 from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backends
 
@@ -54,8 +57,9 @@ class DrainReport:
 
 class Sidecar:
     def __init__(self, instance_id: str, ip: str, cell: str, ports: SidecarPorts, binary: str, state_dir: Path,
-                 on_change: Callable[[], None]) -> None:
+                 on_change: Callable[[], None], stats: StatsHooks | None = None) -> None:
         self.id = instance_id
+        self.stats = stats
         self.ip = ip
         self.cell = cell
         self.ports = ports
@@ -77,7 +81,7 @@ class Sidecar:
         backends = sidecar_backends(snapshot, self.cell)
         cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
                             inbound=Address(self.ip, self.ports.endpoint), app=Address(self.ip, self.ports.app),
-                            outbound=Address(self.ip, self.ports.mesh), backends=backends)
+                            outbound=Address(self.ip, self.ports.mesh), backends=backends, stats=self.stats)
         return render_sidecar(cfg), backends
 
     def _set_up(self, up: bool) -> None:
@@ -157,6 +161,14 @@ class Sidecar:
             return inbound_inflight(await self.proxy.stat_rows())
         except RuntimeApiError:
             return None
+
+    async def request_counts(self) -> tuple[str, dict[str, Counts]]:
+        """What the instance's endpoint has served, as its proxy's running worker counted it (with its epoch)."""
+        if not self.proxy.alive():
+            raise RuntimeApiError(f"sidecar of {self.id} is not running")
+        dump = parse_dump(await runtime.command(self.proxy.files.admin_socket, f"ballast stats {SIDECAR_PREFIX}"))
+        counts = sidecar_counts(dump)
+        return dump.epoch, ({"": counts} if counts is not None else {})
 
     async def wait_idle(self, revision: int, timeout: float) -> DrainReport:
         """Wait until no request is in flight and none arrived between two looks (bounded by `timeout`).

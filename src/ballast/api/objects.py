@@ -32,7 +32,8 @@ def node(row: Any, now: float, instance_count: int) -> dict[str, Any]:
     return _obj("Node", row.name, {"labels": row.labels, "creationTimestamp": iso(row.registered_at),
                                    "resourceVersion": row.resource_version},
                 {"cell": row.cell, "zone": row.zone, "ip": row.ip,
-                 "capacity": {"cpu": format_cpu(row.cpu_millis), "memory": format_memory(row.memory_bytes)}},
+                 "capacity": {"cpu": format_cpu(row.cpu_millis), "memory": format_memory(row.memory_bytes)},
+                 "metricsAddress": row.metrics_address},
                 {"ready": age < NODE_TIMEOUT_SECONDS, "lastHeartbeat": iso(row.last_heartbeat),
                  "secondsSinceHeartbeat": round(age, 1), "instances": instance_count,
                  "agentVersion": row.agent_version, "cordoned": row.cordoned})
@@ -89,7 +90,7 @@ def endpoint(row: Any, acked: dict[str, int]) -> dict[str, Any]:
 
 def gateway(row: Any, registry_generation: int, now: float) -> dict[str, Any]:
     return _obj("Gateway", row.name, {"creationTimestamp": iso(row.registered_at)},
-                {"address": row.address},
+                {"address": row.address, "metricsAddress": row.metrics_address},
                 {"url": f"http://{row.address}", "acknowledgedGeneration": row.acked_generation,
                  "registryGeneration": registry_generation, "inSync": row.acked_generation >= registry_generation,
                  "error": row.error, "lastSeen": iso(row.last_seen), "secondsSinceSeen": round(now - row.last_seen, 1)})

@@ -8,9 +8,9 @@ read, like every API call (Prometheus: `authorization: {credentials: TOKEN}`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,8 +20,10 @@ from ballast.api.deps import principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.orders import OrderPhase
 from ballast.core.release_engine import Phase
+from ballast.errors import NotFound
+from ballast.services import request_metrics
 from ballast.services.access import Principal
-from ballast.store.schema import audit, endpoints, instances, orders, releases
+from ballast.store.schema import apps, audit, endpoints, instances, orders, releases
 
 router = APIRouter()
 
@@ -78,3 +80,24 @@ async def metrics(request: Request, who: Principal = Depends(principal)) -> Resp
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/apps/{app}/metrics", tags=["metrics"])
+async def app_request_metrics(app: str, request: Request,
+                              by: Literal["revision", "cell", "instance"] = Query("revision"),
+                              window: float = Query(30.0, gt=0, le=300, description="seconds"),
+                              source: Literal["sidecar", "gateway"] = Query("sidecar"),
+                              who: Principal = Depends(principal)) -> dict[str, Any]:
+    """What the app's instances served in the last `window` seconds, grouped `by` revision, cell or instance, as
+    their sidecars counted it (or the gateways); unreadable sources are named."""
+    require(who, Action.READ, app)
+    async with store_of(request).read() as conn:
+        row = (await conn.execute(select(apps.c.deployed_revision, apps.c.latest_revision)
+                                  .where(apps.c.name == app))).first()
+        if row is None:
+            raise NotFound(f"app {app!r} not found")
+        sources = await request_metrics.sources(conn, app, source)
+    readings = await request_metrics.read(sources, app, window)
+    return {"app": app, "by": by, "source": source, "windowSeconds": window,
+            "deployedRevision": row.deployed_revision, "latestRevision": row.latest_revision,
+            "rows": request_metrics.rows(readings, by, window), "sources": [r.to_json() for r in readings]}

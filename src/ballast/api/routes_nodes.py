@@ -13,7 +13,7 @@ from sqlalchemy import select
 from ballast.api import objects
 from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
-from ballast.core.manifests import NAME_PATTERN, StoredText
+from ballast.core.manifests import NAME_PATTERN, StoredText, ip_port
 from ballast.errors import NotFound
 from ballast.services import evacuation, registry
 from ballast.services.access import Principal
@@ -31,12 +31,19 @@ class NodeRegistration(BaseModel):
     memoryBytes: int = Field(gt=0, le=2**50)
     labels: dict[StoredText, StoredText] = Field(default_factory=dict)
     agentVersion: StoredText = Field("", max_length=64)
+    metricsAddress: str | None = Field(None, max_length=128, description="IP:PORT of the agent's telemetry "
+                                                                           "endpoint (/metrics, request metrics)")
 
     @field_validator("ip")
     @classmethod
     def _ip(cls, value: str) -> str:
         ipaddress.ip_address(value)
         return value
+
+    @field_validator("metricsAddress")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else ip_port(value)
 
 
 class DrainReport(BaseModel):

@@ -3,7 +3,6 @@ gateways, and endpoint reads for people."""
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -14,7 +13,7 @@ from ballast.api import objects
 from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
-from ballast.core.manifests import NAME_PATTERN, StoredText
+from ballast.core.manifests import NAME_PATTERN, StoredText, ip_port
 from ballast.errors import NotFound
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
@@ -34,15 +33,17 @@ class Acknowledgement(BaseModel):
 class GatewayRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
     address: str = Field(max_length=128, description="IP:PORT the gateway listens on")
+    metricsAddress: str | None = Field(None, max_length=128, description="IP:PORT of its telemetry endpoint")
 
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("IP:PORT with a port in 1..65535")
-        ipaddress.ip_address(host.strip("[]"))
-        return value
+        return ip_port(value)
+
+    @field_validator("metricsAddress")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else ip_port(value)
 
 
 @router.get("/registry", tags=["registry"])
@@ -76,7 +77,8 @@ async def register_gateway(body: GatewayRegistration, request: Request, name: st
                            who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
 
-    return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user))
+    return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,
+                                                                            body.metricsAddress))
 
 
 @router.post("/gateways/{name}/ack", tags=["registry"])

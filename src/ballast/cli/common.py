@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from functools import wraps
 from typing import Any, Awaitable, Callable
 
 import click
+import yaml
 from rich.console import Console
 
 from ballast.cli import config as client_config
@@ -50,3 +52,14 @@ def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     return wrapper
 
 
+
+
+def print_as(obj: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], Any] | None) -> None:
+    """`-o json|yaml` prints the API's object as it is; a table is `render`'s view of it."""
+    if fmt == "json":
+        console.out(json.dumps(obj, indent=2))
+    elif fmt == "yaml":
+        console.out(yaml.safe_dump(obj, sort_keys=False))
+    else:
+        assert render is not None
+        console.print(render(obj))

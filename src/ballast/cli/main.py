@@ -60,8 +60,11 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @click.option("--no-user-config", is_flag=True, help="do not write ~/.config/ballast/config.yaml")
 @click.option("--gateway-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               help="port of the north-south gateway (on 127.0.0.1)")
+@click.option("--metrics-port", default=9464, show_default=True, type=click.IntRange(0, 65534),
+              help="Prometheus /metrics of the agents (on their node IPs; the gateway's one port above, on "
+                   "127.0.0.1); 0: off")
 def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
-       node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int) -> None:
+       node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int, metrics_port: int) -> None:
     """Start the local platform (control plane, agents in two zones, a gateway) until Ctrl-C."""
     from ballast.cli.up import UpSettings, run
     from ballast.preflight import require_binaries
@@ -71,7 +74,8 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
         _fail(f"error: {exc.message}")
     settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
                           first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
-                          write_user_config=not no_user_config, gateway_port=gateway_port)
+                          write_user_config=not no_user_config, gateway_port=gateway_port,
+                          metrics_port=metrics_port)
     _run_until_signal(lambda stop: run(settings, console, stop))
 
 
@@ -109,8 +113,13 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
 @click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary for sidecars (default: found on PATH)")
 @click.option("--instance-nice", default=0, show_default=True, type=click.IntRange(0, 19),
               help="run app processes at this nice level, so the agent and sidecars keep the CPU they need")
+@click.option("--metrics-port", default=9464, show_default=True, type=click.IntRange(0, 65535),
+              help="serve /metrics (Prometheus) and request metrics on IP:PORT (0: not served)")
+@click.option("--metrics-interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="seconds between readings of the sidecars' request statistics")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
-          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int) -> None:
+          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
+          metrics_port: int, metrics_interval: float) -> None:
     """Run a node agent."""
     from ballast.agent.agent import Agent, AgentSettings
     from ballast.dataplane.haproxy import find_binary
@@ -122,7 +131,8 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
                                  haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit,
-                                 instance_nice=instance_nice)
+                                 instance_nice=instance_nice, metrics_port=metrics_port,
+                                 metrics_interval=metrics_interval)
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     except BallastError as exc:
@@ -142,8 +152,10 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--stop-proxy-on-exit", is_flag=True,
               help="stop HAProxy when this process exits (default: leave it serving for the next one to adopt)")
+@click.option("--metrics-listen", default="127.0.0.1:9465", show_default=True,
+              help="IP:PORT for /metrics (Prometheus) and request metrics ('off': not served)")
 def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file: Path | None, haproxy: str | None,
-            threads: int, stop_proxy_on_exit: bool) -> None:
+            threads: int, stop_proxy_on_exit: bool, metrics_listen: str) -> None:
     """Run a north-south gateway (HAProxy) for the exposed services."""
     from ballast.dataplane.haproxy import find_binary
     from ballast.dataplane.haproxy_config import Address
@@ -151,13 +163,17 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
     token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
     if not token:
         _fail("error: the gateway needs a token: --token-file FILE or BALLAST_TOKEN", 2)
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        _fail(f"error: --listen {listen!r}: expected IP:PORT with a port in 1..65535", 2)
+    def address(option: str, value: str) -> Address:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(f"error: {option} {value!r}: expected IP:PORT with a port in 1..65535", 2)
+        return Address(host, int(port))
+
+    metrics = None if metrics_listen == "off" else address("--metrics-listen", metrics_listen)
     try:
-        settings = GatewaySettings(server=server_url, token=token, name=name, listen=Address(host, int(port)),
+        settings = GatewaySettings(server=server_url, token=token, name=name, listen=address("--listen", listen),
                                    data_dir=data_dir.resolve(), haproxy=find_binary(haproxy), threads=threads,
-                                   stop_proxy_on_exit=stop_proxy_on_exit)
+                                   stop_proxy_on_exit=stop_proxy_on_exit, metrics_listen=metrics)
     except BallastError as exc:
         _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")
@@ -500,6 +516,8 @@ from ballast.cli.release_cmds import release  # noqa: E402  (registers on the gr
 
 from ballast.cli.order_cmds import order  # noqa: E402
 
+from ballast.cli.metrics_cmds import metrics  # noqa: E402
+
 
 @cli.group()
 def node() -> None:
@@ -528,6 +546,7 @@ async def node_uncordon(client: Client, name: str) -> None:
 
 cli.add_command(release)
 cli.add_command(order)
+cli.add_command(metrics)
 
 
 def main() -> None:

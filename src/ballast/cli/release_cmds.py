@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import datetime, timezone
 from typing import Any
 
 import click
-import yaml
 from rich.console import Group as RenderGroup
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ballast.cli.common import command, console
+from ballast.cli.common import command, console, print_as
 from ballast.client import Client
 
 TERMINAL = {"Succeeded", "Failed", "RolledBack"}
@@ -118,7 +116,7 @@ def release() -> None:
 async def plan_cmd(client: Client, app: str, fmt: str, **flags: Any) -> None:
     """Show which instance goes in which group, before anything changes."""
     p = await client.post(f"/v1/apps/{app}/releases/plan", _body(**flags))
-    _print(p, fmt, render_plan)
+    print_as(p, fmt, render_plan)
 
 
 @release.command("start")
@@ -144,22 +142,13 @@ async def status_cmd(client: Client, app: str, watch: bool, release_id: int | No
     """Live progress per group and cell, the phase and why it waits."""
     s = await client.get(f"/v1/apps/{app}/release", id=release_id)
     if not watch:
-        _print(s, fmt, render_status)
+        print_as(s, fmt, render_status)
         return
     with Live(render_status(s), console=console, refresh_per_second=4) as live:
         while s["phase"] not in TERMINAL:
             await asyncio.sleep(1.0)
             s = await client.get(f"/v1/apps/{app}/release", id=release_id)
             live.update(render_status(s))
-
-
-def _print(obj: dict[str, Any], fmt: str, render: Any) -> None:
-    if fmt == "json":
-        console.out(json.dumps(obj, indent=2))
-    elif fmt == "yaml":
-        console.out(yaml.safe_dump(obj, sort_keys=False))
-    else:
-        console.print(render(obj))
 
 
 def _action(name: str, help_text: str, with_fast: bool = False) -> None:
@@ -189,7 +178,7 @@ async def history_cmd(client: Client, app: str, fmt: str) -> None:
     """Every release of APP: who did what, when, from/to, outcome, duration."""
     items = (await client.get(f"/v1/apps/{app}/releases"))["items"]
     if fmt != "table":
-        _print({"items": items}, fmt, None)
+        print_as({"items": items}, fmt, None)
         return
     table = Table(box=None, header_style="bold")
     for col in ("ID", "FROM→TO", "OUTCOME", "STARTED BY", "STARTED", "DURATION", "ACTIONS"):

@@ -48,6 +48,11 @@ class UpSettings:
     node_memory: str = "16Gi"
     write_user_config: bool = True
     gateway_port: int = 8080
+    metrics_port: int = 9464       # agents on their node IPs, the gateway on `host` one above; 0: not served
+
+    @property
+    def gateway_metrics(self) -> str:
+        return f"{self.host}:{self.metrics_port + 1}" if self.metrics_port else "off"
 
     @property
     def server(self) -> str:
@@ -222,13 +227,15 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                                              "--stop-instances-on-exit",
                                              # One machine carries the platform and the apps: when the apps are
                                              # busy, agents and sidecars must still answer promptly.
-                                             "--instance-nice", "10"),
+                                             "--instance-nice", "10",
+                                             "--metrics-port", str(settings.metrics_port)),
                               data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
                 await agent.start()
                 agents.append(agent)
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
-                                                "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit"),
+                                                "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
+                                                "--metrics-listen", settings.gateway_metrics),
                             data_dir / "logs" / "gateway.log", env={"BALLAST_TOKEN": agent_token})
             await gateway.start()
             agents.append(gateway)
@@ -274,6 +281,10 @@ async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadl
 def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path) -> None:
     console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  (API docs: {settings.server}/v1/docs)")
     console.print(f"gateway: {settings.gateway_url}")
+    if settings.metrics_port:
+        console.print(f"metrics: http://NODE-IP:{settings.metrics_port}/metrics (agents), "
+                      f"http://{settings.gateway_metrics}/metrics (gateway), {settings.server}/metrics "
+                      "(control plane, with a token)")
     console.print(f"data dir: {data_dir}   client config: {client_file}")
     for name, ip, cell, zone in plan:
         console.print(f"  node {name:<8} {ip:<12} {cell} ({zone})")

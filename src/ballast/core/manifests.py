@@ -9,6 +9,7 @@ field path with its value and what was expected. Checks that need the store
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import re
 from datetime import datetime
@@ -392,6 +393,18 @@ def _require_storable(text: str) -> str:
     if not _storable(text):
         raise ValueError("text without NUL characters or unpaired surrogates")
     return text
+
+
+def ip_port(value: str) -> str:
+    """IP:PORT (an IPv6 address in brackets), as components register their addresses; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("IP:PORT with a port in 1..65535")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(f"IP:PORT with an IP address, not {host!r}") from None
+    return value
 
 
 # For request fields outside manifests (agent reports, token names): text both stores can hold.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ballast.dataplane import runtime
 from ballast.dataplane.haproxy_config import Backend, structure_digest
+from ballast.dataplane.request_stats import StatsHooks, render_script, script_digest
 from ballast.dataplane.tables import LiveServer, parse_servers_state, parse_stat, runtime_commands
 from ballast.errors import BallastError
 from ballast.processes import ProcessHandle, adopt, launch
@@ -64,6 +65,18 @@ def socket_dir(state_dir: Path) -> Path:
         return candidate
     digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:20]
     return Path(tempfile.gettempdir()) / f"ballast-{os.getuid()}" / digest
+
+
+def install_stats_script(directory: Path) -> StatsHooks:
+    """Write the request-statistics script where proxies load it from (only when its content changed)."""
+    text = render_script()
+    path = directory / "request-stats.lua"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return StatsHooks(str(path), script_digest(text))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ballast.dataplane.request_stats import OBSERVE_ACTION, SERVICE_PREFIX, START_VARIABLE, StatsHooks
+
 SERVER_LINE = re.compile(r"^\s+server\s")
 _SAFE = re.compile(r"^[A-Za-z0-9._:/~-]+$")
 # Only requests a replay cannot harm are retried after a server closed without answering;
@@ -68,6 +70,7 @@ class SidecarConfig:
     app: Address          # where the app itself listens
     outbound: Address     # BALLAST_MESH_URL
     backends: tuple[Backend, ...]
+    stats: StatsHooks | None = None   # time the app's answers (request metrics)
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,11 @@ class GatewayConfig:
     routes: tuple[GatewayRoute, ...]
     backends: tuple[Backend, ...]
     threads: int = 1
+    stats: StatsHooks | None = None
 
 
 def backend_name(service: str) -> str:
-    return f"svc_{_safe(service)}"
+    return f"{SERVICE_PREFIX}{_safe(service)}"
 
 
 def _safe(value: str) -> str:
@@ -90,10 +94,13 @@ def _safe(value: str) -> str:
     return value
 
 
-def _global(admin_socket: str, threads: int) -> str:
+def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
+    lua = "" if stats is None else (f"    # request statistics script {_safe(stats.digest)}\n"
+                                     f"    lua-load {_safe(stats.script_path)}\n")
     return ("global\n"
             "    master-worker\n"
             f"    nbthread {int(threads)}\n"
+            f"{lua}"
             "    maxconn 4096\n"
             f"    stats socket {_safe(admin_socket)} mode 600 level admin expose-fd listeners\n"
             "    stats timeout 30s\n"
@@ -134,12 +141,19 @@ def _backend(b: Backend, *, locality: bool) -> str:
     return text + "".join(_server_line(s) for s in sorted(b.servers, key=lambda s: s.name))
 
 
+_STAMP_ARRIVAL = f"    http-request set-var({START_VARIABLE}) date(0,us)\n"
+_OBSERVE_ANSWER = f"    http-response {OBSERVE_ACTION}\n"
+
+
 def render_sidecar(cfg: SidecarConfig) -> str:
-    out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1),
+    timed = cfg.stats is not None
+    out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1, cfg.stats),
            "\nfrontend inbound\n",
            f"    bind {cfg.inbound}\n",
+           _STAMP_ARRIVAL if timed else "",
            "    default_backend app\n",
            "\nbackend app\n",
+           _OBSERVE_ANSWER if timed else "",
            RETRY_POLICY,
            f"    server app {cfg.app} {SERVER_OPTIONS}\n",
            "\nfrontend outbound\n",
@@ -172,10 +186,13 @@ def route_order(routes: tuple[GatewayRoute, ...]) -> list[GatewayRoute]:
 
 
 def render_gateway(cfg: GatewayConfig) -> str:
-    out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads),
+    timed = cfg.stats is not None
+    out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads, cfg.stats),
            "\nfrontend gateway\n",
            f"    bind {cfg.listen}\n",
-           "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n"]
+           "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n",
+           _STAMP_ARRIVAL if timed else "",
+           _OBSERVE_ANSWER if timed else ""]
     for route in route_order(cfg.routes):
         out.append(f"    use_backend {backend_name(route.service)} if {_route_condition(route)}\n")
     out.append("    default_backend no_route\n"
@@ -191,7 +208,7 @@ def structure_digest(rendered: str) -> str:
     kept, in_service = [], False
     for line in rendered.splitlines():
         if not line.startswith(" "):
-            in_service = line.startswith("backend svc_")
+            in_service = line.startswith(f"backend {SERVICE_PREFIX}")
         if in_service and SERVER_LINE.match(line):
             continue
         kept.append(line)

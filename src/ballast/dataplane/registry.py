@@ -19,6 +19,7 @@ class Endpoint:
     cell: str
     zone: str
     ready: bool            # ready: route to it; draining: keep it known but send nothing
+    revision: int = 0      # the revision it serves (changes only while it is drained)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Snapshot:
     def from_json(cls, body: Mapping[str, Any]) -> "Snapshot":
         services = []
         for s in body.get("services", []):
-            endpoints = tuple(Endpoint(e["id"], e["ip"], int(e["port"]), e["cell"], e["zone"], e["state"] == "ready")
+            endpoints = tuple(Endpoint(e["id"], e["ip"], int(e["port"]), e["cell"], e["zone"], e["state"] == "ready",
+                                       int(e.get("revision", 0)))
                               for e in s.get("endpoints", []))
             routes = tuple(Route(r["host"], r["path"]) for r in s.get("routes", []))
             services.append(Service(s["name"], bool(s.get("mesh", True)), routes, endpoints))

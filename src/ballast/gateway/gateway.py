@@ -17,14 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ballast.client import ApiError, Client, Unreachable
-from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
+from ballast.core.request_metrics import Counts, Series
+from ballast.dataplane import runtime
+from ballast.dataplane.collector import RequestStats
+from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles, install_stats_script
 from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
 from ballast.dataplane.registry import Snapshot
+from ballast.dataplane.request_stats import SERVICE_PREFIX, gateway_counts, parse_dump, stat_servers
 from ballast.dataplane.runtime import RuntimeApiError
-from ballast.dataplane.tables import gateway_tables
+from ballast.dataplane.tables import gateway_tables, parse_stat
+from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 
 log = logging.getLogger("ballast.gateway")
 POLL_SECONDS = 25.0
+PROBE = "gateway"
+SERVER_ROWS = "show stat -1 4 -1"     # every proxy's server rows (type 4), none of the frontends or backends
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,8 @@ class GatewaySettings:
     haproxy: str
     threads: int = 2
     stop_proxy_on_exit: bool = False
+    metrics_listen: Address | None = None   # /metrics and /v1/request-metrics; None: not served
+    metrics_interval: float = 1.0
 
 
 class Gateway:
@@ -50,28 +59,41 @@ class Gateway:
         self.error = ""
         self.received = False
         self._state = settings.data_dir / "state.json"
+        self.stats_hooks = install_stats_script(settings.data_dir)
+        self.request_stats = RequestStats(f"gateway/{settings.name}", interval=settings.metrics_interval)
+        self.request_stats.add(PROBE, self._request_counts, self._series_of)
+        self._endpoints: dict[tuple[str, str], tuple[int, str]] = {}   # (service, instance) -> (revision, cell)
+        self.telemetry: TelemetryServer | None = None
+        if settings.metrics_listen is not None:
+            app = build_app(self.request_stats, lambda: request_families("ballast_gateway", "gateway", settings.name,
+                                                                         self.request_stats))
+            self.telemetry = TelemetryServer(app, settings.metrics_listen.ip, settings.metrics_listen.port)
 
     def render(self, snapshot: Snapshot) -> tuple[str, GatewayConfig]:
         routes, backends = gateway_tables(snapshot)
         cfg = GatewayConfig(name=self.settings.name, admin_socket=str(self.proxy.files.admin_socket),
                             listen=self.settings.listen, routes=routes, backends=backends,
-                            threads=self.settings.threads)
+                            threads=self.settings.threads, stats=self.stats_hooks)
         return render_gateway(cfg), cfg
 
     async def run(self, stop: asyncio.Event) -> None:
         self._adopt()
+        if self.telemetry is not None:
+            await self.telemetry.start()
         try:
             await self._register(stop)
-            poll = asyncio.create_task(self._poll(stop))
-            watch = asyncio.create_task(self._watch(stop))
+            tasks = [asyncio.create_task(self._poll(stop)), asyncio.create_task(self._watch(stop)),
+                     asyncio.create_task(self.request_stats.run(stop))]
             await stop.wait()
-            for t in (poll, watch):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(poll, watch, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             if self.settings.stop_proxy_on_exit:
                 await self.proxy.stop(grace=10.0)
             self._save()
+            if self.telemetry is not None:
+                await self.telemetry.stop()
             await self.client.close()
 
     def _adopt(self) -> None:
@@ -95,7 +117,9 @@ class Gateway:
         delay = 0.2
         while not stop.is_set():
             try:
-                await self.client.put(f"/v1/gateways/{self.settings.name}", {"address": str(self.settings.listen)})
+                await self.client.put(f"/v1/gateways/{self.settings.name}", {
+                    "address": str(self.settings.listen),
+                    "metricsAddress": self.telemetry.address if self.telemetry is not None else None})
                 log.info("gateway %s registered at %s", self.settings.name, self.settings.listen)
                 return
             except (Unreachable, ApiError) as exc:
@@ -123,6 +147,11 @@ class Gateway:
 
     async def apply(self) -> None:
         snapshot = self.snapshot
+        endpoints = {(s.name, e.id): (e.revision, e.cell) for s in snapshot.services for e in s.endpoints}
+        if endpoints != self._endpoints:
+            # An instance's revision changes only while it is drained; what it served so far was the old one's.
+            await self.request_stats.poll(PROBE)
+            self._endpoints = endpoints
         text, cfg = self.render(snapshot)
         try:
             refused = await self.proxy.converge(text, cfg.backends)
@@ -139,6 +168,25 @@ class Gateway:
                                    {"generation": self.applied, "error": self.error[:4000]})
         except (Unreachable, ApiError) as exc:
             log.warning("acknowledging generation %s failed (%s)", self.applied, exc)
+
+    async def _request_counts(self) -> tuple[str, dict[str, Counts]]:
+        if not self.proxy.alive():
+            raise RuntimeApiError(f"gateway {self.settings.name}: HAProxy is not running")
+        socket = self.proxy.files.admin_socket
+        dump = parse_dump(await runtime.command(socket, f"ballast stats {SERVICE_PREFIX}"))
+        servers = stat_servers(parse_stat(await runtime.command(socket, SERVER_ROWS)))
+        return dump.epoch, {f"{backend} {server}": c
+                            for (backend, server), c in gateway_counts(dump, servers).items()}
+
+    def _series_of(self, key: str) -> Series | None:
+        backend, _, instance = key.partition(" ")
+        service = backend.removeprefix(SERVICE_PREFIX)
+        known = self._endpoints.get((service, instance))
+        if known is None:
+            return None
+        revision, cell = known
+        return Series(app=service, instance=instance, revision=revision, cell=cell,
+                      source=f"gateway/{self.settings.name}")
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Restart HAProxy if it dies; re-apply while something was refused (a postponed deletion)."""

@@ -52,7 +52,7 @@ async def _snapshot(conn: AsyncConnection) -> dict[str, Any]:
     for e in (await conn.execute(select(endpoints).where(endpoints.c.state != EndpointState.REMOVED.value)
                                  .order_by(endpoints.c.service, endpoints.c.id))).all():
         eps.setdefault(e.service, []).append({"id": e.id, "ip": e.ip, "port": e.port, "cell": e.cell,
-                                              "zone": e.zone, "state": e.state})
+                                              "zone": e.zone, "state": e.state, "revision": e.revision})
     services = []
     for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all():
         spec = stored_spec(row.spec)
@@ -107,20 +107,21 @@ async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: st
     return {"kind": kind, "name": name, "acknowledged": acked}
 
 
-async def register_gateway(tx: Tx, name: str, address: str, actor: str) -> dict[str, Any]:
+async def register_gateway(tx: Tx, name: str, address: str, actor: str,
+                           metrics_address: str | None = None) -> dict[str, Any]:
     row = (await tx.conn.execute(select(components).where(components.c.kind == GATEWAY,
                                                           components.c.name == name))).first()
     if row is None:
         await tx.conn.execute(insert(components).values(kind=GATEWAY, name=name, address=address, acked_generation=0,
                                                         applied_hash="", error="", registered_at=tx.now,
-                                                        last_seen=tx.now))
+                                                        last_seen=tx.now, metrics_address=metrics_address))
         outcome = "created"
     else:
         await tx.conn.execute(update(components).where(components.c.kind == GATEWAY, components.c.name == name)
-                              .values(address=address, last_seen=tx.now))
+                              .values(address=address, last_seen=tx.now, metrics_address=metrics_address))
         outcome = "re-registered"
     await tx.audit(actor=actor, action="gateway.register", resource=f"Gateway/{name}",
-                   detail={"outcome": outcome, "address": address})
+                   detail={"outcome": outcome, "address": address, "metricsAddress": metrics_address})
     return {"name": name, "outcome": outcome}
 
 

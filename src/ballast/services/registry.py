@@ -39,7 +39,8 @@ async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> 
     row = (await tx.conn.execute(select(nodes).where(nodes.c.name == name))).first()
     values = dict(cell=cell.name, zone=cell.zone, ip=body["ip"], cpu_millis=body["cpuMillis"],
                   memory_bytes=body["memoryBytes"], labels=body.get("labels", {}),
-                  agent_version=body.get("agentVersion", ""), last_heartbeat=tx.now, resource_version=tx.rv)
+                  agent_version=body.get("agentVersion", ""), last_heartbeat=tx.now, resource_version=tx.rv,
+                  metrics_address=body.get("metricsAddress"))
     if row is None:
         await tx.conn.execute(insert(nodes).values(name=name, registered_at=tx.now, **values))
         outcome = "created"

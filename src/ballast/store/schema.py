@@ -43,6 +43,7 @@ nodes = Table(
     Column("resource_version", BigInteger, nullable=False),
     # Cordoned: no new instances land here; `ballast node drain` moves the running ones away.
     Column("cordoned", Boolean, nullable=False, server_default=false()),
+    Column("metrics_address", String(128), nullable=True),   # IP:PORT of the agent's telemetry endpoint
 )
 
 apps = Table(
@@ -226,6 +227,7 @@ components = Table(
     Column("error", Text, nullable=False),
     Column("registered_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
+    Column("metrics_address", String(128), nullable=True),   # IP:PORT of its telemetry endpoint
 )
 
 # Change windows: when release orders may start.
@@ -294,4 +296,25 @@ order_events = Table(
     Column("phase", String(16), nullable=False),
     Column("detail", JSON, nullable=False),
     Index("ix_order_events_order", "order_name"),
+)
+
+# Verification of release groups: one row per attempt to judge a group from the traffic it served.
+verifications = Table(
+    "verifications", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("release_id", Integer, nullable=False),
+    Column("group_index", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("state", String(16), nullable=False),        # verifying | passed | failed | inconclusive | abandoned
+    Column("canary_revision", Integer, nullable=False),
+    Column("baseline_revision", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("start_reading", JSON, nullable=False),      # cumulative counts per series when the window opened
+    Column("result", JSON, nullable=False),             # the verdict's numbers, checks and notes
+    Column("summary", Text, nullable=False),
+    Column("accepted_by", String(63), nullable=True),   # a person resumed the release past this verdict
+    Column("resource_version", BigInteger, nullable=False),
+    Index("ix_verifications_release", "release_id"),
 )
