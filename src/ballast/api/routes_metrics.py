@@ -1,8 +1,13 @@
 """`GET /metrics`: the control plane's state in Prometheus text format, read from the store per scrape.
 
-Releases (phase, groups done of all), orders (phase), instances (by app, cell, revision, readiness),
-registry endpoints (by service and state) and the audit chain's length. A scrape needs a token that may
-read, like every API call (Prometheus: `authorization: {credentials: TOKEN}`).
+Releases (phase, groups done of all, the verification of each group with the numbers it was judged on),
+orders (phase), instances (by app, cell, revision, readiness), registry endpoints (by service and state),
+the audit chain's length, and every app's traffic over the last 30 s by revision and cell, read from the
+node agents at scrape time (`?traffic=false` leaves that out). A scrape needs a token that may read, like
+every API call (Prometheus: `authorization: {credentials: TOKEN}`). The per-instance counters and
+histograms live on the agents' and gateways' own `/metrics`.
+
+Also `GET /v1/apps/{app}/metrics`: one app's recent traffic as JSON, for `ballast metrics`.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from ballast.core.authz import Action
 from ballast.core.orders import OrderPhase
 from ballast.core.release_engine import Phase
 from ballast.errors import NotFound
-from ballast.services import request_metrics
+from ballast.core.request_metrics import ZERO, Counts, summarize
+from ballast.core.verification import Verdict
+from ballast.services import request_metrics, verifications
 from ballast.services.access import Principal
 from ballast.store.schema import apps, audit, endpoints, instances, orders, releases
 
 router = APIRouter()
+TRAFFIC_WINDOW = 30.0
 
 
 class _Snapshot(Collector):
@@ -69,14 +77,82 @@ async def _families(conn: Any) -> list[GaugeMetricFamily]:
         eps.add_metric([service, state], n)
     records = GaugeMetricFamily("ballast_audit_records", "records in the audit chain")
     records.add_metric([], (await conn.execute(select(func.count()).select_from(audit))).scalar_one())
-    return [phase, done, total, target, order_phase, inst, eps, records]
+    return [phase, done, total, target, order_phase, inst, eps, records, *await _verification_families(conn, latest)]
+
+
+async def _verification_families(conn: Any, latest: list[Any]) -> list[GaugeMetricFamily]:
+    """The newest verification of each group of each app's newest release, and the numbers it was judged on."""
+    labels = ["app", "release", "group"]
+    state = GaugeMetricFamily("ballast_release_verification_state", "1 for the state of the group's newest "
+                              "verification", labels=[*labels, "state"])
+    requests = GaugeMetricFamily("ballast_release_verification_requests", "requests in the verification window",
+                                 labels=[*labels, "side", "revision"])
+    errors = GaugeMetricFamily("ballast_release_verification_error_ratio", "failed share of those requests (0..1)",
+                               labels=[*labels, "side", "revision"])
+    p99 = GaugeMetricFamily("ballast_release_verification_p99_seconds", "p99 response time in the window",
+                            labels=[*labels, "side", "revision"])
+    for r in latest:
+        attempts = await verifications.rows(conn, r.id)
+        names = {g["index"]: g["name"] for g in r.plan}
+        for index in sorted({a.group_index for a in attempts}):
+            newest = verifications.latest(attempts, index)
+            assert newest is not None
+            values = [r.app, str(r.id), names.get(index, str(index))]
+            for v in Verdict:
+                state.add_metric([*values, v.value], 1.0 if newest.state == v.value else 0.0)
+            for side in ("canary", "baseline"):
+                numbers = (newest.result or {}).get(side)
+                if not numbers:
+                    continue
+                at = [*values, side, str(numbers["revision"])]
+                requests.add_metric(at, numbers["requests"])
+                if numbers["errorRatePercent"] is not None:
+                    errors.add_metric(at, numbers["errorRatePercent"] / 100)
+                if numbers["p99Ms"] is not None:
+                    p99.add_metric(at, numbers["p99Ms"] / 1000)
+    return [state, requests, errors, p99]
+
+
+async def _traffic_families(sources: list[request_metrics.Source]) -> list[GaugeMetricFamily]:
+    """Every app's traffic in the last TRAFFIC_WINDOW seconds by revision and cell, read from the node agents
+    now (their own /metrics hold the per-instance counters; these gauges need no rate() to alert on)."""
+    readings = await request_metrics.read(sources, None, TRAFFIC_WINDOW)
+    labels = ["app", "revision", "cell"]
+    rate = GaugeMetricFamily("ballast_app_requests_per_second", f"requests per second over the last "
+                             f"{TRAFFIC_WINDOW:g}s, as the sidecars counted them", labels=labels)
+    ratio = GaugeMetricFamily("ballast_app_error_ratio", "failed share of those requests (0..1)", labels=labels)
+    latency = GaugeMetricFamily("ballast_app_response_seconds", "response-time percentiles of those requests",
+                                labels=[*labels, "quantile"])
+    up = GaugeMetricFamily("ballast_request_metrics_source_up", "1 if the node's agent answered this scrape",
+                           labels=["node"])
+    grouped: dict[tuple[str, str, str], Counts] = {}
+    for reading in readings:
+        up.add_metric([reading.source.name], 1.0 if reading.ok else 0.0)
+        for s, c in reading.recent.items():
+            key = (s.app, str(s.revision), s.cell)
+            grouped[key] = grouped.get(key, ZERO) + c
+    seconds = min([r.window_seconds for r in readings if r.ok and r.window_seconds] or [TRAFFIC_WINDOW])
+    for key, counts in sorted(grouped.items()):
+        summary = summarize(counts, seconds)
+        rate.add_metric(list(key), summary.rate)
+        if summary.error_rate is not None:
+            ratio.add_metric(list(key), summary.error_rate / 100)
+        for q, value in (("0.5", summary.p50_ms), ("0.9", summary.p90_ms), ("0.99", summary.p99_ms)):
+            if value is not None:
+                latency.add_metric([*key, q], value / 1000)
+    return [rate, ratio, latency, up]
 
 
 @router.get("/metrics", tags=["metrics"], include_in_schema=False)
-async def metrics(request: Request, who: Principal = Depends(principal)) -> Response:
+async def metrics(request: Request, traffic: bool = Query(True, description="include every app's recent traffic, "
+                                                                           "read from the node agents now"),
+                  who: Principal = Depends(principal)) -> Response:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
         families = await _families(conn)
+        sources = await request_metrics.all_sidecar_sources(conn)
+    if traffic:
+        families += await _traffic_families(sources)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

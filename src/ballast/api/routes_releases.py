@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
+from ballast.core.manifests import VerifyOverride
 from ballast.errors import Conflict
 from ballast.services import orders, releases
 from ballast.services.access import Principal
@@ -26,6 +27,8 @@ class StrategyOverrides(BaseModel):
     maxUnavailablePerCell: int | None = Field(None, ge=1, le=10_000)
     upgrade: Literal["inPlace", "replace", "ordered"] | None = None
     progressDeadlineSeconds: float | None = Field(None, gt=0, le=86_400)
+    verify: VerifyOverride | None = Field(None, description="fields of the app's verification to replace")
+    noVerify: bool | None = Field(None, description="true: release without verification")
 
 
 class StartRelease(BaseModel):
@@ -38,6 +41,8 @@ class ReleaseAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fast: bool = False
     expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only if the release is in this phase")
+    reverify: bool = Field(False, description="resume: judge a new window instead of accepting the verdict that "
+                                              "stopped the release")
 
 
 @router.post("/apps/{app}/releases/plan", tags=["releases"])
@@ -46,7 +51,7 @@ async def plan_release(app: str, body: StartRelease, request: Request, who: Prin
     require(who, Action.READ, app)
     request.state.audit_exempt = True  # a preview changes nothing
     async with store_of(request).read() as conn:
-        return await releases.preview(conn, app, body.toRevision, body.strategy.model_dump())
+        return await releases.preview(conn, app, body.toRevision, body.strategy.model_dump(by_alias=True))
 
 
 @router.post("/apps/{app}/releases", tags=["releases"], status_code=201)
@@ -59,7 +64,7 @@ async def start_release(app: str, body: StartRelease, request: Request, who: Pri
             if order is not None:
                 raise Conflict(f"app {app!r} belongs to release order {order.name!r} ({order.phase}); its releases "
                                f"are the order's: steer them with `ballast order ...`")
-            return await releases.start(tx, app, body.toRevision, body.strategy.model_dump(), who.user)
+            return await releases.start(tx, app, body.toRevision, body.strategy.model_dump(by_alias=True), who.user)
 
     result = await retrying(attempt)
     mark_audited(request)
@@ -85,7 +90,8 @@ async def release_status(app: str, request: Request, id: int | None = Query(None
 async def _act(app: str, action: str, body: ReleaseAction, request: Request, who: Principal) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
 
-    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase))
+    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase,
+                                                               reverify=body.reverify))
 
 
 @router.post("/apps/{app}/release/pause", tags=["releases"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from ballast.api.app import create_app
-from ballast.controllers import endpoints, orders, releases, scheduler
+from ballast.controllers import endpoints, orders, releases, scheduler, verification
 from ballast.services.access import bootstrap_admin
 from ballast.store.engine import Store
 
@@ -56,7 +56,8 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
                    asyncio.create_task(releases.run(store, stop), name="releases"),
                    asyncio.create_task(endpoints.run(store, stop), name="registry"),
-                   asyncio.create_task(orders.run(store, stop), name="orders")]
+                   asyncio.create_task(orders.run(store, stop), name="orders"),
+                   asyncio.create_task(verification.run(store, stop), name="verification")]
     try:
         await server.serve()
     finally:

@@ -23,6 +23,17 @@ PHASE_STYLE = {"Running": "cyan", "Paused": "yellow", "RollingBack": "magenta", 
 def strategy_options(fn: Any) -> Any:
     options = [
         click.option("--to-revision", type=click.IntRange(min=1), help="target revision (default: the newest)"),
+        click.option("--verify-window", type=float, help="verify each group over this many seconds of traffic"),
+        click.option("--min-requests", type=int, help="fewer requests to the new revision: inconclusive (pause)"),
+        click.option("--max-error-rate", type=float, help="percent of the new revision's requests that may fail"),
+        click.option("--max-error-increase", type=float,
+                     help="percentage points the error rate may exceed the old revision's"),
+        click.option("--max-p99-ms", type=float, help="the new revision's p99 response time, at most (ms)"),
+        click.option("--max-p99-ratio", type=float, help="the new revision's p99, at most this times the old one's"),
+        click.option("--on-failure", type=click.Choice(["pause", "rollback"]), help="when a group fails verification"),
+        click.option("--verify-webhook", "verify_webhooks", multiple=True,
+                     help="URL POSTed to after each group's window; must answer 2xx (repeatable)"),
+        click.option("--no-verify", is_flag=True, help="release without verification, whatever the app declares"),
         click.option("--beta-size", type=int, help="instances per cell in the beta group (0: none)"),
         click.option("--groups", type=int, help="number of groups, the beta group included"),
         click.option("--group-sizes", help="explicit per-cell sizes of each group, e.g. 1,2,2"),
@@ -39,16 +50,26 @@ def strategy_options(fn: Any) -> Any:
 
 def _body(to_revision: int | None, beta_size: int | None, groups: int | None, group_sizes: str | None,
           pause: str | None, pause_seconds: float | None, max_unavailable_per_cell: int | None, upgrade: str | None,
-          progress_deadline: float | None) -> dict[str, Any]:
+          progress_deadline: float | None, verify_window: float | None = None, min_requests: int | None = None,
+          max_error_rate: float | None = None, max_error_increase: float | None = None,
+          max_p99_ms: float | None = None, max_p99_ratio: float | None = None, on_failure: str | None = None,
+          verify_webhooks: tuple[str, ...] = (), no_verify: bool = False) -> dict[str, Any]:
     sizes = None
     if group_sizes:
         try:
             sizes = [int(x) for x in group_sizes.split(",")]
         except ValueError:
             raise click.BadParameter(f"{group_sizes!r}: expected comma-separated whole numbers", param_hint="--group-sizes")
+    verify = {"windowSeconds": verify_window, "minRequests": min_requests, "maxErrorRate": max_error_rate,
+              "maxErrorRateIncrease": max_error_increase, "maxP99Ms": max_p99_ms, "maxP99Ratio": max_p99_ratio,
+              "onFailure": on_failure, "webhooks": [{"url": u} for u in verify_webhooks] or None}
+    verify = {k: v for k, v in verify.items() if v is not None}
+    if no_verify and verify:
+        raise click.UsageError("--no-verify contradicts " + ", ".join(sorted(verify)))
     strategy = {"betaSize": beta_size, "groups": groups, "groupSizes": sizes, "pause": pause,
                 "pauseSeconds": pause_seconds, "maxUnavailablePerCell": max_unavailable_per_cell, "upgrade": upgrade,
-                "progressDeadlineSeconds": progress_deadline}
+                "progressDeadlineSeconds": progress_deadline, "verify": verify or None,
+                "noVerify": True if no_verify else None}
     return {"toRevision": to_revision, "strategy": {k: v for k, v in strategy.items() if v is not None}}
 
 
@@ -75,10 +96,13 @@ def render_status(s: dict[str, Any]) -> RenderGroup:
                          f"  ({s['direction']}{', fast' if s['fast'] else ''})  elapsed {s['elapsedSeconds']}s")
     why = Text(f"reason: {s['reason']}" + (f"\nwaiting: {s['waiting']}" if s["waiting"] else ""))
     cells = sorted({c for g in s["groups"] for c in g["cells"]})
+    verifying = bool((s.get("strategy") or {}).get("verify")) or any("verification" in g for g in s["groups"])
     table = Table(box=None, header_style="bold")
     table.add_column("GROUP")
     for c in cells:
         table.add_column(f"{c} done/in progress/waiting")
+    if verifying:
+        table.add_column("VERIFICATION")
     for g in s["groups"]:
         row = [g["name"]]
         for c in cells:
@@ -90,17 +114,62 @@ def render_status(s: dict[str, Any]) -> RenderGroup:
             bar = "█" * n["done"] + "▒" * (n["in progress"] + n.get("failed", 0)) + "·" * n["waiting"]
             failed = f" {n['failed']} failed" if n.get("failed") else ""
             row.append(f"{bar} {n['done']}/{n['in progress']}/{n['waiting']} of {total}{failed}")
+        if verifying:
+            row.append(_verification_cell(g.get("verification")))
         table.add_row(*row)
     trouble = [i for g in s["groups"] for i in g["instances"] if i["state"] == "failed"]
     parts: list[Any] = [head, why, table]
     for t in trouble:
         parts.append(Text(f"  ✗ {t['reason']}", style="red"))
+    for g in s["groups"]:
+        if g.get("verification", {}).get("checks"):
+            parts.extend(_verdict_lines(g["name"], g["verification"]))
     for e in s.get("events", []):
         if e["action"] == "drain-timeout":
             d = e["detail"]
             parts.append(Text(f"  ⚠ {d['instance']} was stopped with {d['inflightAtStop']} request(s) in flight: "
                               f"the drain timeout ({d['waitedSeconds']:g}s) ran out", style="yellow"))
     return RenderGroup(*parts)
+
+
+VERDICT_STYLE = {"passed": "green", "failed": "bold red", "inconclusive": "yellow", "verifying": "cyan",
+                 "abandoned": "dim"}
+CHECK_MARK = {"pass": ("✓", "green"), "fail": ("✗", "red"), "inconclusive": ("?", "yellow"), "skipped": ("-", "dim")}
+
+
+def _verification_cell(v: dict[str, Any] | None) -> Text:
+    if v is None:
+        return Text("-")
+    state = v["state"]
+    if state == "verifying":
+        left = max(0.0, v["windowEnd"] - datetime.now(timezone.utc).timestamp())
+        return Text(f"verifying ({left:.0f}s left)", style=VERDICT_STYLE[state])
+    label = state.upper() if state == "failed" else state
+    if v.get("acceptedBy"):
+        label += f", accepted by {v['acceptedBy']}"
+    if v.get("attempts", 1) > 1:
+        label += f" (attempt {v['attempt']})"
+    return Text(label, style=VERDICT_STYLE.get(state, ""))
+
+
+def _side(side: dict[str, Any] | None) -> str:
+    if not side:
+        return "-"
+    rate = "-" if side["errorRatePercent"] is None else f"{side['errorRatePercent']:.2f}%"
+    p99 = "-" if side["p99Ms"] is None else f"{side['p99Ms']:.1f} ms"
+    return (f"revision {side['revision']}: {side['requests']} requests ({side['ratePerSecond']:.1f}/s), "
+            f"{side['errors']} errors ({rate}), p99 {p99}")
+
+
+def _verdict_lines(group: str, v: dict[str, Any]) -> list[Text]:
+    lines = [Text.assemble(f"  {group} ", (v["state"].upper(), VERDICT_STYLE.get(v["state"], "")),
+                           f"  over {v['window']['seconds']:.0f}s  new {_side(v.get('canary'))}  |  "
+                           f"old {_side(v.get('baseline'))}")]
+    for c in v["checks"]:
+        mark, style = CHECK_MARK.get(c["outcome"], ("·", ""))
+        detail = f" — {c['detail']}" if c["detail"] else ""
+        lines.append(Text(f"     {mark} {c['name']}: {c['observed']} (limit: {c['limit']}){detail}", style=style))
+    return lines
 
 
 @click.group()
@@ -151,22 +220,29 @@ async def status_cmd(client: Client, app: str, watch: bool, release_id: int | No
             live.update(render_status(s))
 
 
-def _action(name: str, help_text: str, with_fast: bool = False) -> None:
+def _action(name: str, help_text: str, with_fast: bool = False, with_reverify: bool = False) -> None:
     @click.argument("app")
     @click.option("--expect-phase", help="act only if the release is in this phase (else 409)")
     @command
-    async def act(client: Client, app: str, expect_phase: str | None, fast: bool = False) -> None:
-        r = await client.post(f"/v1/apps/{app}/release/{name}", {"fast": fast, "expectPhase": expect_phase})
+    async def act(client: Client, app: str, expect_phase: str | None, fast: bool = False,
+                  reverify: bool = False) -> None:
+        r = await client.post(f"/v1/apps/{app}/release/{name}", {"fast": fast, "expectPhase": expect_phase,
+                                                                 "reverify": reverify})
         console.print(f"release {r['id']} of {app}: {r['previousPhase']} → {r['phase']}")
 
     act.__doc__ = help_text
     if with_fast:
         act = click.option("--fast", is_flag=True, help="roll every cell back at once (emergencies)")(act)
+    if with_reverify:
+        act = click.option("--reverify", is_flag=True,
+                           help="after a failed or inconclusive verification: judge a new window instead of "
+                                "accepting the verdict")(act)
     release.command(name)(act)
 
 
 _action("pause", "Stop at the next safe point (instances already changing finish).")
-_action("resume", "Continue a paused release.")
+_action("resume", "Continue a paused release (past a verdict that stopped it: accept that verdict).",
+        with_reverify=True)
 _action("rollback", "Return every updated instance to the previous revision, newest group first.", with_fast=True)
 
 

@@ -23,7 +23,9 @@ from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decis
                                          Transition, decide)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.store.engine import ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, Store, Tx
+from ballast.services import verifications
+from ballast.store.engine import (ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY,
+                                  VERIFICATION, Store, Tx)
 from ballast.store.schema import apps, instances, nodes, releases
 
 log = logging.getLogger("ballast.releases")
@@ -51,10 +53,11 @@ async def _reconcile(store: Store, row: Any) -> bool:
     async with store.read() as conn:
         app_row = (await conn.execute(select(apps).where(apps.c.name == row.app))).first()
         views = await release_records.instance_views(conn, row.app)
+        checks = verifications.checks(await verifications.rows(conn, row.id)) if row.strategy.get("verify") else {}
     if app_row is None:
         decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))
     else:
-        decision = decide(release_records.view(row), views, now)
+        decision = decide(release_records.view(row), views, now, checks)
     if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
         return False
     async with store.write() as tx:
@@ -143,7 +146,8 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
                     "heldGeneration": app_row.generation}
             await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(status=held, resource_version=tx.rv))
     action = {Phase.SUCCEEDED: "succeeded", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed",
-              Phase.PAUSED: "paused", Phase.RUNNING: "group-done"}.get(t.phase, t.phase.value.lower())
+              Phase.PAUSED: "paused", Phase.RUNNING: "group-done",
+              Phase.ROLLING_BACK: "auto-rollback"}.get(t.phase, t.phase.value.lower())
     await release_records.event(tx, row.id, ACTOR, action, t.phase,
                                 {"reason": t.reason, "completedGroups": t.completed_groups})
     await tx.audit(actor=ACTOR, action=f"release.{action}", resource=f"AppService/{row.app}",
@@ -153,4 +157,5 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
     # The idle pass notices ends of automatic pauses and progress deadlines even when nothing is written.
     await run_passes("releases", reconcile_once, store, stop, idle_seconds=idle_seconds,
-                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ENDPOINT_NOTES, ACKS, GRANTS, INTENT}))
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ENDPOINT_NOTES, ACKS, GRANTS, INTENT,
+                                       VERIFICATION}))

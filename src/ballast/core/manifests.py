@@ -24,6 +24,7 @@ from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, par
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
 from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
+from ballast.core.verification import OnFailure, PromCheck, Verification, Webhook
 from ballast.errors import FieldProblem, InvalidInput
 
 API_VERSION = "ballast.io/v1alpha1"
@@ -97,6 +98,78 @@ class Template(_Model):
         return env
 
 
+URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
+
+
+class WebhookSpec(_Model):
+    url: str = Field(pattern=URL_PATTERN, max_length=2000, description="http(s) URL; POSTed to, must answer 2xx")
+    timeout_seconds: float = Field(5.0, alias="timeoutSeconds", gt=0, le=120)
+
+
+class PromQuerySpec(_Model):
+    name: Name
+    query: str = Field(min_length=1, max_length=4000,
+                       description="PromQL; $app, $revision (new), $baseline (old) and $window are substituted")
+    max: float | None = Field(None, allow_inf_nan=False)
+    min: float | None = Field(None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "PromQuerySpec":
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both: the bound every value of the result must keep")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class PrometheusSpec(_Model):
+    url: str = Field(pattern=URL_PATTERN, max_length=2000, description="the Prometheus server, e.g. http://prom:9090")
+    queries: list[PromQuerySpec] = Field(min_length=1, max_length=20)
+
+    @field_validator("queries")
+    @classmethod
+    def _unique(cls, value: list[PromQuerySpec]) -> list[PromQuerySpec]:
+        names = [q.name for q in value]
+        if len(names) != len(set(names)):
+            raise ValueError("each query needs its own name")
+        return value
+
+
+class VerifySpec(_Model):
+    """Judge each release group from its traffic before the next one starts (see core/verification.py)."""
+
+    window_seconds: float = Field(30.0, alias="windowSeconds", ge=1, le=3600)
+    min_requests: int = Field(100, alias="minRequests", ge=1, le=1_000_000_000)
+    max_error_rate: float | None = Field(1.0, alias="maxErrorRate", ge=0, le=100, description="percent")
+    max_error_rate_increase: float | None = Field(None, alias="maxErrorRateIncrease", ge=0, le=100,
+                                                  description="percentage points above the old revision")
+    max_p99_ms: float | None = Field(None, alias="maxP99Ms", gt=0, le=3_600_000)
+    max_p99_ratio: float | None = Field(None, alias="maxP99Ratio", ge=1, le=1000,
+                                        description="times the old revision's p99")
+    p99_floor_ms: float = Field(10.0, alias="p99FloorMs", ge=0, le=60_000)
+    on_failure: Literal["pause", "rollback"] = Field("pause", alias="onFailure")
+    webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=10)
+    prometheus: PrometheusSpec | None = None
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> "VerifySpec":
+        if (self.max_error_rate is None and self.max_error_rate_increase is None and self.max_p99_ms is None
+                and self.max_p99_ratio is None and not self.webhooks and self.prometheus is None):
+            raise ValueError("verify needs at least one check: maxErrorRate, maxErrorRateIncrease, maxP99Ms, "
+                             "maxP99Ratio, webhooks or prometheus")
+        return self
+
+    def to_verification(self) -> Verification:
+        prom = self.prometheus
+        return Verification(
+            window_seconds=self.window_seconds, min_requests=self.min_requests, max_error_rate=self.max_error_rate,
+            max_error_rate_increase=self.max_error_rate_increase, max_p99_ms=self.max_p99_ms,
+            max_p99_ratio=self.max_p99_ratio, p99_floor_ms=self.p99_floor_ms, on_failure=OnFailure(self.on_failure),
+            webhooks=tuple(Webhook(w.url, w.timeout_seconds) for w in self.webhooks),
+            prometheus_url=prom.url if prom is not None else None,
+            queries=tuple(PromCheck(q.name, q.query, q.max, q.min) for q in prom.queries) if prom is not None else ())
+
+
 class StrategySpec(_Model):
     """How releases of this app proceed; flags of `ballast release start` override each field."""
 
@@ -108,13 +181,15 @@ class StrategySpec(_Model):
     max_unavailable_per_cell: int = Field(1, alias="maxUnavailablePerCell", ge=1, le=10_000)
     upgrade: Literal["inPlace", "replace", "ordered"] = "inPlace"
     progress_deadline_seconds: float = Field(120.0, alias="progressDeadlineSeconds", gt=0, le=86_400)
+    verify: VerifySpec | None = Field(None, description="judge each group from its traffic before going on")
 
     def to_strategy(self) -> Strategy:
         return Strategy(beta_size=self.beta_size, groups=self.groups,
                         group_sizes=tuple(self.group_sizes) if self.group_sizes is not None else None,
                         pause=PauseMode(self.pause), pause_seconds=self.pause_seconds,
                         max_unavailable_per_cell=self.max_unavailable_per_cell, upgrade=UpgradeMode(self.upgrade),
-                        progress_deadline_seconds=self.progress_deadline_seconds)
+                        progress_deadline_seconds=self.progress_deadline_seconds,
+                        verify=self.verify.to_verification() if self.verify is not None else None)
 
 
 HOST_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
@@ -186,6 +261,21 @@ class AppServiceSpec(_Model):
                              ack_timeout_seconds=self.traffic.ack_timeout_seconds)
 
 
+class VerifyOverride(_Model):
+    """Fields of an app's `verify` one release replaces (the rest are the app's, or the defaults)."""
+
+    window_seconds: float | None = Field(None, alias="windowSeconds", ge=1, le=3600)
+    min_requests: int | None = Field(None, alias="minRequests", ge=1, le=1_000_000_000)
+    max_error_rate: float | None = Field(None, alias="maxErrorRate", ge=0, le=100)
+    max_error_rate_increase: float | None = Field(None, alias="maxErrorRateIncrease", ge=0, le=100)
+    max_p99_ms: float | None = Field(None, alias="maxP99Ms", gt=0, le=3_600_000)
+    max_p99_ratio: float | None = Field(None, alias="maxP99Ratio", ge=1, le=1000)
+    p99_floor_ms: float | None = Field(None, alias="p99FloorMs", ge=0, le=60_000)
+    on_failure: Literal["pause", "rollback"] | None = Field(None, alias="onFailure")
+    webhooks: list[WebhookSpec] | None = Field(None, max_length=10)
+    prometheus: PrometheusSpec | None = None
+
+
 class StrategyOverride(_Model):
     """Fields of an app's strategy a release order (or `release start`) replaces for one release."""
 
@@ -198,6 +288,8 @@ class StrategyOverride(_Model):
     max_unavailable_per_cell: int | None = Field(None, alias="maxUnavailablePerCell", ge=1, le=10_000)
     upgrade: Literal["inPlace", "replace", "ordered"] | None = None
     progress_deadline_seconds: float | None = Field(None, alias="progressDeadlineSeconds", gt=0, le=86_400)
+    verify: VerifyOverride | None = None
+    no_verify: bool | None = Field(None, alias="noVerify", description="true: this release is not verified")
 
 
 class OrderRelease(_Model):

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Mapping, Sequence
 
 from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode
+from ballast.core.verification import OnFailure, Verdict
 
 FAILING_PHASES = ("BackOff", "Failed", "Unhealthy")
 
@@ -63,6 +64,17 @@ class InstanceView:
     message: str = ""
     serving: bool = True          # its endpoint is ready and every traffic component has added it
     blocked: str = ""             # why its drain or its return to traffic is stuck (a component is silent)
+
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """The newest live verification of a group (an abandoned attempt is none): its verdict, and whether a person
+    resumed the release past it."""
+
+    verdict: Verdict
+    summary: str = ""
+    window_end: float | None = None
+    accepted_by: str | None = None
 
 
 # --- actions ---------------------------------------------------------------------------
@@ -235,15 +247,52 @@ def _states(group: Group, target: int, release: ReleaseView, instances: Mapping[
                        rollback) for s in group.slots]
 
 
-def decide(release: ReleaseView, instances: Mapping[str, InstanceView], now: float) -> Decision:
+def decide(release: ReleaseView, instances: Mapping[str, InstanceView], now: float,
+           checks: Mapping[int, GroupCheck] | None = None) -> Decision:
+    """The next step. `checks` holds the newest live verification of each group (by group index)."""
     if release.phase not in ACTIVE_PHASES:
         return Decision()
     if release.direction is Direction.ROLLBACK:
         return _decide_rollback(release, instances, now)
-    return _decide_forward(release, instances, now)
+    return _decide_forward(release, instances, now, checks or {})
 
 
-def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView], now: float) -> Decision:
+def verifies(release: ReleaseView) -> bool:
+    """Groups are judged from their traffic: the strategy asks for it and the revision changes (a scale or an
+    evacuation has no new revision to compare with the old)."""
+    return release.strategy.verify is not None and release.to_revision != release.from_revision
+
+
+def verification_due(release: ReleaseView, instances: Mapping[str, InstanceView], now: float) -> Group | None:
+    """The group whose traffic must be judged now: the current group going forward, every instance of it done."""
+    if not verifies(release) or release.direction is not Direction.FORWARD or release.phase not in (
+            Phase.RUNNING, Phase.PAUSED) or release.completed_groups >= len(release.groups):
+        return None
+    group = release.groups[release.completed_groups]
+    if not group.slots:
+        return None
+    states = _states(group, release.to_revision, release, instances, now)
+    return group if all(st.kind is SlotKind.DONE for st in states) else None
+
+
+def _verdict_step(release: ReleaseView, group: Group, check: GroupCheck | None, now: float) -> Transition | str | None:
+    """What a group's verification says: wait (a reason), stop (a transition), or go on (None)."""
+    if check is None or check.verdict in (Verdict.VERIFYING, Verdict.ABANDONED):
+        left = f" ({max(0.0, check.window_end - now):.0f}s of traffic left)" if check and check.window_end else ""
+        return f"{group.name} done; verifying its traffic{left}"
+    if check.verdict is Verdict.PASSED or check.accepted_by:
+        return None
+    assert release.strategy.verify is not None
+    if check.verdict is Verdict.FAILED and release.strategy.verify.on_failure is OnFailure.ROLLBACK:
+        return Transition(Phase.ROLLING_BACK, f"verification of {group.name} {check.summary}; rolling back "
+                                              f"automatically to revision {release.from_revision}",
+                          direction=Direction.ROLLBACK)
+    return Transition(Phase.PAUSED, f"verification of {group.name} {check.summary}; resume to accept it "
+                                    "(--reverify to judge a new window), or roll back")
+
+
+def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView], now: float,
+                    checks: Mapping[int, GroupCheck]) -> Decision:
     index = release.completed_groups
     if index >= len(release.groups):
         return Decision(transition=Transition(Phase.SUCCEEDED, f"all {len(release.groups)} groups at revision {release.to_revision}"))
@@ -262,6 +311,14 @@ def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView],
     if waiting_auto:
         return Decision(tuple(actions), waiting=f"automatic pause before {group.name} until {release.pause_until:.0f}")
     if all(st.kind is SlotKind.DONE for st in states):
+        accepted = False
+        if verifies(release) and group.slots:
+            step = _verdict_step(release, group, checks.get(index), now)
+            if isinstance(step, str):
+                return Decision(tuple(actions), waiting=step)
+            if isinstance(step, Transition):
+                return Decision(tuple(actions), step)
+            accepted = bool(checks[index].accepted_by)
         done = index + 1
         while done < len(release.groups) and not release.groups[done].slots:
             done += 1  # an empty group has nothing to verify: no pause before it
@@ -269,7 +326,8 @@ def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView],
             return Decision(tuple(actions), Transition(Phase.SUCCEEDED, f"all {done} groups at revision {release.to_revision}",
                                                        completed_groups=done))
         nxt = release.groups[done].name
-        mode = release.strategy.pause
+        # A person who resumed past a verdict has decided on this group: no second pause for it.
+        mode = PauseMode.NONE if accepted else release.strategy.pause
         if mode is PauseMode.MANUAL:
             return Decision(tuple(actions), Transition(Phase.PAUSED, f"{group.name} done; resume to start {nxt}",
                                                        completed_groups=done))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Sequence
 
+from ballast.core.verification import Verification
 from ballast.errors import FieldProblem, InvalidInput
 
 
@@ -40,6 +41,7 @@ class Strategy:
     max_unavailable_per_cell: int = 1
     upgrade: UpgradeMode = UpgradeMode.IN_PLACE
     progress_deadline_seconds: float = 120.0
+    verify: Verification | None = None     # judge each group from its traffic before going on
 
 
 class SlotOp(str, Enum):

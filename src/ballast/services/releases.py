@@ -20,7 +20,9 @@ from ballast.core.manifests import AppServiceSpec, StrategySpec, problems_from_v
 from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
                                          slot_state)
 from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
+from ballast.core.verification import Verification
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.services import verifications
 from ballast.services.endpoints import acknowledged, endpoint_record
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, endpoints, instances, release_events, releases, revisions
@@ -32,6 +34,7 @@ def strategy_to_json(s: Strategy) -> dict[str, Any]:
     out = asdict(s)
     out["pause"], out["upgrade"] = s.pause.value, s.upgrade.value
     out["group_sizes"] = list(s.group_sizes) if s.group_sizes is not None else None
+    out["verify"] = s.verify.to_json() if s.verify is not None else None
     return out
 
 
@@ -40,7 +43,8 @@ def strategy_from_json(d: dict[str, Any]) -> Strategy:
                     group_sizes=tuple(d["group_sizes"]) if d.get("group_sizes") is not None else None,
                     pause=PauseMode(d["pause"]), pause_seconds=d["pause_seconds"],
                     max_unavailable_per_cell=d["max_unavailable_per_cell"], upgrade=UpgradeMode(d["upgrade"]),
-                    progress_deadline_seconds=d["progress_deadline_seconds"])
+                    progress_deadline_seconds=d["progress_deadline_seconds"],
+                    verify=Verification.from_json(d["verify"]) if d.get("verify") else None)
 
 
 def plan_to_json(groups: list[Group]) -> list[dict[str, Any]]:
@@ -81,13 +85,19 @@ async def instance_views(conn: AsyncConnection, app: str) -> dict[str, InstanceV
 
 
 def merge_strategy(spec: AppServiceSpec, overrides: dict[str, Any]) -> Strategy:
-    """The app's strategy with the request's fields on top, validated as one strategy."""
+    """The app's strategy with the request's fields on top, validated as one strategy. `verify` is merged field by
+    field into the app's (or the defaults); `noVerify` drops it."""
     base = spec.strategy.model_dump(by_alias=True)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    base.update({k: v for k, v in overrides.items() if v is not None and k not in ("verify", "noVerify")})
     if overrides.get("groupSizes") is not None and overrides.get("groups") is None:
         base["groups"] = len(overrides["groupSizes"])
     if overrides.get("groups") is not None and overrides.get("groupSizes") is None:
         base["groupSizes"] = None
+    if overrides.get("noVerify"):
+        base["verify"] = None
+    elif overrides.get("verify"):
+        base["verify"] = {**(base.get("verify") or {}),
+                          **{k: v for k, v in overrides["verify"].items() if v is not None}}
     try:
         return StrategySpec.model_validate(base).to_strategy()
     except ValidationError as exc:
@@ -194,8 +204,9 @@ _ALLOWED = {
 
 
 async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
-              expect_phase: str | None = None) -> dict[str, Any]:
-    """pause | resume | rollback, as a compare-and-set on the phase the request saw."""
+              expect_phase: str | None = None, reverify: bool = False) -> dict[str, Any]:
+    """pause | resume | rollback, as a compare-and-set on the phase the request saw. Resuming a release a verdict
+    stopped accepts that verdict, or with `reverify` has a new window judged."""
     row = (await tx.conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id.desc()))).first()
     if row is None:
         raise NotFound(f"app {app!r} has no release")
@@ -208,12 +219,15 @@ async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
     if current not in allowed_from:
         hint = " (start a new release to go back to an earlier revision)" if current is Phase.SUCCEEDED else ""
         raise Conflict(f"cannot {action} release {row.id}: it is {current.value}{hint}")
+    verdict = None
     if action == "pause":
         new, direction, reason = Phase.PAUSED, Direction(row.direction), f"paused by {actor}"
     elif action == "resume":
         direction = Direction(row.direction)
         new = Phase.ROLLING_BACK if direction is Direction.ROLLBACK else Phase.RUNNING
-        reason = f"resumed by {actor}"
+        verdict = await verifications.on_resume(tx, row, actor, reverify)
+        reason = f"resumed by {actor}" + (f"; verification of group {verdict['groupIndex']} "
+                                          f"({verdict['verdict']}): {verdict['decision']}" if verdict else "")
     else:
         new, direction = Phase.ROLLING_BACK, Direction.ROLLBACK
         reason = f"rollback{' (fast)' if fast else ''} by {actor} to revision {row.from_revision}"
@@ -223,9 +237,10 @@ async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
                                           resource_version=tx.rv))
     if moved.rowcount != 1:
         raise Conflict(f"release {row.id} changed concurrently; nothing changed")
-    await event(tx, row.id, actor, action, new, {"from": current.value, "fast": fast})
+    extra = {"verification": verdict} if verdict else {}
+    await event(tx, row.id, actor, action, new, {"from": current.value, "fast": fast, **extra})
     await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
-                   detail={"release": row.id, "from": current.value, "to": new.value, "fast": fast})
+                   detail={"release": row.id, "from": current.value, "to": new.value, "fast": fast, **extra})
     return {"id": row.id, "app": app, "phase": new.value, "previousPhase": current.value}
 
 
@@ -237,6 +252,7 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
         raise NotFound(f"app {app!r} has no release")
     rel = view(row)
     inst = await instance_views(conn, app)
+    attempts = await verifications.rows(conn, row.id)
     rolling_back = rel.direction is Direction.ROLLBACK
     target = rel.from_revision if rolling_back else rel.to_revision
     groups = []
@@ -253,7 +269,12 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
             bucket = {"done": "done", "rolled back": "done", "untouched": "done"}.get(kind, kind)
             c[bucket] = c.get(bucket, 0) + 1
             slots.append({"slot": s.instance, "instance": st.holder, "cell": s.cell, "state": kind, "reason": st.reason})
-        groups.append({"index": g.index, "name": g.name, "cells": cells, "instances": slots})
+        item: dict[str, Any] = {"index": g.index, "name": g.name, "cells": cells, "instances": slots}
+        newest = verifications.latest(attempts, g.index)
+        if newest is not None:
+            item["verification"] = {**verifications.view(newest),
+                                    "attempts": sum(1 for a in attempts if a.group_index == g.index)}
+        groups.append(item)
     return {"id": row.id, "app": app, "kind": row.kind, "phase": row.phase, "direction": row.direction,
             "fromRevision": row.from_revision, "toRevision": row.to_revision, "completedGroups": row.completed_groups,
             "reason": row.reason, "waiting": row.waiting, "fast": row.fast, "createdBy": row.created_by,

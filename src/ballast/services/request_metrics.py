@@ -68,17 +68,23 @@ async def sources(conn: AsyncConnection, app: str, kind: str = SIDECAR) -> list[
     return [Source(r.name, SIDECAR, r.metrics_address) for r in rows]
 
 
-async def read(sources_: Iterable[Source], app: str, window_seconds: float | None = None, *,
+async def all_sidecar_sources(conn: AsyncConnection) -> list[Source]:
+    rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address).order_by(nodes.c.name))).all()
+    return [Source(r.name, SIDECAR, r.metrics_address) for r in rows]
+
+
+async def read(sources_: Iterable[Source], app: str | None, window_seconds: float | None = None, *,
                timeout: float = READ_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None) -> list[Reading]:
     """Read every source at once; each answers within `timeout` or is reported as unreadable."""
     async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
         return list(await asyncio.gather(*(_read_one(http, s, app, window_seconds) for s in sources_)))
 
 
-async def _read_one(http: httpx.AsyncClient, source: Source, app: str, window_seconds: float | None) -> Reading:
+async def _read_one(http: httpx.AsyncClient, source: Source, app: str | None,
+                    window_seconds: float | None) -> Reading:
     if not source.address:
         return Reading(source, error=f"{source.name} serves no request metrics (its metrics endpoint is off)")
-    params: dict[str, Any] = {"app": app}
+    params: dict[str, Any] = {"app": app} if app else {}
     if window_seconds:
         params["window"] = window_seconds
     url = f"http://{source.address}/v1/request-metrics"

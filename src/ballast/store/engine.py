@@ -56,6 +56,7 @@ GRANTS = "grants"                    # agents were granted a change of their ins
 ENDPOINT_NOTES = "endpoint-notes"    # an acknowledgement timed out, or a note no longer holds
 ACCESS = "access"                    # users, role bindings or tokens changed (also touches everything)
 INTENT = "intent"                    # the release engine changed what instances should run
+VERIFICATION = "verification"        # a release group's verification window opened, closed or was abandoned
 
 
 @dataclass

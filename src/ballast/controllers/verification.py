@@ -1,0 +1,134 @@
+"""The verification controller: judges each release group from the traffic it served.
+
+For every release whose strategy verifies, each pass decides from records:
+- a group whose instances are all done, with no live attempt, gets one: the
+  sources that count the app (the agents of the nodes hosting it) are read
+  and the window opens with their cumulative counts;
+- an open window whose time is up is closed: the sources are read again, the
+  new revision's and the old revision's counts over the window computed
+  (`core.verification.sides`), the external checks run, and the verdict
+  recorded with its numbers;
+- an open window of a group that is no longer complete (an instance failed,
+  the release turned round or ended) is abandoned.
+It only observes and records; the release engine acts on verdicts. Sources
+are read outside any transaction and every record is a compare-and-set on
+the attempt, so a pass killed anywhere leaves at most a window to reopen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from ballast.controllers.loop import run_passes
+from ballast.core.release_engine import ACTIVE_PHASES, Direction, Phase, verification_due
+from ballast.core.verification import Side, SourceTotals, Verdict, judge, sides, traffic_checks
+from ballast.errors import RetryableConflict
+from ballast.services import releases as release_records
+from ballast.services import request_metrics, verification_checks, verifications
+from ballast.store.engine import ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, VERIFICATION, Store
+from ballast.store.schema import instances, releases
+from ballast.store.schema import verifications as attempts_table
+
+log = logging.getLogger("ballast.verification")
+CLOSE_GRACE_SECONDS = 15.0   # past the window's end, how long an unreadable source is waited for
+
+
+async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | None = None) -> int:
+    """One pass over every release that verifies (or holds an open window); returns how many records it wrote."""
+    async with store.read() as conn:
+        open_releases = select(attempts_table.c.release_id).where(attempts_table.c.state == Verdict.VERIFYING.value)
+        rows = (await conn.execute(select(releases).where(
+            releases.c.phase.in_([p.value for p in ACTIVE_PHASES]) | releases.c.id.in_(open_releases))
+            .order_by(releases.c.id))).all()
+    written = 0
+    for row in rows:
+        if row.strategy.get("verify") is None:
+            continue
+        try:
+            written += await _reconcile(store, row, transport)
+        except RetryableConflict:
+            continue
+    return written
+
+
+async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport | None) -> int:
+    rel = release_records.view(row)
+    now = store.clock()
+    async with store.read() as conn:
+        views = await release_records.instance_views(conn, row.app)
+        attempts = await verifications.rows(conn, row.id)
+    due = verification_due(rel, views, now)
+    written = 0
+    for attempt in attempts:
+        if attempt.state == Verdict.VERIFYING.value and (due is None or attempt.group_index != due.index):
+            why = (f"release {row.id} is {row.phase}" if Phase(row.phase) not in (Phase.RUNNING, Phase.PAUSED)
+                   or rel.direction is Direction.ROLLBACK else
+                   f"{rel.groups[attempt.group_index].name} is no longer complete")
+            written += await _write(store, lambda tx, a=attempt: verifications.abandon(tx, row, a, verifications.ACTOR,
+                                                                                      why))
+    if due is None:
+        return written
+    newest = verifications.latest(attempts, due.index)
+    assert rel.strategy.verify is not None
+    if newest is None or newest.state == Verdict.ABANDONED.value:
+        readings = await _read(store, row.app, transport)
+        window = rel.strategy.verify.window_seconds
+        await _write(store, lambda tx: verifications.open_window(tx, row, due.index, due.name, window, readings))
+        return written + 1
+    if newest.state != Verdict.VERIFYING.value or now < newest.window_end:
+        return written
+    end = await _read(store, row.app, transport)
+    if any(not r.read for r in end) and now < newest.window_end + CLOSE_GRACE_SECONDS:
+        return written   # give an unreadable source a few more passes before judging without it
+    start = verifications.reading_from_json(newest.start_reading)
+    canary, baseline, data = sides(start, {r.name: r for r in end}, newest.canary_revision,
+                                   newest.baseline_revision, now - newest.started_at)
+    payload = await _payload(store, row, due.name, newest, canary, baseline, now)
+    external = await verification_checks.run(rel.strategy.verify, payload, {
+        "app": row.app, "revision": str(newest.canary_revision), "baseline": str(newest.baseline_revision),
+        "window": f"{max(1, round(now - newest.started_at))}s"}, now, transport=transport)
+    judgement = judge([data, *traffic_checks(rel.strategy.verify, canary, baseline), *external])
+    log.info("release %s %s: %s", row.id, due.name, judgement.summary)
+    await _write(store, lambda tx: verifications.close_window(tx, row, newest, due.name, judgement, canary, baseline,
+                                                              (newest.started_at, now)))
+    return written + 1
+
+
+async def _read(store: Store, app: str, transport: httpx.AsyncBaseTransport | None) -> list[SourceTotals]:
+    async with store.read() as conn:
+        sources = await request_metrics.sources(conn, app, request_metrics.SIDECAR)
+    readings = await request_metrics.read(sources, app, transport=transport)
+    return [SourceTotals(r.source.name, r.epoch, r.totals, r.error) for r in readings]
+
+
+async def _payload(store: Store, row: Any, group: str, attempt: Any, canary: Side, baseline: Side | None,
+                   now: float) -> dict[str, Any]:
+    """What a webhook is told: which revision to check, where its instances answer, and the numbers so far."""
+    async with store.read() as conn:
+        members = (await conn.execute(select(instances.c.id, instances.c.ip, instances.c.port, instances.c.cell).where(
+            instances.c.app == row.app, instances.c.revision == attempt.canary_revision,
+            instances.c.desired == "running").order_by(instances.c.id))).all()
+    return {"app": row.app, "release": row.id, "group": group, "attempt": attempt.attempt,
+            "revision": attempt.canary_revision, "baselineRevision": attempt.baseline_revision,
+            "window": {"start": attempt.started_at, "end": now},
+            "instances": [{"id": m.id, "endpoint": f"{m.ip}:{m.port}", "cell": m.cell} for m in members],
+            "canary": canary.to_json(), "baseline": baseline.to_json() if baseline is not None else None}
+
+
+async def _write(store: Store, change: Any) -> int:
+    async with store.write() as tx:
+        tx.only(VERIFICATION)
+        done = await change(tx)
+    return 1 if done is not False else 0
+
+
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 0.5) -> None:
+    # The idle pass notices windows that end; the topics notice groups that complete.
+    await run_passes("verification", reconcile_once, store, stop, idle_seconds=idle_seconds,
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ACKS, GRANTS, INTENT, VERIFICATION}))
+
