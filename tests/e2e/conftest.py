@@ -50,6 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port p such that p and p + 1 are free (`ballast up --metrics-port p` puts the gateway's on p + 1)."""
+    for _ in range(50):
+        port = free_port(host)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
 def _ballast_argv() -> list[str]:
     """The installed console script next to this interpreter (the real entry point), else `python -m ballast`."""
     script = Path(sys.executable).with_name("ballast")
@@ -144,6 +157,7 @@ class Platform:
     store: str | None = None
     port: int = field(default_factory=free_port)
     gateway_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port_pair)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,6 +180,13 @@ class Platform:
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
+    @property
+    def gateway_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port + 1}"
+
+    def agent_metrics(self, node_ip: str) -> str:
+        return f"http://{node_ip}:{self.metrics_port}"
+
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("BALLAST_TOKEN", "BALLAST_SERVER", "BALLAST_CONFIG")}
         env.update(HOME=str(self.home), BALLAST_CONFIG=str(self.data_dir / "client.yaml"))
@@ -176,7 +197,8 @@ class Platform:
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         argv = [*_ballast_argv(), "up", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                "--gateway-port", str(self.gateway_port), "--first-node-ip", self.first_node_ip, "--no-user-config"]
+                "--gateway-port", str(self.gateway_port), "--first-node-ip", self.first_node_ip, "--no-user-config",
+                "--metrics-port", str(self.metrics_port)]
         if self.store:
             argv += ["--store", self.store]
         with open(self.log, "ab") as out:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ballast.core.request_metrics import Counts
-from ballast.dataplane import runtime
+from ballast.dataplane.collector import read_sidecar
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
 from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, render_sidecar
 from ballast.dataplane.registry import Snapshot
-from ballast.dataplane.request_stats import SIDECAR_PREFIX, StatsHooks, parse_dump, sidecar_counts
+from ballast.dataplane.request_stats import StatsHooks
 from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backends
 
@@ -166,9 +166,7 @@ class Sidecar:
         """What the instance's endpoint has served, as its proxy's running worker counted it (with its epoch)."""
         if not self.proxy.alive():
             raise RuntimeApiError(f"sidecar of {self.id} is not running")
-        dump = parse_dump(await runtime.command(self.proxy.files.admin_socket, f"ballast stats {SIDECAR_PREFIX}"))
-        counts = sidecar_counts(dump)
-        return dump.epoch, ({"": counts} if counts is not None else {})
+        return await read_sidecar(self.proxy.files.admin_socket)
 
     async def wait_idle(self, revision: int, timeout: float) -> DrainReport:
         """Wait until no request is in flight and none arrived between two looks (bounded by `timeout`).

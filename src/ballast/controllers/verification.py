@@ -86,8 +86,10 @@ async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport
     if any(not r.read for r in end) and now < newest.window_end + CLOSE_GRACE_SECONDS:
         return written   # give an unreadable source a few more passes before judging without it
     start = verifications.reading_from_json(newest.start_reading)
+    running = {v.id: v.running_revision for v in views.values()
+               if v.desired == "running" and v.running_revision is not None}
     canary, baseline, data = sides(start, {r.name: r for r in end}, newest.canary_revision,
-                                   newest.baseline_revision, now - newest.started_at)
+                                   newest.baseline_revision, now - newest.started_at, running)
     payload = await _payload(store, row, due.name, newest, canary, baseline, now)
     external = await verification_checks.run(rel.strategy.verify, payload, {
         "app": row.app, "revision": str(newest.canary_revision), "baseline": str(newest.baseline_revision),

@@ -67,7 +67,7 @@ class Verification:
     def from_json(cls, d: Mapping[str, Any]) -> "Verification":
         prom = d.get("prometheus") or {}
         return cls(window_seconds=float(d["windowSeconds"]), min_requests=int(d["minRequests"]),
-                   max_error_rate=d.get("maxErrorRate"), max_error_rate_increase=d.get("maxErrorRateIncrease"),
+                   max_error_rate=d.get("maxErrorRate", 1.0), max_error_rate_increase=d.get("maxErrorRateIncrease"),
                    max_p99_ms=d.get("maxP99Ms"), max_p99_ratio=d.get("maxP99Ratio"),
                    p99_floor_ms=float(d.get("p99FloorMs", 10.0)), on_failure=OnFailure(d.get("onFailure", "pause")),
                    webhooks=tuple(Webhook(w["url"], float(w.get("timeoutSeconds", 5.0))) for w in d.get("webhooks") or ()),
@@ -243,14 +243,21 @@ def _prometheus_values(body: Any) -> list[float] | str:
     if not isinstance(body, dict) or body.get("status") != "success":
         error = body.get("error") if isinstance(body, dict) else None
         return f"query failed: {error or 'not a Prometheus answer'}"
-    data = body.get("data") or {}
+    data = body.get("data")
+    if not isinstance(data, dict):
+        return "unreadable result"
     kind: Any = data.get("resultType")
     result: Any = data.get("result")
+
+    def value(pair: Any) -> float:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ValueError(f"expected [time, value], got {pair!r}")
+        return float(pair[1])
     try:
         if kind == "scalar":
-            return [float(result[1])]
-        if kind == "vector":
-            return [float(item["value"][1]) for item in result]
+            return [value(result)]
+        if kind == "vector" and isinstance(result, list):
+            return [value(item["value"]) for item in result]
     except (TypeError, KeyError, IndexError, ValueError):
         return "unreadable result"
     return f"a {kind} result; expected an instant vector or a scalar"
@@ -272,9 +279,13 @@ class SourceTotals:
 
 
 def sides(start: Mapping[str, SourceTotals], end: Mapping[str, SourceTotals], canary_revision: int,
-          baseline_revision: int, seconds: float) -> tuple[Side, Side | None, Check]:
+          baseline_revision: int, seconds: float, running: Mapping[str, int]) -> tuple[Side, Side | None, Check]:
     """The canary's and the baseline's counts over the window between two readings, and a check that says whether
-    every source could be read (a source that could not is no evidence for a pass)."""
+    every source could be read (a source that could not is no evidence for a pass).
+
+    `running` maps each live instance to the revision it runs: a series counts only while its instance still runs
+    that revision (sources keep the totals of retired instances and of revisions an instance left for a while).
+    """
     canary: dict[Series, Counts] = {}
     baseline: dict[Series, Counts] = {}
     notes: list[str] = []
@@ -291,6 +302,8 @@ def sides(start: Mapping[str, SourceTotals], end: Mapping[str, SourceTotals], ca
             notes.append(f"{name} restarted counting during the window: its figures cover only the time since")
         earlier = before.totals if before is not None and before.read and before.epoch == after.epoch else None
         for series, cumulative in after.totals.items():
+            if running.get(series.instance) != series.revision:
+                continue
             delta = window(cumulative, earlier.get(series)) if earlier is not None else cumulative
             if series.revision == canary_revision:
                 canary[series] = canary.get(series, ZERO) + delta

@@ -29,14 +29,35 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+from pathlib import Path
+
 from ballast.core.request_metrics import ZERO, Counts, Series, window
-from ballast.dataplane.request_stats import DumpError
+from ballast.dataplane import runtime
+from ballast.dataplane.request_stats import (SERVICE_PREFIX, SIDECAR_PREFIX, DumpError, gateway_counts, parse_dump,
+                                             sidecar_counts, stat_servers)
 from ballast.dataplane.runtime import RuntimeApiError
+from ballast.dataplane.tables import parse_stat
 
 log = logging.getLogger("ballast.requeststats")
 
 Reader = Callable[[], Awaitable[tuple[str, Mapping[str, Counts]]]]   # (epoch, counts by the probe's own keys)
 Labeler = Callable[[str], Series | None]                              # a probe key -> the series it counts now
+SERVER_ROWS = "show stat -1 4 -1"     # every proxy's server rows (type 4), none of the frontends or backends
+
+
+async def read_sidecar(admin_socket: Path | str) -> tuple[str, dict[str, Counts]]:
+    """What an instance's endpoint has served, as its sidecar's running worker counted it (one key: "")."""
+    dump = parse_dump(await runtime.command(admin_socket, f"ballast stats {SIDECAR_PREFIX}"))
+    counts = sidecar_counts(dump)
+    return dump.epoch, ({"": counts} if counts is not None else {})
+
+
+async def read_gateway(admin_socket: Path | str) -> tuple[str, dict[str, Counts]]:
+    """What a gateway sent to each instance, keyed "BACKEND SERVER". Its servers come and go at run time, where
+    HAProxy's Lua does not see them: their counters are read from `show stat`."""
+    dump = parse_dump(await runtime.command(admin_socket, f"ballast stats {SERVICE_PREFIX}"))
+    servers = stat_servers(parse_stat(await runtime.command(admin_socket, SERVER_ROWS)))
+    return dump.epoch, {f"{backend} {server}": c for (backend, server), c in gateway_counts(dump, servers).items()}
 
 
 @dataclass

@@ -18,20 +18,18 @@ from pathlib import Path
 
 from ballast.client import ApiError, Client, Unreachable
 from ballast.core.request_metrics import Counts, Series
-from ballast.dataplane import runtime
-from ballast.dataplane.collector import RequestStats
+from ballast.dataplane.collector import RequestStats, read_gateway
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles, install_stats_script
 from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
 from ballast.dataplane.registry import Snapshot
-from ballast.dataplane.request_stats import SERVICE_PREFIX, gateway_counts, parse_dump, stat_servers
+from ballast.dataplane.request_stats import SERVICE_PREFIX
 from ballast.dataplane.runtime import RuntimeApiError
-from ballast.dataplane.tables import gateway_tables, parse_stat
+from ballast.dataplane.tables import gateway_tables
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 
 log = logging.getLogger("ballast.gateway")
 POLL_SECONDS = 25.0
 PROBE = "gateway"
-SERVER_ROWS = "show stat -1 4 -1"     # every proxy's server rows (type 4), none of the frontends or backends
 
 
 @dataclass(frozen=True)
@@ -172,11 +170,7 @@ class Gateway:
     async def _request_counts(self) -> tuple[str, dict[str, Counts]]:
         if not self.proxy.alive():
             raise RuntimeApiError(f"gateway {self.settings.name}: HAProxy is not running")
-        socket = self.proxy.files.admin_socket
-        dump = parse_dump(await runtime.command(socket, f"ballast stats {SERVICE_PREFIX}"))
-        servers = stat_servers(parse_stat(await runtime.command(socket, SERVER_ROWS)))
-        return dump.epoch, {f"{backend} {server}": c
-                            for (backend, server), c in gateway_counts(dump, servers).items()}
+        return await read_gateway(self.proxy.files.admin_socket)
 
     def _series_of(self, key: str) -> Series | None:
         backend, _, instance = key.partition(" ")
