@@ -199,7 +199,7 @@ async def test_bad_requests_to_order_routes_are_4xx_naming_the_field(api: Api) -
         ("post", "/v1/orders/nope/approve", {}, 404, None),
         ("get", "/v1/orders/chg/report?format=pdf", None, 422, "format"),
         ("post", "/v1/audit/verify", {"records": []}, 422, "records"),
-        ("post", "/v1/audit/verify", {"records": [{"seq": 0, "hash": "x"}]}, 422, "records.0.seq"),
+        ("post", "/v1/audit/verify", {"records": [{"seq": 0, "hash": "x"}]}, 422, "records[0].seq"),
         ("delete", "/v1/changewindows/nope", None, 404, None),
     ]
     for method, path, body, status, field in cases:

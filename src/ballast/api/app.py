@@ -53,10 +53,13 @@ def create_app(store: Store) -> FastAPI:
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ())]
+            loc = list(err.get("loc", ()))
             if loc and loc[0] == "body":  # the request body is the document the user wrote: paths start inside it
                 loc = loc[1:]
-            problems.append(FieldProblem(".".join(loc) or "(request)", err.get("input"), str(err.get("msg", ""))))
+            path = ""
+            for part in loc:  # the manifests' notation: items[0].spec.cells
+                path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+            problems.append(FieldProblem(path or "(request)", err.get("input"), str(err.get("msg", ""))))
         return JSONResponse(InvalidInput("invalid request", problems=problems).to_dict(), status_code=422)
 
     @app.exception_handler(ValidationError)
