@@ -7,6 +7,7 @@ beta a0 b0; group-1 a1 a2 b1 b2; group-2 a3 a4 b3 b4). `checks` holds the newest
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -102,13 +103,19 @@ def test_verification_due(rel: ReleaseView, instances: dict[str, InstanceView], 
 
 # --- decide: waiting for a verdict -----------------------------------------------------------------------------------
 
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S")
+
+
 WAITING = [
     pytest.param(None, "beta done; verifying its traffic", id="no check yet"),
     pytest.param(GroupCheck(Verdict.VERIFYING), "beta done; verifying its traffic", id="a window open"),
-    pytest.param(GroupCheck(Verdict.VERIFYING, window_end=NOW + 12), "beta done; verifying its traffic (12s of "
-                 "traffic left)", id="a window open, with the seconds left"),
-    pytest.param(GroupCheck(Verdict.VERIFYING, window_end=NOW - 3), "beta done; verifying its traffic (0s of "
-                 "traffic left)", id="a window past its end, not yet closed: 0s left, never negative"),
+    pytest.param(GroupCheck(Verdict.VERIFYING, window_end=NOW + 12),
+                 f"beta done; verifying its traffic until {_utc(NOW + 12)} UTC",
+                 id="a window open: until when (a text that stays the same while it waits)"),
+    pytest.param(GroupCheck(Verdict.VERIFYING, window_end=NOW - 3),
+                 f"beta done; verifying its traffic until {_utc(NOW - 3)} UTC",
+                 id="a window past its end, not yet closed: the same text"),
     pytest.param(GroupCheck(Verdict.ABANDONED), "beta done; verifying its traffic", id="the last attempt abandoned"),
 ]
 

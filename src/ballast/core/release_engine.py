@@ -9,6 +9,7 @@ decides the same next step and never changes an instance twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Mapping, Sequence
 
@@ -278,8 +279,10 @@ def verification_due(release: ReleaseView, instances: Mapping[str, InstanceView]
 def _verdict_step(release: ReleaseView, group: Group, check: GroupCheck | None, now: float) -> Transition | str | None:
     """What a group's verification says: wait (a reason), stop (a transition), or go on (None)."""
     if check is None or check.verdict in (Verdict.VERIFYING, Verdict.ABANDONED):
-        left = f" ({max(0.0, check.window_end - now):.0f}s of traffic left)" if check and check.window_end else ""
-        return f"{group.name} done; verifying its traffic{left}"
+        # A stable text (the window's end, not the seconds left): the release is written only when it changes.
+        until = (f" until {datetime.fromtimestamp(check.window_end, timezone.utc):%H:%M:%S} UTC"
+                 if check and check.window_end and check.verdict is Verdict.VERIFYING else "")
+        return f"{group.name} done; verifying its traffic{until}"
     if check.verdict is Verdict.PASSED or check.accepted_by:
         return None
     assert release.strategy.verify is not None
