@@ -6,24 +6,24 @@ north-south path (client -> gateway -> sidecar -> app) rendered by Ballast's own
 its own ports of 127.0.62.2:
 
   without   sidecar and gateway rendered with `stats=None`: no timing hooks, nothing reads them
-  with      both rendered with `stats=install_stats_script(...)` (the Lua histogram, an arrival stamp
-            per request, an action per answer) and a `RequestStats` collector reading both every 1 s,
-            as agents and gateways do: the sidecar with `ballast stats app`, the gateway with
-            `ballast stats svc_` plus `show stat -1 4 -1`
+  with      both rendered with `stats=install_stats_script(...)` (an arrival stamp per request, and per
+            answer its bucket counted in a stick table) and a `RequestStats` collector reading both every
+            1 s, as agents and gateways do (`dataplane.collector.read_sidecar` / `read_gateway`)
 
 The two paths share the one app process, the bottleneck, so the proxies and the collector are the only
 difference. The collector runs in a child process of its own (this script with `--collector`), as in
 production it runs in the agent or gateway process, not in the client; it is started before each "with"
 measurement (its baselines taken, its start-up not measured) and stopped after it, when it reads the
 proxies a last time and writes its totals. The load generator (keep-alive connections, requests back to
-back) loads each variant in turn for the same time, round after round, so both see the same machine.
+back) loads each variant in turn for the same time, round after round (without-with, then with-without),
+so both see the same machine.
 
 Prints per round and overall requests/s, p50, p99, failures, CPU per request (the proxies' own, and the
 whole machine's), the ratio with/without of requests/s and the p50/p99 differences; and, for every "with"
 measurement, what the collector counted at the sidecar and the gateway against what the load generator
 sent: a difference over 3% fails the run (exit 1), so the figures are known to include real collection.
 
-Run:  .venv/bin/python benchmarks/metrics.py [--seconds 10] [--connections 16] [--rounds 3]
+Run:  .venv/bin/python benchmarks/metrics.py [--seconds 10] [--connections 16] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     print(f"code {code_version()}; {os.cpu_count()} cores; load average before {loadavg()}")
     print(f"path: client -> gateway -> sidecar -> demo app (one app process for both variants), {IP}; "
           f"{args.connections} keep-alive connections, {args.seconds:g} s per measurement, {args.rounds} round(s) "
-          "alternating without/with")
+          "alternating without/with and with/without")
     print(f"collector: a separate process (this script with --collector), RequestStats reading sidecar and gateway "
           f"every {INTERVAL:g} s; started before and stopped after each 'with' measurement\n", flush=True)
     app_port = free_port(IP)
@@ -279,9 +279,17 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         results: list[tuple[Measurement, Measurement]] = []
         mismatch = False
         for n in range(1, args.rounds + 1):
-            without = await measure(stacks[0], args, None, args.seconds)
-            with_ = await measure(stacks[1], args, CollectorProcess(work, stacks[1].sidecar, stacks[1].gateway, n),
-                                  args.seconds)
+            # ABBA: odd rounds measure without first, even rounds with first, so a drift of the machine over the
+            # run (a cooling or warming load) falls on both variants alike.
+            async def measure_with() -> Measurement:
+                return await measure(stacks[1], args, CollectorProcess(work, stacks[1].sidecar, stacks[1].gateway, n),
+                                     args.seconds)
+            if n % 2:
+                without = await measure(stacks[0], args, None, args.seconds)
+                with_ = await measure_with()
+            else:
+                with_ = await measure_with()
+                without = await measure(stacks[0], args, None, args.seconds)
             ok, line = check_collected(with_)
             mismatch |= not ok
             results.append((without, with_))
@@ -365,7 +373,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of without, then with (default 3)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of both variants, in alternating order (default 4)")
     parser.add_argument("--collector", nargs=3, metavar=("SIDECAR_SOCKET", "GATEWAY_SOCKET", "RESULT"),
                         help=argparse.SUPPRESS)   # internal: the collector child
     args = parser.parse_args()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ballast.core.request_metrics import (BOUNDS_MS, BUCKETS, CLASSES, ZERO, Counts, Series, bucket_of, group,
-                                          quantile, summarize, window)
+from ballast.core.request_metrics import (BOUNDS_MS, BUCKETS, CLASSES, ZERO, Counts, Series, bucket_of,
+                                          estimated_sum, group, quantile, summarize, window)
 
 
 def hist(**by_bound: int) -> tuple[int, ...]:
@@ -46,20 +46,29 @@ def test_percentiles_are_interpolated_inside_the_bucket_holding_the_rank(latency
 
 
 def test_a_window_is_the_difference_of_two_readings() -> None:
-    earlier = counts(100, ok=95, five=5, latency=hist(b10=95), seconds=0.5)
-    later = counts(250, ok=230, five=15, conn=5, latency=hist(b10=200, b500=30), seconds=4.0)
-    assert window(later, earlier) == counts(150, ok=135, five=10, conn=5, latency=hist(b10=105, b500=30),
-                                            seconds=3.5)
+    earlier = counts(100, ok=95, five=5, latency=hist(b10=95))
+    later = counts(250, ok=230, five=15, conn=5, latency=hist(b10=200, b500=30))
+    got = window(later, earlier)
+    assert got == counts(150, ok=135, five=10, conn=5, latency=hist(b10=105, b500=30), seconds=got.latency_sum)
+    assert got.latency_sum == pytest.approx(estimated_sum(hist(b10=105, b500=30)))
 
 
-def test_a_restarted_counter_counts_what_it_holds_now_and_the_histogram_is_judged_on_its_own() -> None:
-    """A new proxy worker restarts both; a dropped histogram alone restarts only the latency."""
-    earlier = counts(100, ok=100, latency=hist(b10=100), seconds=0.5)
-    restarted = counts(30, ok=30, latency=hist(b10=30), seconds=0.1)
+def test_each_counter_and_each_bucket_that_went_backwards_was_restarted_and_counts_what_it_holds() -> None:
+    """A new proxy worker restarts every counter; an idle bucket that expired restarts alone."""
+    earlier = counts(100, ok=100, latency=hist(b10=100, b20=7))
+    restarted = counts(30, ok=30, latency=hist(b10=30), seconds=estimated_sum(hist(b10=30)))
     assert window(restarted, earlier) == restarted
-    histogram_dropped = counts(130, ok=130, latency=hist(b10=30), seconds=0.1)
-    assert window(histogram_dropped, earlier) == counts(30, ok=30, latency=hist(b10=30), seconds=0.1)
+    bucket_restarted = counts(130, ok=130, latency=hist(b10=125, b20=2))
+    got = window(bucket_restarted, earlier)
+    assert (got.requests, got.latency) == (30, hist(b10=25, b20=2))
     assert window(earlier, None) == earlier
+
+
+def test_the_time_spent_is_estimated_from_the_buckets() -> None:
+    """Answers count at their bucket's middle; the last (+Inf) bucket at its lower bound."""
+    assert estimated_sum(hist(b10=2, b1000=1)) == pytest.approx(2 * 0.009 + 0.9)
+    assert estimated_sum(hist(inf=1)) == pytest.approx(60.0)
+    assert estimated_sum(hist()) == 0.0
 
 
 def test_counts_round_trip_through_json_and_refuse_malformed_bodies() -> None:

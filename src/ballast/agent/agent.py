@@ -71,7 +71,7 @@ class Agent:
         self.stopped_ids: set[str] = set()
         self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
         self.mesh = Mesh(self.client, settings.name, lambda: list(self.sidecars.values()))
-        self.stats_hooks = install_stats_script(settings.data_dir)
+        self.stats_hooks = install_stats_script(settings.data_dir, table_size=1000)
         self.request_stats = RequestStats(settings.name, interval=settings.metrics_interval)
         self.telemetry: TelemetryServer | None = None
         if settings.metrics_port:

@@ -14,7 +14,7 @@ the bucket, so an estimate is off by at most that bucket's width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 # Upper bounds (ms) of the response-time buckets; one more bucket counts everything slower (+Inf).
@@ -48,7 +48,7 @@ class Counts:
     errors: int = 0
     conn_errors: int = 0                          # of the errors: no answer from the app (refused, reset, timeout)
     latency: tuple[int, ...] = _ZERO_BUCKETS      # answers per response-time bucket (not cumulative)
-    latency_sum: float = 0.0                      # seconds, over the answers in `latency`
+    latency_sum: float = 0.0                      # seconds over the answers in `latency`, estimated from them
 
     def __add__(self, other: "Counts") -> "Counts":
         return Counts(self.requests + other.requests, _plus(self.responses, other.responses),
@@ -95,21 +95,32 @@ ZERO = Counts()
 def window(later: Counts, earlier: Counts | None) -> Counts:
     """What happened between two cumulative readings of one series.
 
-    The request counters and the response-time histogram are kept apart by the data plane, so each is checked
-    on its own: one that went backwards was restarted in between, and what it holds now is all that is known
-    of the window.
+    Each counter (and each latency bucket) is judged on its own, as Prometheus judges a counter: one that went
+    backwards was restarted in between, and what it holds now is all that is known of the window.
     """
     if earlier is None:
         return later
-    counters_ran_on = (later.requests >= earlier.requests and later.errors >= earlier.errors
-                       and later.conn_errors >= earlier.conn_errors
-                       and all(a >= b for a, b in zip(later.responses, earlier.responses)))
-    latency_ran_on = all(a >= b for a, b in zip(later.latency, earlier.latency))
-    base = Counts(requests=earlier.requests, responses=earlier.responses, errors=earlier.errors,
-                  conn_errors=earlier.conn_errors) if counters_ran_on else ZERO
-    if latency_ran_on:
-        base = replace(base, latency=earlier.latency, latency_sum=earlier.latency_sum)
-    return later - base
+
+    def d(a: int, b: int) -> int:
+        return a - b if a >= b else a
+
+    latency = tuple(d(a, b) for a, b in zip(later.latency, earlier.latency))
+    return Counts(requests=d(later.requests, earlier.requests),
+                  responses=tuple(d(a, b) for a, b in zip(later.responses, earlier.responses)),
+                  errors=d(later.errors, earlier.errors), conn_errors=d(later.conn_errors, earlier.conn_errors),
+                  latency=latency, latency_sum=estimated_sum(latency))
+
+
+def estimated_sum(latency: tuple[int, ...]) -> float:
+    """Seconds spent answering, estimated from the buckets (each answer at its bucket's middle; the last bucket at
+    its lower bound): the data plane counts answers per bucket, not their exact times."""
+    seconds = 0.0
+    for i, n in enumerate(latency):
+        if n:
+            low = BOUNDS_MS[i - 1] if i > 0 else 0.0
+            mid = BOUNDS_MS[-1] if i == len(BOUNDS_MS) else (low + BOUNDS_MS[i]) / 2
+            seconds += n * mid / 1000
+    return seconds
 
 
 def total(counts: Iterable[Counts]) -> Counts:

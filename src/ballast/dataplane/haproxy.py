@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ballast.dataplane import runtime
 from ballast.dataplane.haproxy_config import Backend, structure_digest
-from ballast.dataplane.request_stats import StatsHooks, render_script, script_digest
+from ballast.dataplane.request_stats import StatsHooks, render_bucket_map, render_script, script_digest
 from ballast.dataplane.tables import LiveServer, parse_servers_state, parse_stat, runtime_commands
 from ballast.errors import BallastError
 from ballast.processes import ProcessHandle, adopt, launch
@@ -67,16 +67,19 @@ def socket_dir(state_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"ballast-{os.getuid()}" / digest
 
 
-def install_stats_script(directory: Path) -> StatsHooks:
-    """Write the request-statistics script where proxies load it from (only when its content changed)."""
-    text = render_script()
-    path = directory / "request-stats.lua"
+def install_stats_script(directory: Path, table_size: int = 100_000) -> StatsHooks:
+    """Write the request-statistics script and bucket map where proxies load them from (only when changed)."""
     directory.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return StatsHooks(str(path), script_digest(text))
+    paths = []
+    texts = (render_script(), render_bucket_map())
+    for name, text in zip(("request-stats.lua", "request-buckets.map"), texts):
+        path = directory / name
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        paths.append(str(path))
+    return StatsHooks(paths[0], paths[1], script_digest(*texts), table_size)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from ballast.dataplane.request_stats import OBSERVE_ACTION, SERVICE_PREFIX, START_VARIABLE, StatsHooks
+from ballast.core.request_metrics import BOUNDS_MS
+from ballast.dataplane.request_stats import BUCKET_VARIABLE, SERVICE_PREFIX, START_VARIABLE, TABLE, StatsHooks
 
 SERVER_LINE = re.compile(r"^\s+server\s")
 _SAFE = re.compile(r"^[A-Za-z0-9._:/~-]+$")
@@ -95,7 +96,7 @@ def _safe(value: str) -> str:
 
 
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
-    lua = "" if stats is None else (f"    # request statistics script {_safe(stats.digest)}\n"
+    lua = "" if stats is None else (f"    # request statistics {_safe(stats.digest)}\n"
                                      f"    lua-load {_safe(stats.script_path)}\n")
     return ("global\n"
             "    master-worker\n"
@@ -142,7 +143,24 @@ def _backend(b: Backend, *, locality: bool) -> str:
 
 
 _STAMP_ARRIVAL = f"    http-request set-var({START_VARIABLE}) date(0,us)\n"
-_OBSERVE_ANSWER = f"    http-response {OBSERVE_ACTION}\n"
+
+
+def _count_answer(stats: StatsHooks | None) -> str:
+    """Each answer of a timed backend counted under "server/bucket" in the stick table (no script per request)."""
+    if stats is None:
+        return ""
+    return (f"    http-response set-var({BUCKET_VARIABLE}) date(0,us),sub({START_VARIABLE}),"
+            f"map_int_int({_safe(stats.map_path)},{len(BOUNDS_MS)})\n"
+            f"    http-response track-sc0 srv_name,concat(/,{BUCKET_VARIABLE}) table {TABLE}\n"
+            "    http-response sc-inc-gpc0(0)\n")
+
+
+def _answer_table(stats: StatsHooks | None) -> str:
+    if stats is None:
+        return ""
+    # An idle entry expires; readers count each bucket on its own, so one that starts again at zero is no loss.
+    return (f"\nbackend {TABLE}\n"
+            f"    stick-table type string len 100 size {int(stats.table_size)} expire 1h store gpc0\n")
 
 
 def render_sidecar(cfg: SidecarConfig) -> str:
@@ -153,7 +171,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            _STAMP_ARRIVAL if timed else "",
            "    default_backend app\n",
            "\nbackend app\n",
-           _OBSERVE_ANSWER if timed else "",
+           _count_answer(cfg.stats),
            RETRY_POLICY,
            f"    server app {cfg.app} {SERVER_OPTIONS}\n",
            "\nfrontend outbound\n",
@@ -167,6 +185,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
                "    http-request return status 503 content-type text/plain "
                "string \"ballast mesh: no service of that name (Host header)\"\n")
     out.extend(_backend(b, locality=True) for b in backends)
+    out.append(_answer_table(cfg.stats))
     return "".join(out)
 
 
@@ -192,7 +211,7 @@ def render_gateway(cfg: GatewayConfig) -> str:
            f"    bind {cfg.listen}\n",
            "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n",
            _STAMP_ARRIVAL if timed else "",
-           _OBSERVE_ANSWER if timed else ""]
+           _count_answer(cfg.stats)]
     for route in route_order(cfg.routes):
         out.append(f"    use_backend {backend_name(route.service)} if {_route_condition(route)}\n")
     out.append("    default_backend no_route\n"
@@ -200,6 +219,7 @@ def render_gateway(cfg: GatewayConfig) -> str:
                "    http-request return status 404 content-type text/plain "
                "string \"ballast gateway: no route for this host and path\"\n")
     out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.service))
+    out.append(_answer_table(cfg.stats))
     return "".join(out)
 
 

@@ -57,7 +57,7 @@ class Gateway:
         self.error = ""
         self.received = False
         self._state = settings.data_dir / "state.json"
-        self.stats_hooks = install_stats_script(settings.data_dir)
+        self.stats_hooks = install_stats_script(settings.data_dir, table_size=500_000)
         self.request_stats = RequestStats(f"gateway/{settings.name}", interval=settings.metrics_interval)
         self.request_stats.add(PROBE, self._request_counts, self._series_of)
         self._endpoints: dict[tuple[str, str], tuple[int, str]] = {}   # (service, instance) -> (revision, cell)
