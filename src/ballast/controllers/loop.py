@@ -11,8 +11,10 @@ from ballast.store.engine import EVERYTHING, Store
 
 async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], store: Store, stop: asyncio.Event, *,
                      idle_seconds: float, min_interval: float = 0.0,
-                     topics: frozenset[str] = frozenset({EVERYTHING})) -> None:
-    """Re-decide from fresh state after every write touching `topics` (at most one pass per `min_interval`);
+                     topics: frozenset[str] = frozenset({EVERYTHING}),
+                     wake_at: Callable[[], float | None] | None = None) -> None:
+    """Re-decide from fresh state after every write touching `topics` (at most one pass per `min_interval`), and
+    at the latest after `idle_seconds` or at the moment `wake_at()` names (the store's clock), whichever is first;
     a failed pass is logged and retried, never fatal: the next pass decides from the store again."""
     log = logging.getLogger(f"ballast.{name}")
     loop = asyncio.get_running_loop()
@@ -25,5 +27,9 @@ async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], st
         except Exception:
             log.exception("%s pass failed; retrying", name)
             await asyncio.sleep(1.0)
-        seen = await store.wait_for_topics(topics, seen, idle_seconds)
+        idle = idle_seconds
+        at = wake_at() if wake_at is not None else None
+        if at is not None:
+            idle = max(0.0, min(idle, at - store.clock()))
+        seen = await store.wait_for_topics(topics, seen, idle)
         await asyncio.sleep(max(0.0, began + min_interval - loop.time()))

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ballast.controllers.loop import run_passes
 from ballast.core.release_engine import ACTIVE_PHASES, Direction, Phase, verification_due
@@ -38,7 +38,15 @@ log = logging.getLogger("ballast.verification")
 CLOSE_GRACE_SECONDS = 15.0   # past the window's end, how long an unreadable source is waited for
 
 
-async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | None = None) -> int:
+class Wake:
+    """When the earliest open window ends: the loop wakes then, not at its next idle pass."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
+async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | None = None,
+                         wake: Wake | None = None) -> int:
     """One pass over every release that verifies (or holds an open window); returns how many records it wrote."""
     async with store.read() as conn:
         open_releases = select(attempts_table.c.release_id).where(attempts_table.c.state == Verdict.VERIFYING.value)
@@ -53,6 +61,11 @@ async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | Non
             written += await _reconcile(store, row, transport)
         except RetryableConflict:
             continue
+    if wake is not None:
+        async with store.read() as conn:
+            wake.at = (await conn.execute(select(func.min(attempts_table.c.window_end)).where(
+                attempts_table.c.state == Verdict.VERIFYING.value,
+                attempts_table.c.window_end > store.clock()))).scalar()   # ended ones: the idle passes
     return written
 
 
@@ -104,7 +117,7 @@ async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport
 async def _read(store: Store, app: str, transport: httpx.AsyncBaseTransport | None) -> list[SourceTotals]:
     async with store.read() as conn:
         sources = await request_metrics.sources(conn, app, request_metrics.SIDECAR)
-    readings = await request_metrics.read(sources, app, transport=transport)
+    readings = await request_metrics.read(sources, app, fresh=True, transport=transport)
     return [SourceTotals(r.source.name, r.epoch, r.totals, r.error) for r in readings]
 
 
@@ -129,8 +142,10 @@ async def _write(store: Store, change: Any) -> int:
     return 1 if done is not False else 0
 
 
-async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 0.5) -> None:
-    # The idle pass notices windows that end; the topics notice groups that complete.
-    await run_passes("verification", reconcile_once, store, stop, idle_seconds=idle_seconds,
-                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ACKS, GRANTS, INTENT, VERIFICATION}))
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
+    # The topics notice groups that complete; a pass also runs when the earliest open window ends.
+    wake = Wake()
+    await run_passes("verification", lambda s: reconcile_once(s, wake=wake), store, stop, idle_seconds=idle_seconds,
+                     topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ACKS, GRANTS, INTENT, VERIFICATION}),
+                     wake_at=lambda: wake.at)
 

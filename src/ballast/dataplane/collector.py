@@ -137,8 +137,12 @@ class RequestStats:
         except ValueError:
             return False
 
-    async def poll_all(self) -> None:
+    async def refresh(self) -> None:
+        """Read every probe now (for a reader that needs the counts of this moment, not of the last interval)."""
         await asyncio.gather(*(self.poll(name) for name in list(self._probes)))
+
+    async def poll_all(self) -> None:
+        await self.refresh()
         now = self.clock()
         for series, since in list(self._orphaned.items()):
             if now - since > self.retention_seconds:

@@ -105,6 +105,8 @@ def build_app(stats: RequestStats, families: Callable[[], list[Metric]]) -> Star
             if not 0 < seconds <= MAX_WINDOW_SECONDS:
                 return JSONResponse({"error": "InvalidInput", "message": f"window: got {raw!r}, expected seconds "
                                      f"in (0, {MAX_WINDOW_SECONDS:g}]"}, status_code=422)
+        if request.query_params.get("fresh") in ("1", "true"):
+            await stats.refresh()   # a verification window's edge: the counts of now, not of the last reading
         return JSONResponse(stats.to_json(app, seconds))
 
     return Starlette(routes=[Route("/metrics", metrics), Route("/v1/request-metrics", request_metrics)])

@@ -74,17 +74,21 @@ async def all_sidecar_sources(conn: AsyncConnection) -> list[Source]:
 
 
 async def read(sources_: Iterable[Source], app: str | None, window_seconds: float | None = None, *,
-               timeout: float = READ_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None) -> list[Reading]:
-    """Read every source at once; each answers within `timeout` or is reported as unreadable."""
+               fresh: bool = False, timeout: float = READ_TIMEOUT,
+               transport: httpx.AsyncBaseTransport | None = None) -> list[Reading]:
+    """Read every source at once; each answers within `timeout` or is reported as unreadable. `fresh`: the
+    sources read their proxies first (the counts of this moment rather than of their last reading)."""
     async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
-        return list(await asyncio.gather(*(_read_one(http, s, app, window_seconds) for s in sources_)))
+        return list(await asyncio.gather(*(_read_one(http, s, app, window_seconds, fresh) for s in sources_)))
 
 
-async def _read_one(http: httpx.AsyncClient, source: Source, app: str | None,
-                    window_seconds: float | None) -> Reading:
+async def _read_one(http: httpx.AsyncClient, source: Source, app: str | None, window_seconds: float | None,
+                    fresh: bool) -> Reading:
     if not source.address:
         return Reading(source, error=f"{source.name} serves no request metrics (its metrics endpoint is off)")
     params: dict[str, Any] = {"app": app} if app else {}
+    if fresh:
+        params["fresh"] = 1
     if window_seconds:
         params["window"] = window_seconds
     url = f"http://{source.address}/v1/request-metrics"
