@@ -7,6 +7,7 @@ and that nothing referencing the benchmark's temp directory survives.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import signal
@@ -49,6 +50,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+async def wait_listening(ip: str, port: int, timeout: float = 15.0) -> None:
+    """Until something accepts connections on ip:port (a started app), or `BenchFailed` at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(ip, port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise BenchFailed(f"nothing listens on {ip}:{port}")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

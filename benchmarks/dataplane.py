@@ -24,11 +24,11 @@ import asyncio
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import BenchFailed, Child, code_version, run_in_workdir, free_port, kill_leftovers, loadavg  # noqa: E402
+from _harness import (BenchFailed, Child, code_version, free_port, kill_leftovers, loadavg,  # noqa: E402
+                      run_in_workdir, wait_listening)
 
 from ballast.dataplane.haproxy import HAProxy, ProxyFiles, find_binary  # noqa: E402
 from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, Server,  # noqa: E402
@@ -37,18 +37,6 @@ from ballast.loadgen import Load, Target, percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IP = "127.0.60.2"
-
-
-async def wait_listening(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(IP, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise BenchFailed(f"nothing listens on {IP}:{port}")
 
 
 async def measure(target: Target, seconds: float) -> tuple[int, int, float, float]:
@@ -72,7 +60,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     gateway = HAProxy(binary, ProxyFiles(work / "gateway"), label="bench gateway")
     app.start()
     try:
-        await wait_listening(app_port)
+        await wait_listening(IP, app_port)
         me = Backend("bench", (Server("bench-1", Address(IP, inbound)),))
         await sidecar.start(render_sidecar(SidecarConfig(
             instance="bench-1", admin_socket=str(sidecar.files.admin_socket), inbound=Address(IP, inbound),

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (BenchFailed, Child, code_version, cpu_seconds, free_port, kill_leftovers, loadavg,  # noqa: E402
-                      machine_busy_seconds, run_in_workdir, tail)
+                      machine_busy_seconds, run_in_workdir, tail, wait_listening)
 
 from ballast.core.request_metrics import Counts, Series, quantile, total  # noqa: E402
 from ballast.dataplane.collector import RequestStats, read_gateway, read_sidecar  # noqa: E402
@@ -270,7 +270,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     stacks: list[Stack] = []
     app.start()
     try:
-        await wait_listening(app_port)
+        await wait_listening(IP, app_port)
         hooks = install_stats_script(work / "lua")
         stacks.append(await start_stack("without", work, binary, app_port, None))
         stacks.append(await start_stack("with", work, binary, app_port, hooks))
@@ -307,18 +307,6 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         left = kill_leftovers(work)
         if left:
             raise BenchFailed(f"processes survived: {left}")
-
-
-async def wait_listening(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection(IP, port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise BenchFailed(f"nothing listens on {IP}:{port}")
 
 
 # --- reporting ------------------------------------------------------------------------------------------------

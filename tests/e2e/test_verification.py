@@ -32,6 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ballast.loadgen import BackgroundLoad, Target
+from tests.e2e import test_lossless as lossless
 from tests.e2e.conftest import Platform, eventually, free_port, start_platform
 from tests.e2e.test_crash_safety import _healthy, _require, _server_pid
 from tests.e2e.test_releases import DEMO_APP, Api, phase_is, wait_release, wait_steady
@@ -146,20 +147,12 @@ def manifest(app: str, revision: int, verify: Item, *, fail_rate: float = 0.0, e
     return {"apiVersion": "ballast.io/v1alpha1", "kind": "AppService", "metadata": {"name": app}, "spec": spec}
 
 
-class Apps:
+class Apps(lossless.Apps):
     def __init__(self, platform: Platform) -> None:
-        self.platform, self.api = platform, Api(platform)
-        self.directory = platform.root / "apps"
-        self.directory.mkdir(exist_ok=True)
-        shutil.copy(DEMO_APP, self.directory / "app.py")
-
-    def apply(self, *docs: Item) -> None:
-        files = []
-        for doc in docs:
-            path = self.directory / f"{doc['metadata']['name']}.yaml"
-            path.write_text(yaml.safe_dump(doc, sort_keys=False))
-            files += ["-f", str(path)]
-        self.platform.cli("apply", *files)
+        directory = platform.root / "apps"
+        directory.mkdir(exist_ok=True)
+        shutil.copy(DEMO_APP, directory / "app.py")
+        super().__init__(platform, directory)
 
     def load(self, app: str, connections: int = 4) -> BackgroundLoad:
         return BackgroundLoad([Target(app, "127.0.0.1", self.platform.gateway_port, f"{app}.local", ("/",),
