@@ -223,3 +223,21 @@ async def test_app_metrics_name_unreadable_agents_and_refuse_bad_queries(api: Ap
     r = await agent.put("/v1/nodes/n-a1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 8000,
                                                "memoryBytes": 2**30, "metricsAddress": "not-an-address"})
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "metricsAddress"
+
+
+async def test_an_order_may_set_its_releases_verification_and_a_bad_one_is_refused_at_apply(api: Api) -> None:
+    """A release order's strategy override carries `verify` (or `noVerify`) into the release it starts; a bad value
+    is refused when the order is applied, naming the field, and nothing is stored."""
+    from tests.unit.test_api_orders import four_apps_at_revision_2, order
+
+    await four_apps_at_revision_2(api)
+    bad = order("chg", [{"app": "a", "strategy": {"verify": {"minRequests": 0}}}])
+    r = await api.http.post("/v1/apply", json={"items": [bad]})
+    assert r.status_code == 422, r.text
+    assert any("releases[0].strategy.verify.minRequests" in p["path"] for p in r.json()["problems"]), r.json()
+    assert (await api.http.get("/v1/orders/chg")).status_code == 404
+    good = order("chg", [{"app": "a", "strategy": {"verify": {"maxErrorRate": 5, "onFailure": "rollback"}}},
+                         {"app": "b", "strategy": {"noVerify": True}}])
+    await ok(api.http.post("/v1/apply", json={"items": [good]}))
+    stored = (await ok(api.http.get("/v1/orders/chg")))["spec"]["releases"]
+    assert stored[0]["strategy"]["verify"]["maxErrorRate"] == 5 and stored[1]["strategy"]["noVerify"] is True
