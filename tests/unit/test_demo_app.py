@@ -163,6 +163,74 @@ def test_call_downstream(start_app: Callable[..., App]) -> None:
     assert status == 502 and "error" in json.loads(body)
 
 
+class AbortingDownstream:
+    """A keep-alive HTTP server that, once `abort_old()` is called, closes every connection it already had on its
+    next request without answering (what a proxy does to a reused connection whose upstream broke: the client
+    may retry). Connections opened later are answered."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.old: set[int] = set()
+        self.connections: list[socket.socket] = []
+        self.delay = 0.3
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                if id(conn) in self.old:
+                    return  # closed without an answer
+                time.sleep(self.delay)
+                body = b'{"app": "db"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def abort_old(self) -> None:
+        self.old = {id(c) for c in self.connections}
+        self.delay = 0.0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_call_retries_on_a_new_connection_when_pooled_ones_were_closed(start_app: Callable[..., App]) -> None:
+    """Two pooled connections go stale at once: the retry must not take the other stale one."""
+    downstream = AbortingDownstream()
+    try:
+        app = start_app(DEMO_CALL=f"http://{HOST}:{downstream.port}/")
+        results: list[int] = []
+        calls = [threading.Thread(target=lambda: results.append(get(app.port, "/call")[0])) for _ in range(2)]
+        for t in calls:
+            t.start()
+        for t in calls:
+            t.join(10)
+        assert results == [200, 200] and len(downstream.connections) == 2, "two connections pooled"
+        downstream.abort_old()
+        status, _, body = get(app.port, "/call")
+        assert status == 200, body
+        assert len(downstream.connections) == 3, "the retry opened a new connection"
+    finally:
+        downstream.close()
+
+
 @pytest.mark.parametrize("port", [None, "", "abc", "70000"])
 def test_missing_or_invalid_port_exits_2(port: str | None) -> None:
     env = base_env() if port is None else base_env(PORT=port)

@@ -218,10 +218,11 @@ class App:
         key = (parts.hostname, parts.port or 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or parts.netloc}\r\n\r\n").encode("latin-1")
+        idle = self.pool.setdefault(key, [])
         for attempt in (1, 2):
-            idle = self.pool.setdefault(key, [])
-            reused = bool(idle)
-            reader, writer = idle.pop() if idle else await asyncio.open_connection(*key)
+            # The retry takes a new connection: other pooled ones may have been closed by the same event.
+            reused = attempt == 1 and bool(idle)
+            reader, writer = idle.pop() if reused else await asyncio.open_connection(*key)
             try:
                 writer.write(request)
                 await writer.drain()
