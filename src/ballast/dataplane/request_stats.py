@@ -6,9 +6,9 @@ configuration adds one without running any script per request: the
 request's arrival time goes into a transaction variable (`date(0,us)`); on
 the app's answer the elapsed microseconds are mapped to a bucket index (a
 map file of ranges, the buckets of `core.request_metrics`) and the stick
-table `ballast_latency` counts answers per "server/bucket" key (`gpc0`).
-Measured against running a Lua action per answer, this costs a tenth of the
-CPU (BENCHMARKS.md). A small Lua script only serves the reading: `ballast
+table `ballast_latency` counts answers per "server/bucket" key (`gpc0`): a
+Lua action per answer cost several times the proxy CPU (BENCHMARKS.md,
+request metrics). A small Lua script only serves the reading: `ballast
 stats PREFIX` dumps HAProxy's own counters and the table at once, with an
 epoch that changes whenever a new worker (a reload, a restart) starts
 counting from zero. An entry idle for an hour expires and starts again at
