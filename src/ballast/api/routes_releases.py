@@ -90,8 +90,8 @@ async def release_status(app: str, request: Request, id: int | None = Query(None
 async def _act(app: str, action: str, body: ReleaseAction, request: Request, who: Principal) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
 
-    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase,
-                                                               reverify=body.reverify))
+    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast,
+                                                               expect_phase=body.expectPhase, reverify=body.reverify))
 
 
 @router.post("/apps/{app}/release/pause", tags=["releases"])
