@@ -131,7 +131,7 @@ async def _traffic_families(sources: list[request_metrics.Source]) -> list[Gauge
         for s, c in reading.recent.items():
             key = (s.app, str(s.revision), s.cell)
             grouped[key] = grouped.get(key, ZERO) + c
-    seconds = min([r.window_seconds for r in readings if r.ok and r.window_seconds] or [TRAFFIC_WINDOW])
+    seconds = request_metrics.covered_seconds(readings, TRAFFIC_WINDOW)
     for key, counts in sorted(grouped.items()):
         summary = summarize(counts, seconds)
         rate.add_metric(list(key), summary.rate)

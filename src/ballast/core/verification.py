@@ -84,9 +84,6 @@ class Verdict(str, Enum):
     ABANDONED = "abandoned"        # the group stopped being complete, or a person asked to verify again
 
 
-DECIDED = (Verdict.PASSED, Verdict.FAILED, Verdict.INCONCLUSIVE)
-
-
 class Outcome(str, Enum):
     PASS = "pass"
     FAIL = "fail"

@@ -27,9 +27,8 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
-
 from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping
 
 from ballast.core.request_metrics import ZERO, Counts, Series, window
 from ballast.dataplane import runtime
@@ -166,8 +165,8 @@ class RequestStats:
     def totals(self) -> dict[Series, Counts]:
         return dict(self._totals)
 
-    def window(self, seconds: float) -> tuple[float, dict[Series, Counts]]:
-        """What each series served in (about) the last `seconds`: (the seconds actually covered, counts)."""
+    def window(self, seconds: float, app: str | None = None) -> tuple[float, dict[Series, Counts]]:
+        """What each series (of `app`, or all) served in (about) the last `seconds`: (the seconds covered, counts)."""
         now = self.clock()
         base_at, base = self.started_at, {}   # type: tuple[float, dict[Series, Counts]]
         # (when this process started within the window, everything counted so far)
@@ -176,15 +175,14 @@ class RequestStats:
             base_at, base = older[-1]
         elif self._history and now - self.started_at > seconds:
             base_at, base = self._history[0]   # asked for more than the history holds: as much as it holds
-        return now - base_at, {s: window(c, base.get(s)) for s, c in self._totals.items()}
+        return now - base_at, {s: window(c, base.get(s)) for s, c in self._totals.items()
+                               if app is None or s.app == app}
 
     def to_json(self, app: str | None = None, window_seconds: float | None = None) -> dict[str, Any]:
-        totals = self.totals()
-        covered, recent = self.window(window_seconds) if window_seconds else (None, {})
+        totals = {s: c for s, c in self._totals.items() if app is None or s.app == app}
+        covered, recent = self.window(window_seconds, app) if window_seconds else (None, {})
         series = []
         for s in sorted(totals, key=lambda s: (s.app, s.instance, s.revision)):
-            if app is not None and s.app != app:
-                continue
             item: dict[str, Any] = {"app": s.app, "instance": s.instance, "revision": s.revision, "cell": s.cell,
                                     "total": totals[s].to_json()}
             if window_seconds:

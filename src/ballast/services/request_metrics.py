@@ -24,7 +24,6 @@ from ballast.core.request_metrics import GROUPINGS, Counts, Series, group, summa
 from ballast.store.schema import components, instances, nodes
 
 SIDECAR, GATEWAY_SOURCE = "sidecar", "gateway"
-KINDS = (SIDECAR, GATEWAY_SOURCE)
 READ_TIMEOUT = 3.0
 
 
@@ -124,13 +123,19 @@ def parse(source: Source, body: Any) -> Reading:
                    window_seconds=float(covered) if covered is not None else None, totals=totals, recent=recent)
 
 
+def covered_seconds(readings: list[Reading], asked: float) -> float:
+    """The seconds the readings' recent counts cover: the shortest any source could answer (a young one covers
+    less than asked), or what was asked when none answered."""
+    covered = [r.window_seconds for r in readings if r.ok and r.window_seconds]
+    return min(covered) if covered else asked
+
+
 def rows(readings: list[Reading], by: str, window_seconds: float) -> list[dict[str, Any]]:
     """The readings' last-seconds counts grouped `by` revision, cell or instance, summarized per group."""
     if by not in GROUPINGS:
         raise ValueError(f"group by one of {', '.join(GROUPINGS)}")
     pairs = [(s, c) for r in readings for s, c in r.recent.items()]
-    covered = [r.window_seconds for r in readings if r.ok and r.window_seconds]
-    seconds = min(covered) if covered else window_seconds
+    seconds = covered_seconds(readings, window_seconds)
     members: dict[str, set[Series]] = {}
     for s, _ in pairs:
         members.setdefault(s.label(by), set()).add(s)

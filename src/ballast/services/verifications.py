@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.release_engine import GroupCheck, Phase
 from ballast.core.request_metrics import Counts, Series
-from ballast.core.verification import DECIDED, Judgement, Side, SourceTotals, Verdict
+from ballast.core.verification import Judgement, Side, SourceTotals, Verdict
 from ballast.store.engine import Tx
 from ballast.store.schema import release_events, verifications
 
@@ -130,8 +130,8 @@ async def on_resume(tx: Tx, release: Any, actor: str, reverify: bool) -> dict[st
     if Phase(release.phase) is not Phase.PAUSED or release.direction != "forward":
         return None
     attempt = latest(await rows(tx.conn, release.id), release.completed_groups)
-    if attempt is None or Verdict(attempt.state) not in DECIDED or attempt.state == Verdict.PASSED.value \
-            or attempt.accepted_by is not None:
+    if attempt is None or attempt.accepted_by is not None or attempt.state not in (Verdict.FAILED.value,
+                                                                                    Verdict.INCONCLUSIVE.value):
         return None
     decided = {"groupIndex": attempt.group_index, "attempt": attempt.attempt, "verdict": attempt.state,
                "summary": attempt.summary}
