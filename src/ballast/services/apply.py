@@ -17,6 +17,7 @@ from ballast.core.authz import Action
 from ballast.core.digests import digest
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest, Manifest,
                                     ReleaseOrderManifest, spec_json)
+from ballast.core.traffic import routing
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
@@ -159,11 +160,6 @@ async def _revision_for(tx: Tx, app: str, template: dict[str, Any]) -> int:
     return number
 
 
-def _routing(spec: AppServiceSpec) -> tuple[Any, ...]:
-    """What traffic components apply of an app's spec."""
-    return spec.traffic_components(), tuple((r.host, r.path) for r in spec.expose or [])
-
-
 async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
     name, spec = m.metadata.name, spec_json(m)
     resource = f"AppService/{name}"
@@ -183,7 +179,7 @@ async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
         return ApplyResult("AppService", name, "unchanged", row.latest_revision)
     number = await _revision_for(tx, name, spec["template"])
     generation = row.generation + 1
-    if _routing(AppServiceSpec.model_validate(row.spec)) != _routing(m.spec):
+    if routing(AppServiceSpec.model_validate(row.spec)) != routing(m.spec):
         await bump_registry(tx)
     await tx.conn.execute(update(apps).where(apps.c.name == name).values(
         spec=spec, labels=m.metadata.labels, generation=generation, latest_revision=number,

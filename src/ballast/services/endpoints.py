@@ -16,8 +16,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.endpoints import GATEWAY, MESH, EndpointRecord, EndpointState
+from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
 from ballast.core.manifests import stored_spec
+from ballast.core.traffic import routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
 from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, nodes
@@ -55,10 +56,8 @@ async def _snapshot(conn: AsyncConnection) -> dict[str, Any]:
                                               "zone": e.zone, "state": e.state, "revision": e.revision})
     services = []
     for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all():
-        spec = stored_spec(row.spec)
-        kinds = spec.traffic_components()
-        routes = [{"host": r.host, "path": r.path} for r in spec.expose or []] if GATEWAY in kinds else []
-        services.append({"name": row.name, "mesh": MESH in kinds, "routes": routes, "endpoints": eps.get(row.name, [])})
+        services.append({"name": row.name, **routing(stored_spec(row.spec)).to_json(),
+                         "endpoints": eps.get(row.name, [])})
     return {"generation": gen, "services": services}
 
 
