@@ -66,6 +66,7 @@ from ballast.services import registry  # noqa: E402
 from ballast.services.access import bootstrap_admin  # noqa: E402
 from ballast.store.engine import Store  # noqa: E402
 from ballast.store.schema import apps, instances  # noqa: E402
+from ballast.wire.reports import NodeRegistration  # noqa: E402
 
 DEMO_MANIFEST = Path(ballast.__file__).resolve().parent / "demo" / "shop.yaml"
 CELLS = {"cell-a": "zone-a", "cell-b": "zone-b"}
@@ -142,8 +143,9 @@ async def build_store(url: str, n_apps: int, per_app: int) -> tuple[str, dict[st
         await apply_service.apply(store, manifests, actor="admin", authorize=lambda action, app: None)
         async with store.write() as tx:
             for name, cell, ip in NODES:
-                await registry.register_node(tx, name, {"cell": cell, "ip": ip, "cpuMillis": 64_000,
-                                                        "memoryBytes": 64 * 2**30, "agentVersion": "bench"}, "admin")
+                await registry.register_node(tx, name, NodeRegistration(cell=cell, ip=ip, cpu_millis=64_000,
+                                                                        memory_bytes=64 * 2**30,
+                                                                        agent_version="bench"), "admin")
         started = time.perf_counter()
         async with store.read() as conn:
             app_rows = (await conn.execute(select(apps.c.name, apps.c.deployed_revision, apps.c.spec)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ballast.dataplane.haproxy_config import Address, Backend, Server
-from ballast.dataplane.registry import Snapshot
+from ballast.wire.registry import Snapshot
 from ballast.dataplane.tables import (LiveServer, gateway_tables, inbound_inflight, parse_servers_state, parse_stat,
                                       runtime_commands, sidecar_backends)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ballast.core.manifests import API_VERSION, AppServiceSpec
-from ballast.core.traffic import GatewayRoute, ServiceRouting, routing
+from ballast.core.traffic import Route, ServiceRouting, routing
 from tests.conftest import Api
 
 EXPOSES: list[Any] = [None, {"host": "shop.local", "path": "/"},
@@ -45,8 +45,8 @@ SPECS = [s for s in (_spec(*combo) for combo in itertools.product(EXPOSES, COMPO
 
 @pytest.mark.parametrize(("components", "expose", "expected"), [
     (None, None, ServiceRouting(mesh=True, routes=())),
-    (None, {"host": "a.local", "path": "/x"}, ServiceRouting(mesh=True, routes=(GatewayRoute("a.local", "/x"),))),
-    (["gateway"], {"host": "a.local"}, ServiceRouting(mesh=False, routes=(GatewayRoute("a.local", "/"),))),
+    (None, {"host": "a.local", "path": "/x"}, ServiceRouting(mesh=True, routes=(Route(host="a.local", path="/x"),))),
+    (["gateway"], {"host": "a.local"}, ServiceRouting(mesh=False, routes=(Route(host="a.local", path="/"),))),
     (["mesh"], None, ServiceRouting(mesh=True, routes=())),
 ])
 def test_routing_of_a_spec(components: Any, expose: Any, expected: ServiceRouting) -> None:

@@ -34,6 +34,8 @@ from ballast.dataplane.collector import RequestStats
 from ballast.dataplane.haproxy import install_stats_script
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 from ballast.processes import adopt
+from ballast.wire.assignments import Assignment, Assignments, Template
+from ballast.wire.reports import InstanceReport, NodeRegistration, StatusReport
 
 log = logging.getLogger("ballast.agent")
 FIRST_SNAPSHOT_SECONDS = 10.0
@@ -105,9 +107,9 @@ class Agent:
 
     async def _register(self, stop: asyncio.Event) -> None:
         s = self.settings
-        body = {"cell": s.cell, "ip": s.ip, "cpuMillis": s.cpu_millis, "memoryBytes": s.memory_bytes,
-                "agentVersion": __version__,
-                "metricsAddress": self.telemetry.address if self.telemetry is not None else None}
+        body = NodeRegistration(cell=s.cell, ip=s.ip, cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes,
+                                agent_version=__version__,
+                                metrics_address=self.telemetry.address if self.telemetry is not None else None).to_json()
         delay = 0.2
         while not stop.is_set():
             try:
@@ -156,23 +158,24 @@ class Agent:
                     log.warning("assignments unavailable (%s); retrying", exc)
                     await asyncio.sleep(1.0)
                 continue
-            known = answer["fingerprint"]
-            self.converge(answer["instances"])
+            assigned = Assignments.from_json(answer)
+            known = assigned.fingerprint
+            self.converge(assigned.instances)
 
-    def converge(self, assignments: list[dict[str, Any]]) -> None:
-        wanted = {a["id"]: a for a in assignments}
+    def converge(self, assignments: tuple[Assignment, ...]) -> None:
+        wanted = {a.id: a for a in assignments}
         for instance_id, a in wanted.items():
             sup = self.supervisors.get(instance_id)
-            if a["desired"] == "deleted":
+            if a.desired == "deleted":
                 if sup is not None:
                     self._spawn(self._retire(sup))
                 elif instance_id not in self.stopping:
                     self.stopped_ids.add(instance_id)
                     self._changed.set()
                 continue
-            if sup is None and a["template"] is not None and instance_id not in self.stopping:
+            if sup is None and a.template is not None and instance_id not in self.stopping:
                 self._begin(a)
-            elif sup is not None and sup.assignment["revision"] != a["revision"]:
+            elif sup is not None and sup.assignment.revision != a.revision:
                 self._spawn(self._replace_revision(sup, a))
         for instance_id, sup in list(self.supervisors.items()):
             if instance_id not in wanted:
@@ -181,20 +184,20 @@ class Agent:
             if instance_id not in wanted and instance_id not in self.supervisors and instance_id not in self.stopping:
                 self._stop_orphan(self.local[instance_id])
 
-    def _begin(self, a: dict[str, Any]) -> None:
+    def _begin(self, a: Assignment) -> None:
         assert self.node is not None
-        local = self.local.get(a["id"])
+        local = self.local.get(a.id)
         adopted = outdated = None
         if local is not None and local.pid is not None and local.started is not None:
             adopted = adopt(local.pid, local.started)
             if adopted is None:
                 local.restarts += 1  # it died while no agent watched it
-            elif local.revision != a["revision"]:
+            elif local.revision != a.revision:
                 # The revision changed while no agent watched: this process runs the old one.
                 outdated, adopted = adopted, None
         if local is None:
-            local = LocalInstance(id=a["id"], port=a["port"] or self._free_port())
-            self.local[a["id"]] = local
+            local = LocalInstance(id=a.id, port=a.port or self._free_port())
+            self.local[a.id] = local
         if not local.app_port:
             local.app_port = self._free_port()
         if not local.mesh_port:
@@ -202,7 +205,7 @@ class Agent:
         sidecar = self._sidecar_for(local)
         sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, sidecar, adopted=adopted,
                          outdated=outdated)
-        self.supervisors[a["id"]] = sup
+        self.supervisors[a.id] = sup
         sup.start()
         self.state.save(self.local)
 
@@ -230,7 +233,7 @@ class Agent:
         sup = self.supervisors.get(instance_id) or self.stopping.get(instance_id)
         if sup is None or self.node is None:
             return None
-        return Series(app=str(sup.assignment["app"]), instance=instance_id, revision=int(sup.assignment["revision"]),
+        return Series(app=sup.assignment.app, instance=instance_id, revision=sup.assignment.revision,
                       cell=self.node.cell, source=self.node.name)
 
     def _sidecar_changed(self) -> None:
@@ -261,7 +264,7 @@ class Agent:
         self.state.save(self.local)
         self._changed.set()
 
-    async def _replace_revision(self, sup: Supervisor, a: dict[str, Any]) -> None:
+    async def _replace_revision(self, sup: Supervisor, a: Assignment) -> None:
         """Same instance, new revision: stop the app, then start the new template (same node, port, sidecar)."""
         self.supervisors.pop(sup.id, None)
         self.stopping[sup.id] = sup
@@ -275,7 +278,7 @@ class Agent:
         finally:
             self.stopping.pop(sup.id, None)
         self._begin(a)
-        self.supervisors[a["id"]].previous_stop = (began, loop.time())
+        self.supervisors[a.id].previous_stop = (began, loop.time())
 
     def _stop_orphan(self, local: LocalInstance) -> None:
         for pid, started in ((local.pid, local.started), (local.sidecar_pid, local.sidecar_started)):
@@ -291,12 +294,12 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _cwd_for(self, template: dict[str, Any]) -> Path:
-        if template.get("artifact"):
-            root = await self.artifacts.path_for(template["artifact"])
-            return root / template["workingDir"] if template.get("workingDir") else root
-        if template.get("workingDir"):
-            return Path(template["workingDir"])
+    async def _cwd_for(self, template: Template) -> Path:
+        if template.artifact:
+            root = await self.artifacts.path_for(template.artifact)
+            return root / template.working_dir if template.working_dir else root
+        if template.working_dir:
+            return Path(template.working_dir)
         return self.settings.data_dir
 
     def _free_port(self) -> int:
@@ -324,10 +327,10 @@ class Agent:
     async def _report(self) -> None:
         reports = [s.report() for s in self.supervisors.values()]
         reports += [s.report() for i, s in self.stopping.items() if i not in self.supervisors]
-        reports += [{"id": i, "phase": "Stopped", "ready": False, "pid": None, "port": None, "restarts": 0,
-                     "message": "stopped"} for i in self.stopped_ids if i not in self.supervisors]
-        await self.client.post(f"/v1/nodes/{self.settings.name}/status", {"instances": reports})
-        self.stopped_ids -= {r["id"] for r in reports if r["phase"] == "Stopped"}
+        reports += [InstanceReport(id=i, phase="Stopped", ready=False, restarts=0, message="stopped")
+                    for i in self.stopped_ids if i not in self.supervisors]
+        await self.client.post(f"/v1/nodes/{self.settings.name}/status", StatusReport(instances=reports).to_json())
+        self.stopped_ids -= {r.id for r in reports if r.phase == "Stopped"}
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

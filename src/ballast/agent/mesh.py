@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 
 from ballast.agent.sidecar import Sidecar
 from ballast.client import ApiError, Client, Unreachable
-from ballast.dataplane.registry import Snapshot
+from ballast.wire.registry import Snapshot
+from ballast.wire.reports import Acknowledgement
 
 log = logging.getLogger("ballast.agent")
 POLL_SECONDS = 25.0
@@ -93,7 +94,8 @@ class Mesh:
         generation = self.in_effect(snapshot)
         errors = "; ".join(f"{s.id}: {s.error}" for s in self.sidecars() if s.error)[:4000]
         try:
-            await self.client.post(f"/v1/nodes/{self.node}/ack", {"generation": generation, "error": errors})
+            await self.client.post(f"/v1/nodes/{self.node}/ack",
+                                   Acknowledgement(generation=generation, error=errors).to_json())
             self._acked = generation
         except (Unreachable, ApiError) as exc:
             log.warning("acknowledging registry generation %s failed (%s); will retry", generation, exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +21,11 @@ from ballast.core.request_metrics import Counts
 from ballast.dataplane.collector import read_sidecar
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
 from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, render_sidecar
-from ballast.dataplane.registry import Snapshot
+from ballast.wire.registry import Snapshot
 from ballast.dataplane.request_stats import StatsHooks
 from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backends
+from ballast.wire.reports import DrainReport
 
 log = logging.getLogger("ballast.agent")
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
@@ -37,22 +38,6 @@ class SidecarPorts:
     endpoint: int     # what callers reach: the registered endpoint
     app: int          # where the app listens (PORT)
     mesh: int         # the outbound listener (BALLAST_MESH_URL)
-
-
-@dataclass(frozen=True)
-class DrainReport:
-    """What waiting for an instance's requests to finish achieved, as the agent reports it."""
-
-    revision: int
-    waited_seconds: float
-    inflight_at_stop: int
-    timed_out: bool
-    at: float
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {"revision": d["revision"], "waitedSeconds": round(d["waited_seconds"], 3),
-                "inflightAtStop": d["inflight_at_stop"], "timedOut": d["timed_out"], "at": d["at"]}
 
 
 class Sidecar:
@@ -182,14 +167,14 @@ class Sidecar:
             now = loop.time()
             seen = await self.inflight()
             if seen is None:  # no proxy: nothing can be in flight through it
-                return DrainReport(revision, now - began, 0, False, time.time())
+                return _drained(revision, now - began, 0, timed_out=False)
             busy = seen.busy
             if busy == 0 and seen.total == last_total:
-                return DrainReport(revision, now - began, 0, False, time.time())
+                return _drained(revision, now - began, 0, timed_out=False)
             if now - began >= timeout:
                 log.warning("instance %s: drain timeout of %gs reached with %d request(s) in flight",
                             self.id, timeout, busy)
-                return DrainReport(revision, now - began, busy, True, time.time())
+                return _drained(revision, now - began, busy, timed_out=True)
             last_total = seen.total
             await asyncio.sleep(IDLE_POLL_SECONDS)
 
@@ -208,3 +193,8 @@ class Sidecar:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _drained(revision: int, waited: float, inflight: int, *, timed_out: bool) -> DrainReport:
+    return DrainReport(revision=revision, waited_seconds=round(waited, 3), inflight_at_stop=inflight,
+                       timed_out=timed_out, at=time.time())

@@ -6,7 +6,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from ballast.wire.reports import DrainReport
 
 
 @dataclass
@@ -21,7 +22,7 @@ class LocalInstance:
     sidecar_started: int | None = None
     restarts: int = 0
     revision: int = 0
-    drain: dict[str, Any] | None = None   # the last wait for in-flight requests, as reported
+    drain: DrainReport | None = None      # the last wait for in-flight requests, as reported
 
 
 class StateFile:
@@ -36,11 +37,19 @@ class StateFile:
         except (ValueError, OSError):
             return {}  # unreadable state: start clean rather than adopt the wrong processes
         known = set(LocalInstance.__dataclass_fields__)
-        return {item["id"]: LocalInstance(**{k: v for k, v in item.items() if k in known})
-                for item in raw.get("instances", [])}
+        out = {}
+        for item in raw.get("instances", []):
+            fields = {k: v for k, v in item.items() if k in known}
+            try:
+                fields["drain"] = DrainReport.from_json(fields["drain"]) if fields.get("drain") else None
+            except ValueError:
+                fields["drain"] = None  # a report this version cannot read is only history
+            out[item["id"]] = LocalInstance(**fields)
+        return out
 
     def save(self, instances: dict[str, LocalInstance]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"instances": [asdict(i) for i in instances.values()]}, indent=1))
+        items = [{**asdict(i), "drain": i.drain.to_json() if i.drain is not None else None} for i in instances.values()]
+        tmp.write_text(json.dumps({"instances": items}, indent=1))
         os.replace(tmp, self.path)

@@ -16,13 +16,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import httpx
 
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
 from ballast.processes import ProcessHandle, launch, renice
+from ballast.wire.assignments import DEFAULT_FAILURE_THRESHOLD, Assignment, DrainSettings, HealthCheck, Template
+from ballast.wire.reports import InstancePhase, InstanceReport
 
 log = logging.getLogger("ballast.agent")
 BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 30.0, 60.0
@@ -39,8 +41,8 @@ class NodeIdentity:
 
 
 class Supervisor:
-    def __init__(self, assignment: dict[str, Any], local: LocalInstance, node: NodeIdentity,
-                 resolve_cwd: Callable[[dict[str, Any]], Awaitable[Path]], on_change: Callable[[], None],
+    def __init__(self, assignment: Assignment, local: LocalInstance, node: NodeIdentity,
+                 resolve_cwd: Callable[[Template], Awaitable[Path]], on_change: Callable[[], None],
                  http: httpx.AsyncClient, sidecar: Sidecar, adopted: ProcessHandle | None = None,
                  outdated: ProcessHandle | None = None) -> None:
         self.assignment = assignment
@@ -51,7 +53,7 @@ class Supervisor:
         self.on_change = on_change
         self.http = http
         self.proc = adopted
-        self.phase = "Running" if adopted else "Pending"
+        self.phase: InstancePhase = "Running" if adopted else "Pending"
         self.ready = False
         self.message = "adopted after agent restart" if adopted else ""
         self.outdated = outdated  # a process of an older revision to stop before starting this one
@@ -62,43 +64,43 @@ class Supervisor:
 
     @property
     def id(self) -> str:
-        return str(self.assignment["id"])
+        return self.assignment.id
 
     @property
-    def template(self) -> dict[str, Any]:
-        return self.assignment["template"]  # type: ignore[no-any-return]
+    def template(self) -> Template:
+        assert self.assignment.template is not None, "a supervisor runs an instance whose revision is known"
+        return self.assignment.template
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> InstanceReport:
         ready, message = self.ready, self.message
         if self.phase == "Running" and not self.sidecar.up:
             why = f": {self.sidecar.error}" if self.sidecar.error else ""
             ready, message = False, f"sidecar is down (restarts: {self.sidecar.restarts}); restarting it{why}"
         elif self.sidecar.error and self.phase == "Running":
             message = f"sidecar: {self.sidecar.error}"
-        return {"id": self.id, "phase": self.phase, "ready": ready,
-                "pid": self.proc.pid if self.proc and self.proc.alive() else None,
-                "port": self.local.port, "meshPort": self.local.mesh_port, "restarts": self.local.restarts,
-                "message": message[:2000], "revision": int(self.assignment["revision"]), "drain": self.local.drain}
+        return InstanceReport(id=self.id, phase=self.phase, ready=ready,
+                              pid=self.proc.pid if self.proc and self.proc.alive() else None,
+                              port=self.local.port, mesh_port=self.local.mesh_port or None,
+                              restarts=self.local.restarts, message=message[:2000],
+                              revision=self.assignment.revision, drain=self.local.drain)
 
     @property
-    def traffic(self) -> dict[str, Any]:
-        return self.assignment.get("traffic") or {"drain": True, "drainTimeoutSeconds": 30.0}
+    def traffic(self) -> DrainSettings:
+        return self.assignment.traffic
 
     async def drain(self) -> None:
         """Let the requests callers sent before they removed this endpoint finish; record how it went."""
-        if not self.traffic.get("drain", True):
+        if not self.traffic.drain:
             return
         self._quiescing = True
         self._set("Stopping", False, "waiting for in-flight requests")
-        report = await self.sidecar.wait_idle(int(self.assignment["revision"]),
-                                              float(self.traffic.get("drainTimeoutSeconds", 30.0)))
-        self.local.drain = report.to_json()
+        self.local.drain = await self.sidecar.wait_idle(self.assignment.revision, self.traffic.drain_timeout_seconds)
         self.on_change()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"instance {self.id}")
 
-    def _set(self, phase: str, ready: bool, message: str = "") -> None:
+    def _set(self, phase: InstancePhase, ready: bool, message: str = "") -> None:
         if self._quiescing and phase not in ("Stopping", "Stopped"):
             return  # a passing health check must not make a draining instance look ready again
         if (phase, ready, message) != (self.phase, self.ready, self.message):
@@ -108,25 +110,25 @@ class Supervisor:
     def env(self) -> dict[str, str]:
         # The agent's own BALLAST_* settings (its API token among them) are not the app's business.
         env = {k: v for k, v in os.environ.items() if not k.startswith("BALLAST_")}
-        env.update(self.template.get("env") or {})
+        env.update(self.template.env)
         data_dir = self.node.data_dir / "instances" / self.id
         data_dir.mkdir(parents=True, exist_ok=True)
         env.update({
             "HOST": self.node.ip, "PORT": str(self.local.app_port),
             "BALLAST_ENDPOINT": f"{self.node.ip}:{self.local.port}", "BALLAST_MESH_URL": self.sidecar.mesh_url,
-            "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": str(self.assignment["app"]),
+            "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": self.assignment.app,
             "BALLAST_CELL": self.node.cell, "BALLAST_ZONE": self.node.zone,
-            "BALLAST_REVISION": str(self.assignment["revision"]), "BALLAST_NODE_IP": self.node.ip,
+            "BALLAST_REVISION": str(self.assignment.revision), "BALLAST_NODE_IP": self.node.ip,
             "BALLAST_NODE": self.node.name, "BALLAST_DATA_DIR": str(data_dir),
         })
         return env
 
     async def _launch(self) -> ProcessHandle:
         cwd = await self.resolve_cwd(self.template)
-        argv = list(self.template["command"]) + list(self.template.get("args") or [])
+        argv = [*self.template.command, *self.template.args]
         handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log")
         self.local.pid, self.local.started = handle.pid, handle.started
-        self.local.revision = int(self.assignment["revision"])
+        self.local.revision = self.assignment.revision
         return handle
 
     async def _run(self) -> None:
@@ -135,7 +137,7 @@ class Supervisor:
         if self.outdated is not None:
             await self.drain()
             self._set("Stopping", False, "stopping the process of the previous revision")
-            await self.outdated.stop(float(self.template.get("gracePeriodSeconds", 10.0)))
+            await self.outdated.stop(self.template.grace_period_seconds)
             self.outdated = None
             self._quiescing = False
         while not self._stopping.is_set():
@@ -175,13 +177,13 @@ class Supervisor:
             pass
 
     async def _health_loop(self) -> None:
-        check = self.template.get("healthCheck")
-        period = float(check["periodSeconds"]) if check else 1.0
-        if check and check.get("initialDelaySeconds"):
-            await asyncio.sleep(float(check["initialDelaySeconds"]))
+        check = self.template.health_check
+        period = check.period_seconds if check else 1.0
+        if check and check.initial_delay_seconds:
+            await asyncio.sleep(check.initial_delay_seconds)
         failures = 0
         passed_once = self.phase == "Running"
-        threshold = int(check["failureThreshold"]) if check else 3
+        threshold = check.failure_threshold if check else DEFAULT_FAILURE_THRESHOLD
         while True:
             ok, why, answered = await self._probe_answered(check)
             if ok:
@@ -210,10 +212,10 @@ class Supervisor:
         began, stopped = self.previous_stop
         now = asyncio.get_running_loop().time()
         log.info("upgrade-timing instance=%s revision=%s stop=%.3f start_to_ready=%.3f total=%.3f", self.id,
-                 self.assignment["revision"], stopped - began, now - stopped, now - began)
+                 self.assignment.revision, stopped - began, now - stopped, now - began)
         self.previous_stop = None
 
-    async def _probe_answered(self, check: dict[str, Any] | None) -> tuple[bool, str, bool]:
+    async def _probe_answered(self, check: HealthCheck | None) -> tuple[bool, str, bool]:
         """(passed, why, the app answered at all) — an answer that fails counts even while starting."""
         if check is None:
             try:
@@ -222,9 +224,9 @@ class Supervisor:
                 return True, "", True
             except (OSError, TimeoutError) as exc:
                 return False, f"port {self.local.app_port} not accepting connections: {exc}", False
-        url = f"http://{self.node.ip}:{self.local.app_port}{check['path']}"
+        url = f"http://{self.node.ip}:{self.local.app_port}{check.path}"
         try:
-            response = await self.http.get(url, timeout=float(check["timeoutSeconds"]))
+            response = await self.http.get(url, timeout=check.timeout_seconds)
         except httpx.HTTPError as exc:
             return False, f"health check {url} failed: {type(exc).__name__}", False
         if 200 <= response.status_code < 400:
@@ -239,7 +241,7 @@ class Supervisor:
         self._set("Stopping", False, "")
         outcome = "not running"
         if self.proc is not None:
-            outcome = await self.proc.stop(float(self.template.get("gracePeriodSeconds", 10.0)))
+            outcome = await self.proc.stop(self.template.grace_period_seconds)
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         self.local.pid = self.local.started = None

@@ -2,83 +2,24 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from ballast.api import objects
 from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
-from ballast.core.manifests import NAME_PATTERN, StoredText, ip_port
+from ballast.core.manifests import NAME_PATTERN
 from ballast.errors import NotFound
 from ballast.services import evacuation, registry
 from ballast.services.access import Principal
 from ballast.store.schema import instances, nodes
+from ballast.wire.reports import NodeRegistration, StatusReport
 
 router = APIRouter()
 NodeName = Path(pattern=NAME_PATTERN, max_length=63)
-
-
-class NodeRegistration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cell: str = Field(pattern=NAME_PATTERN)
-    ip: str
-    cpuMillis: int = Field(gt=0, le=10_000_000)
-    memoryBytes: int = Field(gt=0, le=2**50)
-    labels: dict[StoredText, StoredText] = Field(default_factory=dict)
-    agentVersion: StoredText = Field("", max_length=64)
-    metricsAddress: str | None = Field(None, max_length=128, description="IP:PORT of the agent's telemetry "
-                                                                           "endpoint (/metrics, request metrics)")
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, value: str) -> str:
-        ipaddress.ip_address(value)
-        return value
-
-    @field_validator("metricsAddress")
-    @classmethod
-    def _metrics_address(cls, value: str | None) -> str | None:
-        return None if value is None else ip_port(value)
-
-
-class DrainReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    revision: int = Field(ge=0, le=2**31 - 1)
-    waitedSeconds: float = Field(ge=0, le=86_400)
-    inflightAtStop: int = Field(ge=0, le=2**31 - 1)
-    timedOut: bool
-    at: float = Field(ge=0, le=2**40)
-
-
-class InstanceReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: StoredText = Field(max_length=80)
-    phase: str
-    ready: bool
-    pid: int | None = Field(None, ge=1, le=2**31 - 1)  # the columns are 32-bit integers
-    port: int | None = Field(None, ge=1, le=65535)
-    restarts: int = Field(ge=0, le=2**31 - 1)
-    message: StoredText = Field("", max_length=2000)
-    revision: int | None = Field(None, ge=1, description="the revision the running process was started with")
-    meshPort: int | None = Field(None, ge=1, le=65535, description="the sidecar's outbound listener")
-    drain: DrainReport | None = Field(None, description="the last wait for in-flight requests before a stop")
-
-    @field_validator("phase")
-    @classmethod
-    def _phase(cls, value: str) -> str:
-        if value not in registry.PHASES:
-            raise ValueError("one of " + ", ".join(sorted(registry.PHASES)))
-        return value
-
-
-class StatusReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
 
 
 @router.get("/nodes", tags=["nodes"])
@@ -105,7 +46,7 @@ async def register_node(body: NodeRegistration, request: Request, name: str = No
                         who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
 
-    return await audited_write(request, lambda tx: registry.register_node(tx, name, body.model_dump(), who.user))
+    return await audited_write(request, lambda tx: registry.register_node(tx, name, body, who.user))
 
 
 @router.post("/nodes/{name}/status", tags=["nodes"])
@@ -116,7 +57,7 @@ async def report_status(body: StatusReport, request: Request, name: str = NodeNa
 
     async def attempt() -> None:
         async with store_of(request).write() as tx:
-            await registry.report_status(tx, name, [r.model_dump() for r in body.instances])
+            await registry.report_status(tx, name, body.instances)
 
     await retrying(attempt)
     return {"ok": True}

@@ -6,44 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from ballast.api import objects
 from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
-from ballast.core.manifests import NAME_PATTERN, StoredText, ip_port
+from ballast.core.manifests import NAME_PATTERN
 from ballast.errors import NotFound
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
 from ballast.store.schema import apps
+from ballast.wire.reports import Acknowledgement, GatewayRegistration
 
 router = APIRouter()
 ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
-
-
-class Acknowledgement(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    generation: int = Field(ge=0, le=2**62, description="the registry generation now in effect")
-    appliedHash: StoredText = Field("", max_length=64, description="a digest of what was applied")
-    error: StoredText = Field("", max_length=4000, description="why the last change could not be applied")
-
-
-class GatewayRegistration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    address: str = Field(max_length=128, description="IP:PORT the gateway listens on")
-    metricsAddress: str | None = Field(None, max_length=128, description="IP:PORT of its telemetry endpoint")
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        return ip_port(value)
-
-    @field_validator("metricsAddress")
-    @classmethod
-    def _metrics_address(cls, value: str | None) -> str | None:
-        return None if value is None else ip_port(value)
 
 
 @router.get("/registry", tags=["registry"])
@@ -59,7 +36,7 @@ async def _ack(request: Request, kind: str, name: str, body: Acknowledgement) ->
 
     async def attempt() -> dict[str, Any]:
         async with store_of(request).write() as tx:
-            return await registry.acknowledge(tx, kind, name, body.generation, body.appliedHash, body.error)
+            return await registry.acknowledge(tx, kind, name, body.generation, body.applied_hash, body.error)
 
     return await retrying(attempt)
 
@@ -78,7 +55,7 @@ async def register_gateway(body: GatewayRegistration, request: Request, name: st
     require(who, Action.NODE)
 
     return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,
-                                                                            body.metricsAddress))
+                                                                            body.metrics_address))
 
 
 @router.post("/gateways/{name}/ack", tags=["registry"])

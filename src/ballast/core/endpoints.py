@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping, Sequence
 
+from ballast.wire.assignments import DEFAULT_DRAIN_TIMEOUT_SECONDS
+
 GATEWAY, MESH = "gateway", "mesh"
+DEFAULT_ACK_TIMEOUT_SECONDS = 30.0   # the longest wait for a component's acknowledgement before a release pauses
 
 
 class EndpointState(str, Enum):
@@ -42,8 +45,8 @@ class EndpointState(str, Enum):
 class TrafficPolicy:
     components: frozenset[str] = frozenset({MESH})
     drain: bool = True
-    drain_timeout_seconds: float = 30.0
-    ack_timeout_seconds: float = 30.0
+    drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    ack_timeout_seconds: float = DEFAULT_ACK_TIMEOUT_SECONDS
 
 
 # For instances whose app is gone: the strictest reading (everything may route to them).

@@ -9,7 +9,6 @@ field path with its value and what was expected. Checks that need the store
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import re
 from datetime import datetime
@@ -17,20 +16,23 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ballast.core.endpoints import GATEWAY, MESH, TrafficPolicy
+from ballast.core.endpoints import DEFAULT_ACK_TIMEOUT_SECONDS, GATEWAY, MESH, TrafficPolicy
 from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, parse_day
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
 from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
 from ballast.core.verification import OnFailure, PromCheck, Verification, Webhook
 from ballast.errors import FieldProblem, InvalidInput
+from ballast.wire import assignments as wire
+from ballast.wire.assignments import DrainSettings, HealthCheck
+from ballast.wire.text import DIGEST_PATTERN, NAME_PATTERN, StoredText, ip_port, storable
+
+__all__ = ["DIGEST_PATTERN", "NAME_PATTERN", "StoredText", "HealthCheck", "ip_port"]  # shared with the wire
 
 API_VERSION = "ballast.io/v1alpha1"
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case DNS label")]
 
 
@@ -48,17 +50,7 @@ class CellSpec(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class HealthCheck(_Model):
-    path: str = Field(pattern=r"^/", description="an HTTP path starting with /")
-    period_seconds: float = Field(2.0, alias="periodSeconds", gt=0, le=3600)
-    timeout_seconds: float = Field(1.0, alias="timeoutSeconds", gt=0, le=600)
-    failure_threshold: int = Field(3, alias="failureThreshold", ge=1, le=100)
-    initial_delay_seconds: float = Field(0.0, alias="initialDelaySeconds", ge=0, le=3600)
-
-
-class ResourcesSpec(_Model):
-    cpu: str | int | float = "100m"
-    memory: str | int = "64Mi"
+class ResourcesSpec(wire.Resources):
 
     @field_validator("cpu")
     @classmethod
@@ -76,16 +68,10 @@ class ResourcesSpec(_Model):
         return ResourceRequest(cpu_millis=parse_cpu(self.cpu), memory_bytes=parse_memory(self.memory))
 
 
-class Template(_Model):
-    artifact: str | None = Field(None, pattern=DIGEST_PATTERN)
-    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = Field(None, alias="workingDir", min_length=1)
-    port: int | None = Field(None, ge=1024, le=65535, description="fixed listen port; default: assigned by the agent")
-    health_check: HealthCheck | None = Field(None, alias="healthCheck")
+class Template(wire.Template):
+    """The template's fields and bounds are the wire's (what an agent runs); these are the manifest's rules."""
+
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    grace_period_seconds: float = Field(10.0, alias="gracePeriodSeconds", ge=0, le=3600)
 
     @field_validator("env")
     @classmethod
@@ -211,15 +197,12 @@ class ExposeSpec(_Model):
         return value
 
 
-class TrafficSpec(_Model):
+class TrafficSpec(DrainSettings):
     """How the data plane carries the app's traffic, and how its instances are drained."""
 
     components: list[Literal["gateway", "mesh"]] | None = Field(
         None, description="what routes to the app (default: mesh, and gateway when exposed)")
-    drain: bool = Field(True, description="drain before an instance stops or changes (off only to measure the "
-                                          "difference)")
-    drain_timeout_seconds: float = Field(30.0, alias="drainTimeoutSeconds", gt=0, le=3600)
-    ack_timeout_seconds: float = Field(30.0, alias="ackTimeoutSeconds", gt=0, le=3600)
+    ack_timeout_seconds: float = Field(DEFAULT_ACK_TIMEOUT_SECONDS, alias="ackTimeoutSeconds", gt=0, le=3600)
 
 
 class AppServiceSpec(_Model):
@@ -463,7 +446,7 @@ def _unstorable_text(doc: Any, where: str) -> list[FieldProblem]:
     pending: list[tuple[str, Any]] = [(where, doc)]
     while pending:
         path, value = pending.pop()
-        if isinstance(value, str) and not _storable(value):
+        if isinstance(value, str) and not storable(value):
             out.append(FieldProblem(path, value, "text without NUL characters or unpaired surrogates"))
         elif isinstance(value, list):
             pending.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
@@ -471,36 +454,6 @@ def _unstorable_text(doc: Any, where: str) -> list[FieldProblem]:
             for key, item in value.items():
                 pending.extend([(f"{path}.{key}", key), (f"{path}.{key}", item)])
     return sorted(out, key=lambda p: p.path)
-
-
-def _storable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # an unpaired surrogate, as a "\ud800" JSON escape decodes to
-        return False
-    return "\x00" not in text
-
-
-def _require_storable(text: str) -> str:
-    if not _storable(text):
-        raise ValueError("text without NUL characters or unpaired surrogates")
-    return text
-
-
-def ip_port(value: str) -> str:
-    """IP:PORT (an IPv6 address in brackets), as components register their addresses; ValueError otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("IP:PORT with a port in 1..65535")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise ValueError(f"IP:PORT with an IP address, not {host!r}") from None
-    return value
-
-
-# For request fields outside manifests (agent reports, token names): text both stores can hold.
-StoredText = Annotated[str, AfterValidator(_require_storable)]
 
 
 def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[FieldProblem]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ballast.dataplane.haproxy_config import SERVER_OPTIONS, Address, Backend, GatewayRoute, Server
-from ballast.dataplane.registry import Snapshot
+from ballast.wire.registry import Snapshot
 
 FORCED_MAINT = 0x01    # srv_admin_state bit: maintenance set by the CLI (or `disabled` in the file)
 INHERITED_MAINT = 0x02

@@ -21,7 +21,8 @@ from ballast.core.request_metrics import Counts, Series
 from ballast.dataplane.collector import RequestStats, read_gateway
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles, install_stats_script
 from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
-from ballast.dataplane.registry import Snapshot
+from ballast.wire.registry import Snapshot
+from ballast.wire.reports import Acknowledgement, GatewayRegistration
 from ballast.dataplane.request_stats import SERVICE_PREFIX
 from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.tables import gateway_tables
@@ -115,9 +116,9 @@ class Gateway:
         delay = 0.2
         while not stop.is_set():
             try:
-                await self.client.put(f"/v1/gateways/{self.settings.name}", {
-                    "address": str(self.settings.listen),
-                    "metricsAddress": self.telemetry.address if self.telemetry is not None else None})
+                await self.client.put(f"/v1/gateways/{self.settings.name}", GatewayRegistration(
+                    address=str(self.settings.listen),
+                    metrics_address=self.telemetry.address if self.telemetry is not None else None).to_json())
                 log.info("gateway %s registered at %s", self.settings.name, self.settings.listen)
                 return
             except (Unreachable, ApiError) as exc:
@@ -163,7 +164,7 @@ class Gateway:
         self._save()
         try:
             await self.client.post(f"/v1/gateways/{self.settings.name}/ack",
-                                   {"generation": self.applied, "error": self.error[:4000]})
+                                   Acknowledgement(generation=self.applied, error=self.error[:4000]).to_json())
         except (Unreachable, ApiError) as exc:
             log.warning("acknowledging generation %s failed (%s)", self.applied, exc)
 

@@ -22,6 +22,8 @@ from ballast.core.traffic import routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
 from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, nodes
+from ballast.wire.registry import Endpoint as WireEndpoint
+from ballast.wire.registry import Service, Snapshot
 
 REGISTRY_COUNTER = "registry"
 SNAPSHOT_TOPICS = frozenset({EVERYTHING, REGISTRY})
@@ -47,18 +49,16 @@ async def generation(conn: AsyncConnection) -> int:
     return int(value or 0)
 
 
-async def _snapshot(conn: AsyncConnection) -> dict[str, Any]:
+async def _snapshot(conn: AsyncConnection) -> Snapshot:
     gen = await generation(conn)
-    eps: dict[str, list[dict[str, Any]]] = {}
+    eps: dict[str, list[WireEndpoint]] = {}
     for e in (await conn.execute(select(endpoints).where(endpoints.c.state != EndpointState.REMOVED.value)
                                  .order_by(endpoints.c.service, endpoints.c.id))).all():
-        eps.setdefault(e.service, []).append({"id": e.id, "ip": e.ip, "port": e.port, "cell": e.cell,
-                                              "zone": e.zone, "state": e.state, "revision": e.revision})
-    services = []
-    for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all():
-        services.append({"name": row.name, **routing(stored_spec(row.spec)).to_json(),
-                         "endpoints": eps.get(row.name, [])})
-    return {"generation": gen, "services": services}
+        eps.setdefault(e.service, []).append(WireEndpoint(id=e.id, ip=e.ip, port=e.port, cell=e.cell, zone=e.zone,
+                                                          state=e.state, revision=e.revision))
+    services = [Service.of(row.name, routing(stored_spec(row.spec)), tuple(eps.get(row.name, ())))
+                for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all()]
+    return Snapshot(generation=gen, services=tuple(services))
 
 
 async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str, Any]:
@@ -74,7 +74,7 @@ async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str,
                 # with every change a snapshot holds, so a cached one of the same generation is the same.
                 cached = store.memo.get("registry-snapshot")
                 if cached is None or cached["generation"] != current:
-                    cached = await _snapshot(conn)
+                    cached = (await _snapshot(conn)).to_json()
                     store.memo["registry-snapshot"] = cached
                 return cached  # type: ignore[no-any-return]
         await store.wait_for_topics(SNAPSHOT_TOPICS, seen, max(0.0, deadline - loop.time()))

@@ -22,31 +22,30 @@ from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
 from ballast.store.schema import apps, cells, components, instances, nodes, release_events, releases, revisions
+from ballast.wire.assignments import Assignment, Assignments, DrainSettings, Template
+from ballast.wire.reports import InstanceReport, NodeRegistration
 
 ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
-_DEFAULT_TRAFFIC = {"drain": True, "drainTimeoutSeconds": 30.0}
 ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
 
 NODE_TIMEOUT_SECONDS = 10.0
-PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
 _REPORTED_FIELDS = ("phase", "ready", "pid", "port", "mesh_port", "restarts", "message", "running_revision", "drain")
 
 
-async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> dict[str, Any]:
-    cell = (await tx.conn.execute(select(cells).where(cells.c.name == body["cell"]))).first()
+async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -> dict[str, Any]:
+    cell = (await tx.conn.execute(select(cells).where(cells.c.name == body.cell))).first()
     if cell is None:
-        raise InvalidInput("unknown cell", problems=[FieldProblem("cell", body["cell"], "an existing cell")])
+        raise InvalidInput("unknown cell", problems=[FieldProblem("cell", body.cell, "an existing cell")])
     row = (await tx.conn.execute(select(nodes).where(nodes.c.name == name))).first()
-    values = dict(cell=cell.name, zone=cell.zone, ip=body["ip"], cpu_millis=body["cpuMillis"],
-                  memory_bytes=body["memoryBytes"], labels=body.get("labels", {}),
-                  agent_version=body.get("agentVersion", ""), last_heartbeat=tx.now, resource_version=tx.rv,
-                  metrics_address=body.get("metricsAddress"))
+    values = dict(cell=cell.name, zone=cell.zone, ip=body.ip, cpu_millis=body.cpu_millis,
+                  memory_bytes=body.memory_bytes, labels=dict(body.labels), agent_version=body.agent_version,
+                  last_heartbeat=tx.now, resource_version=tx.rv, metrics_address=body.metrics_address)
     if row is None:
         await tx.conn.execute(insert(nodes).values(name=name, registered_at=tx.now, **values))
         outcome = "created"
         # Its agent is the mesh component for the node's sidecars: from now on it must acknowledge.
         await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))
-        await tx.conn.execute(insert(components).values(kind=MESH, name=name, address=body["ip"], acked_generation=0,
+        await tx.conn.execute(insert(components).values(kind=MESH, name=name, address=body.ip, acked_generation=0,
                                                         applied_hash="", error="", registered_at=tx.now,
                                                         last_seen=tx.now))
     else:
@@ -58,22 +57,24 @@ async def register_node(tx: Tx, name: str, body: dict[str, Any], actor: str) -> 
         outcome = "re-registered"
     await tx.audit(actor=actor, action="node.register", resource=f"Node/{name}",
                    after=digest({k: v for k, v in values.items() if k not in ("last_heartbeat", "resource_version")}),
-                   detail={"outcome": outcome, "cell": cell.name, "ip": body["ip"]})
+                   detail={"outcome": outcome, "cell": cell.name, "ip": body.ip})
     return {"name": name, "outcome": outcome}
 
 
-async def report_status(tx: Tx, name: str, reports: list[dict[str, Any]]) -> None:
+async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport]) -> None:
     moved = await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(last_heartbeat=tx.now))
     if moved.rowcount != 1:
         raise NotFound(f"node {name!r} is not registered")
     rows = {r.id: r for r in (await tx.conn.execute(select(instances).where(instances.c.node == name))).all()}
     tx.only(HEARTBEAT)  # the node is alive; anything more is said below
-    for rep in reports:
-        row = rows.get(rep["id"])
+    for report in reports:
+        row = rows.get(report.id)
         if row is None:
             continue
-        rep = {**rep, "running_revision": rep.get("revision"), "mesh_port": rep.get("meshPort"),
-               "drain": rep.get("drain") or row.drain}
+        rep: dict[str, Any] = {"phase": report.phase, "ready": report.ready, "pid": report.pid, "port": report.port,
+                               "mesh_port": report.mesh_port, "restarts": report.restarts, "message": report.message,
+                               "running_revision": report.revision,
+                               "drain": report.drain.to_json() if report.drain is not None else row.drain}
         if row.granted_desired == "deleted" and rep["phase"] == "Stopped":
             await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
             tx.touch(EVERYTHING)  # an instance is gone: capacity, endpoints and releases may all move
@@ -118,27 +119,27 @@ async def assignments(store: Store, node: str, known: str | None, timeout: float
             rows = (await conn.execute(select(instances).where(instances.c.node == node).order_by(instances.c.id))).all()
             fingerprint = assignment_fingerprint(rows)
             if fingerprint != known or loop.time() >= deadline or store.closing:
-                return {"fingerprint": fingerprint, "instances": await _assignment_bodies(conn, rows)}
+                return Assignments(fingerprint=fingerprint, instances=await _assignments(conn, rows)).to_json()
         seen = await store.wait_for_topics(ASSIGNMENT_TOPICS, seen, max(0.0, deadline - loop.time()))
 
 
-async def _assignment_bodies(conn: AsyncConnection, rows: Sequence[Any]) -> list[dict[str, Any]]:
-    templates: dict[tuple[str, int], Any] = {}
-    traffic: dict[str, dict[str, Any]] = {}
+async def _assignments(conn: AsyncConnection, rows: Sequence[Any]) -> tuple[Assignment, ...]:
+    templates: dict[tuple[str, int], Template | None] = {}
+    drain: dict[str, DrainSettings] = {}
     for a in (await conn.execute(select(apps.c.name, apps.c.spec).where(apps.c.name.in_({r.app for r in rows})))).all():
         t = stored_spec(a.spec).traffic
-        traffic[a.name] = {"drain": t.drain, "drainTimeoutSeconds": t.drain_timeout_seconds}
+        drain[a.name] = DrainSettings(drain=t.drain, drain_timeout_seconds=t.drain_timeout_seconds)
     out = []
     for r in rows:
         key = (r.app, r.granted_revision)
         if key not in templates:
             rev = (await conn.execute(select(revisions.c.template).where(
-                revisions.c.app == r.app, revisions.c.number == r.revision))).first()
-            templates[key] = rev.template if rev is not None else None
-        out.append({"id": r.id, "app": r.app, "revision": r.granted_revision, "desired": r.granted_desired,
-                    "cell": r.cell, "zone": r.zone, "ip": r.ip, "port": r.port, "template": templates[key],
-                    "traffic": traffic.get(r.app, _DEFAULT_TRAFFIC)})
-    return out
+                revisions.c.app == r.app, revisions.c.number == r.granted_revision))).first()
+            templates[key] = Template.from_json(rev.template) if rev is not None else None
+        out.append(Assignment(id=r.id, app=r.app, revision=r.granted_revision, desired=r.granted_desired, cell=r.cell,
+                              zone=r.zone, ip=r.ip, port=r.port, template=templates[key],
+                              traffic=drain.get(r.app, DrainSettings())))
+    return tuple(out)
 
 
 async def delete_node(tx: Tx, name: str, actor: str) -> None:

@@ -1,0 +1,83 @@
+"""What agents and gateways send the control plane: registration, instance status, acknowledgements.
+
+These are request bodies, so the control plane refuses a field it does not know, and every number and
+string is bounded by what the stores hold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ballast.wire.message import Message
+from ballast.wire.text import INT32_MAX, NAME_PATTERN, StoredText, ip_port
+
+InstancePhase = Literal["Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"]
+
+
+class NodeRegistration(Message):
+    cell: str = Field(pattern=NAME_PATTERN)
+    ip: str
+    cpu_millis: int = Field(gt=0, le=10_000_000)
+    memory_bytes: int = Field(gt=0, le=2**50)
+    labels: dict[StoredText, StoredText] = Field(default_factory=dict)
+    agent_version: StoredText = Field("", max_length=64)
+    metrics_address: str | None = Field(None, max_length=128, description="IP:PORT of the agent's telemetry "
+                                                                            "endpoint (/metrics, request metrics)")
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        return None if value is None else ip_port(value)
+
+
+class GatewayRegistration(Message):
+    address: str = Field(max_length=128, description="IP:PORT the gateway listens on")
+    metrics_address: str | None = Field(None, max_length=128, description="IP:PORT of its telemetry endpoint")
+
+    @field_validator("address", "metrics_address")
+    @classmethod
+    def _addresses(cls, value: str | None) -> str | None:
+        return None if value is None else ip_port(value)
+
+
+class DrainReport(Message):
+    """What waiting for an instance's requests to finish achieved, before it was stopped."""
+
+    revision: int = Field(ge=0, le=INT32_MAX)
+    waited_seconds: float = Field(ge=0, le=86_400)
+    inflight_at_stop: int = Field(ge=0, le=INT32_MAX)
+    timed_out: bool
+    at: float = Field(ge=0, le=2**40)
+
+
+class InstanceReport(Message):
+    id: StoredText = Field(max_length=80)
+    phase: InstancePhase
+    ready: bool
+    pid: int | None = Field(None, ge=1, le=INT32_MAX)  # the columns are 32-bit integers
+    port: int | None = Field(None, ge=1, le=65535)
+    restarts: int = Field(ge=0, le=INT32_MAX)
+    message: StoredText = Field("", max_length=2000)
+    revision: int | None = Field(None, ge=1, le=INT32_MAX,
+                                 description="the revision the running process was started with")
+    mesh_port: int | None = Field(None, ge=1, le=65535, description="the sidecar's outbound listener")
+    drain: DrainReport | None = Field(None, description="the last wait for in-flight requests before a stop")
+
+
+class StatusReport(Message):
+    instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
+
+
+class Acknowledgement(Message):
+    generation: int = Field(ge=0, le=2**62, description="the registry generation now in effect")
+    applied_hash: StoredText = Field("", max_length=64, description="a digest of the configuration applied")
+    error: StoredText = Field("", max_length=4000, description="why the last change could not be applied")
