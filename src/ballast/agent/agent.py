@@ -24,13 +24,14 @@ import httpx
 
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
-from ballast.agent.mesh import Mesh
+from ballast.agent.mesh import NodeMesh
 from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
 from ballast.client import ApiError, Client, Unreachable
 from ballast.core.request_metrics import Series
 from ballast.dataplane.collector import RequestStats
+from ballast.dataplane.component import POLL_BACKOFF, POLL_SECONDS, TrafficComponent, register
 from ballast.dataplane.haproxy import install_stats_script
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 from ballast.processes import adopt
@@ -72,7 +73,9 @@ class Agent:
         self.sidecars: dict[str, Sidecar] = {}
         self.stopped_ids: set[str] = set()
         self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
-        self.mesh = Mesh(self.client, settings.name, lambda: list(self.sidecars.values()))
+        self.mesh = TrafficComponent(self.client, NodeMesh(lambda: list(self.sidecars.values())),
+                                     ack_path=f"/v1/nodes/{settings.name}/ack", label=f"node {settings.name}",
+                                     reregister=self._register)
         self.stats_hooks = install_stats_script(settings.data_dir, table_size=1000)
         self.request_stats = RequestStats(settings.name, interval=settings.metrics_interval)
         self.telemetry: TelemetryServer | None = None
@@ -110,20 +113,14 @@ class Agent:
         body = NodeRegistration(cell=s.cell, ip=s.ip, cpu_millis=s.cpu_millis, memory_bytes=s.memory_bytes,
                                 agent_version=__version__,
                                 metrics_address=self.telemetry.address if self.telemetry is not None else None).to_json()
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                await self.client.put(f"/v1/nodes/{s.name}", body)
-                cell = await self.client.get(f"/v1/cells/{s.cell}")
-                self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir, s.instance_nice)
-                log.info("node %s registered in cell %s", s.name, s.cell)
-                return
-            except (Unreachable, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status in (401, 403, 422):
-                    raise
-                log.warning("registration failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        async def attempt() -> None:
+            await self.client.put(f"/v1/nodes/{s.name}", body)
+            cell = await self.client.get(f"/v1/cells/{s.cell}")
+            self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir, s.instance_nice)
+            log.info("node %s registered in cell %s", s.name, s.cell)
+
+        await register(stop, attempt, f"node {s.name}")
 
     async def _shutdown(self) -> None:
         sups = list(self.supervisors.values())
@@ -148,16 +145,20 @@ class Agent:
     # --- desired state ---------------------------------------------------
     async def _assignment_loop(self, stop: asyncio.Event) -> None:
         known: str | None = None
+        backoff = POLL_BACKOFF
         while not stop.is_set():
             try:
-                answer = await self.client.get(f"/v1/nodes/{self.settings.name}/assignments", known=known, timeout=25)
+                answer = await self.client.get(f"/v1/nodes/{self.settings.name}/assignments", known=known,
+                                               timeout=POLL_SECONDS)
             except (Unreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status == 404:
                     await self._register(stop)
                 else:
-                    log.warning("assignments unavailable (%s); retrying", exc)
-                    await asyncio.sleep(1.0)
+                    log.warning("assignments unavailable (%s); retrying in %gs", exc, backoff.delay)
+                    await asyncio.sleep(backoff.delay)
+                    backoff = backoff.failed()
                 continue
+            backoff = backoff.reset()
             assigned = Assignments.from_json(answer)
             known = assigned.fingerprint
             self.converge(assigned.instances)

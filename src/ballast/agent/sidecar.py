@@ -11,12 +11,14 @@ upgrade restarts the app behind it, never the sidecar.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ballast.core.backoff import Backoff
 from ballast.core.request_metrics import Counts
 from ballast.dataplane.collector import read_sidecar
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
@@ -28,7 +30,7 @@ from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backend
 from ballast.wire.reports import DrainReport
 
 log = logging.getLogger("ballast.agent")
-BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+RESTART_BACKOFF = Backoff(1.0, 30.0, stable_seconds=60.0)
 IDLE_POLL_SECONDS = 0.05
 LIVENESS_SECONDS = 2.0
 
@@ -51,6 +53,7 @@ class Sidecar:
         self.proxy = HAProxy(binary, ProxyFiles(state_dir), label=f"sidecar of {instance_id}")
         self.on_change = on_change
         self.applied_generation = 0
+        self.applied_digest = ""        # sha256 of the configuration the proxy runs, once fully applied
         self.error = ""
         self.restarts = 0
         self.up = False
@@ -92,6 +95,7 @@ class Sidecar:
                 self.error = "; ".join(refused)
                 if not blocking:
                     self.applied_generation = max(self.applied_generation, snapshot.generation)
+                    self.applied_digest = hashlib.sha256(text.encode()).hexdigest()
             self._set_up(self.proxy.alive())
 
     def adopt(self, pid: int, started: int) -> bool:
@@ -104,13 +108,13 @@ class Sidecar:
         self._task = asyncio.create_task(self._supervise(latest), name=f"sidecar {self.id}")
 
     async def _supervise(self, latest: Callable[[], Snapshot]) -> None:
-        backoff = BACKOFF_START
+        backoff = RESTART_BACKOFF
         while not self._closing:
             if not self.proxy.alive():
                 await self.apply(latest())
                 if not self.proxy.alive():
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    await asyncio.sleep(backoff.delay)
+                    backoff = backoff.failed()
                     continue
             handle = self.proxy.handle
             assert handle is not None
@@ -120,9 +124,10 @@ class Sidecar:
                 return
             self.restarts += 1
             self._set_up(False)  # the instance is not ready until its sidecar is back
-            log.warning("sidecar of %s exited; restarting in %gs", self.id, backoff)
-            await asyncio.sleep(backoff)
-            backoff = BACKOFF_START if time.monotonic() - began > 60 else min(backoff * 2, BACKOFF_MAX)
+            backoff = backoff.after_run(time.monotonic() - began)
+            log.warning("sidecar of %s exited; restarting in %gs", self.id, backoff.delay)
+            await asyncio.sleep(backoff.delay)
+            backoff = backoff.failed()
 
     async def _until_unserving(self, handle: Any) -> None:
         """Return when the proxy exited, or its master lives on without a worker that answers (then end it)."""

@@ -22,12 +22,13 @@ import httpx
 
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
+from ballast.core.backoff import Backoff
 from ballast.processes import ProcessHandle, launch, renice
 from ballast.wire.assignments import DEFAULT_FAILURE_THRESHOLD, Assignment, DrainSettings, HealthCheck, Template
 from ballast.wire.reports import InstancePhase, InstanceReport
 
 log = logging.getLogger("ballast.agent")
-BACKOFF_START, BACKOFF_MAX, STABLE_SECONDS = 1.0, 30.0, 60.0
+RESTART_BACKOFF = Backoff(1.0, 30.0, stable_seconds=60.0)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Supervisor:
         return handle
 
     async def _run(self) -> None:
-        backoff = BACKOFF_START
+        backoff = RESTART_BACKOFF
         loop = asyncio.get_running_loop()
         if self.outdated is not None:
             await self.drain()
@@ -146,8 +147,8 @@ class Supervisor:
                     self.proc = await self._launch()
                 except Exception as exc:  # the command, cwd or artifact is unusable: report, back off, retry
                     self._set("Failed", False, f"cannot start: {exc}")
-                    await self._pause(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    await self._pause(backoff.delay)
+                    backoff = backoff.failed()
                     continue
                 self._set("Starting", False, "")
                 self.on_change()
@@ -162,13 +163,12 @@ class Supervisor:
                 exited.cancel()
                 return
             code = exited.result()
-            if loop.time() - began > STABLE_SECONDS:
-                backoff = BACKOFF_START
+            backoff = backoff.after_run(loop.time() - began)
             self.local.restarts += 1
             self.proc = None
-            self._set("BackOff", False, f"exited with code {code}; restarting in {backoff:g}s")
-            await self._pause(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._set("BackOff", False, f"exited with code {code}; restarting in {backoff.delay:g}s")
+            await self._pause(backoff.delay)
+            backoff = backoff.failed()
 
     async def _pause(self, seconds: float) -> None:
         try:

@@ -93,4 +93,4 @@ def gateway(row: Any, registry_generation: int, now: float) -> dict[str, Any]:
                 {"address": row.address, "metricsAddress": row.metrics_address},
                 {"url": f"http://{row.address}", "acknowledgedGeneration": row.acked_generation,
                  "registryGeneration": registry_generation, "inSync": row.acked_generation >= registry_generation,
-                 "error": row.error, "lastSeen": iso(row.last_seen), "secondsSinceSeen": round(now - row.last_seen, 1)})
+                 "appliedHash": row.applied_hash, "error": row.error, "lastSeen": iso(row.last_seen), "secondsSinceSeen": round(now - row.last_seen, 1)})

@@ -1,35 +1,36 @@
 """`ballast gateway`: routes by host and path prefix to exposed services, a traffic component.
 
-It registers itself, long-polls the registry, applies each snapshot to its
-HAProxy (runtime API for endpoints, seamless reload for route changes) and
-acknowledges the generation in effect, exactly as a node's mesh does. Its
-HAProxy runs in its own session and is adopted after a gateway restart, so a
-restart of this process costs no request.
+It registers itself and runs the same registry loop as a node's mesh
+(`dataplane/component.py`); what it applies is each snapshot to its HAProxy
+(runtime API for endpoints, seamless reload for route changes). Its HAProxy
+runs in its own session and is adopted after a gateway restart (a state file
+keeps its pid), so a restart of this process costs no request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ballast.client import ApiError, Client, Unreachable
+from ballast.client import Client
 from ballast.core.request_metrics import Counts, Series
 from ballast.dataplane.collector import RequestStats, read_gateway
+from ballast.dataplane.component import Applied, TrafficComponent, register
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles, install_stats_script
 from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
 from ballast.wire.registry import Snapshot
-from ballast.wire.reports import Acknowledgement, GatewayRegistration
+from ballast.wire.reports import GatewayRegistration
 from ballast.dataplane.request_stats import SERVICE_PREFIX
 from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.tables import gateway_tables
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 
 log = logging.getLogger("ballast.gateway")
-POLL_SECONDS = 25.0
 PROBE = "gateway"
 
 
@@ -53,10 +54,11 @@ class Gateway:
         self.client = Client(settings.server, settings.token, timeout=40.0)
         self.proxy = HAProxy(settings.haproxy, ProxyFiles(settings.data_dir / "haproxy"),
                              label=f"gateway {settings.name}")
-        self.snapshot = Snapshot.empty()
         self.applied = 0
+        self.applied_digest = ""
         self.error = ""
-        self.received = False
+        self.component = TrafficComponent(self.client, self, ack_path=f"/v1/gateways/{settings.name}/ack",
+                                          label=f"gateway {settings.name}", reregister=self._register)
         self._state = settings.data_dir / "state.json"
         self.stats_hooks = install_stats_script(settings.data_dir, table_size=500_000)
         self.request_stats = RequestStats(f"gateway/{settings.name}", interval=settings.metrics_interval)
@@ -81,7 +83,7 @@ class Gateway:
             await self.telemetry.start()
         try:
             await self._register(stop)
-            tasks = [asyncio.create_task(self._poll(stop)), asyncio.create_task(self._watch(stop)),
+            tasks = [asyncio.create_task(self.component.run(stop)), asyncio.create_task(self._watch(stop)),
                      asyncio.create_task(self.request_stats.run(stop))]
             await stop.wait()
             for t in tasks:
@@ -113,39 +115,16 @@ class Gateway:
         os.replace(tmp, self._state)
 
     async def _register(self, stop: asyncio.Event) -> None:
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                await self.client.put(f"/v1/gateways/{self.settings.name}", GatewayRegistration(
-                    address=str(self.settings.listen),
-                    metrics_address=self.telemetry.address if self.telemetry is not None else None).to_json())
-                log.info("gateway %s registered at %s", self.settings.name, self.settings.listen)
-                return
-            except (Unreachable, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status in (401, 403, 422):
-                    raise
-                log.warning("registration failed (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        body = GatewayRegistration(address=str(self.settings.listen),
+                                   metrics_address=self.telemetry.address if self.telemetry is not None else None)
 
-    async def _poll(self, stop: asyncio.Event) -> None:
-        known: int | None = None
-        while not stop.is_set():
-            try:
-                answer = await self.client.get("/v1/registry", known=known, timeout=POLL_SECONDS)
-            except (Unreachable, ApiError) as exc:
-                if isinstance(exc, ApiError) and exc.status == 404:
-                    await self._register(stop)
-                log.warning("registry unavailable (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            self.snapshot = Snapshot.from_json(answer)
-            self.received = True
-            known = self.snapshot.generation
-            await self.apply()
+        async def attempt() -> None:
+            await self.client.put(f"/v1/gateways/{self.settings.name}", body.to_json())
+            log.info("gateway %s registered at %s", self.settings.name, self.settings.listen)
 
-    async def apply(self) -> None:
-        snapshot = self.snapshot
+        await register(stop, attempt, f"gateway {self.settings.name}")
+
+    async def apply(self, snapshot: Snapshot) -> Applied:
         endpoints = {(s.name, e.id): (e.revision, e.cell) for s in snapshot.services for e in s.endpoints}
         if endpoints != self._endpoints:
             # An instance's revision changes only while it is drained; what it served so far was the old one's.
@@ -161,12 +140,9 @@ class Gateway:
             self.error = "; ".join(refused)
             if not [r for r in refused if not r.startswith("del server")]:
                 self.applied = max(self.applied, snapshot.generation)
+                self.applied_digest = hashlib.sha256(text.encode()).hexdigest()
         self._save()
-        try:
-            await self.client.post(f"/v1/gateways/{self.settings.name}/ack",
-                                   Acknowledgement(generation=self.applied, error=self.error[:4000]).to_json())
-        except (Unreachable, ApiError) as exc:
-            log.warning("acknowledging generation %s failed (%s)", self.applied, exc)
+        return Applied(self.applied, self.applied_digest, self.error)
 
     async def _request_counts(self) -> tuple[str, dict[str, Counts]]:
         if not self.proxy.alive():
@@ -184,10 +160,9 @@ class Gateway:
                       source=f"gateway/{self.settings.name}")
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        """Restart HAProxy if it dies; re-apply while something was refused (a postponed deletion)."""
+        """A HAProxy that died is started again by the next apply: ask for one at once."""
         while not stop.is_set():
-            await asyncio.sleep(1.0 if not self.error else 3.0)
-            if self.received and (not self.proxy.alive() or self.error):
-                if not self.proxy.alive():
-                    log.warning("HAProxy of gateway %s is not running; starting it", self.settings.name)
-                await self.apply()
+            await asyncio.sleep(1.0)
+            if self.component.received.is_set() and not self.proxy.alive():
+                log.warning("HAProxy of gateway %s is not running; starting it", self.settings.name)
+                self.component.poke()
