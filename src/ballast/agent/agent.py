@@ -25,6 +25,7 @@ import httpx
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
 from ballast.agent.mesh import NodeMesh
+from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
@@ -164,26 +165,19 @@ class Agent:
             self.converge(assigned.instances)
 
     def converge(self, assignments: tuple[Assignment, ...]) -> None:
-        wanted = {a.id: a for a in assignments}
-        for instance_id, a in wanted.items():
-            sup = self.supervisors.get(instance_id)
-            if a.desired == "deleted":
-                if sup is not None:
-                    self._spawn(self._retire(sup))
-                elif instance_id not in self.stopping:
-                    self.stopped_ids.add(instance_id)
-                    self._changed.set()
-                continue
-            if sup is None and a.template is not None and instance_id not in self.stopping:
-                self._begin(a)
-            elif sup is not None and sup.assignment.revision != a.revision:
-                self._spawn(self._replace_revision(sup, a))
-        for instance_id, sup in list(self.supervisors.items()):
-            if instance_id not in wanted:
-                self._spawn(self._retire(sup))
-        for instance_id in list(self.local):
-            if instance_id not in wanted and instance_id not in self.supervisors and instance_id not in self.stopping:
-                self._stop_orphan(self.local[instance_id])
+        supervised = {i: sup.assignment.revision for i, sup in self.supervisors.items()}
+        for action in plan(assignments, supervised, set(self.stopping), set(self.local)):
+            if isinstance(action, Begin):
+                self._begin(action.assignment)
+            elif isinstance(action, Replace):
+                self._spawn(self._replace_revision(self.supervisors[action.assignment.id], action.assignment))
+            elif isinstance(action, Retire):
+                self._spawn(self._retire(self.supervisors[action.instance]))
+            elif isinstance(action, ReportStopped):
+                self.stopped_ids.add(action.instance)
+                self._changed.set()
+            else:
+                self._stop_orphan(self.local[action.instance])
 
     def _begin(self, a: Assignment) -> None:
         assert self.node is not None

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 import httpx
 
+from ballast.agent.plan import Health, HealthCount
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
 from ballast.core.backoff import Backoff
@@ -181,29 +182,25 @@ class Supervisor:
         period = check.period_seconds if check else 1.0
         if check and check.initial_delay_seconds:
             await asyncio.sleep(check.initial_delay_seconds)
-        failures = 0
-        passed_once = self.phase == "Running"
-        threshold = check.failure_threshold if check else DEFAULT_FAILURE_THRESHOLD
+        count = HealthCount(check.failure_threshold if check else DEFAULT_FAILURE_THRESHOLD,
+                            passed_once=self.phase == "Running")
         while True:
-            ok, why, answered = await self._probe_answered(check)
-            if ok:
-                if not passed_once:
-                    self._log_upgrade_timing()
-                    if self.node.instance_nice and self.proc is not None:
-                        # Started at full priority (a start is on a release's critical path); serving at a
-                        # lower one, so the agent and the sidecars keep the CPU they need when the app is busy.
-                        renice(self.proc.pid, self.node.instance_nice)
-                failures, passed_once = 0, True
+            passed, why, answered = await self._probe_answered(check)
+            first_pass = passed and not count.passed_once
+            count, health = count.observe(passed, answered)
+            if first_pass:
+                self._log_upgrade_timing()
+                if self.node.instance_nice and self.proc is not None:
+                    # Started at full priority (a start is on a release's critical path); serving at a
+                    # lower one, so the agent and the sidecars keep the CPU they need when the app is busy.
+                    renice(self.proc.pid, self.node.instance_nice)
+            if health is Health.READY:
                 self._set("Running", True, "")
-            else:
-                # Before the first pass, only failing answers count: not listening yet is just starting.
-                failures += 1 if (passed_once or answered) else 0
-                if failures >= threshold:
-                    self._set("Unhealthy", False, why)
-                elif not passed_once:
-                    self._set("Starting", False, why)
-            # Probe fast until the first pass so readiness is noticed promptly, then at the declared period.
-            await asyncio.sleep(period if passed_once else min(period, 0.2))
+            elif health is Health.UNHEALTHY:
+                self._set("Unhealthy", False, why)
+            elif health is Health.STARTING:
+                self._set("Starting", False, why)
+            await asyncio.sleep(count.next_probe(period))
 
     def _log_upgrade_timing(self) -> None:
         """One line per revision change: the physical cost of the change, for operators and benchmarks."""
