@@ -3,8 +3,11 @@
 Each worker holds one keep-alive HTTP/1.1 connection and sends requests back
 to back; every request is recorded with its start time, latency and outcome.
 A failure is anything but a 2xx: another status, a reset or closed
-connection, a timeout, a refused connection. Nothing is retried and nothing
-is hidden: a request that failed is counted once, as what it was.
+connection, a timeout, a refused connection, an answer it cannot parse (an
+oversized header, a malformed Content-Length), or any exception at all: that
+request counts as failed and the worker goes on with a new connection, so no
+worker can end silently. Nothing is retried and nothing is hidden: a request
+that failed is counted once, as what it was, at the time it was sent.
 
 Plain asyncio streams rather than an HTTP library: the point is to see
 exactly what happened on the wire, at a rate a Python client can reach.
@@ -36,6 +39,7 @@ class Sample:
     at: float           # monotonic start time
     seconds: float      # latency
     ok: bool
+    failure: str = ""   # what went wrong, when not ok
 
 
 @dataclass
@@ -44,6 +48,14 @@ class Tally:
     samples: list[Sample] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     evidence: list[tuple[float, str, str]] = field(default_factory=list)   # (wall time, kind, what was said)
+    workers: int = 0            # started
+    workers_ended: int = 0      # returned before the load was stopped (never, unless something is wrong)
+
+    def fail(self, began: float, now: float, kind: str, evidence: str = "") -> None:
+        self.failures[kind] += 1
+        self.samples.append(Sample(began, now - began, False, kind))
+        if evidence and len(self.evidence) < 20:
+            self.evidence.append((time.time(), kind, evidence))
 
     @property
     def requests(self) -> int:
@@ -70,14 +82,17 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
-        raise _Failed("junk response")
+        raise _Failed("junk response", lines[0][:200])
     status = int(parts[1])
     headers = {}
     for line in lines[1:]:
         key, sep, value = line.partition(":")
         if sep:
             headers[key.strip().lower()] = value.strip().lower()
-    length = int(headers.get("content-length", "0") or 0)
+    declared = headers.get("content-length", "0") or "0"
+    if not declared.isdigit():
+        raise _Failed("malformed Content-Length", declared[:100])
+    length = int(declared)
     if length > MAX_BODY:
         raise _Failed("oversized response")
     body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
@@ -92,43 +107,52 @@ async def _worker(target: Target, tally: Tally, stop: asyncio.Event, offset: int
                 for p in target.paths]
     turn = offset
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-    while not stop.is_set():
-        began = loop.time()
-        request = requests[turn % len(requests)]
-        turn += 1
-        kept = False
-        try:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(target.ip, target.port), timeout)
-            kept = await _exchange(conn[0], conn[1], request, timeout)
-            tally.samples.append(Sample(began, loop.time() - began, True))
-        except _Failed as exc:
-            tally.failures[exc.kind] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-            if len(tally.evidence) < 20:
-                tally.evidence.append((time.time(), exc.kind, exc.evidence))
-        except asyncio.IncompleteReadError:
-            tally.failures["connection closed mid-response"] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-        except TimeoutError:
-            tally.failures[f"timeout ({timeout:g}s)"] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-        except ConnectionRefusedError:
-            tally.failures["connection refused"] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-            await asyncio.sleep(0.01)
-        except (ConnectionResetError, BrokenPipeError):
-            tally.failures["connection reset"] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-        except OSError as exc:
-            tally.failures[f"{type(exc).__name__}: {exc.strerror or exc}"] += 1
-            tally.samples.append(Sample(began, loop.time() - began, False))
-            await asyncio.sleep(0.01)
-        if not kept and conn is not None:
+    tally.workers += 1
+    try:
+        while not stop.is_set():
+            began = loop.time()
+            request = requests[turn % len(requests)]
+            turn += 1
+            kept = False
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncio.open_connection(target.ip, target.port), timeout)
+                kept = await _exchange(conn[0], conn[1], request, timeout)
+                tally.samples.append(Sample(began, loop.time() - began, True))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every exception is this request's failure; the worker goes on
+                kind, evidence, pause = _failure(exc, timeout)
+                tally.fail(began, loop.time(), kind, evidence)
+                if pause:
+                    await asyncio.sleep(0.01)
+            if not kept and conn is not None:
+                conn[1].close()
+                conn = None
+    finally:
+        if conn is not None:
             conn[1].close()
-            conn = None
-    if conn is not None:
-        conn[1].close()
+        if not stop.is_set():
+            tally.workers_ended += 1
+
+
+def _failure(exc: Exception, timeout: float) -> tuple[str, str, bool]:
+    """(what to count it as, what the server said, whether to pause before the next try)."""
+    if isinstance(exc, _Failed):
+        return exc.kind, exc.evidence, False
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "connection closed mid-response", "", False
+    if isinstance(exc, TimeoutError):
+        return f"timeout ({timeout:g}s)", "", False
+    if isinstance(exc, asyncio.LimitOverrunError):
+        return "oversized response header", "", False
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused", "", True
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return "connection reset", "", False
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc.strerror or exc}", "", True
+    return f"unexpected {type(exc).__name__}", str(exc)[:200], True
 
 
 class Load:
@@ -166,6 +190,22 @@ class Load:
             out.update({f"{t.target}: {k}": v for k, v in t.failures.items()})
         return out
 
+    @property
+    def workers_alive(self) -> int:
+        """Workers still sending: every worker started, until `stop()`."""
+        return sum(t.workers - t.workers_ended for t in self.tallies.values())
+
+    @property
+    def workers_started(self) -> int:
+        return sum(t.workers for t in self.tallies.values())
+
+    def window(self, since: float | None = None, until: float | None = None) -> "Window":
+        """What was sent in [since, until) (monotonic clock): requests, failures and what they were."""
+        low = since if since is not None else float("-inf")
+        high = until if until is not None else float("inf")
+        inside = [s for t in self.tallies.values() for s in t.samples if low <= s.at < high]
+        return Window(len(inside), Counter(s.failure for s in inside if not s.ok))
+
     def evidence(self) -> list[tuple[float, str, str]]:
         """Up to 20 failed answers per target, with the time and what the server said."""
         return sorted(e for t in self.tallies.values() for e in t.evidence)
@@ -175,6 +215,16 @@ class Load:
         low = since if since is not None else float("-inf")
         high = until if until is not None else float("inf")
         return [s.seconds for t in self.tallies.values() for s in t.samples if low <= s.at < high]
+
+
+@dataclass(frozen=True)
+class Window:
+    requests: int
+    failures: Counter[str]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
 
 def percentile(values: Sequence[float], q: float) -> float:

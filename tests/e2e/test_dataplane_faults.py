@@ -136,6 +136,8 @@ def test_draining_a_node_moves_its_instances_away_without_a_failed_request(platf
         assert "node-a1 cordoned" in out and "sidecar" in out, out
         wait_release(api, "sidecar", "the evacuation ends", phase_is("Succeeded"), timeout=120)
         wait_release(api, "silent", "the evacuation ends", phase_is("Succeeded"), timeout=120)
+        alive = load.workers_alive
+    assert alive == 8, f"{8 - alive} of 8 load workers ended early"
     assert load.failed == 0 and load.requests > 100, (load.requests, load.failed, dict(load.failures()))
     for app in ("sidecar", "silent"):
         now = wait_steady(api, app, 4, api.app(app)["status"]["deployedRevision"])

@@ -110,7 +110,8 @@ def targets(platform: Platform, api: Api) -> list[Target]:
 
 def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, apps: Apps) -> None:
     api = apps.api
-    with BackgroundLoad(targets(platform, api)) as load:
+    targets_used = targets(platform, api)
+    with BackgroundLoad(targets_used) as load:
         time.sleep(3)  # steady state, for the latency baseline
         steady_until = time.monotonic()
 
@@ -148,22 +149,27 @@ def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, a
 
         # The floor of requests counts only what was sent while releases ran: release again until it is reached.
         for revision in range(5, 9):
-            if load.requests >= MIN_REQUESTS:
+            if load.window(since=steady_until).requests >= MIN_REQUESTS:
                 break
             apps.apply(front(f"v{revision}"))
             apps.release("front", "--upgrade", "inPlace")
             wait_release(api, "front", f"in place to revision {revision}", phase_is("Succeeded"), timeout=180)
             mark(f"front in place to revision {revision}")
         released_until = time.monotonic()
+        alive, started = load.workers_alive, load.workers_started
 
     steady = load.latencies(until=steady_until)
     during = load.latencies(since=steady_until, until=released_until)
-    print(f"\nlossless: {load.requests} requests, {load.failed} failed; steady p50/p99 "
+    print(f"\nlossless: {load.requests} requests ({load.window(until=steady_until).requests} of them warm-up), "
+          f"{load.failed} failed; steady p50/p99 "
           f"{percentile(steady, .5) * 1000:.0f}/{percentile(steady, .99) * 1000:.0f} ms, during releases "
           f"{percentile(during, .5) * 1000:.0f}/{percentile(during, .99) * 1000:.0f} ms")
+    connections = sum(t.connections for t in targets_used)
+    assert alive == started == connections, f"{started - alive} of {connections} load workers ended early"
     assert load.failed == 0, (f"{load.failed} of {load.requests} requests failed: {dict(load.failures())}; "
                               f"answers: {load.evidence()}")
-    assert load.requests >= MIN_REQUESTS, load.requests
+    released = load.window(since=steady_until, until=released_until)
+    assert released.requests >= MIN_REQUESTS, f"{released.requests} requests sent while releases ran"
     assert all(t.requests > 1000 for t in load.tallies.values()), {k: t.requests for k, t in load.tallies.items()}
 
     # What front runs now: the release it ended with decides (a retired instance of a rolled-back replacement may
