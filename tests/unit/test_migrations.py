@@ -1,18 +1,24 @@
-"""Spec of the store schema's migrations: they build exactly `schema.metadata`, and re-opening changes nothing."""
+"""Spec of the store schema's migrations: they build exactly `schema.metadata`, re-opening changes nothing, and data
+migrations rewrite stored values into the form the code now reads."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, inspect, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from ballast.store.engine import Store
+from ballast.core.manifests import stored_strategy, strategy_json
+from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
+from ballast.core.verification import OnFailure, PromCheck, Verification, Webhook
+from ballast.store.engine import Store, normalize_url
 from ballast.store.migrate import alembic_config
-from ballast.store.schema import audit, audit_head, counters, metadata
+from ballast.store.schema import audit, audit_head, counters, metadata, releases
 
 
 def _diffs(sync_conn: Connection) -> list[Any]:
@@ -85,3 +91,82 @@ async def test_opening_a_migrated_store_again_is_a_no_op(store: Store, store_url
     finally:
         await again.close()
     assert len(audit_before) == 1 and audit_before[0].action == "probe"
+
+
+# --- 0006: a release's strategy stored in the public spelling ------------------------------------------------------
+
+# As the old `services.releases.strategy_to_json` stored them (output of that code at b068f96): snake_case names,
+# `verify` in its public spelling. One verifying release with explicit group sizes, one plain scale.
+OLD_VERIFYING = {"beta_size": 1, "groups": 3, "group_sizes": [1, 2, 3], "pause": "auto", "pause_seconds": 30.0,
+                 "max_unavailable_per_cell": 2, "upgrade": "replace", "progress_deadline_seconds": 90.0,
+                 "verify": {"windowSeconds": 45.0, "minRequests": 250, "maxErrorRate": None,
+                            "maxErrorRateIncrease": 0.5, "maxP99Ms": 300.0, "maxP99Ratio": 1.5, "p99FloorMs": 5.0,
+                            "onFailure": "rollback",
+                            "webhooks": [{"url": "http://checks.local/a", "timeoutSeconds": 2.0}],
+                            "prometheus": {"url": "http://prom:9090", "queries": [
+                                {"name": "errors", "query": "sum(rate(e[$window]))", "max": 0.1, "min": None}]}}}
+OLD_PLAIN = {"beta_size": 1, "groups": 3, "group_sizes": None, "pause": "manual", "pause_seconds": 0.0,
+             "max_unavailable_per_cell": 1, "upgrade": "inPlace", "progress_deadline_seconds": 120.0, "verify": None}
+VERIFYING = Strategy(beta_size=1, groups=3, group_sizes=(1, 2, 3), pause=PauseMode.AUTO, pause_seconds=30.0,
+                     max_unavailable_per_cell=2, upgrade=UpgradeMode.REPLACE, progress_deadline_seconds=90.0,
+                     verify=Verification(window_seconds=45.0, min_requests=250, max_error_rate=None,
+                                         max_error_rate_increase=0.5, max_p99_ms=300.0, max_p99_ratio=1.5,
+                                         p99_floor_ms=5.0, on_failure=OnFailure.ROLLBACK,
+                                         webhooks=(Webhook("http://checks.local/a", 2.0),),
+                                         prometheus_url="http://prom:9090",
+                                         queries=(PromCheck("errors", "sum(rate(e[$window]))", max=0.1),)))
+
+
+async def _migrate(url: str, target: str, *, down: bool = False) -> None:
+    engine = create_async_engine(normalize_url(url))
+    cfg = alembic_config()
+
+    def run(sync_conn: Connection) -> None:
+        cfg.attributes["connection"] = sync_conn
+        (command.downgrade if down else command.upgrade)(cfg, target)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
+def _release(strategy: dict[str, Any]) -> dict[str, Any]:
+    return dict(app="shop", kind="release", from_revision=1, to_revision=2, strategy=strategy, plan=[],
+                phase="Running", direction="forward", completed_groups=0, pause_until=None, fast=False,
+                reason="started", waiting="", created_by="admin", created_at=1.0, updated_at=1.0, finished_at=None,
+                resource_version=1)
+
+
+async def _strategies(url: str) -> list[Any]:
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(select(releases.c.strategy).order_by(releases.c.id))).scalars())
+    finally:
+        await engine.dispose()
+
+
+async def test_0006_stores_old_strategies_in_the_public_spelling_and_back(store_url: str) -> None:
+    """Releases stored by 0005's code read back, after 0006, in the spelling users write and as the same Strategy;
+    the downgrade restores exactly what was stored."""
+    await _migrate(store_url, "0005")
+    engine = create_async_engine(normalize_url(store_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(releases), [_release(OLD_VERIFYING), _release(OLD_PLAIN)])
+    finally:
+        await engine.dispose()
+
+    upgraded = await Store.open(store_url)
+    await upgraded.close()
+    verifying, plain = await _strategies(store_url)
+    assert verifying == strategy_json(VERIFYING)
+    assert plain == strategy_json(Strategy())
+    assert (stored_strategy(verifying), stored_strategy(plain)) == (VERIFYING, Strategy())
+    assert set(verifying) == {"betaSize", "groups", "groupSizes", "pause", "pauseSeconds", "maxUnavailablePerCell",
+                              "upgrade", "progressDeadlineSeconds", "verify"}
+
+    await _migrate(store_url, "0005", down=True)
+    assert await _strategies(store_url) == [OLD_VERIFYING, OLD_PLAIN]

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from ballast.core.manifests import stored_strategy, strategy_json
+from ballast.core.release_plan import Strategy
 from ballast.core.request_metrics import (
     BUCKETS,
     CLASSES,
@@ -490,25 +492,36 @@ FULL = Verification(window_seconds=45.0, min_requests=250, max_error_rate=None, 
                              PromCheck("rps", "sum(rate(r[$window]))", min=5.0)))
 
 
+def stored(v: Verification) -> dict[str, Any]:
+    """The `verify` block of a release's stored strategy."""
+    body = strategy_json(Strategy(verify=v))["verify"]
+    assert isinstance(body, dict)
+    return body
+
+
+def read(body: dict[str, Any]) -> Verification | None:
+    return stored_strategy({"verify": body}).verify
+
+
 @pytest.mark.parametrize("v", [Verification(), FULL, Verification(prometheus_url="http://prom:9090", queries=(
     PromCheck("p", "up", min=1.0),))], ids=["defaults", "every field", "prometheus with one query"])
 def test_verification_survives_its_json_form(v: Verification) -> None:
     """What a release stores (as JSON text) reads back as the same verification."""
-    stored = json.loads(json.dumps(v.to_json()))
-    assert Verification.from_json(stored) == v
+    text = json.loads(json.dumps(stored(v)))
+    assert read(text) == v
 
 
 def test_the_json_form_uses_the_public_names() -> None:
     """The stored form uses the manifest's camelCase names and plain values."""
-    body = FULL.to_json()
+    body = stored(FULL)
     assert (body["windowSeconds"], body["minRequests"], body["maxErrorRate"], body["onFailure"]) == (
         45.0, 250, None, "rollback")
     assert body["webhooks"][0] == {"url": "http://checks.local/a", "timeoutSeconds": 2.0}
     assert body["prometheus"]["queries"][0] == {"name": "errors", "query": 'sum(rate(e{revision="$revision"}[$window]))',
                                                 "max": 0.1, "min": None}
-    assert Verification().to_json()["prometheus"] is None
+    assert stored(Verification())["prometheus"] is None
 
 
 def test_a_stored_form_without_optional_fields_reads_with_the_defaults() -> None:
     """Floor, onFailure, webhooks and prometheus may be absent from a stored form; they take the defaults."""
-    assert Verification.from_json({"windowSeconds": 30, "minRequests": 100, "maxErrorRate": 1.0}) == Verification()
+    assert read({"windowSeconds": 30, "minRequests": 100, "maxErrorRate": 1.0}) == Verification()

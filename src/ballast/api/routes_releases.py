@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
-from ballast.core.manifests import VerifyOverride
+from ballast.core.manifests import StrategyOverride
 from ballast.errors import Conflict
 from ballast.services import orders, releases
 from ballast.services.access import Principal
@@ -17,24 +17,10 @@ from ballast.services.access import Principal
 router = APIRouter()
 
 
-class StrategyOverrides(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    betaSize: int | None = Field(None, ge=0, le=10_000)
-    groups: int | None = Field(None, ge=1, le=100)
-    groupSizes: list[int] | None = Field(None, min_length=1, max_length=100)
-    pause: Literal["manual", "auto", "none"] | None = None
-    pauseSeconds: float | None = Field(None, ge=0, le=86_400)
-    maxUnavailablePerCell: int | None = Field(None, ge=1, le=10_000)
-    upgrade: Literal["inPlace", "replace", "ordered"] | None = None
-    progressDeadlineSeconds: float | None = Field(None, gt=0, le=86_400)
-    verify: VerifyOverride | None = Field(None, description="fields of the app's verification to replace")
-    noVerify: bool | None = Field(None, description="true: release without verification")
-
-
 class StartRelease(BaseModel):
     model_config = ConfigDict(extra="forbid")
     toRevision: int | None = Field(None, ge=1)
-    strategy: StrategyOverrides = Field(default_factory=StrategyOverrides)
+    strategy: StrategyOverride = Field(default_factory=StrategyOverride)
 
 
 class ReleaseAction(BaseModel):

@@ -50,14 +50,15 @@ async def reconcile_once(store: Store) -> int:
 
 async def _reconcile(store: Store, row: Any) -> bool:
     now = store.clock()
+    rel = release_records.view(row)
     async with store.read() as conn:
         app_row = (await conn.execute(select(apps).where(apps.c.name == row.app))).first()
         views = await release_records.instance_views(conn, row.app)
-        checks = verifications.checks(await verifications.rows(conn, row.id)) if row.strategy.get("verify") else {}
+        checks = verifications.checks(await verifications.rows(conn, row.id)) if rel.strategy.verify is not None else {}
     if app_row is None:
         decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))
     else:
-        decision = decide(release_records.view(row), views, now, checks)
+        decision = decide(rel, views, now, checks)
     if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
         return False
     async with store.write() as tx:

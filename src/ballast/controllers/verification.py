@@ -55,7 +55,7 @@ async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | Non
             .order_by(releases.c.id))).all()
     written = 0
     for row in rows:
-        if row.strategy.get("verify") is None:
+        if release_records.view(row).strategy.verify is None:
             continue
         try:
             written += await _reconcile(store, row, transport)

@@ -3,7 +3,8 @@
 Field names here are the public API users write in YAML. Parsing is pure:
 documents in, typed manifests out, or an `InvalidInput` naming every bad
 field path with its value and what was expected. Checks that need the store
-(does the cell exist?) live in the apply service, not here.
+(does the cell exist?) live in the apply service, not here. A release's
+strategy is stored and answered in the same spelling (`strategy_json`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import re
 from datetime import datetime
 from datetime import time as dtime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ballast.core.endpoints import DEFAULT_ACK_TIMEOUT_SECONDS, GATEWAY, MESH, TrafficPolicy
 from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, parse_day
@@ -155,6 +156,17 @@ class VerifySpec(_Model):
             prometheus_url=prom.url if prom is not None else None,
             queries=tuple(PromCheck(q.name, q.query, q.max, q.min) for q in prom.queries) if prom is not None else ())
 
+    @classmethod
+    def from_verification(cls, v: Verification) -> "VerifySpec":
+        prom = None if v.prometheus_url is None else PrometheusSpec(
+            url=v.prometheus_url, queries=[PromQuerySpec(name=q.name, query=q.query, max=q.max, min=q.min)
+                                           for q in v.queries])
+        return cls(window_seconds=v.window_seconds, min_requests=v.min_requests, max_error_rate=v.max_error_rate,
+                   max_error_rate_increase=v.max_error_rate_increase, max_p99_ms=v.max_p99_ms,
+                   max_p99_ratio=v.max_p99_ratio, p99_floor_ms=v.p99_floor_ms, on_failure=v.on_failure.value,
+                   webhooks=[WebhookSpec(url=w.url, timeout_seconds=w.timeout_seconds) for w in v.webhooks],
+                   prometheus=prom)
+
 
 class StrategySpec(_Model):
     """How releases of this app proceed; flags of `ballast release start` override each field."""
@@ -176,6 +188,25 @@ class StrategySpec(_Model):
                         max_unavailable_per_cell=self.max_unavailable_per_cell, upgrade=UpgradeMode(self.upgrade),
                         progress_deadline_seconds=self.progress_deadline_seconds,
                         verify=self.verify.to_verification() if self.verify is not None else None)
+
+    @classmethod
+    def from_strategy(cls, s: Strategy) -> "StrategySpec":
+        return cls(beta_size=s.beta_size, groups=s.groups,
+                   group_sizes=list(s.group_sizes) if s.group_sizes is not None else None, pause=s.pause.value,
+                   pause_seconds=s.pause_seconds, max_unavailable_per_cell=s.max_unavailable_per_cell,
+                   upgrade=s.upgrade.value, progress_deadline_seconds=s.progress_deadline_seconds,
+                   verify=VerifySpec.from_verification(s.verify) if s.verify is not None else None)
+
+
+def strategy_json(strategy: Strategy) -> dict[str, Any]:
+    """A strategy in its public spelling, every field given: what a user writes in `spec.strategy`, what a release
+    stores and what the API answers."""
+    return StrategySpec.from_strategy(strategy).model_dump(mode="json", by_alias=True)
+
+
+def stored_strategy(raw: Mapping[str, Any]) -> Strategy:
+    """A strategy as `strategy_json` wrote it (defaults for fields it lacks), as the engine uses it."""
+    return StrategySpec.model_validate(raw).to_strategy()
 
 
 HOST_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
@@ -244,34 +275,33 @@ class AppServiceSpec(_Model):
                              ack_timeout_seconds=self.traffic.ack_timeout_seconds)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _overrides_of(spec: type[BaseModel], **replaced: Any) -> Callable[[type[_M]], type[_M]]:
+    """Class decorator: the model also takes every field of `spec`, each optional (None: not given), with the same
+    alias, bounds and choices, so the two cannot drift; `replaced` gives a field another type (a nested override).
+    The spec's validators are not copied: a partial set of fields is judged once merged onto the app's."""
+    def derive(cls: type[_M]) -> type[_M]:
+        fields: dict[str, Any] = {}
+        for name, info in spec.model_fields.items():
+            bounded = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[name] = (Optional[replaced.get(name, bounded)],
+                            Field(None, alias=info.alias, description=info.description))
+        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, __doc__=cls.__doc__, **fields)
+    return derive
+
+
+@_overrides_of(VerifySpec)
 class VerifyOverride(_Model):
-    """Fields of an app's `verify` one release replaces (the rest are the app's, or the defaults)."""
-
-    window_seconds: float | None = Field(None, alias="windowSeconds", ge=1, le=3600)
-    min_requests: int | None = Field(None, alias="minRequests", ge=1, le=1_000_000_000)
-    max_error_rate: float | None = Field(None, alias="maxErrorRate", ge=0, le=100)
-    max_error_rate_increase: float | None = Field(None, alias="maxErrorRateIncrease", ge=0, le=100)
-    max_p99_ms: float | None = Field(None, alias="maxP99Ms", gt=0, le=3_600_000)
-    max_p99_ratio: float | None = Field(None, alias="maxP99Ratio", ge=1, le=1000)
-    p99_floor_ms: float | None = Field(None, alias="p99FloorMs", ge=0, le=60_000)
-    on_failure: Literal["pause", "rollback"] | None = Field(None, alias="onFailure")
-    webhooks: list[WebhookSpec] | None = Field(None, max_length=10)
-    prometheus: PrometheusSpec | None = None
+    """Fields of an app's `verify` one release replaces (the rest are the app's, or the defaults): VerifySpec's."""
 
 
+@_overrides_of(StrategySpec, verify=VerifyOverride)
 class StrategyOverride(_Model):
-    """Fields of an app's strategy a release order (or `release start`) replaces for one release."""
+    """Fields of an app's strategy a release order (or `release start`) replaces for one release: StrategySpec's,
+    `verify` merged field by field into the app's, and `noVerify`."""
 
-    beta_size: int | None = Field(None, alias="betaSize", ge=0, le=10_000)
-    groups: int | None = Field(None, ge=1, le=100)
-    group_sizes: list[Annotated[int, Field(ge=0, le=10_000)]] | None = Field(None, alias="groupSizes", min_length=1,
-                                                                               max_length=100)
-    pause: Literal["manual", "auto", "none"] | None = None
-    pause_seconds: float | None = Field(None, alias="pauseSeconds", ge=0, le=86_400)
-    max_unavailable_per_cell: int | None = Field(None, alias="maxUnavailablePerCell", ge=1, le=10_000)
-    upgrade: Literal["inPlace", "replace", "ordered"] | None = None
-    progress_deadline_seconds: float | None = Field(None, alias="progressDeadlineSeconds", gt=0, le=86_400)
-    verify: VerifyOverride | None = None
     no_verify: bool | None = Field(None, alias="noVerify", description="true: this release is not verified")
 
 

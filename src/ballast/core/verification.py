@@ -53,28 +53,6 @@ class Verification:
     prometheus_url: str | None = None
     queries: tuple[PromCheck, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {"windowSeconds": self.window_seconds, "minRequests": self.min_requests,
-                "maxErrorRate": self.max_error_rate, "maxErrorRateIncrease": self.max_error_rate_increase,
-                "maxP99Ms": self.max_p99_ms, "maxP99Ratio": self.max_p99_ratio, "p99FloorMs": self.p99_floor_ms,
-                "onFailure": self.on_failure.value,
-                "webhooks": [{"url": w.url, "timeoutSeconds": w.timeout_seconds} for w in self.webhooks],
-                "prometheus": None if self.prometheus_url is None else {
-                    "url": self.prometheus_url,
-                    "queries": [{"name": q.name, "query": q.query, "max": q.max, "min": q.min} for q in self.queries]}}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Verification":
-        prom = d.get("prometheus") or {}
-        return cls(window_seconds=float(d["windowSeconds"]), min_requests=int(d["minRequests"]),
-                   max_error_rate=d.get("maxErrorRate", 1.0), max_error_rate_increase=d.get("maxErrorRateIncrease"),
-                   max_p99_ms=d.get("maxP99Ms"), max_p99_ratio=d.get("maxP99Ratio"),
-                   p99_floor_ms=float(d.get("p99FloorMs", 10.0)), on_failure=OnFailure(d.get("onFailure", "pause")),
-                   webhooks=tuple(Webhook(w["url"], float(w.get("timeoutSeconds", 5.0))) for w in d.get("webhooks") or ()),
-                   prometheus_url=prom.get("url"),
-                   queries=tuple(PromCheck(q["name"], q["query"], q.get("max"), q.get("min"))
-                                 for q in prom.get("queries") or ()))
-
 
 class Verdict(str, Enum):
     VERIFYING = "verifying"        # the window is open

@@ -8,7 +8,6 @@ stale or conflicting request gets 409 naming the current phase. The engine
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,11 +15,11 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.endpoints import serving
-from ballast.core.manifests import AppServiceSpec, StrategySpec, problems_from_validation
+from ballast.core.manifests import (AppServiceSpec, StrategySpec, problems_from_validation, stored_strategy,
+                                    strategy_json)
 from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
                                          slot_state)
-from ballast.core.release_plan import Group, PauseMode, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
-from ballast.core.verification import Verification
+from ballast.core.release_plan import Group, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.services import verifications
 from ballast.services.endpoints import acknowledged, endpoint_record
@@ -28,23 +27,6 @@ from ballast.store.engine import Tx
 from ballast.store.schema import apps, endpoints, instances, release_events, releases, revisions
 
 ENGINE = "controller/releases"
-
-
-def strategy_to_json(s: Strategy) -> dict[str, Any]:
-    out = asdict(s)
-    out["pause"], out["upgrade"] = s.pause.value, s.upgrade.value
-    out["group_sizes"] = list(s.group_sizes) if s.group_sizes is not None else None
-    out["verify"] = s.verify.to_json() if s.verify is not None else None
-    return out
-
-
-def strategy_from_json(d: dict[str, Any]) -> Strategy:
-    return Strategy(beta_size=d["beta_size"], groups=d["groups"],
-                    group_sizes=tuple(d["group_sizes"]) if d.get("group_sizes") is not None else None,
-                    pause=PauseMode(d["pause"]), pause_seconds=d["pause_seconds"],
-                    max_unavailable_per_cell=d["max_unavailable_per_cell"], upgrade=UpgradeMode(d["upgrade"]),
-                    progress_deadline_seconds=d["progress_deadline_seconds"],
-                    verify=Verification.from_json(d["verify"]) if d.get("verify") else None)
 
 
 def plan_to_json(groups: list[Group]) -> list[dict[str, Any]]:
@@ -61,7 +43,7 @@ def plan_from_json(raw: list[dict[str, Any]]) -> tuple[Group, ...]:
 
 def view(row: Any) -> ReleaseView:
     return ReleaseView(app=row.app, from_revision=row.from_revision, to_revision=row.to_revision,
-                       strategy=strategy_from_json(row.strategy), groups=plan_from_json(row.plan),
+                       strategy=stored_strategy(row.strategy), groups=plan_from_json(row.plan),
                        phase=Phase(row.phase), direction=Direction(row.direction),
                        completed_groups=row.completed_groups, pause_until=row.pause_until, fast=row.fast,
                        reason=row.reason)
@@ -141,7 +123,7 @@ async def preview(conn: AsyncConnection, app: str, to_revision: int | None, over
     strategy = merge_strategy(spec, overrides)
     groups = plan(await _slots(conn, app, strategy), strategy)
     return {"app": app, "fromRevision": row.deployed_revision, "toRevision": target,
-            "strategy": strategy_to_json(strategy), "groups": plan_to_json(groups)}
+            "strategy": strategy_json(strategy), "groups": plan_to_json(groups)}
 
 
 async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -157,7 +139,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     if not any(g.slots for g in groups):
         raise Conflict(f"app {app!r} has no instances to release")
     result = await tx.conn.execute(insert(releases).values(
-        app=app, kind="release", from_revision=row.deployed_revision, to_revision=target, strategy=strategy_to_json(strategy),
+        app=app, kind="release", from_revision=row.deployed_revision, to_revision=target, strategy=strategy_json(strategy),
         plan=plan_to_json(groups), phase=Phase.RUNNING.value, direction=Direction.FORWARD.value, completed_groups=0,
         pause_until=None, fast=False, reason="started", waiting="", created_by=actor, created_at=tx.now,
         updated_at=tx.now, finished_at=None, resource_version=tx.rv))
@@ -165,7 +147,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     await event(tx, release_id, actor, "start", Phase.RUNNING, {"from": row.deployed_revision, "to": target})
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app}",
                    detail={"release": release_id, "from": row.deployed_revision, "to": target,
-                           "strategy": strategy_to_json(strategy)})
+                           "strategy": strategy_json(strategy)})
     return {"id": release_id, "app": app, "fromRevision": row.deployed_revision, "toRevision": target,
             "groups": plan_to_json(groups)}
 
@@ -179,7 +161,7 @@ async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[
     groups = plan_scale(adds, removes, strategy, key, ordinals)
     result = await tx.conn.execute(insert(releases).values(
         app=app_row.name, kind=kind, from_revision=app_row.deployed_revision, to_revision=app_row.deployed_revision,
-        strategy=strategy_to_json(strategy), plan=plan_to_json(groups), phase=Phase.RUNNING.value,
+        strategy=strategy_json(strategy), plan=plan_to_json(groups), phase=Phase.RUNNING.value,
         direction=Direction.FORWARD.value, completed_groups=0, pause_until=None, fast=False,
         reason=reason, waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
         finished_at=None, resource_version=tx.rv))
@@ -280,7 +262,7 @@ async def status(conn: AsyncConnection, app: str, now: float, release_id: int | 
             "reason": row.reason, "waiting": row.waiting, "fast": row.fast, "createdBy": row.created_by,
             "startedAt": row.created_at, "finishedAt": row.finished_at,
             "elapsedSeconds": round((row.finished_at or now) - row.created_at, 1),
-            "pauseUntil": row.pause_until, "strategy": row.strategy, "groups": groups,
+            "pauseUntil": row.pause_until, "strategy": strategy_json(rel.strategy), "groups": groups,
             "events": await event_log(conn, row.id)}
 
 
