@@ -15,11 +15,9 @@ from ballast.core.manifests import (
     API_VERSION,
     AppServiceManifest,
     AppServiceSpec,
-    StrategyOverride,
-    VerifyOverride,
-    WebhookSpec,
     parse_documents,
 )
+from ballast.core.strategy import StrategyOverride, VerifyOverride, WebhookSpec
 from ballast.core.verification import OnFailure, PromCheck, Verification, Webhook
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.services.releases import merge_strategy
