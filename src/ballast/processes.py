@@ -98,3 +98,56 @@ def renice(pid: int, nice: int) -> None:
 def adopt(pid: int, started: int) -> ProcessHandle | None:
     handle = ProcessHandle(pid=pid, started=started)
     return handle if handle.alive() else None
+
+
+def port_holder(ip: str, port: int) -> str | None:
+    """Which process listens on ip:port (TCP, IPv4), as "pid N (command line)", read from /proc; None if unknown."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":   # 0A: LISTEN
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and address in (_proc_ip(ip), "00000000", "0" * 32):
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        links = set()
+        for fd in fds:
+            try:
+                links.add(os.readlink(fd))
+            except OSError:
+                pass   # closed meanwhile
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            return f"pid {entry.name} ({argv[:200]})"
+    return "a process this user cannot see"
+
+
+def _proc_ip(ip: str) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: the four bytes in host (little-endian) order, in hex."""
+    return "".join(f"{int(part):02X}" for part in reversed(ip.split(".")))
+
+
+def exit_with_parent() -> None:
+    """For a child's preexec_fn: the kernel sends it SIGTERM when the process that started it dies (Linux), so
+    nothing a `ballast up` started outlives it, even when it is killed with SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -201,6 +201,7 @@ class Platform:
                 "--metrics-port", str(self.metrics_port)]
         if self.store:
             argv += ["--store", self.store]
+        offset = self.log.stat().st_size if self.log.exists() else 0   # a restart: only what this run says counts
         with open(self.log, "ab") as out:
             # Its own session, like a terminal job: signals meant for pytest do not reach it, and ours only reach it.
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -210,7 +211,9 @@ class Platform:
         def announced() -> None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise UpExited(f"ballast up exited with {self.proc.returncode} before it was up:\n{self.log_tail()}")
-            assert "Ballast is up" in self.log.read_text(errors="replace"), "no 'Ballast is up' in its output yet"
+            with open(self.log, "rb") as log:
+                log.seek(offset)
+                assert b"Ballast is up" in log.read(), "no 'Ballast is up' in its output yet"
 
         eventually(announced, "ballast up announces 'Ballast is up'")
 

@@ -4,15 +4,21 @@ Starts the control plane (SQLite in the data dir unless --store says
 otherwise), one Cell per zone, node agents on distinct loopback IPs and a
 gateway, and keeps them alive until Ctrl-C, which stops instances, agents,
 the gateway and the server in that order and leaves no process behind.
+Nothing it starts outlives it, even when it is killed: the kernel stops its
+children when it dies, and the next `ballast up` on the data dir stops what
+the last one left (it holds a lock on the data dir while it runs, so it
+never stops a platform that is still up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
 import os
 import signal
+import socket
 import string
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +27,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ballast.processes import adopt
+from ballast.processes import adopt, exit_with_parent, port_holder, start_time
 from ballast.agent.state import StateFile
 from ballast.cli import config as client_config
 from ballast.client import ApiError, Client, Unreachable
@@ -77,7 +83,8 @@ class Child:
         with open(self.log, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=out, stderr=out,
                                                              stdin=asyncio.subprocess.DEVNULL,
-                                                             env={**os.environ, **self.env}, start_new_session=True)
+                                                             env={**os.environ, **self.env}, start_new_session=True,
+                                                             preexec_fn=exit_with_parent)
 
     async def stop(self, grace: float) -> None:
         if self.proc is None or self.proc.returncode is not None:
@@ -194,10 +201,69 @@ def sweep_instances(data_dir: Path) -> int:
     return killed
 
 
+def _lock(data_dir: Path) -> int:
+    """Hold the data dir for as long as this process lives (the kernel lets go when it dies, however it dies)."""
+    fd = os.open(data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        raise UpFailed(f"another `ballast up` (pid {holder or 'unknown'}) is running with the data dir {data_dir}; "
+                       "stop it (Ctrl-C) or use another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _check_ports(settings: UpSettings) -> None:
+    """Refuse at once, naming the holder, rather than talk to whatever already answers on our ports."""
+    for what, flag, port in (("control plane", "--port", settings.port),
+                             ("gateway", "--gateway-port", settings.gateway_port)):
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers bind: TIME_WAIT is fine
+            try:
+                probe.bind((settings.host, port))
+                continue
+            except OSError as exc:
+                why = exc.strerror
+        holder = port_holder(settings.host, port)
+        raise UpFailed(f"port {port} on {settings.host} (the {what}'s, {flag}) is taken"
+                       + (f" by {holder}" if holder else f": {why}") + f"; stop it or choose another {flag}")
+
+
+def _remember(data_dir: Path, children: list[Child]) -> None:
+    """Which processes this `ballast up` started, for the next one should this one be killed."""
+    known = [{"name": c.name, "pid": c.proc.pid, "started": start_time(c.proc.pid)}
+             for c in children if c.proc is not None and c.proc.returncode is None]
+    tmp = data_dir / "up-children.tmp"
+    tmp.write_text(json.dumps(known))
+    os.replace(tmp, data_dir / "up-children.json")
+
+
+async def stop_leftovers(data_dir: Path) -> int:
+    """Stop the parts a killed `ballast up` left running (its server, agents and gateway, then any instance or
+    proxy their state files name). Call only while holding the data dir's lock."""
+    try:
+        known = json.loads((data_dir / "up-children.json").read_text())
+    except (FileNotFoundError, ValueError):
+        known = []
+    handles = [h for h in (adopt(int(k["pid"]), int(k["started"])) for k in known
+                           if k.get("pid") and k.get("started") is not None) if h is not None]
+    await asyncio.gather(*(h.stop(15.0) for h in handles))
+    (data_dir / "up-children.json").unlink(missing_ok=True)
+    return len(handles) + sweep_instances(data_dir)
+
+
 async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> None:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     plan = node_plan(settings)
+    lock = _lock(data_dir)
+    left = await stop_leftovers(data_dir)   # before the port check: they may be what holds the ports
+    if left:
+        console.print(f"[yellow]stopped {left} process(es) an earlier `ballast up` of {data_dir} left running[/]")
+    _check_ports(settings)
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
     bootstrap_file = data_dir / "bootstrap-token"
     server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
@@ -206,6 +272,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     loop = asyncio.get_running_loop()
     try:
         await server.start()
+        _remember(data_dir, [server])
         async with Client(settings.server, None) as anon:
             await _wait_healthy(anon, server, loop.time() + 60)
         client_file = data_dir / "client.yaml"
@@ -232,6 +299,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                               data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
                 await agent.start()
                 agents.append(agent)
+                _remember(data_dir, [server, *agents])
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
@@ -239,10 +307,11 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                             data_dir / "logs" / "gateway.log", env={"BALLAST_TOKEN": agent_token})
             await gateway.start()
             agents.append(gateway)
+            _remember(data_dir, [server, *agents])
             await _wait_nodes(admin, {p[0] for p in plan}, agents, loop.time() + 60)
             await _wait_gateway(admin, gateway, loop.time() + 60)
         _announce(console, settings, client_file, plan, data_dir)
-        await _supervise(server, agents, stop, console)
+        await _supervise(server, agents, stop, console, data_dir)
     finally:
         console.print("stopping: instances and agents first, then the control plane")
         await asyncio.gather(*(a.stop(60) for a in agents))
@@ -250,6 +319,8 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
         leftover = sweep_instances(data_dir)
         if leftover:
             console.print(f"[yellow]stopped {leftover} instance process(es) an agent left behind[/]")
+        (data_dir / "up-children.json").unlink(missing_ok=True)
+        os.close(lock)
         console.print("stopped")
 
 
@@ -291,8 +362,10 @@ def _announce(console: Console, settings: UpSettings, client_file: Path, plan: l
     console.print("try: ballast demo && ballast get instances shop     (Ctrl-C stops everything)", highlight=False)
 
 
-async def _supervise(server: Child, agents: list[Child], stop: asyncio.Event, console: Console) -> None:
+async def _supervise(server: Child, agents: list[Child], stop: asyncio.Event, console: Console,
+                     data_dir: Path) -> None:
     """Restart a part that dies; a restarted agent adopts its running instances."""
+    _remember(data_dir, [server, *agents])
     while not stop.is_set():
         for child in [server, *agents]:
             if child.proc is not None and child.proc.returncode is not None:
@@ -300,6 +373,7 @@ async def _supervise(server: Child, agents: list[Child], stop: asyncio.Event, co
                 console.print(f"[yellow]{child.name} exited with code {child.proc.returncode}; restarting "
                               f"(restart {child.restarts})[/]")
                 await child.start()
+                _remember(data_dir, [server, *agents])
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
