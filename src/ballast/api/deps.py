@@ -1,13 +1,14 @@
-"""Request-scoped helpers shared by the routes: who is calling, may they, and retries."""
+"""Request-scoped helpers shared by the routes: who is calling, may they, writes with their retries, and
+the one item a read by name found."""
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from fastapi import Request
 
 from ballast.core.authz import Action, allowed, explain_denial
-from ballast.errors import Forbidden, RetryableConflict
+from ballast.errors import Forbidden, NotFound, RetryableConflict
 from ballast.services.access import Principal, authenticate
 from ballast.store.engine import Store, Tx
 
@@ -55,13 +56,23 @@ def exempt_from_audit(request: Request) -> None:
 
 async def audited_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
     """One write transaction that audits itself (`change` appends its record), retried on a lost race."""
+    result = await _write(request, change)
+    mark_audited(request)
+    return result
+
+
+async def telemetry_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
+    """One write transaction of telemetry (heartbeats, acknowledgements): not audited, retried on a lost race."""
+    exempt_from_audit(request)
+    return await _write(request, change)
+
+
+async def _write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
     async def attempt() -> T:
         async with store_of(request).write() as tx:
             return await change(tx)
 
-    result = await retrying(attempt)
-    mark_audited(request)
-    return result
+    return await retrying(attempt)
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
@@ -73,3 +84,10 @@ async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
             if not remaining:
                 raise
     raise AssertionError("unreachable")
+
+
+def one(found: Sequence[T], missing: str) -> T:
+    """The item a read by name found, or NotFound with `missing` as its message."""
+    if not found:
+        raise NotFound(missing)
+    return found[0]
