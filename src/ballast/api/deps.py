@@ -8,7 +8,7 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 from fastapi import Request
 
 from ballast.core.authz import Action, allowed, explain_denial
-from ballast.errors import Forbidden, NotFound, RetryableConflict
+from ballast.errors import Conflict, Forbidden, NotFound, RetryableConflict
 from ballast.services.access import Principal, authenticate
 from ballast.store.engine import Store, Tx
 
@@ -76,13 +76,14 @@ async def _write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
 
 
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Re-run a whole write decision when a compare-and-set lost a race."""
+    """Re-run a whole write decision when a compare-and-set lost a race; a race lost on every attempt is the
+    user's 409 (their change was not made: they may try again), never a 500."""
     for remaining in range(WRITE_ATTEMPTS - 1, -1, -1):
         try:
             return await attempt()
-        except RetryableConflict:
+        except RetryableConflict as exc:
             if not remaining:
-                raise
+                raise Conflict(f"{exc.what} changed concurrently; try again") from exc
     raise AssertionError("unreachable")
 
 

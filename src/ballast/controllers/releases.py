@@ -69,7 +69,7 @@ async def _reconcile(store: Store, row: Any) -> bool:
                                                              releases.c.resource_version == row.resource_version)
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
         if guard.rowcount != 1:
-            raise RetryableConflict(f"release {row.id} changed")
+            raise RetryableConflict(f"release {row.id}")
         done = [await _apply(tx, row, app_row, action) for action in decision.actions]
         done = [d for d in done if d]
         if done:

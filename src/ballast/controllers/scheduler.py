@@ -104,7 +104,7 @@ async def _guard_app(tx: Tx, row: Any, status: dict[str, Any]) -> None:
                                                      apps.c.resource_version == row.resource_version)
                                   .values(status=status, resource_version=tx.rv))
     if guard.rowcount != 1:
-        raise RetryableConflict(f"app {row.name} changed")
+        raise RetryableConflict(f"app {row.name!r}")
 
 
 async def _free_ordinals(tx: Tx, app: str, count: int) -> list[int]:

@@ -12,8 +12,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.manifests import stored_spec
+from ballast.core.nodes import schedulable
 from ballast.core.placement import NodeView, PlacedInstance, Resources
-from ballast.services.registry import NODE_TIMEOUT_SECONDS
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, instances, nodes
 
@@ -24,7 +24,7 @@ async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[Node
     Requests come from every app, those under release included: their instances occupy capacity too.
     """
     node_views = [NodeView(name=n.name, cell=n.cell,
-                           ready=now - n.last_heartbeat < NODE_TIMEOUT_SECONDS and not n.cordoned,
+                           ready=schedulable(n.last_heartbeat, n.cordoned, now),
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
     requests = {a.name: stored_spec(a.spec).template.resources.request()

@@ -27,7 +27,6 @@ ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
 _DEFAULT_TRAFFIC = {"drain": True, "drainTimeoutSeconds": 30.0}
 ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
 
-NODE_TIMEOUT_SECONDS = 10.0
 PHASES = {"Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"}
 _REPORTED_FIELDS = ("phase", "ready", "pid", "port", "mesh_port", "restarts", "message", "running_revision", "drain")
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.services.registry import NODE_TIMEOUT_SECONDS
+from ballast.core.nodes import node_ready
 from ballast.store.schema import cells, instances, nodes
 
 
@@ -75,7 +75,7 @@ async def list_nodes(conn: AsyncConnection, now: float, name: str | None = None)
                        resource_version=r.resource_version, cell=r.cell, zone=r.zone, ip=r.ip,
                        cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, metrics_address=r.metrics_address,
                        last_heartbeat=r.last_heartbeat, seconds_since_heartbeat=now - r.last_heartbeat,
-                       ready=now - r.last_heartbeat < NODE_TIMEOUT_SECONDS, instances=counts[r.name],
+                       ready=node_ready(r.last_heartbeat, now), instances=counts[r.name],
                        agent_version=r.agent_version,
                        cordoned=r.cordoned)
             for r in rows]
