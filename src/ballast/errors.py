@@ -8,7 +8,7 @@ Foreign exceptions are translated at the boundary (`raise X(...) from exc`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -68,9 +68,11 @@ class PayloadTooLarge(BallastError):
 
 @dataclass
 class RetryableConflict(Exception):
-    """A compare-and-set lost a race; the caller retries its whole decision."""
+    """A compare-and-set lost a race; the caller retries its whole decision. Not a BallastError: it is for
+    the caller to retry, and only one that gives up (the API, after its last attempt) turns it into a
+    `Conflict` for the user."""
 
-    what: str = field(default="")
+    what: str  # what changed under the decision, as a noun: "app 'shop'", "the audit chain"
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:

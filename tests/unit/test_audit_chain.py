@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ballast.core.audit_chain import GENESIS, AuditRecord, ChainBreak, record_hash, verify
+from ballast.core.audit_chain import GENESIS, AuditRecord, ChainBreak, mismatches, record_hash, verify
 
 Chain = list[AuditRecord]
 
@@ -122,3 +122,19 @@ def test_recomputed_forgery_of_one_record_still_breaks_the_next_link() -> None:
                                                           forged.result, forged.detail))
     chain[1] = forged
     assert [(b.seq, b.problem.split(":")[0]) for b in verify(chain, *pinned)] == [(3, LINK)]
+
+
+STORED = {1: "a" * 64, 2: "b" * 64}
+
+
+@pytest.mark.parametrize(("quoted", "expected"), [
+    ([(1, "a" * 64), (2, "b" * 64)], []),
+    ([(3, "c" * 64)], [ChainBreak(3, "no such record")]),
+    ([(2, "c" * 64)], [ChainBreak(2, f"hash {'c' * 16}… differs from the chain's {'b' * 16}…")]),
+    ([(2, "x"), (1, "a" * 64), (9, "y")], [ChainBreak(2, f"hash x… differs from the chain's {'b' * 16}…"),
+                                           ChainBreak(9, "no such record")]),
+])
+def test_quoted_records_that_the_chain_does_not_hold_are_named(quoted: list[tuple[int, str]],
+                                                                 expected: list[ChainBreak]) -> None:
+    """A report's records are checked against the chain one by one, in the report's order."""
+    assert mismatches(quoted, STORED) == expected

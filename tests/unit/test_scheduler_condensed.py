@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ballast.controllers.scheduler import _index, condensed
 from ballast.core.placement import NodeView, PlacedInstance, Resources, place
+from ballast.core.scheduling import condensed, index_placed
 
 NODES = [NodeView(f"n{i}", "cell-a" if i < 3 else "cell-b", i != 2, Resources(4000, 8 * 2**30)) for i in range(6)]
 
@@ -24,7 +24,7 @@ instance = st.builds(
 def test_condensed_view_gives_the_same_placement(placed: list[PlacedInstance], a: int, b: int,
                                                  request: Resources) -> None:
     """Same creations, removals and unplaced reasons from the condensed view as from every instance."""
-    by_app, usage = _index(placed)
+    by_app, usage = index_placed(placed)
     wanted = {"cell-a": a, "cell-b": b}
     assert place("shop", wanted, request, condensed("shop", by_app, usage), NODES) == \
         place("shop", wanted, request, placed, NODES)

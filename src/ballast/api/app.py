@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
-from ballast.api.deps import principal
+from ballast.api.deps import principal, retrying
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.store.engine import Store
@@ -145,10 +145,14 @@ class AuditAttempts:
                     who = await principal(request)
                 except BallastError:
                     who = None
-            async with self.store.write() as tx:
-                await tx.audit(actor=who.user if who else "anonymous",
-                               action=f"{request.method} {_printable(request.url.path)}",
-                               resource=_printable(request.url.path), result=_outcome(status),
-                               detail={"status": status})
+            actor = who.user if who else "anonymous"
+
+            async def record() -> None:
+                async with self.store.write() as tx:
+                    await tx.audit(actor=actor, action=f"{request.method} {_printable(request.url.path)}",
+                                   resource=_printable(request.url.path), result=_outcome(status),
+                                   detail={"status": status})
+
+            await retrying(record)  # the record of a refusal must not be lost to a race on the chain head
         except Exception:
             log.exception("could not audit a refused request")

@@ -1,13 +1,14 @@
-"""Request-scoped helpers shared by the routes: who is calling, may they, and retries."""
+"""Request-scoped helpers shared by the routes: who is calling, may they, writes with their retries, and
+the one item a read by name found."""
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, TypeVar
+from typing import Awaitable, Callable, Sequence, TypeVar
 
 from fastapi import Request
 
 from ballast.core.authz import Action, allowed, explain_denial
-from ballast.errors import Forbidden, RetryableConflict
+from ballast.errors import Conflict, Forbidden, NotFound, RetryableConflict
 from ballast.services.access import Principal, authenticate
 from ballast.store.engine import Store, Tx
 
@@ -55,21 +56,39 @@ def exempt_from_audit(request: Request) -> None:
 
 async def audited_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
     """One write transaction that audits itself (`change` appends its record), retried on a lost race."""
-    async def attempt() -> T:
-        async with store_of(request).write() as tx:
-            return await change(tx)
-
-    result = await retrying(attempt)
+    result = await _write(request, change)
     mark_audited(request)
     return result
 
 
+async def telemetry_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
+    """One write transaction of telemetry (heartbeats, acknowledgements): not audited, retried on a lost race."""
+    exempt_from_audit(request)
+    return await _write(request, change)
+
+
+async def _write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
+    async def attempt() -> T:
+        async with store_of(request).write() as tx:
+            return await change(tx)
+
+    return await retrying(attempt)
+
+
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Re-run a whole write decision when a compare-and-set lost a race."""
+    """Re-run a whole write decision when a compare-and-set lost a race; a race lost on every attempt is the
+    user's 409 (their change was not made: they may try again), never a 500."""
     for remaining in range(WRITE_ATTEMPTS - 1, -1, -1):
         try:
             return await attempt()
-        except RetryableConflict:
+        except RetryableConflict as exc:
             if not remaining:
-                raise
+                raise Conflict(f"{exc.what} changed concurrently; try again") from exc
     raise AssertionError("unreachable")
+
+
+def one(found: Sequence[T], missing: str) -> T:
+    """The item a read by name found, or NotFound with `missing` as its message."""
+    if not found:
+        raise NotFound(missing)
+    return found[0]

@@ -1,6 +1,7 @@
-"""Rows rendered as API objects: apiVersion / kind / metadata / spec / status.
+"""Records rendered as API objects: apiVersion / kind / metadata / spec / status.
 
-The CLI's `-o yaml|json` prints exactly these, so they are public API.
+The services read the store and hand back frozen records; this is the one place that turns them into
+the documents the API answers with. The CLI's `-o yaml|json` prints exactly these, so they are public API.
 """
 
 from __future__ import annotations
@@ -8,9 +9,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from ballast.core.audit_chain import AuditRecord
+from ballast.core.endpoints import EndpointRecord, pending_acks
 from ballast.core.manifests import API_VERSION
 from ballast.core.placement import format_cpu, format_memory
-from ballast.services.registry import NODE_TIMEOUT_SECONDS
+from ballast.services.apps import AppRecord, RevisionRecord
+from ballast.services.artifacts import ArtifactRecord
+from ballast.services.audit_trail import ChainCheck
+from ballast.services.endpoints import GatewayRecord
+from ballast.services.instances import InstanceRecord
+from ballast.services.topology import CellRecord, NodeRecord
 
 
 def iso(ts: float | None) -> str | None:
@@ -21,76 +29,91 @@ def _obj(kind: str, name: str, meta: dict[str, Any], spec: dict[str, Any], statu
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name, **meta}, "spec": spec, "status": status}
 
 
-def cell(row: Any, node_names: list[str]) -> dict[str, Any]:
-    return _obj("Cell", row.name, {"labels": row.labels, "creationTimestamp": iso(row.created_at),
-                                   "resourceVersion": row.resource_version},
-                row.spec, {"nodes": node_names})
+def cell(c: CellRecord) -> dict[str, Any]:
+    return _obj("Cell", c.name, {"labels": c.labels, "creationTimestamp": iso(c.created_at),
+                                 "resourceVersion": c.resource_version},
+                c.spec, {"nodes": list(c.nodes)})
 
 
-def node(row: Any, now: float, instance_count: int) -> dict[str, Any]:
-    age = now - row.last_heartbeat
-    return _obj("Node", row.name, {"labels": row.labels, "creationTimestamp": iso(row.registered_at),
-                                   "resourceVersion": row.resource_version},
-                {"cell": row.cell, "zone": row.zone, "ip": row.ip,
-                 "capacity": {"cpu": format_cpu(row.cpu_millis), "memory": format_memory(row.memory_bytes)},
-                 "metricsAddress": row.metrics_address},
-                {"ready": age < NODE_TIMEOUT_SECONDS, "lastHeartbeat": iso(row.last_heartbeat),
-                 "secondsSinceHeartbeat": round(age, 1), "instances": instance_count,
-                 "agentVersion": row.agent_version, "cordoned": row.cordoned})
+def node(n: NodeRecord) -> dict[str, Any]:
+    return _obj("Node", n.name, {"labels": n.labels, "creationTimestamp": iso(n.registered_at),
+                                 "resourceVersion": n.resource_version},
+                {"cell": n.cell, "zone": n.zone, "ip": n.ip,
+                 "capacity": {"cpu": format_cpu(n.cpu_millis), "memory": format_memory(n.memory_bytes)},
+                 "metricsAddress": n.metrics_address},
+                {"ready": n.ready, "lastHeartbeat": iso(n.last_heartbeat),
+                 "secondsSinceHeartbeat": round(n.seconds_since_heartbeat, 1), "instances": n.instances,
+                 "agentVersion": n.agent_version, "cordoned": n.cordoned})
 
 
-def app(row: Any, per_cell: dict[str, dict[str, int]]) -> dict[str, Any]:
-    total = sum(c["total"] for c in per_cell.values())
-    ready = sum(c["ready"] for c in per_cell.values())
-    status: dict[str, Any] = {"latestRevision": row.latest_revision, "deployedRevision": row.deployed_revision,
-                              "observedGeneration": row.generation, "instances": total, "readyInstances": ready,
-                              "cells": per_cell}
-    if row.status.get("unplaced"):
-        status["unplaced"] = row.status["unplaced"]
-    if row.status.get("message"):
-        status["message"] = row.status["message"]
-    elif row.latest_revision != row.deployed_revision:
-        status["message"] = f"revision {row.latest_revision} is recorded; instances run revision {row.deployed_revision}"
-    return _obj("AppService", row.name, {"labels": row.labels, "generation": row.generation,
-                                         "creationTimestamp": iso(row.created_at), "resourceVersion": row.resource_version},
-                row.spec, status)
+def app(a: AppRecord) -> dict[str, Any]:
+    per_cell = {name: {"total": c.total, "ready": c.ready} for name, c in a.cells.items()}
+    status: dict[str, Any] = {"latestRevision": a.latest_revision, "deployedRevision": a.deployed_revision,
+                              "observedGeneration": a.generation,
+                              "instances": sum(c.total for c in a.cells.values()),
+                              "readyInstances": sum(c.ready for c in a.cells.values()), "cells": per_cell}
+    if a.unplaced:
+        status["unplaced"] = a.unplaced
+    if a.message:
+        status["message"] = a.message
+    elif a.latest_revision != a.deployed_revision:
+        status["message"] = f"revision {a.latest_revision} is recorded; instances run revision {a.deployed_revision}"
+    return _obj("AppService", a.name, {"labels": a.labels, "generation": a.generation,
+                                       "creationTimestamp": iso(a.created_at), "resourceVersion": a.resource_version},
+                a.spec, status)
 
 
-def revision(row: Any, deployed: int | None) -> dict[str, Any]:
-    return _obj("Revision", f"{row.app}-{row.number}", {"app": row.app, "number": row.number,
-                                                        "creationTimestamp": iso(row.created_at)},
-                {"template": row.template}, {"hash": row.hash, "deployed": row.number == deployed})
+def revision(r: RevisionRecord) -> dict[str, Any]:
+    return _obj("Revision", f"{r.app}-{r.number}", {"app": r.app, "number": r.number,
+                                                    "creationTimestamp": iso(r.created_at)},
+                {"template": r.template}, {"hash": r.hash, "deployed": r.deployed})
 
 
-def instance(row: Any) -> dict[str, Any]:
-    return _obj("Instance", row.id, {"app": row.app, "creationTimestamp": iso(row.created_at),
-                                     "resourceVersion": row.resource_version},
-                {"app": row.app, "revision": row.revision, "node": row.node, "cell": row.cell, "desired": row.desired},
-                {"node": row.node, "cell": row.cell, "zone": row.zone, "ip": row.ip, "port": row.port,
+def instance(i: InstanceRecord) -> dict[str, Any]:
+    return _obj("Instance", i.id, {"app": i.app, "creationTimestamp": iso(i.created_at),
+                                   "resourceVersion": i.resource_version},
+                {"app": i.app, "revision": i.revision, "node": i.node, "cell": i.cell, "desired": i.desired},
+                {"node": i.node, "cell": i.cell, "zone": i.zone, "ip": i.ip, "port": i.port,
                  # what the agent reports running (the desired revision until it first reports); spec has the desired
-                 "revision": row.running_revision if row.running_revision is not None else row.revision,
-                 "phase": row.phase, "ready": row.ready, "restarts": row.restarts,
-                 "pid": row.pid, "message": row.message, "updated": iso(row.updated_at),
-                 "meshUrl": f"http://{row.ip}:{row.mesh_port}" if row.mesh_port else None,
+                 "revision": i.running_revision if i.running_revision is not None else i.revision,
+                 "phase": i.phase, "ready": i.ready, "restarts": i.restarts,
+                 "pid": i.pid, "message": i.message, "updated": iso(i.updated_at),
+                 "meshUrl": f"http://{i.ip}:{i.mesh_port}" if i.mesh_port else None,
                  # What the agent has been told: the intent in spec, once the drain protocol allowed it.
-                 "grantedRevision": row.granted_revision, "grantedDesired": row.granted_desired,
-                 "lastDrain": row.drain})
+                 "grantedRevision": i.granted_revision, "grantedDesired": i.granted_desired,
+                 "lastDrain": i.drain})
 
 
-def endpoint(row: Any, acked: dict[str, int]) -> dict[str, Any]:
-    required = [k for k in row.required or () if k in acked]  # a component deleted since routes nothing
-    acknowledged = [k for k in required if acked[k] >= row.generation]
-    return _obj("Endpoint", row.id, {"app": row.service},
-                {"service": row.service, "instance": row.id, "node": row.node, "cell": row.cell, "zone": row.zone,
-                 "ip": row.ip, "port": row.port, "revision": row.revision},
-                {"state": row.state, "generation": row.generation, "since": iso(row.since),
-                 "acknowledgedBy": acknowledged, "pending": [k for k in required if k not in acknowledged],
-                 "note": row.note})
+def endpoint(e: EndpointRecord, acked: dict[str, int]) -> dict[str, Any]:
+    pending = list(pending_acks(e, acked))  # a component deleted since routes nothing: neither list names it
+    return _obj("Endpoint", e.id, {"app": e.service},
+                {"service": e.service, "instance": e.id, "node": e.node, "cell": e.cell, "zone": e.zone,
+                 "ip": e.ip, "port": e.port, "revision": e.revision},
+                {"state": e.state.value, "generation": e.generation, "since": iso(e.since),
+                 "acknowledgedBy": [k for k in e.required if k in acked and k not in pending], "pending": pending,
+                 "note": e.note})
 
 
-def gateway(row: Any, registry_generation: int, now: float) -> dict[str, Any]:
-    return _obj("Gateway", row.name, {"creationTimestamp": iso(row.registered_at)},
-                {"address": row.address, "metricsAddress": row.metrics_address},
-                {"url": f"http://{row.address}", "acknowledgedGeneration": row.acked_generation,
-                 "registryGeneration": registry_generation, "inSync": row.acked_generation >= registry_generation,
-                 "appliedHash": row.applied_hash, "error": row.error, "lastSeen": iso(row.last_seen), "secondsSinceSeen": round(now - row.last_seen, 1)})
+def gateway(g: GatewayRecord) -> dict[str, Any]:
+    return _obj("Gateway", g.name, {"creationTimestamp": iso(g.registered_at)},
+                {"address": g.address, "metricsAddress": g.metrics_address},
+                {"url": f"http://{g.address}", "acknowledgedGeneration": g.acked_generation,
+                 "registryGeneration": g.registry_generation, "inSync": g.acked_generation >= g.registry_generation,
+                 "appliedHash": g.applied_hash, "error": g.error, "lastSeen": iso(g.last_seen), "secondsSinceSeen": round(g.seconds_since_seen, 1)})
+
+
+def artifact(a: ArtifactRecord) -> dict[str, Any]:
+    return {"digest": a.digest, "size": a.size, "createdAt": iso(a.created_at)}
+
+
+def audit_record(r: AuditRecord) -> dict[str, Any]:
+    return dict(vars(r))
+
+
+def chain_check(c: ChainCheck) -> dict[str, Any]:
+    """The chain's verdict; with the quoted records' mismatches when a report's records were checked."""
+    breaks = [{"seq": b.seq, "problem": b.problem} for b in c.breaks]
+    if c.checked is None:
+        return {"records": c.records, "ok": c.ok, "headHash": c.head_hash, "breaks": breaks}
+    return {"records": c.records, "ok": c.ok, "headHash": c.head_hash, "checked": c.checked, "breaks": breaks,
+            "mismatches": [{"seq": m.seq, "problem": m.problem} for m in c.mismatches]}

@@ -12,25 +12,21 @@ Also `GET /v1/apps/{app}/metrics`: one app's recent traffic as JSON, for `ballas
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Iterator, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
-from ballast.api.deps import principal, require, store_of
+from ballast.api.deps import one, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.orders import OrderPhase
 from ballast.core.release_engine import Phase
-from ballast.errors import NotFound
 from ballast.core.request_metrics import ZERO, Counts, summarize
 from ballast.core.verification import Verdict
-from ballast.services import request_metrics, verifications
+from ballast.services import apps, control_metrics, request_metrics
 from ballast.services.access import Principal
-from ballast.store.schema import apps, audit, endpoints, instances, orders, releases
 
 router = APIRouter()
 TRAFFIC_WINDOW = 30.0
@@ -44,9 +40,7 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-async def _families(conn: Any) -> list[GaugeMetricFamily]:
-    latest = (await conn.execute(select(releases).where(releases.c.id.in_(
-        select(func.max(releases.c.id)).group_by(releases.c.app))))).all()
+def _families(state: control_metrics.ControlPlaneState) -> list[GaugeMetricFamily]:
     phase = GaugeMetricFamily("ballast_release_phase", "1 for the phase the newest release of each app is in",
                               labels=["app", "release", "kind", "phase"])
     done = GaugeMetricFamily("ballast_release_completed_groups", "groups of the newest release that are done",
@@ -54,33 +48,30 @@ async def _families(conn: Any) -> list[GaugeMetricFamily]:
     total = GaugeMetricFamily("ballast_release_groups", "groups in the newest release's plan", labels=["app", "release"])
     target = GaugeMetricFamily("ballast_release_target_revision", "the revision the newest release goes to",
                                labels=["app", "release"])
-    for r in latest:
+    for r in state.releases:
         for p in Phase:
             phase.add_metric([r.app, str(r.id), r.kind, p.value], 1.0 if r.phase == p.value else 0.0)
         done.add_metric([r.app, str(r.id)], r.completed_groups)
-        total.add_metric([r.app, str(r.id)], len(r.plan))
+        total.add_metric([r.app, str(r.id)], r.groups)
         target.add_metric([r.app, str(r.id)], r.to_revision)
     order_phase = GaugeMetricFamily("ballast_order_phase", "1 for the phase each release order is in",
                                     labels=["order", "phase", "emergency"])
-    for o in (await conn.execute(select(orders.c.name, orders.c.phase, orders.c.emergency))).all():
+    for o in state.orders:
         for op in OrderPhase:
             order_phase.add_metric([o.name, op.value, str(o.emergency).lower()], 1.0 if o.phase == op.value else 0.0)
     inst = GaugeMetricFamily("ballast_instances", "running instances", labels=["app", "cell", "revision", "ready"])
-    counts = Counter((i.app, i.cell, str(i.revision), str(i.ready).lower()) for i in (await conn.execute(
-        select(instances.c.app, instances.c.cell, instances.c.revision, instances.c.ready)
-        .where(instances.c.desired == "running"))).all())
-    for key, n in sorted(counts.items()):
-        inst.add_metric(list(key), n)
+    for labels, n in sorted(((k.app, k.cell, str(k.revision), str(k.ready).lower()), n)
+                            for k, n in state.instances.items()):
+        inst.add_metric(list(labels), n)
     eps = GaugeMetricFamily("ballast_endpoints", "registry endpoints", labels=["service", "state"])
-    for (service, state), n in sorted(Counter((e.service, e.state) for e in (await conn.execute(
-            select(endpoints.c.service, endpoints.c.state))).all()).items()):
-        eps.add_metric([service, state], n)
+    for (service, endpoint_state), n in sorted(state.endpoints.items()):
+        eps.add_metric([service, endpoint_state], n)
     records = GaugeMetricFamily("ballast_audit_records", "records in the audit chain")
-    records.add_metric([], (await conn.execute(select(func.count()).select_from(audit))).scalar_one())
-    return [phase, done, total, target, order_phase, inst, eps, records, *await _verification_families(conn, latest)]
+    records.add_metric([], state.audit_records)
+    return [phase, done, total, target, order_phase, inst, eps, records, *_verification_families(state.releases)]
 
 
-async def _verification_families(conn: Any, latest: list[Any]) -> list[GaugeMetricFamily]:
+def _verification_families(latest: tuple[control_metrics.NewestRelease, ...]) -> list[GaugeMetricFamily]:
     """The newest verification of each group of each app's newest release, and the numbers it was judged on."""
     labels = ["app", "release", "group"]
     state = GaugeMetricFamily("ballast_release_verification_state", "1 for the state of the group's newest "
@@ -92,12 +83,8 @@ async def _verification_families(conn: Any, latest: list[Any]) -> list[GaugeMetr
     p99 = GaugeMetricFamily("ballast_release_verification_p99_seconds", "p99 response time in the window",
                             labels=[*labels, "side", "revision"])
     for r in latest:
-        attempts = await verifications.rows(conn, r.id)
-        names = {g["index"]: g["name"] for g in r.plan}
-        for index in sorted({a.group_index for a in attempts}):
-            newest = verifications.latest(attempts, index)
-            assert newest is not None
-            values = [r.app, str(r.id), names.get(index, str(index))]
+        for newest in r.verifications:
+            values = [r.app, str(r.id), newest.group]
             for v in Verdict:
                 state.add_metric([*values, v.value], 1.0 if newest.state == v.value else 0.0)
             for side in ("canary", "baseline"):
@@ -149,7 +136,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
                   who: Principal = Depends(principal)) -> Response:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
-        families = await _families(conn)
+        families = _families(await control_metrics.read(conn))
         sources = await request_metrics.all_sidecar_sources(conn)
     if traffic:
         families += await _traffic_families(sources)
@@ -168,12 +155,9 @@ async def app_request_metrics(app: str, request: Request,
     their sidecars counted it (or the gateways); unreadable sources are named."""
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:
-        row = (await conn.execute(select(apps.c.deployed_revision, apps.c.latest_revision)
-                                  .where(apps.c.name == app))).first()
-        if row is None:
-            raise NotFound(f"app {app!r} not found")
+        record = one(await apps.list_apps(conn, app), f"app {app!r} not found")
         sources = await request_metrics.sources(conn, app, source)
     readings = await request_metrics.read(sources, app, window)
     return {"app": app, "by": by, "source": source, "windowSeconds": window,
-            "deployedRevision": row.deployed_revision, "latestRevision": row.latest_revision,
+            "deployedRevision": record.deployed_revision, "latestRevision": record.latest_revision,
             "rows": request_metrics.rows(readings, by, window), "sources": [r.to_json() for r in readings]}

@@ -2,43 +2,37 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy import select
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
+from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
 from ballast.core.authz import Action
 from ballast.core.manifests import NAME_PATTERN
-from ballast.errors import NotFound
-from ballast.services import evacuation, registry
+from ballast.services import evacuation, registry, topology
 from ballast.services.access import Principal
-from ballast.store.schema import instances, nodes
 from ballast.wire.reports import NodeRegistration, StatusReport
 
 router = APIRouter()
 NodeName = Path(pattern=NAME_PATTERN, max_length=63)
 
 
-@router.get("/nodes", tags=["nodes"])
-async def list_nodes(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def _nodes(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
     require_topology_read(who)
     store = store_of(request)
     async with store.read() as conn:
-        rows = (await conn.execute(select(nodes).order_by(nodes.c.name))).all()
-        counts = Counter((await conn.execute(select(instances.c.node).where(instances.c.desired == "running"))).scalars())
-    now = store.clock()
-    return {"items": [objects.node(r, now, counts[r.name]) for r in rows]}
+        return [objects.node(n) for n in await topology.list_nodes(conn, store.clock(), name)]
+
+
+@router.get("/nodes", tags=["nodes"])
+async def list_nodes(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return {"items": await _nodes(request, who)}
 
 
 @router.get("/nodes/{name}", tags=["nodes"])
 async def get_node(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    for item in (await list_nodes(request, who))["items"]:
-        if item["metadata"]["name"] == name:
-            return item  # type: ignore[no-any-return]
-    raise NotFound(f"node {name!r} not found")
+    return one(await _nodes(request, who, name), f"node {name!r} not found")
 
 
 @router.put("/nodes/{name}", tags=["nodes"])
@@ -53,13 +47,9 @@ async def register_node(body: NodeRegistration, request: Request, name: str = No
 async def report_status(body: StatusReport, request: Request, name: str = NodeName,
                         who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
-    exempt_from_audit(request)
+    reports = body.instances
 
-    async def attempt() -> None:
-        async with store_of(request).write() as tx:
-            await registry.report_status(tx, name, body.instances)
-
-    await retrying(attempt)
+    await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports))
     return {"ok": True}
 
 

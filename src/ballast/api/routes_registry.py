@@ -6,17 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy import select
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, exempt_from_audit, principal, require, require_topology_read, retrying, store_of
+from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core.manifests import NAME_PATTERN
-from ballast.errors import NotFound
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
-from ballast.store.schema import apps
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
 
 router = APIRouter()
@@ -32,13 +29,8 @@ async def registry_snapshot(request: Request, known: int | None = Query(None, ge
 
 
 async def _ack(request: Request, kind: str, name: str, body: Acknowledgement) -> dict[str, Any]:
-    exempt_from_audit(request)
-
-    async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            return await registry.acknowledge(tx, kind, name, body.generation, body.applied_hash, body.error)
-
-    return await retrying(attempt)
+    return await telemetry_write(request, lambda tx: registry.acknowledge(tx, kind, name, body.generation,
+                                                                          body.applied_hash, body.error))
 
 
 @router.post("/nodes/{name}/ack", tags=["registry"])
@@ -65,22 +57,21 @@ async def ack_gateway(body: Acknowledgement, request: Request, name: str = Compo
     return await _ack(request, GATEWAY, name, body)
 
 
-@router.get("/gateways", tags=["registry"])
-async def list_gateways(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def _gateways(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
     require_topology_read(who)
     store = store_of(request)
     async with store.read() as conn:
-        rows = await registry.list_components(conn, GATEWAY)
-        current = await registry.generation(conn)
-    return {"items": [objects.gateway(r, current, store.clock()) for r in rows]}
+        return [objects.gateway(g) for g in await registry.list_gateways(conn, store.clock(), name)]
+
+
+@router.get("/gateways", tags=["registry"])
+async def list_gateways(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return {"items": await _gateways(request, who)}
 
 
 @router.get("/gateways/{name}", tags=["registry"])
 async def get_gateway(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    for item in (await list_gateways(request, who))["items"]:
-        if item["metadata"]["name"] == name:
-            return item  # type: ignore[no-any-return]
-    raise NotFound(f"gateway {name!r} not found")
+    return one(await _gateways(request, who, name), f"gateway {name!r} not found")
 
 
 @router.delete("/gateways/{name}", tags=["registry"])
@@ -97,9 +88,6 @@ async def list_endpoints(app: str, request: Request, who: Principal = Depends(pr
     """Each endpoint of the service: its state, and which components have acknowledged it."""
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:
-        app_row = (await conn.execute(select(apps.c.name).where(apps.c.name == app))).first()
-        rows = await registry.list_endpoints(conn, app)
+        found = await registry.list_endpoints(conn, app)
         acked = await registry.acknowledged(conn)
-    if app_row is None and not rows:
-        raise NotFound(f"app {app!r} not found")
-    return {"items": [objects.endpoint(r, acked) for r in rows]}
+    return {"items": [objects.endpoint(e, acked) for e in found]}

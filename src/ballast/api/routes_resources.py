@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, insert, select
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, mark_audited, may_read_app, principal, require, require_topology_read, retrying,
-                              store_of)
+from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_topology_read,
+                              retrying, store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
 from ballast.errors import FieldProblem, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
-from ballast.services import registry
+from ballast.services import apps, artifacts, audit_trail, instances, registry, topology
 from ballast.services.access import Principal
-from ballast.store import audit_log
-from ballast.store.schema import apps, artifacts, cells, instances, nodes, revisions
 
 router = APIRouter()
 MAX_ARTIFACT_BYTES = 200 * 1024 * 1024
@@ -48,24 +43,20 @@ async def apply(body: ApplyRequest, request: Request, who: Principal = Depends(p
     return {"dryRun": body.dry_run, "results": [r.to_dict() for r in results]}
 
 
-@router.get("/cells", tags=["resources"])
-async def list_cells(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def _cells(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
     require_topology_read(who)
     async with store_of(request).read() as conn:
-        node_rows = (await conn.execute(select(nodes.c.name, nodes.c.cell).order_by(nodes.c.name))).all()
-        by_cell: dict[str, list[str]] = defaultdict(list)
-        for n in node_rows:
-            by_cell[n.cell].append(n.name)
-        rows = (await conn.execute(select(cells).order_by(cells.c.name))).all()
-    return {"items": [objects.cell(r, by_cell[r.name]) for r in rows]}
+        return [objects.cell(c) for c in await topology.list_cells(conn, name)]
+
+
+@router.get("/cells", tags=["resources"])
+async def list_cells(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return {"items": await _cells(request, who)}
 
 
 @router.get("/cells/{name}", tags=["resources"])
 async def get_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    for item in (await list_cells(request, who))["items"]:
-        if item["metadata"]["name"] == name:
-            return item  # type: ignore[no-any-return]
-    raise NotFound(f"cell {name!r} not found")
+    return one(await _cells(request, who, name), f"cell {name!r} not found")
 
 
 @router.delete("/cells/{name}", tags=["resources"])
@@ -76,37 +67,20 @@ async def delete_cell(name: str, request: Request, who: Principal = Depends(prin
     return {"deleted": f"Cell/{name}"}
 
 
-async def _app_rows(request: Request, who: Principal, name: str | None) -> list[dict[str, Any]]:
+async def _apps(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
     async with store_of(request).read() as conn:
-        query = select(apps).order_by(apps.c.name)
-        if name is not None:
-            query = query.where(apps.c.name == name)
-        rows = [r for r in (await conn.execute(query)).all() if may_read_app(who, r.name)]
-        counts_query = (select(instances.c.app, instances.c.cell, instances.c.ready, func.count())
-                        .where(instances.c.desired == "running")
-                        .group_by(instances.c.app, instances.c.cell, instances.c.ready))
-        if name is not None:
-            counts_query = counts_query.where(instances.c.app == name)
-        per_app: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-        for app_name, cell, ready, count in (await conn.execute(counts_query)).all():
-            slot = per_app[app_name].setdefault(cell, {"total": 0, "ready": 0})
-            slot["total"] += count
-            slot["ready"] += count if ready else 0
-    return [objects.app(r, per_app[r.name]) for r in rows]
+        return [objects.app(a) for a in await apps.list_apps(conn, name) if may_read_app(who, a.name)]
 
 
 @router.get("/apps", tags=["resources"])
 async def list_apps(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    return {"items": await _app_rows(request, who, None)}
+    return {"items": await _apps(request, who)}
 
 
 @router.get("/apps/{name}", tags=["resources"])
 async def get_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ, name)
-    items = await _app_rows(request, who, name)
-    if not items:
-        raise NotFound(f"app {name!r} not found")
-    return items[0]
+    return one(await _apps(request, who, name), f"app {name!r} not found")
 
 
 @router.delete("/apps/{name}", tags=["resources"])
@@ -117,23 +91,28 @@ async def delete_app(name: str, request: Request, who: Principal = Depends(princ
     return {"deleted": f"AppService/{name}", "instancesStopping": stopping}
 
 
+async def _revisions(request: Request, who: Principal, app: str, number: int | None = None) -> list[dict[str, Any]]:
+    require(who, Action.READ, app)
+    async with store_of(request).read() as conn:
+        return [objects.revision(r) for r in await apps.list_revisions(conn, app, number)]
+
+
 @router.get("/apps/{name}/revisions", tags=["resources"])
 async def list_revisions(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.READ, name)
-    async with store_of(request).read() as conn:
-        app_row = (await conn.execute(select(apps.c.deployed_revision).where(apps.c.name == name))).first()
-        if app_row is None:
-            raise NotFound(f"app {name!r} not found")
-        rows = (await conn.execute(select(revisions).where(revisions.c.app == name).order_by(revisions.c.number))).all()
-    return {"items": [objects.revision(r, app_row.deployed_revision) for r in rows]}
+    return {"items": await _revisions(request, who, name)}
 
 
 @router.get("/apps/{name}/revisions/{number}", tags=["resources"])
 async def get_revision(name: str, number: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    for item in (await list_revisions(name, request, who))["items"]:
-        if item["metadata"]["number"] == number:
-            return item  # type: ignore[no-any-return]
-    raise NotFound(f"app {name!r} has no revision {number}")
+    return one(await _revisions(request, who, name, number), f"app {name!r} has no revision {number}")
+
+
+async def _instances(request: Request, who: Principal, *, app: str | None = None, node: str | None = None,
+                     instance_id: str | None = None) -> list[dict[str, Any]]:
+    """Instances matching every filter given; those of apps the caller may not read are, to them, not there."""
+    async with store_of(request).read() as conn:
+        found = await instances.list_instances(conn, app=app, node=node, instance_id=instance_id)
+    return [objects.instance(i) for i in found if may_read_app(who, i.app)]
 
 
 @router.get("/instances", tags=["resources"])
@@ -142,23 +121,12 @@ async def list_instances(request: Request, app: str | None = Query(None, max_len
                          who: Principal = Depends(principal)) -> dict[str, Any]:
     if app is not None:
         require(who, Action.READ, app)
-    async with store_of(request).read() as conn:
-        query = select(instances).order_by(instances.c.app, instances.c.cell, instances.c.id)
-        if app is not None:
-            query = query.where(instances.c.app == app)
-        if node is not None:
-            query = query.where(instances.c.node == node)
-        rows = (await conn.execute(query)).all()
-    return {"items": [objects.instance(r) for r in rows if may_read_app(who, r.app)]}
+    return {"items": await _instances(request, who, app=app, node=node)}
 
 
 @router.get("/instances/{instance_id}", tags=["resources"])
 async def get_instance(instance_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    async with store_of(request).read() as conn:
-        row = (await conn.execute(select(instances).where(instances.c.id == instance_id))).first()
-    if row is None or not may_read_app(who, row.app):
-        raise NotFound(f"instance {instance_id!r} not found")
-    return objects.instance(row)
+    return one(await _instances(request, who, instance_id=instance_id), f"instance {instance_id!r} not found")
 
 
 @router.post("/artifacts", tags=["artifacts"], status_code=201)
@@ -175,31 +143,19 @@ async def push_artifact(request: Request, response: Response, who: Principal = D
             raise PayloadTooLarge(f"artifact exceeds the limit of {MAX_ARTIFACT_BYTES} bytes")
     if not body:
         raise InvalidInput("empty artifact", problems=[FieldProblem("body", "", "a non-empty .tar.gz package")])
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    content = bytes(body)
 
-    async def attempt() -> bool:
-        async with store_of(request).write() as tx:
-            exists = (await tx.conn.execute(select(artifacts.c.digest).where(artifacts.c.digest == digest))).first()
-            if exists is None:
-                await tx.conn.execute(insert(artifacts).values(digest=digest, size=len(body), content=bytes(body),
-                                                               created_at=tx.now))
-            await tx.audit(actor=who.user, action="artifact.push", resource=f"Artifact/{digest}",
-                           after=digest, detail={"size": len(body), "new": exists is None})
-            return exists is None
-
-    created = await retrying(attempt)
-    mark_audited(request)
-    response.status_code = 201 if created else 200
-    return {"digest": digest, "size": len(body), "created": created}
+    pushed = await audited_write(request, lambda tx: artifacts.push(tx, content, who.user))
+    response.status_code = 201 if pushed.created else 200
+    return {"digest": pushed.digest, "size": pushed.size, "created": pushed.created}
 
 
 @router.get("/artifacts", tags=["artifacts"])
 async def list_artifacts(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require_topology_read(who)
     async with store_of(request).read() as conn:
-        rows = (await conn.execute(select(artifacts.c.digest, artifacts.c.size, artifacts.c.created_at)
-                                   .order_by(artifacts.c.created_at))).all()
-    return {"items": [{"digest": r.digest, "size": r.size, "createdAt": objects.iso(r.created_at)} for r in rows]}
+        found = await artifacts.list_artifacts(conn)
+    return {"items": [objects.artifact(a) for a in found]}
 
 
 @router.get("/artifacts/{digest}", tags=["artifacts"])
@@ -208,10 +164,10 @@ async def fetch_artifact(digest: str, request: Request, who: Principal = Depends
     if not _DIGEST.match(digest):
         raise InvalidInput("invalid digest", problems=[FieldProblem("digest", digest, "sha256:<64 hex digits>")])
     async with store_of(request).read() as conn:
-        row = (await conn.execute(select(artifacts.c.content).where(artifacts.c.digest == digest))).first()
-    if row is None:
+        content = await artifacts.content(conn, digest)
+    if content is None:
         raise NotFound(f"artifact {digest} not found; push it with 'ballast artifact push DIR'")
-    return Response(content=row.content, media_type="application/gzip")
+    return Response(content=content, media_type="application/gzip")
 
 
 @router.get("/audit", tags=["audit"])
@@ -219,19 +175,15 @@ async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
-        recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0)
-    recs.sort(key=lambda r: r.seq)
-    return {"items": [r.__dict__ for r in recs]}
+        recs = await audit_trail.recent(conn, after=after, limit=limit)
+    return {"items": [objects.audit_record(r) for r in recs]}
 
 
 @router.get("/audit/verify", tags=["audit"])
 async def verify_audit(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
-        count, breaks, head = await audit_log.verify_all(conn)
-    return {"records": count, "ok": not breaks, "headHash": head,
-            "breaks": [{"seq": b.seq, "problem": b.problem} for b in breaks]}
-
+        return objects.chain_check(await audit_trail.check(conn))
 
 
 class RecordRef(BaseModel):
@@ -252,11 +204,5 @@ async def verify_audit_records(body: VerifyRecords, request: Request,
     require(who, Action.READ)
     request.state.audit_exempt = True  # a check changes nothing
     async with store_of(request).read() as conn:
-        count, breaks, head = await audit_log.verify_all(conn)
-        first, last = min(x.seq for x in body.records), max(x.seq for x in body.records)
-        stored = {r.seq: r.hash for r in await audit_log.records(conn, after_seq=first - 1, limit=last - first + 1)}
-    mismatches = [{"seq": x.seq, "problem": "no such record" if x.seq not in stored else
-                   f"hash {x.hash[:16]}… differs from the chain's {stored[x.seq][:16]}…"}
-                  for x in body.records if stored.get(x.seq) != x.hash]
-    return {"records": count, "ok": not breaks and not mismatches, "headHash": head, "checked": len(body.records),
-            "breaks": [{"seq": b.seq, "problem": b.problem} for b in breaks], "mismatches": mismatches}
+        check = await audit_trail.check(conn, [(x.seq, x.hash) for x in body.records])
+    return objects.chain_check(check)

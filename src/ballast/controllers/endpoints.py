@@ -21,8 +21,8 @@ from ballast.controllers.loop import run_passes
 from ballast.core.endpoints import (Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
                                     pending_acks)
 from ballast.core.manifests import stored_spec
+from ballast.core.nodes import node_ready
 from ballast.services import endpoints as registry_records
-from ballast.services.registry import NODE_TIMEOUT_SECONDS
 from ballast.store.engine import ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, endpoints, instances, nodes
 
@@ -34,12 +34,12 @@ State = tuple[list[InstanceFacts], dict[str, EndpointRecord], list[Component], d
 
 
 async def _read(conn: AsyncConnection, now: float) -> State:
-    node_ready = {n.name: now - n.last_heartbeat < NODE_TIMEOUT_SECONDS
-                  for n in (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat))).all()}
+    nodes_ready = {n.name: node_ready(n.last_heartbeat, now)
+                   for n in (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat))).all()}
     facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
                            revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
                            granted_desired=i.granted_desired, running_revision=i.running_revision,
-                           phase=i.phase, ready=i.ready, node_ready=node_ready.get(i.node, False))
+                           phase=i.phase, ready=i.ready, node_ready=nodes_ready.get(i.node, False))
              for i in (await conn.execute(select(instances))).all()]
     eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
     comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)

@@ -74,7 +74,7 @@ async def _reconcile(store: Store, row: Any) -> int:
                                                            orders.c.resource_version == row.resource_version)
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
         if guard.rowcount != 1:
-            raise RetryableConflict(f"order {row.name} changed")
+            raise RetryableConflict(f"order {row.name!r}")
         await _apply(tx, row, {v.app: v for v in views}, decision)
     return 1
 

@@ -16,14 +16,15 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ballast.controllers.loop import run_passes
-from ballast.controllers.scheduler import insert_instance, instance_id_for, placement_inputs
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import place
 from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Phase, Retire, SetRevision,
                                          Transition, decide)
+from ballast.core.scheduling import instance_id_for
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
 from ballast.services import verifications
+from ballast.services.placement import insert_instance, placement_inputs
 from ballast.store.engine import (ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY,
                                   VERIFICATION, Store, Tx)
 from ballast.store.schema import apps, instances, nodes, releases
@@ -69,7 +70,7 @@ async def _reconcile(store: Store, row: Any) -> bool:
                                                              releases.c.resource_version == row.resource_version)
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
         if guard.rowcount != 1:
-            raise RetryableConflict(f"release {row.id} changed")
+            raise RetryableConflict(f"release {row.id}")
         done = [await _apply(tx, row, app_row, action) for action in decision.actions]
         done = [d for d in done if d]
         if done:

@@ -62,3 +62,10 @@ def verify(records: Iterable[AuditRecord], head_seq: int, head_hash: str) -> lis
     if (last_seq, last_hash) != (head_seq, head_hash):
         breaks.append(ChainBreak(last_seq, f"chain head is record {head_seq} but the log ends at record {last_seq} (records removed or head altered)"))
     return breaks
+
+
+def mismatches(quoted: Iterable[tuple[int, str]], stored: dict[int, str]) -> list[ChainBreak]:
+    """Records a report quotes (seq, hash) that the chain does not hold with exactly that hash."""
+    return [ChainBreak(seq, "no such record" if seq not in stored else
+                       f"hash {digest[:16]}… differs from the chain's {stored[seq][:16]}…")
+            for seq, digest in quoted if stored.get(seq) != digest]

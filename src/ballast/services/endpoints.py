@@ -11,6 +11,7 @@ they are not audited; registering and deleting a gateway is.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -132,11 +133,32 @@ async def delete_component(tx: Tx, kind: str, name: str, actor: str) -> None:
         await tx.audit(actor=actor, action=f"{kind}.delete", resource=f"{kind.capitalize()}/{name}")
 
 
-async def list_components(conn: AsyncConnection, kind: str | None = None) -> list[Any]:
-    query = select(components).order_by(components.c.kind, components.c.name)
-    if kind is not None:
-        query = query.where(components.c.kind == kind)
-    return list((await conn.execute(query)).all())
+@dataclass(frozen=True)
+class GatewayRecord:
+    name: str
+    registered_at: float
+    address: str
+    metrics_address: str | None
+    acked_generation: int
+    registry_generation: int   # what it would have to acknowledge to be in sync
+    applied_hash: str          # digest of the configuration it runs, as it acknowledged
+    error: str
+    last_seen: float
+    seconds_since_seen: float  # at the moment of the read
+
+
+async def list_gateways(conn: AsyncConnection, now: float, name: str | None = None) -> list[GatewayRecord]:
+    """Every gateway (or the one named) as of `now`, with what it acknowledged of the registry, in name order."""
+    query = select(components).where(components.c.kind == GATEWAY).order_by(components.c.name)
+    if name is not None:
+        query = query.where(components.c.name == name)
+    current = await generation(conn)
+    return [GatewayRecord(name=r.name, registered_at=r.registered_at, address=r.address,
+                          metrics_address=r.metrics_address, acked_generation=r.acked_generation,
+                          registry_generation=current, applied_hash=r.applied_hash, error=r.error,
+                          last_seen=r.last_seen,
+                          seconds_since_seen=now - r.last_seen)
+            for r in (await conn.execute(query)).all()]
 
 
 async def acknowledged(conn: AsyncConnection) -> dict[str, int]:
@@ -145,6 +167,10 @@ async def acknowledged(conn: AsyncConnection) -> dict[str, int]:
     return {f"{r.kind}/{r.name}": int(r.acked_generation) for r in rows}
 
 
-async def list_endpoints(conn: AsyncConnection, service: str) -> list[Any]:
-    return list((await conn.execute(select(endpoints).where(endpoints.c.service == service)
-                                    .order_by(endpoints.c.cell, endpoints.c.id))).all())
+async def list_endpoints(conn: AsyncConnection, service: str) -> list[EndpointRecord]:
+    """The service's endpoints by cell and id; NotFound if there is no such app and none are left of it."""
+    rows = (await conn.execute(select(endpoints).where(endpoints.c.service == service)
+                               .order_by(endpoints.c.cell, endpoints.c.id))).all()
+    if not rows and (await conn.execute(select(apps.c.name).where(apps.c.name == service))).first() is None:
+        raise NotFound(f"app {service!r} not found")
+    return [endpoint_record(r) for r in rows]

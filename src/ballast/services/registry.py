@@ -28,7 +28,6 @@ from ballast.wire.reports import InstanceReport, NodeRegistration
 ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
 ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
 
-NODE_TIMEOUT_SECONDS = 10.0
 _REPORTED_FIELDS = ("phase", "ready", "pid", "port", "mesh_port", "restarts", "message", "running_revision", "drain")
 
 

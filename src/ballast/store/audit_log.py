@@ -34,7 +34,7 @@ async def append(conn: AsyncConnection, *, actor: str, action: str, resource: st
     moved = await conn.execute(
         update(audit_head).where(audit_head.c.id == 1, audit_head.c.seq == head.seq).values(seq=seq, hash=digest))
     if moved.rowcount != 1:
-        raise RetryableConflict("audit chain head moved")
+        raise RetryableConflict("the audit chain")
     await conn.execute(insert(audit).values(seq=seq, ts=ts, actor=actor, action=action, resource=resource,
                                             before=before, after=after, result=result, detail=detail,
                                             prev_hash=head.hash, hash=digest))

@@ -1,0 +1,58 @@
+"""Artifacts: the packages (.tar.gz) instances run, stored under their sha256 digest.
+
+A push of content already stored changes nothing but is still audited (who pushed what, and that it was
+not new); agents fetch the content by digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ballast.store.engine import Tx
+from ballast.store.schema import artifacts
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    digest: str
+    size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Pushed:
+    digest: str
+    size: int
+    created: bool   # False: that content was stored already
+
+
+def digest_of(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+async def push(tx: Tx, content: bytes, actor: str) -> Pushed:
+    digest = digest_of(content)
+    exists = (await tx.conn.execute(select(artifacts.c.digest).where(artifacts.c.digest == digest))).first()
+    if exists is None:
+        await tx.conn.execute(insert(artifacts).values(digest=digest, size=len(content), content=content,
+                                                       created_at=tx.now))
+    await tx.audit(actor=actor, action="artifact.push", resource=f"Artifact/{digest}",
+                   after=digest, detail={"size": len(content), "new": exists is None})
+    return Pushed(digest, len(content), exists is None)
+
+
+async def list_artifacts(conn: AsyncConnection) -> list[ArtifactRecord]:
+    """Every stored artifact, oldest first (without its content)."""
+    rows = (await conn.execute(select(artifacts.c.digest, artifacts.c.size, artifacts.c.created_at)
+                               .order_by(artifacts.c.created_at))).all()
+    return [ArtifactRecord(r.digest, r.size, r.created_at) for r in rows]
+
+
+async def content(conn: AsyncConnection, digest: str) -> bytes | None:
+    """The package stored under `digest`, or None."""
+    row = (await conn.execute(select(artifacts.c.content).where(artifacts.c.digest == digest))).first()
+    return None if row is None else bytes(row.content)
