@@ -22,16 +22,18 @@ from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orde
 from ballast.api.deps import principal, retrying
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
+from ballast.services.access import TokenPolicy
 from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.api")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-def create_app(store: Store) -> FastAPI:
+def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> FastAPI:
     app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
                   redoc_url=None)
     app.state.store = store
+    app.state.token_policy = token_policy
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api.deps import audited_write, principal, require, store_of
-from ballast.core.authz import Action, allowed
+from ballast.core.authz import Action, allowed, explain_denial
 from ballast.core.manifests import NAME_PATTERN, StoredText
-from ballast.errors import FieldProblem, InvalidInput
+from ballast.errors import FieldProblem, Forbidden, InvalidInput
 from ballast.services import access
 from ballast.services.access import Principal
+from ballast.store.engine import Tx
 
 router = APIRouter()
 
@@ -107,14 +108,23 @@ async def create_token(body: NewToken, request: Request, who: Principal = Depend
     if user != who.user:
         require(who, Action.MANAGE_ACCESS)
 
-    return await audited_write(request, lambda tx: access.create_token(tx, user, body.name, body.ttlSeconds, who.user))
+    policy: access.TokenPolicy = request.app.state.token_policy
+
+    async def mint(tx: Tx) -> dict[str, Any]:
+        expires = policy.expiry(tx.now, body.ttlSeconds, who)
+        return await access.create_token(tx, user, body.name, expires, who.user)
+
+    return await audited_write(request, mint)
 
 
 @router.delete("/tokens/{token_id}", tags=["access"])
 async def revoke_token(token_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    async with store_of(request).read() as conn:
-        owner = await access.token_owner(conn, token_id)
-    if owner != who.user:
-        require(who, Action.MANAGE_ACCESS)
+    if not allowed(who.bindings, Action.MANAGE_ACCESS):
+        # Without the right to manage access, a token that is not one's own is refused before anything is said
+        # of whether it exists.
+        async with store_of(request).read() as conn:
+            owner = await access.token_owner(conn, token_id)
+        if owner != who.user:
+            raise Forbidden(explain_denial(who.user, who.bindings, Action.MANAGE_ACCESS, None))
 
     return await audited_write(request, lambda tx: access.revoke_token(tx, token_id, who.user))

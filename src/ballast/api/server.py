@@ -11,7 +11,7 @@ import uvicorn
 
 from ballast.api.app import create_app
 from ballast.controllers import endpoints, orders, releases, scheduler, verification
-from ballast.services.access import bootstrap_admin
+from ballast.services.access import TokenPolicy, bootstrap_admin
 from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.server")
@@ -39,7 +39,8 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None) -> None:
+async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
+                token_policy: TokenPolicy = TokenPolicy()) -> None:
     store = await Store.open(store_url)
     token = await bootstrap_admin(store)
     if token is not None:
@@ -48,7 +49,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         else:
             write_secret(bootstrap_token_file, token + "\n")
             log.warning("empty store: created user 'admin'; its token is in %s", bootstrap_token_file)
-    app = create_app(store)
+    app = create_app(store, token_policy=token_policy)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")

@@ -84,9 +84,12 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
 @click.option("--listen", default="127.0.0.1:7700", show_default=True)
 @click.option("--bootstrap-token-file", type=click.Path(dir_okay=False, path_type=Path),
               help="on an empty store, write the first admin token here (else it is printed)")
-def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
+@click.option("--max-token-ttl", type=click.FloatRange(min=60), default=90 * 86400, show_default=True,
+              help="seconds: the longest a token may live (every token but the bootstrap admin's)")
+def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float) -> None:
     """Run the control plane."""
     from ballast.api.server import serve
+    from ballast.services.access import TokenPolicy
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
         _fail(f"error: --listen {listen!r}: expected HOST:PORT with a port in 1..65535", 2)
@@ -94,7 +97,8 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None) -> None:
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file))
+        asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
+                          TokenPolicy(max_seconds=max_token_ttl)))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
 

@@ -30,6 +30,37 @@ class Principal:
     user: str
     token_id: str
     bindings: tuple[Binding, ...]
+    expires_at: float | None = None     # when the token this principal authenticated with expires
+
+
+DEFAULT_MAX_TOKEN_SECONDS = 90 * 86400
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How long a token may live: at most `max_seconds` (None: no limit), and never longer than the token that
+    mints it. Only the bootstrap admin's first token is exempt (it is how the platform is first reached)."""
+
+    max_seconds: float | None = DEFAULT_MAX_TOKEN_SECONDS
+
+    def expiry(self, now: float, requested_seconds: float | None, minted_by: Principal) -> float | None:
+        """When a new token expires; InvalidInput naming `ttlSeconds` when it would outlive what is allowed."""
+        limits = []
+        if self.max_seconds is not None:
+            limits.append((now + self.max_seconds, f"at most {self.max_seconds:g} seconds, the platform's longest "
+                                                   "token lifetime"))
+        if minted_by.expires_at is not None:
+            left = max(0.0, minted_by.expires_at - now)
+            limits.append((minted_by.expires_at, f"at most {left:.0f} seconds: a token may not outlive the token "
+                                                 f"that mints it ({minted_by.token_id})"))
+        if requested_seconds is None:
+            return min((at for at, _ in limits), default=None)
+        wanted = now + requested_seconds
+        for at, why in limits:
+            if wanted > at:
+                raise InvalidInput("token lifetime too long; no token was created",
+                                   problems=[FieldProblem("ttlSeconds", requested_seconds, why)])
+        return wanted
 
 
 def hash_token(token: str) -> str:
@@ -67,7 +98,8 @@ async def authenticate(store: Store, token: str | None, now: float) -> Principal
             raise Unauthenticated(f"API token {row.id} was revoked")
         if row.expires_at is not None and row.expires_at <= now:
             raise Unauthenticated(f"API token {row.id} has expired")
-        principal = Principal(user=row.user, token_id=row.id, bindings=await bindings_of(conn, row.user))
+        principal = Principal(user=row.user, token_id=row.id, bindings=await bindings_of(conn, row.user),
+                              expires_at=row.expires_at)
     if len(cache) > 10_000:
         cache.clear()
     cache[key] = _Cached(principal, stamp, now, row.expires_at)
@@ -141,12 +173,12 @@ async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
     return out
 
 
-async def create_token(tx: Tx, user: str, name: str, ttl_seconds: float | None, actor: str) -> dict[str, Any]:
+async def create_token(tx: Tx, user: str, name: str, expires: float | None, actor: str) -> dict[str, Any]:
+    """A new token for `user`, expiring at `expires` (TokenPolicy.expiry decides it for API callers)."""
     tx.touch(ACCESS)
     await _require_user(tx.conn, user)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = "tok_" + secrets.token_hex(6)
-    expires = tx.now + ttl_seconds if ttl_seconds else None
     await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=name, hash=hash_token(secret),
                                                 created_at=tx.now, expires_at=expires, revoked_at=None))
     await tx.audit(actor=actor, action="token.create", resource=f"Token/{token_id}",
@@ -166,11 +198,9 @@ async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
     return {"id": token_id, "user": row.user}
 
 
-async def token_owner(conn: AsyncConnection, token_id: str) -> str:
+async def token_owner(conn: AsyncConnection, token_id: str) -> str | None:
     row = (await conn.execute(select(tokens.c.user).where(tokens.c.id == token_id))).first()
-    if row is None:
-        raise NotFound(f"token {token_id!r} not found")
-    return str(row.user)
+    return None if row is None else str(row.user)
 
 
 async def list_tokens(conn: AsyncConnection, user: str | None = None) -> list[dict[str, Any]]:
