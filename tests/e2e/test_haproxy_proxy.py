@@ -18,7 +18,8 @@ from typing import Iterator
 import pytest
 
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFiles, find_binary
-from ballast.dataplane.haproxy_config import Address, Backend, Server, SidecarConfig, render_sidecar
+from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, Server, SidecarConfig,
+                                             render_gateway, render_sidecar)
 from ballast.loadgen import Load, Target
 from tests.e2e.conftest import eventually, free_port
 from tests.e2e.test_releases import DEMO_APP
@@ -171,3 +172,31 @@ class _FreshConnections:
             except (OSError, TimeoutError) as exc:
                 self.failed += 1
                 self.failures.append(repr(exc))
+
+
+async def test_the_gateway_refuses_a_request_that_names_no_one_host(tmp_path: Path, apps: list[int]) -> None:
+    """A Host list, two Host headers, or a Host that disagrees with an absolute URI is a 400: none of them is
+    routed (a list used to go to its last element's service)."""
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test gateway")
+    listen = free_port(IP)
+    backends = (Backend("shop", (Server("s0", Address(IP, apps[0])),)),
+                Backend("other", (Server("o1", Address(IP, apps[1])),)))
+    cfg = GatewayConfig(name="t", admin_socket=str(proxy.files.admin_socket), listen=Address(IP, listen),
+                        routes=(GatewayRoute("shop.local", "/", "shop"), GatewayRoute("other.local", "/", "other")),
+                        backends=backends)
+    await proxy.start(render_gateway(cfg))
+    try:
+        async def status(head: str) -> bytes:
+            reader, writer = await asyncio.open_connection(IP, listen)
+            writer.write(head.encode() + b"Connection: close\r\n\r\n")
+            line = await reader.readline()
+            writer.close()
+            return line.split(b" ")[1]
+
+        assert await status("GET / HTTP/1.1\r\nHost: shop.local\r\n") == b"200"
+        assert await status("GET / HTTP/1.1\r\nHost: shop.local, other.local\r\n") == b"400"
+        assert await status("GET / HTTP/1.1\r\nHost: shop.local\r\nHost: other.local\r\n") == b"400"
+        assert await status("GET http://other.local/ HTTP/1.1\r\nHost: shop.local\r\n") == b"400"
+        assert await status("GET http://other.local/ HTTP/1.1\r\nHost: other.local\r\n") == b"200"
+    finally:
+        await proxy.stop(2)

@@ -142,6 +142,12 @@ def _backend(b: Backend, *, locality: bool) -> str:
     return text + "".join(_server_line(s) for s in sorted(b.servers, key=lambda s: s.name))
 
 
+# A Host header holding a list ("a, b") names no one host: `req.hdr` would take its last element and route the
+# request somewhere its sender did not name. HAProxy itself refuses two Host headers and a Host that disagrees
+# with an absolute URI; a list is refused here, before any routing.
+_ONE_HOST = "    http-request deny deny_status 400 if { req.fhdr(host) -m sub , }\n"
+
+
 _STAMP_ARRIVAL = f"    http-request set-var({START_VARIABLE}) date(0,us)\n"
 
 
@@ -176,7 +182,8 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            f"    server app {cfg.app} {SERVER_OPTIONS}\n",
            "\nfrontend outbound\n",
            f"    bind {cfg.outbound}\n",
-           "    http-request set-var(txn.service) req.hdr(host),field(1,:),lower\n"]
+           _ONE_HOST,
+           "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
     backends = sorted(cfg.backends, key=lambda b: b.service)
     for b in backends:
         out.append(f"    use_backend {b.name} if {{ var(txn.service) -m str {_safe(b.service)} }}\n")
@@ -209,7 +216,8 @@ def render_gateway(cfg: GatewayConfig) -> str:
     out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads, cfg.stats),
            "\nfrontend gateway\n",
            f"    bind {cfg.listen}\n",
-           "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower\n",
+           _ONE_HOST,
+           "    http-request set-var(txn.host) req.fhdr(host),field(1,:),lower\n",
            _STAMP_ARRIVAL if timed else "",
            _count_answer(cfg.stats)]
     for route in route_order(cfg.routes):
