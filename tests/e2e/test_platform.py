@@ -172,6 +172,27 @@ def test_a_viewer_may_read_but_apply_is_forbidden(platform: Platform, tmp_path: 
     assert "cell-viewer" not in {c["metadata"]["name"] for c in platform.get("cells")}
 
 
+def test_hostile_manifest_files_are_refused_in_one_line_and_nothing_is_sent(platform: Platform, tmp_path: Path) -> None:
+    """An alias bomb, a binary file and a deeply nested file each end the CLI at once with one line."""
+    files = {"bomb.yaml": 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'.encode()
+             + b"".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n".encode() for p, k in zip("abcdefgh", "bcdefghi")),
+             "binary.yaml": bytes(range(256)) * 8, "deep.yaml": b"[" * 100_000 + b"]" * 100_000}
+    before = platform.api("/v1/audit/verify")["records"]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        result = platform.cli("apply", "-f", str(tmp_path / name), check=False, timeout=20)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and name in result.stderr, result.stderr
+    assert platform.api("/v1/audit/verify")["records"] == before, "nothing reached the server"
+
+
+def test_stored_values_reach_the_terminal_escaped(platform: Platform) -> None:
+    platform.cli("token", "create", "--name", "x\x1b]0;pwned\x07\x1b[2J")
+    shown = platform.cli("token", "list").stdout
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "x\\x1b]0;pwned\\x07\\x1b[2J" in shown, shown
+
+
 # --- audit ----------------------------------------------------------------------------------
 def test_audit_shows_the_apply_and_detects_tampering(platform: Platform, shop: list[dict[str, Any]]) -> None:
     records = platform.cli_json("audit", "list", "--limit", "10000")

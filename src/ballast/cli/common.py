@@ -13,11 +13,25 @@ import yaml
 from rich.console import Console
 
 from ballast.cli import config as client_config
+from ballast.cli.output import escape_controls
 from ballast.client import ApiError, Client
 from ballast.errors import BallastError
 
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class SafeConsole(Console):
+    """A console that writes the control characters of any text it is given as escapes: what the CLI prints
+    comes in part from stored values (paths, names, messages) that must not steer the terminal."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(escape_controls(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def out(self, *objects: Any, **kwargs: Any) -> None:
+        super().out(*(escape_controls(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+console = SafeConsole(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err_console = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "app": "apps", "apps": "apps",
          "appservice": "apps", "appservices": "apps", "instance": "instances", "instances": "instances",
          "revision": "revisions", "revisions": "revisions", "inst": "instances", "endpoint": "endpoints",

@@ -20,6 +20,7 @@ import yaml
 
 from ballast.cli import output, packaging
 from ballast.cli.common import KINDS, _fail, command, console, err_console
+from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
 from ballast.core.authz import Role
 from ballast.errors import BallastError
@@ -188,16 +189,19 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
 # --- resources ------------------------------------------------------------------------
 def _load_documents(path: str) -> list[Any]:
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = sys.stdin.buffer.read(MAX_BYTES + 1) if path == "-" else _read_bounded(Path(path))
     except OSError as exc:
         _fail(f"error: cannot read {path}: {exc.strerror}")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        _fail(f"error: {path} is not valid YAML: {exc}")
-    if not docs:
-        _fail(f"error: {path} holds no documents")
-    return docs
+        return read_documents(data, path)
+    except ManifestFileError as exc:
+        _fail(f"error: {exc}")
+    raise AssertionError("unreachable")
+
+
+def _read_bounded(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(MAX_BYTES + 1)  # one byte more than allowed is enough to say it is too large
 
 
 async def _resolve_artifacts(client: Client, docs: list[Any], base: Path) -> None:

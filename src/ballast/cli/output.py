@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any, Callable
 
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 Row = Callable[[dict[str, Any]], list[str]]
+_KEPT = {"\n", "\t"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control and format character written as an escape (\\x1b, \\u202e): stored values
+    (request paths, token names, messages) reach the terminal as text, never as commands to it."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _KEPT or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return "".join(out)
+
 
 COLUMNS: dict[str, tuple[list[str], Row]] = {
     "cells": (["NAME", "ZONE", "NODES"],
@@ -78,5 +96,5 @@ def render(kind: str, items: list[dict[str, Any]], fmt: str, console: Console, *
         for h in headers:
             table.add_column(h, overflow="fold")
         for item in items:
-            table.add_row(*row(item))
+            table.add_row(*(Text(escape_controls(cell)) for cell in row(item)))  # a stored value holds no markup
         console.print(table)
