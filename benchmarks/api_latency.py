@@ -120,6 +120,7 @@ def _db_name(url: str) -> str:
 def _documents(n_apps: int, per_app: int) -> list[dict[str, Any]]:
     shop = yaml.safe_load(DEMO_MANIFEST.read_text())
     shop["spec"]["template"].pop("artifact", None)  # no agent runs here; nothing is fetched
+    shop["spec"].pop("expose", None)                # one host routes to one app: the copies are not exposed
     docs: list[dict[str, Any]] = [{"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": c},
                                    "spec": {"zone": z}} for c, z in CELLS.items()]
     for a in range(n_apps):
@@ -161,6 +162,8 @@ async def build_store(url: str, n_apps: int, per_app: int) -> tuple[str, dict[st
                         rows.append(dict(id=f"{app_row.name}-{seq:06d}", app=app_row.name,
                                          revision=app_row.deployed_revision, node=node, cell=cell, zone=CELLS[cell],
                                          ip=ip, port=20000 + seq % 10000, desired="running", phase="Running",
+                                         granted_revision=app_row.deployed_revision, granted_desired="running",
+                                         mesh_port=30000 + seq % 10000,
                                          ready=True, restarts=0, pid=100000 + seq, message="",
                                          created_seq=tx.rv * 10_000 + seq, desired_version=tx.rv,
                                          running_revision=app_row.deployed_revision, replaces=None, ordinal=None,

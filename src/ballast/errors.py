@@ -81,17 +81,26 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     # and a deeply nested value would exhaust the stack of any recursive encoder.
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    # It is also cut to a short, marked excerpt: a 100 MB value is not answered with a 100 MB error.
     if isinstance(value, str):
+        if len(value) > _ECHO_CHARS:
+            value = f"{value[:_ECHO_CHARS]}… ({len(value) - _ECHO_CHARS:,} more characters)"
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if depth >= _ECHO_DEPTH:
         return "..."
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
+        shown = [_jsonable(v, depth + 1) for v in value[:_ECHO_ITEMS]]
+        return shown + ([f"… ({len(value) - _ECHO_ITEMS:,} more items)"] if len(value) > _ECHO_ITEMS else [])
     if isinstance(value, dict):
-        return {_jsonable(str(k)): _jsonable(v, depth + 1) for k, v in value.items()}
-    return repr(value)
+        kept = {_jsonable(str(k)): _jsonable(v, depth + 1) for k, v in list(value.items())[:_ECHO_ITEMS]}
+        if len(value) > _ECHO_ITEMS:
+            kept["…"] = f"{len(value) - _ECHO_ITEMS:,} more keys"
+        return kept
+    return repr(value)[:_ECHO_CHARS]
 
 
 _ECHO_DEPTH = 20
+_ECHO_CHARS = 200
+_ECHO_ITEMS = 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, select, update
 
+from ballast.api.admission import REFUSAL_BURST, Refusals, record_refusals
 from ballast.core.digests import digest
 from ballast.core.manifests import API_VERSION
 from ballast.store.schema import audit
@@ -73,24 +75,17 @@ async def test_changes_are_recorded_with_actor_resource_and_digests(api: Api) ->
         "delete", "AppService/shop", digest(stored_v2), "")
 
 
-async def test_refused_attempts_are_recorded_too(api: Api) -> None:
-    """Forbidden, invalid, unauthenticated and failing requests each leave one record saying they were refused,
-    attributed to the caller whenever the request carried a valid token (even to an unknown route or verb)."""
+async def test_refused_attempts_of_known_callers_are_recorded_too(api: Api) -> None:
+    """Forbidden, invalid and failing requests of a known caller to a route that exists each leave one record
+    saying they were refused, attributed to the caller."""
     viewer = await viewer_client(api)
-    anonymous = api.as_(None)
     bad_doc = {**CELL, "spec": {"zone": "Not A Zone"}}
     cases: list[tuple[Callable[[], Awaitable[httpx.Response]], int, str, str]] = [
         (lambda: viewer.post("/v1/apply", json={"items": [shop(1)]}), 403, "vera", "POST /v1/apply"),
         (lambda: api.http.post("/v1/apply", json={"items": [bad_doc]}), 422, "admin", "POST /v1/apply"),
         (lambda: api.http.post("/v1/apply", json={"items": []}), 422, "admin", "POST /v1/apply"),
-        (lambda: anonymous.post("/v1/apply", json={"items": [CELL]}), 401, "anonymous", "POST /v1/apply"),
-        (lambda: anonymous.delete("/v1/users/vera"), 401, "anonymous", "DELETE /v1/users/vera"),
         (lambda: api.http.delete("/v1/apps/ghost"), 404, "admin", "DELETE /v1/apps/ghost"),
         (lambda: api.http.post("/v1/users", json={"name": "vera", "role": "viewer"}), 409, "admin", "POST /v1/users"),
-        (lambda: api.http.patch("/v1/apps"), 405, "admin", "PATCH /v1/apps"),
-        (lambda: viewer.post("/v1/nothing-here"), 404, "vera", "POST /v1/nothing-here"),
-        (lambda: anonymous.put("/v1/apps"), 405, "anonymous", "PUT /v1/apps"),
-        (lambda: api.as_("blt_forged").delete("/v1/nothing-here"), 404, "anonymous", "DELETE /v1/nothing-here"),
     ]
     for call, status, actor, action in cases:
         recs = await recorded_by(api, call, status)
@@ -101,6 +96,50 @@ async def test_refused_attempts_are_recorded_too(api: Api) -> None:
         assert rec["detail"] == {"status": status}
         assert (rec["before"], rec["after"]) == ("", "")
     assert (await api.http.get("/v1/cells")).json()["items"] == []
+
+
+async def test_strangers_and_unroutable_requests_cost_no_write_and_are_recorded_aggregated(api: Api) -> None:
+    """Requests without a valid token, and requests no route takes, are refused before any write: counted, and
+    written later as one aggregated record per flush (who knocked how often), not one record each."""
+    viewer = await viewer_client(api)
+    anonymous, forged = api.as_(None), api.as_("blt_forged")
+    cases: list[tuple[Callable[[], Awaitable[httpx.Response]], int]] = [
+        (lambda: anonymous.post("/v1/apply", json={"items": [CELL]}), 401),
+        (lambda: anonymous.delete("/v1/users/vera"), 401),
+        (lambda: anonymous.put("/v1/apps"), 401),
+        (lambda: forged.delete("/v1/nothing-here"), 401),
+        (lambda: api.http.patch("/v1/apps"), 405),
+        (lambda: viewer.post("/v1/nothing-here"), 404),
+    ]
+    for call, status in cases:
+        assert await recorded_by(api, call, status) == [], status
+    refusals = api.http._transport.app.state.refusals  # type: ignore[attr-defined]
+    assert refusals.totals == {"unauthenticated": 4, "unroutable": 2}
+
+    stop = asyncio.Event()
+    stop.set()
+    before = await head_seq(api)
+    await record_refusals(api.store, refusals, stop)     # the server's flush, once
+    [rec] = await records_after(api, before)
+    assert (rec["actor"], rec["action"], rec["resource"]) == ("anonymous", "refused-requests", "api")
+    assert rec["detail"]["refused"] == 6 and rec["detail"]["sourceCount"] == 1
+    [(source, seen)] = rec["detail"]["sources"].items()
+    assert seen["refused"] == {"unauthenticated": 4, "unroutable": 2}
+    assert "/v1/nothing-here" in seen["paths"]
+    await record_refusals(api.store, refusals, stop)
+    assert await records_after(api, before + 1) == [], "nothing new refused: nothing written"
+    assert (await api.http.get("/v1/cells")).json()["items"] == []
+
+
+async def test_a_source_that_keeps_knocking_is_throttled_before_its_token_is_looked_up() -> None:
+    clock = [0.0]
+    refusals = Refusals(clock=lambda: clock[0])
+    for _ in range(int(REFUSAL_BURST)):
+        assert refusals.allow("10.9.9.9")
+        refusals.note("10.9.9.9", "unauthenticated", "/v1/x")
+    assert not refusals.allow("10.9.9.9") and refusals.allow("10.1.1.1"), "per source"
+    clock[0] += 1.0
+    assert refusals.allow("10.9.9.9"), "the bucket refills"
 
 
 async def test_reads_and_telemetry_append_nothing(api: Api) -> None:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ballast.api.admission import Authenticate, BoundBody, Refusals
 from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
 from ballast.api.deps import principal, retrying
 from ballast.core.manifests import problems_from_validation
@@ -34,6 +35,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> Fa
                   redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
+    app.state.refusals = refusals = Refusals()
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -74,7 +76,11 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> Fa
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code)
 
-    app.add_middleware(AuditAttempts, store=store)
+    # Outermost first: strangers are refused before anything else runs; bodies are bounded inside the audit of
+    # attempts, so a known principal's oversized request is on the record.
+    app.add_middleware(BoundBody, limits={("POST", "/v1/artifacts"): routes_resources.MAX_ARTIFACT_BYTES})
+    app.add_middleware(AuditAttempts, store=store, refusals=refusals)
+    app.add_middleware(Authenticate, store=store, refusals=refusals)
     return app
 
 
@@ -100,9 +106,10 @@ class AuditAttempts:
     that did not audit itself (refused, invalid, conflicting). Plain ASGI: Starlette's BaseHTTPMiddleware
     costs every request a task and a stream."""
 
-    def __init__(self, app: Any, store: Store) -> None:
+    def __init__(self, app: Any, store: Store, refusals: Refusals) -> None:
         self.app = app
         self.store = store
+        self.refusals = refusals
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -135,7 +142,11 @@ class AuditAttempts:
                 await JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
                                    status_code=500)(scope, receive, send)
         state = request.state
-        if (request.method in MUTATING and request.url.path.startswith("/v1/")
+        if status == 405 or (status == 404 and "route" not in scope):
+            # No route acted: counted, not audited (the audit log records who did what, not every knock).
+            self.refusals.note(scope["client"][0] if scope.get("client") else "unknown", "unroutable",
+                               request.url.path)
+        elif (request.method in MUTATING and request.url.path.startswith("/v1/")
                 and not getattr(state, "audited", False) and not getattr(state, "audit_exempt", False)):
             await self._audit_refusal(request, status)
 

@@ -21,6 +21,9 @@ def store_of(request: Request) -> Store:
 
 
 async def principal(request: Request) -> Principal:
+    known = getattr(request.state, "principal", None)
+    if isinstance(known, Principal):  # the admission middleware authenticated this request already
+        return known
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     store = store_of(request)

@@ -16,7 +16,8 @@ from typing import Any, Iterator, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ballast.api.deps import one, principal, require, store_of
@@ -33,14 +34,14 @@ TRAFFIC_WINDOW = 30.0
 
 
 class _Snapshot(Collector):
-    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self.families = families
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         yield from self.families
 
 
-def _families(state: control_metrics.ControlPlaneState) -> list[GaugeMetricFamily]:
+def _families(state: control_metrics.ControlPlaneState) -> list[Metric]:
     phase = GaugeMetricFamily("ballast_release_phase", "1 for the phase the newest release of each app is in",
                               labels=["app", "release", "kind", "phase"])
     done = GaugeMetricFamily("ballast_release_completed_groups", "groups of the newest release that are done",
@@ -140,6 +141,11 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
         sources = await request_metrics.all_sidecar_sources(conn)
     if traffic:
         families += await _traffic_families(sources)
+    refused = CounterMetricFamily("ballast_api_refused_requests", "requests refused before any route acted: "
+                                  "unauthenticated, unroutable, throttled", labels=["reason"])
+    for reason, n in sorted(request.app.state.refusals.totals.items()):
+        refused.add_metric([reason], n)
+    families.append(refused)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

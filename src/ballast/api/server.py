@@ -7,8 +7,11 @@ import logging
 import os
 from pathlib import Path
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
 from ballast.controllers import endpoints, orders, releases, scheduler, verification
 from ballast.services.access import TokenPolicy, bootstrap_admin
@@ -25,6 +28,39 @@ def write_secret(path: Path, content: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(content)
     os.replace(tmp, path)
+
+
+HEAD_SECONDS = 10.0   # from a connection's first byte (or its opening) to a request's complete head
+
+
+class _HeadTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for a request's head: a client that opens a connection and
+    sends nothing, or drips its headers (slowloris), is closed instead of holding a connection open for ever."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(HEAD_SECONDS, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the head is in: the body has its own bound (BoundBody)
+            self._cancel_head_timer()
+        elif self._head_timer is None and data:
+            self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -52,13 +88,14 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     app = create_app(store, token_policy=token_policy)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="off")
+                            timeout_graceful_shutdown=5, lifespan="off", http=_HeadTimeoutH11)
     server = _Server(config, store)
     controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
                    asyncio.create_task(releases.run(store, stop), name="releases"),
                    asyncio.create_task(endpoints.run(store, stop), name="registry"),
                    asyncio.create_task(orders.run(store, stop), name="orders"),
                    asyncio.create_task(verification.run(store, stop), name="verification")]
+    refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
     try:
         await server.serve()
     finally:
@@ -66,4 +103,6 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         for task in controllers:
             task.cancel()
         await asyncio.gather(*controllers, return_exceptions=True)
+        await asyncio.wait([refusals], timeout=5)  # its last record: what was refused since the one before
+        refusals.cancel()
         await store.close()
