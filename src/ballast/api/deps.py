@@ -65,14 +65,15 @@ async def audited_write(request: Request, change: Callable[[Tx], Awaitable[T]]) 
 
 
 async def telemetry_write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
-    """One write transaction of telemetry (heartbeats, acknowledgements): not audited, retried on a lost race."""
+    """One write transaction of telemetry (heartbeats, acknowledgements): not audited, retried on a lost race,
+    and ahead of every other writer waiting (the data plane's facts may not queue behind anybody's traffic)."""
     exempt_from_audit(request)
-    return await _write(request, change)
+    return await _write(request, change, urgent=True)
 
 
-async def _write(request: Request, change: Callable[[Tx], Awaitable[T]]) -> T:
+async def _write(request: Request, change: Callable[[Tx], Awaitable[T]], *, urgent: bool = False) -> T:
     async def attempt() -> T:
-        async with store_of(request).write() as tx:
+        async with store_of(request).write(urgent=urgent) as tx:
             return await change(tx)
 
     return await retrying(attempt)

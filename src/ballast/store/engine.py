@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable
@@ -81,11 +82,55 @@ class Tx:
                                       before=before, after=after, detail=detail or {})
 
 
+class WriterTurns:
+    """The store's one writer, taken in turns: urgent writers (the data plane's facts: heartbeats, status reports,
+    acknowledgements) go before every other writer waiting, so no other traffic can starve them. FIFO within
+    each class; a waiter cancelled after it was handed the turn passes it on."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, urgent: bool) -> None:
+        if not self._held and not self._urgent and not self._normal:
+            self._held = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if urgent else self._normal
+        queue.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release()  # it was ours already: hand it on
+            elif turn in queue:
+                queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._normal):
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)   # still held: passed straight to the next writer
+                    return
+        self._held = False
+
+    @asynccontextmanager
+    async def turn(self, urgent: bool = False) -> AsyncIterator[None]:
+        await self.acquire(urgent)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, *, clock=time.time) -> None:  # type: ignore[no-untyped-def]
         self.engine = engine
         self.clock = clock
-        self._write_lock = asyncio.Lock()
+        self._writer = WriterTurns()
         self._changed = asyncio.Condition()
         self.closing = False
         self.dialect = engine.dialect.name
@@ -136,8 +181,9 @@ class Store:
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[Tx]:
-        async with self._write_lock:
+    async def write(self, *, urgent: bool = False) -> AsyncIterator[Tx]:
+        """One write transaction; `urgent` for the data plane's facts, which wait for no other writer."""
+        async with self._writer.turn(urgent):
             async with self.engine.begin() as conn:
                 # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
                 rv = (await conn.execute(update(counters).where(counters.c.name == "rv")
