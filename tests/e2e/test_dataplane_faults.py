@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 import yaml
 
@@ -154,3 +156,51 @@ def test_draining_a_node_moves_its_instances_away_without_a_failed_request(platf
     assert refused.returncode != 0 and "not found" in refused.stderr
     platform.cli("node", "uncordon", "node-a1")
     assert api.get("/v1/nodes/node-a1")["status"]["cordoned"] is False
+
+
+def test_when_most_nodes_fall_silent_at_once_the_control_plane_suspects_itself_and_drains_nothing(
+        platform: Platform, api: Api) -> None:
+    """Three of four agents frozen at once (what a control plane that cannot hear its nodes sees): it stops
+    judging them — their endpoints stay ready, no request fails — says so on the audit log and /metrics, and
+    resumes its judgement when heartbeats flow again."""
+    from ballast.loadgen import BackgroundLoad, Target
+    frozen = [find_agent(platform.data_dir, n) for n in ("node-a2", "node-b1", "node-b2")]
+    assert all(frozen), frozen
+    ready_before = {e["metadata"]["name"] for e in api.get("/v1/apps/sidecar/endpoints")["items"]
+                    if e["status"]["state"] == "ready"}
+    assert len(ready_before) == 4
+    with BackgroundLoad([Target("gateway", "127.0.0.1", platform.gateway_port, "sidecar.local", ("/",), 4)]) as load:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
+        try:
+            def suspended() -> Item:
+                found = [a for a in api.get("/v1/audit?limit=50")["items"] if a["action"] == "node-disruption.suspend"]
+                assert len(found) == 1, found
+                return found[0]
+            rec = eventually(suspended, "the control plane says it stops judging the silent nodes", timeout=40)
+            assert rec["detail"]["silentNodes"] == ["node-a2", "node-b1", "node-b2"], rec["detail"]
+            assert "platform" in rec["detail"]["scopes"], rec["detail"]
+            metrics = httpx.get(f"http://127.0.0.1:{api.port}/metrics?traffic=false", timeout=10,
+                                headers={"Authorization": f"Bearer {api.token}"}).text
+            assert 'ballast_node_judgement_suspended{scope="platform"} 1.0' in metrics, metrics
+            silent = [n["metadata"]["name"] for n in api.get("/v1/nodes")["items"] if not n["status"]["ready"]]
+            assert silent == ["node-a2", "node-b1", "node-b2"], "the API still says who is silent"
+            for _ in range(10):   # two seconds of registry passes: nothing is drained
+                states = {e["metadata"]["name"]: e["status"]["state"]
+                          for e in api.get("/v1/apps/sidecar/endpoints")["items"]}
+                assert {n for n, st in states.items() if st == "ready"} == ready_before, states
+                time.sleep(0.2)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
+        eventually(lambda: _assert_action(api, "node-disruption.resume"), "judgement resumes", timeout=40)
+    assert load.failed == 0 and load.requests > 50, (load.requests, load.failed, dict(load.failures()))
+    eventually(lambda: _assert_all_nodes_ready(api), "every node is ready again", timeout=40)
+
+
+def _assert_action(api: Api, action: str) -> None:
+    assert any(a["action"] == action for a in api.get("/v1/audit?limit=50")["items"]), action
+
+
+def _assert_all_nodes_ready(api: Api) -> None:
+    assert all(n["status"]["ready"] for n in api.get("/v1/nodes")["items"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ballast.core.nodes import NODE_TIMEOUT_SECONDS, node_ready, schedulable
+from ballast.core.nodes import (NODE_TIMEOUT_SECONDS, DisruptionPolicy, NodeHeartbeat, hearing, node_ready,
+                                schedulable)
 
 NOW = 1_000.0
 
@@ -29,3 +30,39 @@ def test_a_node_is_ready_while_its_heartbeats_keep_coming(seconds_silent: float,
 def test_only_a_ready_node_that_is_not_cordoned_gets_new_instances(seconds_silent: float, cordoned: bool,
                                                                     expected: bool) -> None:
     assert schedulable(NOW - seconds_silent, cordoned, NOW) is expected
+
+
+# --- the zone-disruption rule ------------------------------------------------------------------------------------
+def _nodes(silent: set[str], per_cell: dict[str, int]) -> list[NodeHeartbeat]:
+    now = 1000.0
+    return [NodeHeartbeat(f"{cell}-{k}", cell, now - (60.0 if f"{cell}-{k}" in silent else 1.0))
+            for cell, n in per_cell.items() for k in range(n)]
+
+
+@pytest.mark.parametrize("silent, per_cell, disrupted", [
+    (set(), {"a": 2, "b": 2}, ()),
+    ({"a-0"}, {"a": 2, "b": 2}, ()),                                    # one node of two: judged, drained
+    ({"a-0", "a-1"}, {"a": 2, "b": 2}, ("cell/a",)),                   # a whole cell at once: suspended there
+    ({"a-0", "b-0"}, {"a": 2, "b": 2}, ()),                            # half, spread: judged
+    ({"a-0", "a-1", "b-0"}, {"a": 2, "b": 2}, ("cell/a", "platform")),
+    ({"a-0", "a-1", "b-0", "b-1"}, {"a": 2, "b": 2}, ("cell/a", "cell/b", "platform")),
+    ({"a-0", "a-1"}, {"a": 5, "b": 5}, ()),                            # 2 of 5: a cell can lose two nodes
+    ({"a-0", "a-1", "a-2"}, {"a": 5, "b": 5}, ("cell/a",)),
+    ({"a-0"}, {"a": 1, "b": 1}, ()),                                   # a lone node is judged like any other
+])
+def test_so_much_silence_at_once_suspends_judgement_where_it_happens(silent: set[str], per_cell: dict[str, int],
+                                                                     disrupted: tuple[str, ...]) -> None:
+    heard = hearing(_nodes(silent, per_cell), 1000.0)
+    assert heard.silent == frozenset(silent)
+    assert heard.disrupted == disrupted
+    for cell, n in per_cell.items():
+        for k in range(n):
+            name = f"{cell}-{k}"
+            suspended = any(s in ("platform", f"cell/{cell}") for s in disrupted)
+            assert heard.routable(name) == (name not in silent or suspended), name
+    assert not heard.routable("never-registered")
+
+
+def test_the_share_and_count_are_the_platforms_to_set() -> None:
+    heard = hearing(_nodes({"a-0"}, {"a": 2, "b": 2}), 1000.0, DisruptionPolicy(max_silent_share=0.2, min_silent=1))
+    assert heard.disrupted == ("cell/a", "platform") and heard.routable("a-0")

@@ -146,6 +146,11 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
     for reason, n in sorted(request.app.state.refusals.totals.items()):
         refused.add_metric([reason], n)
     families.append(refused)
+    suspended = GaugeMetricFamily("ballast_node_judgement_suspended", "1 where so many nodes fell silent at once that "
+                                  "the control plane assumes it cannot hear them and drains none", labels=["scope"])
+    for scope in store_of(request).memo.get("node-disruption", ()):
+        suspended.add_metric([scope], 1.0)
+    families.append(suspended)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

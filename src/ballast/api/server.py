@@ -14,6 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
 from ballast.controllers import endpoints, orders, releases, scheduler, verification
+from ballast.core.nodes import DisruptionPolicy
 from ballast.services.access import TokenPolicy, bootstrap_admin
 from ballast.store.engine import Store
 
@@ -76,7 +77,7 @@ class _Server(uvicorn.Server):
 
 
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
-                token_policy: TokenPolicy = TokenPolicy()) -> None:
+                token_policy: TokenPolicy = TokenPolicy(), disruption: DisruptionPolicy = DisruptionPolicy()) -> None:
     store = await Store.open(store_url)
     token = await bootstrap_admin(store)
     if token is not None:
@@ -92,7 +93,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     server = _Server(config, store)
     controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
                    asyncio.create_task(releases.run(store, stop), name="releases"),
-                   asyncio.create_task(endpoints.run(store, stop), name="registry"),
+                   asyncio.create_task(endpoints.run(store, stop, policy=disruption), name="registry"),
                    asyncio.create_task(orders.run(store, stop), name="orders"),
                    asyncio.create_task(verification.run(store, stop), name="verification")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")

@@ -87,9 +87,16 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
               help="on an empty store, write the first admin token here (else it is printed)")
 @click.option("--max-token-ttl", type=click.FloatRange(min=60), default=90 * 86400, show_default=True,
               help="seconds: the longest a token may live (every token but the bootstrap admin's)")
-def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float) -> None:
+@click.option("--node-disruption-share", type=click.FloatRange(min=0, max=1), default=0.5, show_default=True,
+              help="more than this share of a cell's or of all nodes silent at once: the control plane assumes it "
+                   "cannot hear them and drains none of them until heartbeats flow again")
+@click.option("--node-disruption-min", type=click.IntRange(min=1, max=100_000), default=2, show_default=True,
+              help="...and at least this many nodes")
+def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
+           node_disruption_share: float, node_disruption_min: int) -> None:
     """Run the control plane."""
     from ballast.api.server import serve
+    from ballast.core.nodes import DisruptionPolicy
     from ballast.services.access import TokenPolicy
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
@@ -99,7 +106,8 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
-                          TokenPolicy(max_seconds=max_token_ttl)))
+                          TokenPolicy(max_seconds=max_token_ttl),
+                          DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min)))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
 

@@ -21,7 +21,7 @@ from ballast.controllers.loop import run_passes
 from ballast.core.endpoints import (Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
                                     pending_acks)
 from ballast.core.manifests import stored_spec
-from ballast.core.nodes import node_ready
+from ballast.core.nodes import DisruptionPolicy, Hearing, NodeHeartbeat, hearing
 from ballast.services import endpoints as registry_records
 from ballast.store.engine import ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, endpoints, instances, nodes
@@ -33,13 +33,17 @@ ACTOR = "controller/registry"
 State = tuple[list[InstanceFacts], dict[str, EndpointRecord], list[Component], dict[str, TrafficPolicy]]
 
 
-async def _read(conn: AsyncConnection, now: float) -> State:
-    nodes_ready = {n.name: node_ready(n.last_heartbeat, now)
-                   for n in (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat))).all()}
+async def _hearing(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> Hearing:
+    rows = (await conn.execute(select(nodes.c.name, nodes.c.cell, nodes.c.last_heartbeat))).all()
+    return hearing([NodeHeartbeat(r.name, r.cell, r.last_heartbeat) for r in rows], now, policy)
+
+
+async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> State:
+    heard = await _hearing(conn, now, policy)
     facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
                            revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
                            granted_desired=i.granted_desired, running_revision=i.running_revision,
-                           phase=i.phase, ready=i.ready, node_ready=nodes_ready.get(i.node, False))
+                           phase=i.phase, ready=i.ready, node_ready=heard.routable(i.node))
              for i in (await conn.execute(select(instances))).all()]
     eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
     comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)
@@ -49,19 +53,38 @@ async def _read(conn: AsyncConnection, now: float) -> State:
     return facts, eps, comps, policies
 
 
-async def reconcile_once(store: Store) -> int:
+async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPolicy()) -> int:
     async with store.read() as conn:
-        state = await _read(conn, store.clock())
+        state = await _read(conn, store.clock(), policy)
+        heard = await _hearing(conn, store.clock(), policy)
+    await _record_disruption(store, heard)
     _, eps, comps, _ = state
     log_acknowledged(store.memo, eps, {c.key: c.acked_generation for c in comps}, store.clock())
     if decide(*state, store.clock()).empty():
         return 0  # the common pass: nothing to do, nothing written
     async with store.write() as tx:
         # Decide again inside the write: what is written follows from exactly what this transaction sees.
-        facts, eps, comps, policies = await _read(tx.conn, tx.now)
+        facts, eps, comps, policies = await _read(tx.conn, tx.now, policy)
         decision = decide(facts, eps, comps, policies, tx.now)
         await _write(tx, decision, {f.id: f for f in facts}, eps)
     return len(decision.puts) + len(decision.notes) + len(decision.drops) + len(decision.grants)
+
+
+async def _record_disruption(store: Store, heard: Hearing) -> None:
+    """Say it loudly, once per change, when the control plane stops (or resumes) judging silent nodes."""
+    if store.memo.get("node-disruption", ()) == heard.disrupted:
+        return
+    if heard.disrupted:
+        log.warning("node judgement suspended: %d node(s) silent (%s) in %s; the control plane assumes it cannot "
+                    "hear them and drains nothing until heartbeats flow again", len(heard.silent),
+                    ", ".join(sorted(heard.silent)), ", ".join(heard.disrupted))
+    else:
+        log.warning("node judgement resumed: heartbeats flow again")
+    async with store.write() as tx:
+        await tx.audit(actor=ACTOR, action="node-disruption.suspend" if heard.disrupted else "node-disruption.resume",
+                       resource="Nodes", result="suspended" if heard.disrupted else "ok",
+                       detail={"scopes": list(heard.disrupted), "silentNodes": sorted(heard.silent)})
+    store.memo["node-disruption"] = heard.disrupted
 
 
 async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFacts],
@@ -120,9 +143,10 @@ async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == put.id).values(**values))
 
 
-async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0,
+              policy: DisruptionPolicy = DisruptionPolicy()) -> None:
     # The idle pass notices acknowledgement timeouts and silent nodes even when nothing is written.
     # Acknowledgements of one change arrive from every component within a few tens of milliseconds: a short
     # minimum interval lets one pass take several of them instead of one pass per acknowledgement.
-    await run_passes("registry", reconcile_once, store, stop, idle_seconds=idle_seconds, min_interval=0.03,
+    await run_passes("registry", lambda s: reconcile_once(s, policy), store, stop, idle_seconds=idle_seconds, min_interval=0.03,
                      topics=frozenset({EVERYTHING, INSTANCE_STATUS, ACKS, INTENT}))

@@ -2,10 +2,13 @@
 
 A node is *ready* while its agent's heartbeats keep arriving: the API shows it, and the registry
 controller routes traffic only to instances on ready nodes. It is *schedulable* when it is ready and not
-cordoned: only there does placement put new instances.
+cordoned: only there does placement put new instances. When so many nodes fall silent at once that the
+control plane more likely lost its own hearing than the nodes their lives, it stops judging them (`hearing`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 NODE_TIMEOUT_SECONDS = 10.0  # agents report every few seconds; silence this long means the node is gone
 
@@ -16,3 +19,53 @@ def node_ready(last_heartbeat: float, now: float) -> bool:
 
 def schedulable(last_heartbeat: float, cordoned: bool, now: float) -> bool:
     return node_ready(last_heartbeat, now) and not cordoned
+
+
+@dataclass(frozen=True)
+class DisruptionPolicy:
+    """When silence says more about the control plane than about the nodes: more than `max_silent_share` of a
+    cell's nodes or of all nodes, and at least `min_silent` of them, silent at once."""
+
+    max_silent_share: float = 0.5
+    min_silent: int = 2
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    name: str
+    cell: str
+    last_heartbeat: float
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """What the control plane concludes from its nodes' heartbeats: which are silent, and in which scopes
+    (`platform`, `cell/NAME`) so many are silent that it assumes it is the one that cannot hear. There it
+    judges nobody: silent nodes keep their place in routing until heartbeats flow again."""
+
+    known: frozenset[str]
+    silent: frozenset[str]
+    disrupted: tuple[str, ...]
+    suspended: frozenset[str]          # silent nodes whose judgement is suspended
+
+    def routable(self, node: str) -> bool:
+        """Whether traffic may keep going to `node`'s instances (a node nobody registered: never)."""
+        return node in self.known and (node not in self.silent or node in self.suspended)
+
+
+def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = DisruptionPolicy()) -> Hearing:
+    """Pure: silent nodes, and the scopes where their number means the control plane cannot hear (the
+    zone-disruption rule: a control plane cut off from its nodes must not drain the fleet it cannot see)."""
+    silent = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now))
+    scopes: dict[str, list[NodeHeartbeat]] = {"platform": list(nodes)}
+    for n in nodes:
+        scopes.setdefault(f"cell/{n.cell}", []).append(n)
+    disrupted = []
+    suspended: set[str] = set()
+    for scope, members in sorted(scopes.items()):
+        quiet = [n.name for n in members if n.name in silent]
+        if len(quiet) >= policy.min_silent and len(quiet) > policy.max_silent_share * len(members):
+            disrupted.append(scope)
+            suspended.update(quiet)
+    return Hearing(known=frozenset(n.name for n in nodes), silent=silent, disrupted=tuple(disrupted),
+                   suspended=frozenset(suspended))
