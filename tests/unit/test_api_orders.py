@@ -213,3 +213,44 @@ async def test_bad_requests_to_order_routes_are_4xx_naming_the_field(api: Api) -
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "items[0].spec.freezes[0]"
     after = await ok(api.http.get("/v1/orders/chg"))
     assert after == before, "refused requests change nothing"
+
+
+async def test_an_approval_counts_only_through_a_binding_older_than_the_order_and_granted_by_no_author(api: Api) -> None:
+    """Maker-checker is per binding, not per identity: an author cannot approve through an approver it made, and no
+    approver made after the order was written counts (rebinding makes a new binding)."""
+    await four_apps_at_revision_2(api)
+    alice = await user(api, "alice", "operator")
+    bob = await user(api, "bob", "approver")               # bound by the admin before any order
+    erin = await user(api, "erin", "approver")
+    await ok(api.http.post("/v1/apply", json={"items": [order("admins", [{"app": "a"}])]}))
+    await ok(alice.post("/v1/apply", json={"items": [order("chg", [{"app": "b"}])]}))
+    before = len(await audit(api))
+
+    # The admin wrote "admins", then made an approver and minted its token: that approval does not count.
+    mallory = await user(api, "mallory", "approver")
+    r = await mallory.post("/v1/orders/admins/approve", json={"comment": "sure"})
+    assert r.status_code == 403, r.text
+    message = r.json()["message"]
+    assert "binding approver for mallory was granted by admin, an author of order admins" in message, message
+    assert "was made after order admins was written (at " in message, message
+    # ... and a binding granted by a non-author after the order was written does not count either.
+    r = await mallory.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "was made after order chg was written (at " in r.json()["message"], r.text
+    assert "granted by admin" not in r.json()["message"], "the admin is no author of chg"
+    # Rebinding makes a new binding: erin's old one counted, the new one is younger than the order.
+    await ok(api.http.request("DELETE", "/v1/users/erin/bindings/approver"))
+    await ok(api.http.post("/v1/users/erin/bindings", json={"role": "approver"}), 201)
+    r = await erin.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "binding approver for erin was made after order chg was written" in r.text, r.text
+    for name in ("admins", "chg"):
+        status = await ok(api.http.get(f"/v1/orders/{name}"))
+        assert status["status"]["phase"] == "PendingApproval" and status["status"]["approvals"] == []
+    refused = (await audit(api))[before:]
+    assert [a["result"] for a in refused if "/approve" in a["resource"]] == ["refused: HTTP 403"] * 3
+
+    # An approver bound before the order, by someone who did not write it, counts.
+    assert (await ok(bob.post("/v1/orders/chg/approve", json={"comment": "checked"})))["phase"] == "Approved"
+    # Older than the order but granted by its author: the admin made every approver there is, so none counts.
+    r = await bob.post("/v1/orders/admins/approve", json={})
+    assert r.status_code == 403 and "binding approver for bob was granted by admin, an author of order admins" \
+        in r.json()["message"] and "made after" not in r.json()["message"], r.text
