@@ -6,6 +6,8 @@ gives the extra approval and alice starts it as an emergency. B's new revision f
 the order pauses with A and D done and C never started. The control plane is killed (SIGKILL) while the
 order runs and again while it rolls back; the order carries on each time. Rolling the order back returns
 B (in flight) and then A and D (finished) to revision 1, C untouched. The report's audit hashes verify.
+`ballast release resume` of the order's paused release is refused naming the order, and a direct `release
+start` in the freeze is refused naming the window.
 """
 
 from __future__ import annotations
@@ -151,6 +153,11 @@ def test_an_order_approved_started_in_an_emergency_paused_by_a_failure_and_rolle
     wait_steady(api, "d", 2, 2)
     assert {i["status"]["revision"] for i in api.instances("c")} == {1}
 
+    # b's paused release is the order's: resuming it alone would move it while the order shows Paused.
+    alone = users.cli("alice", "release", "resume", "b", check=False)
+    assert alone.returncode != 0 and "ballast order resume chg-42" in alone.stderr, alone.stderr
+    assert apps_of(order(api))["b"]["release"]["phase"] == "Paused"
+
     shown = users.cli("bob", "order", "status", "chg-42").stdout
     assert "Paused" in shown and "EMERGENCY" in shown and "Waiting" in shown, shown
     windows = platform.cli("get", "changewindows").stdout
@@ -169,6 +176,10 @@ def test_an_order_approved_started_in_an_emergency_paused_by_a_failure_and_rolle
     wait_steady(api, "b", 2, 1)
     undo_b_after = {a: items[a]["undo"]["startedAt"] for a in ("a",)}
     assert items["b"]["release"]["finishedAt"] <= undo_b_after["a"], "a goes back only after b (which depends on it)"
+    # The order has ended, but the freeze binds a direct release too; its way through is an emergency order.
+    frozen = users.cli("alice", "release", "start", "c", check=False)
+    assert frozen.returncode != 0 and "year-end freeze" in frozen.stderr and "--emergency" in frozen.stderr, \
+        frozen.stderr
     releases_of_c = [r for r in api.get("/v1/apps/c/releases")["items"]]
     assert releases_of_c == [], "c was never released"
 

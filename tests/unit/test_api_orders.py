@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from ballast.controllers import orders as order_engine
 from ballast.core.manifests import API_VERSION
 from tests.conftest import Api
 
@@ -213,3 +214,142 @@ async def test_bad_requests_to_order_routes_are_4xx_naming_the_field(api: Api) -
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "items[0].spec.freezes[0]"
     after = await ok(api.http.get("/v1/orders/chg"))
     assert after == before, "refused requests change nothing"
+
+
+async def test_an_approval_counts_only_through_a_binding_older_than_the_order_and_granted_by_no_author(api: Api) -> None:
+    """Maker-checker is per binding, not per identity: an author cannot approve through an approver it made, and no
+    approver made after the order was written counts (rebinding makes a new binding)."""
+    await four_apps_at_revision_2(api)
+    alice = await user(api, "alice", "operator")
+    bob = await user(api, "bob", "approver")               # bound by the admin before any order
+    erin = await user(api, "erin", "approver")
+    await ok(api.http.post("/v1/apply", json={"items": [order("admins", [{"app": "a"}])]}))
+    await ok(alice.post("/v1/apply", json={"items": [order("chg", [{"app": "b"}])]}))
+    before = len(await audit(api))
+
+    # The admin wrote "admins", then made an approver and minted its token: that approval does not count.
+    mallory = await user(api, "mallory", "approver")
+    r = await mallory.post("/v1/orders/admins/approve", json={"comment": "sure"})
+    assert r.status_code == 403, r.text
+    message = r.json()["message"]
+    assert "binding approver for mallory was granted by admin, an author of order admins" in message, message
+    assert "was made after order admins was written (at " in message, message
+    # ... and a binding granted by a non-author after the order was written does not count either.
+    r = await mallory.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "was made after order chg was written (at " in r.json()["message"], r.text
+    assert "granted by admin" not in r.json()["message"], "the admin is no author of chg"
+    # Rebinding makes a new binding: erin's old one counted, the new one is younger than the order.
+    await ok(api.http.request("DELETE", "/v1/users/erin/bindings/approver"))
+    await ok(api.http.post("/v1/users/erin/bindings", json={"role": "approver"}), 201)
+    r = await erin.post("/v1/orders/chg/approve", json={})
+    assert r.status_code == 403 and "binding approver for erin was made after order chg was written" in r.text, r.text
+    for name in ("admins", "chg"):
+        status = await ok(api.http.get(f"/v1/orders/{name}"))
+        assert status["status"]["phase"] == "PendingApproval" and status["status"]["approvals"] == []
+    refused = (await audit(api))[before:]
+    assert [a["result"] for a in refused if "/approve" in a["resource"]] == ["refused: HTTP 403"] * 3
+
+    # An approver bound before the order, by someone who did not write it, counts.
+    assert (await ok(bob.post("/v1/orders/chg/approve", json={"comment": "checked"})))["phase"] == "Approved"
+    # Older than the order but granted by its author: the admin made every approver there is, so none counts.
+    r = await bob.post("/v1/orders/admins/approve", json={})
+    assert r.status_code == 403 and "binding approver for bob was granted by admin, an author of order admins" \
+        in r.json()["message"] and "made after" not in r.json()["message"], r.text
+
+
+async def _app_row(api: Api, name: str) -> dict[str, Any]:
+    return await ok(api.http.get(f"/v1/apps/{name}"))  # type: ignore[no-any-return]
+
+
+async def test_an_app_under_an_active_order_refuses_every_direct_change_until_the_order_ends(api: Api) -> None:
+    """Running, Paused and RollingBack orders own their apps: a changed template, instance counts, routes or
+    traffic settings, a deletion and a direct release are 409 naming the order, the whole apply is refused and
+    audited as refused, and nothing is stored; an unchanged re-apply is fine. Before its start and after its end
+    the app is the operators' again."""
+    await four_apps_at_revision_2(api)
+    alice = await user(api, "alice", "operator")
+    bob = await user(api, "bob", "approver")
+    await ok(alice.post("/v1/apply", json={"items": [order("chg", [{"app": "b"}])]}))
+    pending = await ok(alice.post("/v1/apply", json={"items": [app("b", "v3")]}))
+    assert pending["results"][0]["revision"] == 3, "an order not yet started does not hold its app"
+    await ok(alice.post("/v1/apply", json={"items": [app("b", "v2")]}))
+    await ok(bob.post("/v1/orders/chg/approve", json={}))
+    await ok(alice.post("/v1/orders/chg/start", json={}))
+    before = await _app_row(api, "b")
+    audited = len(await audit(api))
+
+    exposed = app("b", "v2")
+    exposed["spec"]["expose"] = {"host": "b.local", "path": "/"}
+    slower = app("b", "v2")
+    slower["spec"]["traffic"] = {"drainTimeoutSeconds": 5}
+    scaled = app("b", "v2")
+    scaled["spec"]["cells"] = {"cell-a": 3}
+    changes = [("template", [app("b", "v4")]), ("instance counts", [scaled]), ("routes (expose)", [exposed]),
+               ("traffic settings", [slower]), ("template", [app("e"), app("b", "v4")])]
+    for what, items in changes:
+        r = await alice.post("/v1/apply", json={"items": items})
+        assert r.status_code == 409, (what, r.text)
+        message = r.json()["message"]
+        assert f"change of {what}" in message and "release order 'chg' (Running)" in message, message
+        assert "nothing was applied" in message, message
+    r = await alice.delete("/v1/apps/b")
+    assert r.status_code == 409 and "app 'b' is under release order 'chg'" in r.json()["message"], r.text
+    assert "deletion" in r.json()["message"]
+    r = await alice.post("/v1/apps/b/releases", json={})
+    assert r.status_code == 409 and "release order 'chg'" in r.json()["message"], r.text
+    await ok(alice.post("/v1/orders/chg/pause", json={}))
+    r = await alice.post("/v1/apply", json={"items": [scaled]})
+    assert r.status_code == 409 and "release order 'chg' (Paused)" in r.json()["message"], r.text
+
+    assert await _app_row(api, "b") == before, "nothing changed"
+    r = await api.http.get("/v1/apps/e")
+    assert r.status_code == 404, "all or nothing: the other app of a refused apply is not created"
+    refused = (await audit(api))[audited:]
+    assert [a["result"] for a in refused if a["action"] != "order.pause"] == ["refused: HTTP 409"] * 8
+    unchanged = await ok(alice.post("/v1/apply", json={"items": [app("b", "v2")]}))
+    assert unchanged["results"][0]["outcome"] == "unchanged"
+
+    # Rolled back (nothing had been released), the order has ended and the app is the operators' again.
+    await ok(alice.post("/v1/orders/chg/rollback", json={}))
+    await order_engine.reconcile_once(api.store)
+    assert (await ok(alice.get("/v1/orders/chg")))["status"]["phase"] == "RolledBack"
+    after = await ok(alice.post("/v1/apply", json={"items": [scaled]}))
+    assert after["results"][0]["outcome"] == "configured"
+
+
+async def test_a_change_window_binds_direct_changes_not_only_orders(api: Api) -> None:
+    """In a freeze, a direct release start, a change of instance counts, routes or traffic, and a deletion of a
+    covered app are 409 naming the window (a release is told the emergency path: an emergency order); a new
+    template is only recorded, so it goes through; apps the window does not cover change freely."""
+    await four_apps_at_revision_2(api)
+    now = datetime.now(timezone.utc)
+    freeze = {"from": (now - timedelta(hours=1)).isoformat(), "to": (now + timedelta(hours=1)).isoformat(),
+              "reason": "year-end freeze"}
+    await ok(api.http.post("/v1/apply", json={"items": [window("year-end", freezes=[freeze], apps=["a"])]}))
+    before = await _app_row(api, "a")
+    audited = len(await audit(api))
+
+    r = await api.http.post("/v1/apps/a/releases", json={})
+    assert r.status_code == 409, r.text
+    message = r.json()["message"]
+    assert "change window 'year-end': frozen until" in message and "year-end freeze" in message, message
+    assert "ballast order start NAME --emergency" in message, message
+    scaled = app("a", "hi")
+    scaled["spec"]["cells"] = {"cell-a": 2}
+    exposed = app("a", "hi")
+    exposed["spec"]["expose"] = {"host": "a.local", "path": "/"}
+    for items in ([scaled], [exposed], [app("b", "v3"), scaled]):
+        r = await api.http.post("/v1/apply", json={"items": items})
+        assert r.status_code == 409 and "change window 'year-end'" in r.json()["message"], r.text
+        assert "no emergency order" in r.json()["message"], r.text
+    r = await api.http.delete("/v1/apps/a")
+    assert r.status_code == 409 and "change window 'year-end'" in r.json()["message"], r.text
+    assert await _app_row(api, "a") == before and (await _app_row(api, "b"))["status"]["latestRevision"] == 2
+    refused = (await audit(api))[audited:]
+    assert [x["result"] for x in refused] == ["refused: HTTP 409"] * 5, "each refusal is on the record"
+
+    recorded = await ok(api.http.post("/v1/apply", json={"items": [app("a", "v3")]}))
+    assert recorded["results"][0]["revision"] == 3, "a new revision is a record: the window lets it through"
+    assert (await _app_row(api, "a"))["status"]["deployedRevision"] == 1
+    free = await ok(api.http.post("/v1/apply", json={"items": [app("b", "v3")]}))
+    assert free["results"][0]["outcome"] == "configured", "b is not covered by the window"

@@ -170,3 +170,38 @@ async def test_0006_stores_old_strategies_in_the_public_spelling_and_back(store_
 
     await _migrate(store_url, "0005", down=True)
     assert await _strategies(store_url) == [OLD_VERIFYING, OLD_PLAIN]
+
+
+# --- 0007: when a role binding was made and by whom -----------------------------------------------------------------
+
+async def _bindings(url: str) -> list[dict[str, Any]]:
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT * FROM role_bindings ORDER BY id"))).mappings().all()
+            return [dict(r) for r in rows]
+    finally:
+        await engine.dispose()
+
+
+async def test_0007_gives_old_bindings_no_age_and_no_grantor_and_back(store_url: str) -> None:
+    """Bindings stored before 0007 read back as made before records were kept (created_at 0, granted_by NULL), which
+    maker-checker counts as older than any order and granted by nobody; the downgrade restores the old rows."""
+    await _migrate(store_url, "0006")
+    engine = create_async_engine(normalize_url(store_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO role_bindings (\"user\", role, apps) VALUES "
+                                    "('bob', 'approver', NULL), ('erin', 'approver', '[\"a\"]')"))
+    finally:
+        await engine.dispose()
+    old = await _bindings(store_url)
+
+    upgraded = await Store.open(store_url)
+    await upgraded.close()
+    after = await _bindings(store_url)
+    assert [(b["user"], b["role"], b["created_at"], b["granted_by"]) for b in after] == [
+        ("bob", "approver", 0, None), ("erin", "approver", 0, None)]
+
+    await _migrate(store_url, "0006", down=True)
+    assert await _bindings(store_url) == old

@@ -31,13 +31,25 @@ async def order(api: Api) -> dict[str, Any]:
     return await ok(api.http.get("/v1/orders/chg"))  # type: ignore[no-any-return]
 
 
-async def test_pause_resume_success_and_rollback_of_a_finished_order(api: Api) -> None:
+async def as_new_user(api: Api, name: str, role: str) -> httpx.AsyncClient:
+    await ok(api.http.post("/v1/users", json={"name": name, "role": role}), 201)
+    return api.as_((await ok(api.http.post("/v1/tokens", json={"user": name, "name": name}), 201))["token"])
+
+
+async def started_order(api: Api) -> httpx.AsyncClient:
+    """Shop under order chg: written by alice (an operator), approved by bob (bound by the admin beforehand),
+    started; returns the shop's simulated agent."""
     agent = await shop_at_revision_1_with_revision_2_recorded(api)
-    await ok(api.http.post("/v1/users", json={"name": "bob", "role": "approver"}), 201)
-    bob_token = (await ok(api.http.post("/v1/tokens", json={"user": "bob", "name": "bob"}), 201))["token"]
-    await ok(api.http.post("/v1/apply", json={"items": [ORDER]}))
-    await ok(api.as_(bob_token).post("/v1/orders/chg/approve", json={"comment": "ok"}))
+    alice = await as_new_user(api, "alice", "operator")
+    bob = await as_new_user(api, "bob", "approver")
+    await ok(alice.post("/v1/apply", json={"items": [ORDER]}))
+    await ok(bob.post("/v1/orders/chg/approve", json={"comment": "ok"}))
     await ok(api.http.post("/v1/orders/chg/start", json={}))
+    return agent
+
+
+async def test_pause_resume_success_and_rollback_of_a_finished_order(api: Api) -> None:
+    agent = await started_order(api)
 
     assert await order_engine.reconcile_once(api.store) == 1
     [item] = (await order(api))["status"]["apps"]

@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import StrategyOverride
-from ballast.errors import Conflict
-from ballast.services import orders, releases
+from ballast.services import change_control, releases
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -45,12 +44,9 @@ async def start_release(app: str, body: StartRelease, request: Request, who: Pri
     require(who, Action.APPLY_APP, app)
 
     async def attempt() -> dict[str, Any]:
-        async with store_of(request).write() as tx:
-            order = await orders.active_order_for(tx.conn, app)
-            if order is not None:
-                raise Conflict(f"app {app!r} belongs to release order {order.name!r} ({order.phase}); its releases "
-                               f"are the order's: steer them with `ballast order ...`")
-            return await releases.start(tx, app, body.toRevision, body.strategy.model_dump(by_alias=True), who.user)
+        async with store_of(request).write() as tx:  # refused under an active order or a closed window
+            return await change_control.start_release(tx, app, body.toRevision,
+                                                      body.strategy.model_dump(by_alias=True), who.user)
 
     result = await retrying(attempt)
     mark_audited(request)
@@ -76,8 +72,8 @@ async def release_status(app: str, request: Request, id: int | None = Query(None
 async def _act(app: str, action: str, body: ReleaseAction, request: Request, who: Principal) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
 
-    return await audited_write(request, lambda tx: releases.act(tx, app, action, who.user, fast=body.fast,
-                                                               expect_phase=body.expectPhase, reverify=body.reverify))
+    return await audited_write(request, lambda tx: change_control.act_on_release(
+        tx, app, action, who.user, fast=body.fast, expect_phase=body.expectPhase, reverify=body.reverify))
 
 
 @router.post("/apps/{app}/release/pause", tags=["releases"])

@@ -15,7 +15,7 @@ from ballast.core.authz import Action
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
 from ballast.errors import FieldProblem, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
-from ballast.services import apps, artifacts, audit_trail, instances, registry, topology
+from ballast.services import apps, artifacts, audit_trail, change_control, instances, registry, topology
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -87,7 +87,7 @@ async def get_app(name: str, request: Request, who: Principal = Depends(principa
 async def delete_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, name)
 
-    stopping = await audited_write(request, lambda tx: registry.delete_app(tx, name, who.user))
+    stopping = await audited_write(request, lambda tx: change_control.delete_app(tx, name, who.user))
     return {"deleted": f"AppService/{name}", "instancesStopping": stopping}
 
 

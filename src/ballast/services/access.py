@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.authz import Binding, Role
 from ballast.core.digests import digest
+from ballast.core.maker_checker import GrantedBinding
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound, Unauthenticated
 from ballast.store.engine import ACCESS, Store, Tx
 from ballast.store.schema import role_bindings, tokens, users
@@ -111,6 +112,13 @@ async def bindings_of(conn: AsyncConnection, user: str) -> tuple[Binding, ...]:
     return tuple(Binding(role=Role(r.role), apps=tuple(r.apps) if r.apps is not None else None) for r in rows)
 
 
+async def granted_bindings(conn: AsyncConnection, user: str) -> tuple[GrantedBinding, ...]:
+    """The user's bindings with when they were made and by whom (what maker-checker weighs)."""
+    rows = (await conn.execute(select(role_bindings).where(role_bindings.c.user == user).order_by(role_bindings.c.id))).all()
+    return tuple(GrantedBinding(Binding(role=Role(r.role), apps=tuple(r.apps) if r.apps is not None else None),
+                                created_at=r.created_at, granted_by=r.granted_by) for r in rows)
+
+
 def validate_user_name(name: Any, path: str = "name") -> str:
     if not isinstance(name, str) or not USER_NAME.match(name):
         raise InvalidInput("invalid user name", problems=[FieldProblem(path, name, "lower-case letters, digits, - _ . @ (1-63 chars)")])
@@ -129,7 +137,8 @@ async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, act
     if (await tx.conn.execute(select(users.c.name).where(users.c.name == name))).first() is not None:
         raise Conflict(f"user {name!r} already exists")
     await tx.conn.execute(insert(users).values(name=name, created_at=tx.now))
-    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps))
+    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps, created_at=tx.now,
+                                                       granted_by=actor))
     after = {"name": name, "bindings": [{"role": role.value, "apps": apps}]}
     await tx.audit(actor=actor, action="user.create", resource=f"User/{name}", after=digest(after), detail=after)
     return after
@@ -138,7 +147,8 @@ async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, act
 async def bind(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> None:
     tx.touch(ACCESS)
     await _require_user(tx.conn, name)
-    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps))
+    await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps, created_at=tx.now,
+                                                       granted_by=actor))
     await tx.audit(actor=actor, action="user.bind", resource=f"User/{name}", detail={"role": role.value, "apps": apps})
 
 

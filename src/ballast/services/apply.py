@@ -14,11 +14,13 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.authz import Action
+from ballast.core.change_control import spec_changes
 from ballast.core.digests import digest
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest, Manifest,
-                                    ReleaseOrderManifest, spec_json)
+                                    ReleaseOrderManifest, spec_json, stored_spec)
 from ballast.core.traffic import routing
-from ballast.errors import FieldProblem, InvalidInput
+from ballast.errors import Conflict, FieldProblem, InvalidInput
+from ballast.services import change_control
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -61,6 +63,7 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
     try:
         async with store.write() as tx:
             await _check_references(tx.conn, manifests)
+            await _refuse_guarded_changes(tx, manifests)
             results = []
             for index, m in enumerate(manifests):
                 if isinstance(m, CellManifest):
@@ -103,6 +106,23 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest]) ->
     problems.extend(await _route_conflicts(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
+
+
+async def _refuse_guarded_changes(tx: Tx, manifests: list[Manifest]) -> None:
+    """An app under an active release order, or covered by a closed change window, refuses the changes they guard:
+    the whole apply is refused (409) before anything is written."""
+    refusals = []
+    for m in manifests:
+        if not isinstance(m, AppServiceManifest):
+            continue
+        row = (await tx.conn.execute(select(apps.c.spec).where(apps.c.name == m.metadata.name))).first()
+        # The stored spec re-read with today's defaults, so a field added since it was stored is no change.
+        before = stored_spec(row.spec).model_dump(mode="json", by_alias=True) if row is not None else None
+        why = await change_control.refusal(tx.conn, m.metadata.name, spec_changes(before, spec_json(m)), tx.now)
+        if why is not None:
+            refusals.append(why)
+    if refusals:
+        raise Conflict("; ".join(refusals) + "; nothing was applied")
 
 
 async def _route_conflicts(conn: AsyncConnection, manifests: list[Manifest]) -> list[FieldProblem]:

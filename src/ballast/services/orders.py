@@ -13,14 +13,14 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.authz import Action, allowed
 from ballast.core.digests import digest
+from ballast.core.maker_checker import Authorship, decision_refusal
 from ballast.core.manifests import ChangeWindowManifest, ChangeWindowSpec, ReleaseOrderManifest, spec_json, stored_spec
 from ballast.core.orders import (ACTIVE, EDITABLE, IN_FLIGHT, OrderOutcome, OrderPhase, Window, check_windows,
                                  stats, template_diff, utc)
 from ballast.errors import Conflict, FieldProblem, Forbidden, InvalidInput, NotFound
 from ballast.services import releases
-from ballast.services.access import Principal
+from ballast.services.access import Principal, granted_bindings
 from ballast.store import audit_log
 from ballast.store.engine import Tx
 from ballast.store.schema import (apps, audit, change_windows, order_approvals, order_events, order_items, orders,
@@ -162,10 +162,13 @@ def order_apps(spec: dict[str, Any]) -> list[str]:
     return [r["app"] for r in spec["releases"]]
 
 
-async def authors(conn: AsyncConnection, name: str) -> set[str]:
-    rows = (await conn.execute(select(order_events.c.actor).where(order_events.c.order_name == name,
-                                                                  order_events.c.action.in_(["created", "changed"])))).all()
-    return {r.actor for r in rows}
+async def authorship(conn: AsyncConnection, name: str) -> Authorship:
+    """Who wrote the order (created or changed it) and when its current spec was applied."""
+    rows = (await conn.execute(select(order_events.c.actor, order_events.c.ts).where(
+        order_events.c.order_name == name, order_events.c.action.in_(["created", "changed"])))).all()
+    # No record (never so) leaves written_at at 0: every binding is then "after", and no approval counts.
+    return Authorship(order=name, authors=frozenset(r.actor for r in rows),
+                      written_at=max((r.ts for r in rows), default=0.0))
 
 
 async def _approvals(conn: AsyncConnection, row: Any) -> list[Any]:
@@ -182,15 +185,11 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
     what = "emergency approval" if emergency else ("approval" if approve else "rejection")
     if phase not in (OrderPhase.PENDING_APPROVAL, OrderPhase.APPROVED):
         raise Conflict(f"release order {name!r} is {phase.value}; it takes no {what} now")
-    if who.user in await authors(tx.conn, name):
-        raise Forbidden(f"maker-checker: user {who.user!r} wrote release order {name!r} (created or changed it) and "
-                        f"may not give its {what}; another user must")
-    action = Action.APPROVE_EMERGENCY if emergency else Action.APPROVE_ORDER
-    role = "emergency-approver" if emergency else "approver"
-    lacking = [a for a in order_apps(row.spec) if not allowed(who.bindings, action, a)]
-    if lacking:
-        raise Forbidden(f"user {who.user!r} holds no {role} role for app(s) {', '.join(lacking)} of release order "
-                        f"{name!r}; its {what} needs one for every app")
+    # The bindings as stored in this transaction, not the principal's cached ones: their age and grantor count.
+    refusal = decision_refusal(who.user, await granted_bindings(tx.conn, who.user), order_apps(row.spec),
+                               await authorship(tx.conn, name), approve=approve, emergency=emergency)
+    if refusal is not None:
+        raise Forbidden(refusal)
     given = await _approvals(tx.conn, row)
     if any(a.user == who.user and a.emergency == emergency for a in given):
         raise Conflict(f"user {who.user!r} already decided on release order {name!r} as it stands")

@@ -116,6 +116,9 @@ role_bindings = Table(
     Column("user", String(63), nullable=False),
     Column("role", String(32), nullable=False),
     Column("apps", JSON, nullable=True),   # null: all apps and non-app resources
+    # When the binding was made and by whom (maker-checker weighs both); 0 and null: before records were kept.
+    Column("created_at", Float, nullable=False, server_default="0"),
+    Column("granted_by", String(63), nullable=True),
     Index("ix_role_bindings_user", "user"),
 )
 
