@@ -33,10 +33,10 @@ class BallastError(Exception):
         self.problems = problems or []
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": type(self).__name__, "message": _jsonable(self.message)}
+        body: dict[str, Any] = {"error": type(self).__name__, "message": _text(self.message)}
         if self.problems:
             body["problems"] = [
-                {"path": _jsonable(p.path), "value": _jsonable(p.value), "expected": _jsonable(p.expected)}
+                {"path": _text(p.path[:_ECHO_PATH]), "value": _jsonable(p.value), "expected": _text(p.expected)}
                 for p in self.problems
             ]
         return body
@@ -75,6 +75,11 @@ class RetryableConflict(Exception):
     what: str  # what changed under the decision, as a noun: "app 'shop'", "the audit chain"
 
 
+def _text(text: str) -> str:
+    """Our own words (messages, expectations): kept whole, but valid UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _jsonable(value: Any, depth: int = 0) -> Any:
     # The offending value is echoed back, so it must survive strict JSON and UTF-8:
     # NaN/Infinity are not JSON, a lone surrogate (a "\ud800" escape) is not UTF-8,
@@ -104,3 +109,4 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 _ECHO_DEPTH = 20
 _ECHO_CHARS = 200
 _ECHO_ITEMS = 20
+_ECHO_PATH = 500
