@@ -10,7 +10,8 @@ from pathlib import Path
 import uvicorn
 
 from ballast.api.app import create_app
-from ballast.controllers import endpoints, orders, releases, scheduler, verification
+from ballast.controllers import checkpoints, endpoints, orders, releases, scheduler, verification
+from ballast.controllers.checkpoints import AuditAnchor
 from ballast.services.access import TokenPolicy, bootstrap_admin
 from ballast.store.engine import Store
 
@@ -40,7 +41,12 @@ class _Server(uvicorn.Server):
 
 
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
-                token_policy: TokenPolicy = TokenPolicy()) -> None:
+                token_policy: TokenPolicy = TokenPolicy(), anchor: AuditAnchor | None = None) -> None:
+    if anchor is None:
+        log.warning("the audit log is NOT anchored: without --audit-key no checkpoint is signed, and whoever can "
+                    "write the database can rewrite the audit chain undetected")
+    else:
+        anchor.file.open_for_append()   # before anything else: a second writer is refused at once
     store = await Store.open(store_url)
     token = await bootstrap_admin(store)
     if token is not None:
@@ -49,7 +55,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         else:
             write_secret(bootstrap_token_file, token + "\n")
             log.warning("empty store: created user 'admin'; its token is in %s", bootstrap_token_file)
-    app = create_app(store, token_policy=token_policy)
+    app = create_app(store, token_policy=token_policy, audit_anchor=anchor)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
@@ -59,6 +65,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
                    asyncio.create_task(endpoints.run(store, stop), name="registry"),
                    asyncio.create_task(orders.run(store, stop), name="orders"),
                    asyncio.create_task(verification.run(store, stop), name="verification")]
+    writer = asyncio.create_task(checkpoints.run(store, stop, anchor), name="checkpoints") if anchor else None
     try:
         await server.serve()
     finally:
@@ -66,4 +73,10 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         for task in controllers:
             task.cancel()
         await asyncio.gather(*controllers, return_exceptions=True)
+        if writer is not None:   # not cancelled: it signs what the last requests and controllers appended
+            try:
+                await asyncio.wait_for(writer, 10.0)
+            except Exception:
+                log.exception("the last audit checkpoint was not written")
+            anchor.file.close()  # type: ignore[union-attr]
         await store.close()
