@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import uvicorn
 
@@ -34,6 +36,14 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, store: Store) -> None:
         super().__init__(config)
         self.store = store
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, minus re-raising SIGTERM/SIGINT once it has shut down: that would kill the process before
+        `serve` finishes (the last audit checkpoint, closing the store)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await self.store.release_watchers()

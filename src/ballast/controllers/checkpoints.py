@@ -87,3 +87,4 @@ async def run(store: Store, stop: asyncio.Event, anchor: AuditAnchor) -> None:
         except TimeoutError:
             pass
     await writer.write_due()
+    log.info("stopping: the audit chain is signed up to record %d", writer.last_seq)
