@@ -179,3 +179,20 @@ async def test_the_writer_signs_at_shutdown_and_one_server_owns_the_file(anchore
 async def test_a_server_without_a_key_says_its_chain_is_not_anchored(api: Any) -> None:
     verdict = (await api.http.get("/v1/audit/verify")).json()
     assert verdict["ok"] is True and verdict["checkpoints"] is None
+
+
+def test_a_line_being_appended_is_not_read_and_a_torn_one_is_completed_by_the_next_writer(tmp_path: Path) -> None:
+    """Readers see complete lines only (no false alarm while the writer appends); a line a crash tore stays, ended
+    by the next writer, so the check reports it instead of it swallowing the next checkpoint."""
+    first = CheckpointFile(tmp_path)
+    first.open_for_append()
+    first.append("one")
+    first.close()
+    with open(first.path, "a") as fh:
+        fh.write('{"v":1,"fro')
+    assert first.lines() == ["one"]
+    second = CheckpointFile(tmp_path)
+    second.open_for_append()
+    second.append("two")
+    second.close()
+    assert second.lines() == ["one", '{"v":1,"fro', "two"]

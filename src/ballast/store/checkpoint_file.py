@@ -26,8 +26,10 @@ class CheckpointFile:
         self._fd: int | None = None
 
     def lines(self) -> list[str]:
+        """The complete lines: one the writer is appending right now is not read half-written (a line torn by a
+        crash is completed with a newline when the next server opens the file, then reported)."""
         try:
-            return self.path.read_text().splitlines()
+            return self.path.read_text(errors="replace").split("\n")[:-1]
         except FileNotFoundError:
             return []
 
