@@ -1,11 +1,12 @@
 """The audit chain anchored outside the database, end to end: `ballast up` signs checkpoints with a key in its data
 dir; someone who rewrites the stopped platform's SQLite audit table and head (a consistent chain again) is caught
 by `ballast audit verify` after the restart, naming the record — through the server, and independently by an
-auditor holding a copy of the checkpoints and the public key."""
+auditor holding a copy of the checkpoints (or of the server log) and the public key."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -58,8 +59,10 @@ def test_a_rewritten_audit_table_is_caught_by_the_signed_checkpoints(platform: P
     last = json.loads(checkpoints.read_text().splitlines()[-1])
     assert last["seq"] == length, "the server signs the whole chain when it stops"
     _assert_in(data / "logs" / "server.log", f"stopping: the audit chain is signed up to record {length}")
-    auditor = tmp_path / "auditor-checkpoints.jsonl"     # the auditor's copy, taken before the tampering
+    auditor = tmp_path / "auditor-checkpoints.jsonl"     # the auditor's copies, taken before the tampering
     shutil.copy(checkpoints, auditor)
+    log_copy = tmp_path / "auditor-server.log"
+    shutil.copy(data / "logs" / "server.log", log_copy)
 
     victim = 3
     assert _rewrite(data / "ballast.db", victim, "mallory") == length
@@ -75,6 +78,13 @@ def test_a_rewritten_audit_table_is_caught_by_the_signed_checkpoints(platform: P
     assert independent.returncode != 0, independent.stdout
     assert f"record {victim} is not the record checkpoint line" in independent.stderr, independent.stderr
     assert "audit chain does NOT match the signed checkpoints" in independent.stderr, independent.stderr
+
+    from_log = platform.cli("audit", "verify", "--checkpoints", str(log_copy), "--public-key", str(public),
+                            check=False)
+    assert from_log.returncode != 0, from_log.stdout
+    narrowed = re.search(r"a record of records? (\d+)(?:\.\.(\d+))? was changed", from_log.stderr)
+    assert narrowed is not None, from_log.stderr
+    assert int(narrowed[1]) <= victim <= int(narrowed[2] or narrowed[1]), from_log.stderr
 
     server_log = data / "logs" / "server.log"
     eventually(lambda: _assert_in(server_log, "NOT signing an audit checkpoint"),

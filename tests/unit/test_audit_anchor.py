@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ballast.core import audit_anchor
-from ballast.core.audit_anchor import AnchorProblem, Checkpoint, Refusal, file_line, last_trusted, next_records, parse_line, sign
+from ballast.core.audit_anchor import (AnchorProblem, Checkpoint, Refusal, file_line, from_server_log, last_trusted,
+                                      log_line, next_records, parse_line, sign)
 from ballast.core.audit_chain import GENESIS, AuditRecord, record_hash
 from ballast.core.audit_signing import BadKey, Ed25519Signer, PublicKey
 from tests.unit.test_audit_chain import build
@@ -210,6 +211,49 @@ def test_parse_keeps_every_signed_field() -> None:
     assert parse_line(file_line(cp), 1) == cp
     assert isinstance(parse_line("", 1), AnchorProblem)
     assert isinstance(cp, Checkpoint) and cp.hashes == (chain[1].hash, chain[2].hash)
+
+
+# --- the server log as the anchor (heads only) ----------------------------------------------------------------------
+
+
+def server_log(chain: list[AuditRecord], cuts: list[int], signer: Ed25519Signer = KEY) -> list[str]:
+    """The server log around the checkpoints it logged at each of `cuts`."""
+    out, start = ["2026-12-06 10:00:00,000 ballast.server WARNING empty store: created user 'admin'"], 0
+    for end in cuts:
+        out.append(f"2026-12-06 10:00:0{len(out)},000 ballast.audit.checkpoints INFO "
+                   + log_line(sign(signer, chain[start:end], T)))
+        start = end
+    return out
+
+
+def test_the_logged_checkpoints_verify_on_their_own() -> None:
+    """A log line carries the signed fields and the signature, not the hashes: it anchors its head."""
+    chain = build(6)
+    lines = from_server_log(server_log(chain, [2, 6]))
+    assert len(lines) == 2 and all(line.startswith("{") for line in lines)
+    verdict = audit_anchor.check(chain + build(7)[6:], lines, KEY.public_key())
+    assert (verdict.ok, verdict.verified, verdict.unanchored) == (True, 2, 1)
+
+
+def test_a_rewrite_against_the_logged_heads_is_narrowed_to_the_records_between_two_checkpoints() -> None:
+    chain = build(9)
+    forged = rewrite(chain, 5, actor="mallory")
+    assert problems(forged, from_server_log(server_log(chain, [3, 6, 9]))) == [
+        (6, f"checkpoint at record 6 (line 2, {T}) signed head {chain[5].hash[:16]}…, the store has "
+            f"{forged[5].hash[:16]}… (and 1 later checkpoint(s) likewise): a record of records 4..6 was changed")]
+
+
+def test_a_deleted_tail_against_the_logged_heads_is_named() -> None:
+    chain = build(9)
+    assert problems(chain[:4], from_server_log(server_log(chain, [3, 6, 9]))) == [
+        (5, "the store ends at record 4 but checkpoint line 3 signs up to record 9: records 5..9 deleted")]
+
+
+def test_a_logged_checkpoint_with_an_altered_head_is_refused() -> None:
+    chain = build(3)
+    [line] = from_server_log(server_log(chain, [3]))
+    [problem] = problems(chain, [_edit("head", "f" * 64)(line)])
+    assert problem == (None, f"checkpoint line 1: its signature does not verify with key {KEY.key_id}: refused")
 
 
 # --- what the writer signs -------------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def audit_keygen(out: Path) -> None:
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="a JSON report (`ballast order report --format json`): check its audit records are in the chain")
 @click.option("--checkpoints", "checkpoints_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="a copy of the checkpoint file: check the chain here, independently of the server")
+              help="a copy of the checkpoint file (or of the server log): check the chain here, independently of "
+                   "the server")
 @click.option("--public-key", "public_key_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="the public key (PEM) trusted to sign the checkpoints (with --checkpoints)")
 @command
@@ -149,6 +150,8 @@ async def _verify_independently(client: Client, checkpoints_file: Path, public_k
         lines = checkpoints_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"error: --checkpoints {checkpoints_file}: cannot read it ({exc})", 2)
+    if not next((line for line in lines if line.strip()), "{").startswith("{"):
+        lines = audit_anchor.from_server_log(lines)     # a server log: its checkpoint lines (heads only)
     records = await _all_records(client)
     last_seq, last_hash = (records[-1].seq, records[-1].hash) if records else (0, GENESIS)
     breaks = verify(records, last_seq, last_hash)   # the links, recomputed here; the head row is the server's

@@ -39,12 +39,13 @@ class Checkpoint:
     head: str
     time: str
     key_id: str
-    hashes: tuple[str, ...]     # the chain hash of every record first_seq..seq
+    hashes: tuple[str, ...]     # the chain hash of every record first_seq..seq; () when read from a log line
+    hashes_digest: str          # what the signature covers of them
     signature: str              # base64 of the Ed25519 signature over `payload(...)`
 
     def signed_fields(self) -> dict[str, Any]:
         return {"v": VERSION, "from": self.first_seq, "seq": self.seq, "head": self.head, "time": self.time,
-                "keyId": self.key_id, "hashesDigest": hashes_digest(self.hashes)}
+                "keyId": self.key_id, "hashesDigest": self.hashes_digest}
 
 
 def hashes_digest(hashes: Iterable[str]) -> str:
@@ -59,14 +60,24 @@ def payload(fields: dict[str, Any]) -> bytes:
 def sign(signer: Signer, records: Sequence[AuditRecord], time: str) -> Checkpoint:
     """A checkpoint over consecutive `records` (non-empty), signed now."""
     hashes = tuple(r.hash for r in records)
-    unsigned = Checkpoint(records[0].seq, records[-1].seq, records[-1].hash, time, signer.key_id, hashes, "")
+    unsigned = Checkpoint(records[0].seq, records[-1].seq, records[-1].hash, time, signer.key_id, hashes,
+                          hashes_digest(hashes), "")
     signature = base64.b64encode(signer.sign(payload(unsigned.signed_fields()))).decode()
     return replace(unsigned, signature=signature)
 
 
+LOG_MARKER = "audit checkpoint "
+
+
 def log_line(cp: Checkpoint) -> str:
     """What the server logs: the signed fields and the signature (enough to check the head on its own)."""
-    return json.dumps({**cp.signed_fields(), "sig": cp.signature}, separators=(",", ":"))
+    return LOG_MARKER + json.dumps({**cp.signed_fields(), "sig": cp.signature}, separators=(",", ":"))
+
+
+def from_server_log(lines: Iterable[str]) -> list[str]:
+    """The checkpoints a server log carries, each as its JSON, in order (every other log line is left out)."""
+    marker = LOG_MARKER + "{"
+    return [line[line.index(marker) + len(LOG_MARKER):] for line in lines if marker in line]
 
 
 def file_line(cp: Checkpoint) -> str:
@@ -108,16 +119,19 @@ def parse_line(text: str, line: int) -> Checkpoint | AnchorProblem:
         if doc.get("v") != VERSION:
             raise ValueError(f"v: got {doc.get('v')!r}, expected {VERSION}")
         first, seq, head = _int(doc, "from"), _int(doc, "seq"), _str(doc, "head")
-        hashes = doc.get("hashes")
+        if seq < first:
+            raise ValueError(f"seq: got {seq}, expected at least from ({first})")
+        digest = _str(doc, "hashesDigest")
+        hashes = doc.get("hashes", [])     # a log line carries the head only
         if not isinstance(hashes, list) or not all(isinstance(h, str) and _HASH.match(h) for h in hashes):
             raise ValueError("hashes: expected a list of 64-hex-digit hashes")
-        if seq < first or len(hashes) != seq - first + 1 or hashes[-1] != head:
+        if hashes and (len(hashes) != seq - first + 1 or hashes[-1] != head):
             raise ValueError(f"hashes: {len(hashes)} hashes for records {first}..{seq} ending in head {head[:16]}…")
-        if doc.get("hashesDigest") != hashes_digest(hashes):
+        if hashes and digest != hashes_digest(hashes):
             raise ValueError("hashesDigest does not match the hashes")
         signature = _str(doc, "sig")
         base64.b64decode(signature, validate=True)
-        return Checkpoint(first, seq, head, _str(doc, "time"), _str(doc, "keyId"), tuple(hashes), signature)
+        return Checkpoint(first, seq, head, _str(doc, "time"), _str(doc, "keyId"), tuple(hashes), digest, signature)
     except (ValueError, binascii.Error) as exc:     # json.JSONDecodeError is a ValueError
         return _refused(line, f"not a valid checkpoint ({exc})")
 
@@ -222,7 +236,7 @@ def check(records: Sequence[AuditRecord], lines: Sequence[str], key: PublicKey) 
             problems.append(AnchorProblem(expected_first, n, f"no valid checkpoint covers "
                                           f"{_span(expected_first, cp.first_seq - 1)} (line {n} starts at record "
                                           f"{cp.first_seq})"))
-        for seq, digest in zip(range(cp.first_seq, cp.seq + 1), cp.hashes):
+        for seq, digest in zip(range(cp.first_seq, cp.seq + 1), cp.hashes) if cp.hashes else [(cp.seq, cp.head)]:
             if signed.get(seq, digest) != digest:
                 problems.append(AnchorProblem(seq, n, f"checkpoint line {n} signs record {seq} as {digest[:16]}…, "
                                               f"line {line_of[seq]} as {signed[seq][:16]}…"))
@@ -241,7 +255,9 @@ def check(records: Sequence[AuditRecord], lines: Sequence[str], key: PublicKey) 
             deleted.append(seq)
         elif rec.hash != signed[seq]:
             prev = GENESIS if seq == 1 else signed.get(seq - 1)
-            same_content = prev is not None and record_hash(
+            if prev is None:
+                continue    # a head-only checkpoint (from a log): reported below with the span it narrows to
+            same_content = record_hash(
                 prev, rec.seq, rec.ts, rec.actor, rec.action, rec.resource, rec.before, rec.after, rec.result,
                 rec.detail) == signed[seq]
             (rehashed if same_content else changed).append(seq)
@@ -252,19 +268,22 @@ def check(records: Sequence[AuditRecord], lines: Sequence[str], key: PublicKey) 
     for a, b in _ranges(rehashed):
         problems.append(AnchorProblem(a, line_of[a], f"{_span(a, b)}: content as signed, but re-hashed (the chain "
                                       "was recomputed after an earlier change)"))
-    for a, b in _ranges(deleted):
-        if a > store_end:
-            problems.append(AnchorProblem(a, line_of[b], f"the store ends at record {store_end} but checkpoint line "
-                                          f"{line_of[b]} signs up to record {b}: {_span(a, b)} deleted"))
-        else:
-            problems.append(AnchorProblem(a, line_of[a], f"{_span(a, b)} signed by checkpoint line {line_of[a]} "
-                                          "missing from the store (deleted)"))
-    heads = [(n, cp) for n, cp in trusted if cp.seq in stored and stored[cp.seq].hash != cp.head]
+    for a, b in _ranges([seq for seq in deleted if seq <= store_end]):
+        problems.append(AnchorProblem(a, line_of[a], f"{_span(a, b)} signed by checkpoint line {line_of[a]} "
+                                      "missing from the store (deleted)"))
+    if deleted and deleted[-1] > store_end:     # the tail: everything after the store's end is gone
+        end = deleted[-1]
+        problems.append(AnchorProblem(store_end + 1, line_of[end], f"the store ends at record {store_end} but "
+                                      f"checkpoint line {line_of[end]} signs up to record {end}: "
+                                      f"{_span(store_end + 1, end)} deleted"))
+    heads = [i for i, (_, cp) in enumerate(trusted) if cp.seq in stored and stored[cp.seq].hash != cp.head]
     if heads:
-        n, cp = heads[0]
+        n, cp = trusted[heads[0]]
         later = f" (and {len(heads) - 1} later checkpoint(s) likewise)" if len(heads) > 1 else ""
+        since = trusted[heads[0] - 1][1].seq if heads[0] else 0
+        where = "" if cp.hashes else f": a record of {_span(since + 1, cp.seq)} was changed"
         problems.append(AnchorProblem(cp.seq, n, f"checkpoint at record {cp.seq} (line {n}, {cp.time}) signed head "
-                                      f"{cp.head[:16]}…, the store has {stored[cp.seq].hash[:16]}…{later}"))
+                                      f"{cp.head[:16]}…, the store has {stored[cp.seq].hash[:16]}…{later}{where}"))
     last = trusted[-1][1] if trusted else None
     problems.sort(key=lambda p: (p.seq is not None, p.seq or 0, p.line or 0))
     return AnchorCheck(lines=sum(1 for t in lines if t.strip()), verified=len(trusted), last=last,
