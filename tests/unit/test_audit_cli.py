@@ -72,3 +72,16 @@ def test_an_independent_check_needs_the_checkpoints_and_the_key_together(tmp_pat
     code, out = run("--server", "http://127.0.0.1:1", "--token", "t", "audit", "verify", "--checkpoints",
                     str(tmp_path / "c.jsonl"))
     assert code == 2 and "--checkpoints and --public-key go together" in out, out
+
+
+def test_the_server_refuses_a_checkpoint_directory_it_cannot_write_naming_it(tmp_path: Path) -> None:
+    assert run("audit", "keygen", "--out", str(tmp_path / "key.pem"))[0] == 0
+    (tmp_path / "a-file").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, out = run("server", "--store", f"sqlite:///{tmp_path}/never.db",
+                        "--listen", f"127.0.0.1:{taken.getsockname()[1]}", "--audit-key", str(tmp_path / "key.pem"),
+                        "--audit-checkpoints", str(tmp_path / "a-file" / "checkpoints"))
+    assert code != 0 and f"error: audit checkpoints {tmp_path}/a-file/checkpoints/checkpoints.jsonl: " in out, out
+    assert not (tmp_path / "never.db").exists()
