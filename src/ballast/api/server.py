@@ -83,10 +83,10 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         for task in controllers:
             task.cancel()
         await asyncio.gather(*controllers, return_exceptions=True)
-        if writer is not None:   # not cancelled: it signs what the last requests and controllers appended
+        if anchor is not None and writer is not None:   # not cancelled: it signs what came in last
             try:
                 await asyncio.wait_for(writer, 10.0)
             except Exception:
                 log.exception("the last audit checkpoint was not written")
-            anchor.file.close()  # type: ignore[union-attr]
+            anchor.file.close()
         await store.close()

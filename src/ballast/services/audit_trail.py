@@ -48,6 +48,7 @@ async def recent(conn: AsyncConnection, *, after: int, limit: int, oldest: bool 
 
 
 async def head(conn: AsyncConnection) -> tuple[int, str]:
+    """The chain head row's (seq, hash)."""
     return await audit_log.head(conn)
 
 
@@ -60,9 +61,9 @@ async def check(conn: AsyncConnection, quoted: Sequence[tuple[int, str]] = (), a
                 ) -> ChainCheck:
     """Verify the whole chain, against the signed checkpoints when given, and, if given, that each quoted
     (seq, hash) is in it with exactly this hash."""
-    count, breaks, head, recs = await audit_log.verify_all_records(conn)
+    count, breaks, head_hash, recs = await audit_log.verify_all_records(conn)
     anchored = audit_anchor.check(recs, anchor.lines, anchor.key) if anchor is not None else None
     if not quoted:
-        return ChainCheck(count, head, tuple(breaks), anchor=anchored)
+        return ChainCheck(count, head_hash, tuple(breaks), anchor=anchored)
     stored = {r.seq: r.hash for r in recs}
-    return ChainCheck(count, head, tuple(breaks), len(quoted), tuple(mismatches(quoted, stored)), anchored)
+    return ChainCheck(count, head_hash, tuple(breaks), len(quoted), tuple(mismatches(quoted, stored)), anchored)
