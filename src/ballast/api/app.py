@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ballast.api.admission import Authenticate, BoundBody, Refusals
 from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
 from ballast.api.deps import principal, retrying
+from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.services.access import TokenPolicy
@@ -30,12 +31,14 @@ log = logging.getLogger("ballast.api")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> FastAPI:
+def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
+               audit_anchor: AuditAnchor | None = None) -> FastAPI:
     app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
                   redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
     app.state.refusals = refusals = Refusals()
+    app.state.audit_anchor = audit_anchor
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from ballast.core.manifests import API_VERSION
 from ballast.core.placement import format_cpu, format_memory
 from ballast.services.apps import AppRecord, RevisionRecord
 from ballast.services.artifacts import ArtifactRecord
+from ballast.core.audit_anchor import AnchorCheck
 from ballast.services.audit_trail import ChainCheck
 from ballast.services.endpoints import GatewayRecord
 from ballast.services.instances import InstanceRecord
@@ -113,7 +114,16 @@ def audit_record(r: AuditRecord) -> dict[str, Any]:
 def chain_check(c: ChainCheck) -> dict[str, Any]:
     """The chain's verdict; with the quoted records' mismatches when a report's records were checked."""
     breaks = [{"seq": b.seq, "problem": b.problem} for b in c.breaks]
+    verdict = {"records": c.records, "ok": c.ok, "headHash": c.head_hash, "breaks": breaks,
+               "checkpoints": None if c.anchor is None else anchor_check(c.anchor)}
     if c.checked is None:
-        return {"records": c.records, "ok": c.ok, "headHash": c.head_hash, "breaks": breaks}
-    return {"records": c.records, "ok": c.ok, "headHash": c.head_hash, "checked": c.checked, "breaks": breaks,
-            "mismatches": [{"seq": m.seq, "problem": m.problem} for m in c.mismatches]}
+        return verdict
+    return {**verdict, "checked": c.checked, "mismatches": [{"seq": m.seq, "problem": m.problem} for m in c.mismatches]}
+
+
+def anchor_check(a: AnchorCheck) -> dict[str, Any]:
+    """The chain against the signed checkpoints (`checkpoints` of the verdict; null when the server signs none)."""
+    last = None if a.last is None else {"seq": a.last.seq, "head": a.last.head, "time": a.last.time,
+                                        "keyId": a.last.key_id}
+    return {"lines": a.lines, "verified": a.verified, "last": last, "unanchored": a.unanchored,
+            "problems": [{"seq": p.seq, "line": p.line, "problem": p.problem} for p in a.problems]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -172,18 +173,29 @@ async def fetch_artifact(digest: str, request: Request, who: Principal = Depends
 
 @router.get("/audit", tags=["audit"])
 async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=2**63 - 1),
+                     oldest: bool = Query(False, description="with after=0: the first records, not the newest"),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
-        recs = await audit_trail.recent(conn, after=after, limit=limit)
+        recs = await audit_trail.recent(conn, after=after, limit=limit, oldest=oldest)
     return {"items": [objects.audit_record(r) for r in recs]}
+
+
+async def _anchor(request: Request) -> audit_trail.Anchor | None:
+    """This server's signed checkpoints, read now (the file lives outside the database), or None when unanchored."""
+    anchor = request.app.state.audit_anchor
+    if anchor is None:
+        return None
+    return audit_trail.Anchor(await asyncio.to_thread(anchor.file.lines), anchor.signer.public_key())
 
 
 @router.get("/audit/verify", tags=["audit"])
 async def verify_audit(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Verify the chain against its head row and against this server's signed checkpoints."""
     require(who, Action.READ)
+    anchor = await _anchor(request)
     async with store_of(request).read() as conn:
-        return objects.chain_check(await audit_trail.check(conn))
+        return objects.chain_check(await audit_trail.check(conn, anchor=anchor))
 
 
 class RecordRef(BaseModel):
@@ -203,6 +215,7 @@ async def verify_audit_records(body: VerifyRecords, request: Request,
     """Verify the chain and that each given record (from a report) is in it with exactly this hash."""
     require(who, Action.READ)
     request.state.audit_exempt = True  # a check changes nothing
+    anchor = await _anchor(request)
     async with store_of(request).read() as conn:
-        check = await audit_trail.check(conn, [(x.seq, x.hash) for x in body.records])
+        check = await audit_trail.check(conn, [(x.seq, x.hash) for x in body.records], anchor)
     return objects.chain_check(check)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import h11
 import uvicorn
@@ -13,7 +15,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
-from ballast.controllers import endpoints, orders, releases, scheduler, verification
+from ballast.controllers import checkpoints, endpoints, orders, releases, scheduler, verification
+from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.nodes import DisruptionPolicy
 from ballast.services.access import TokenPolicy, bootstrap_admin
 from ballast.store.engine import Store
@@ -71,13 +74,27 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.store = store
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, minus re-raising SIGTERM/SIGINT once it has shut down: that would kill the process before
+        `serve` finishes (the last audit checkpoint, closing the store)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
     async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
         await self.store.release_watchers()
         await super().shutdown(sockets)
 
 
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
-                token_policy: TokenPolicy = TokenPolicy(), disruption: DisruptionPolicy = DisruptionPolicy()) -> None:
+                token_policy: TokenPolicy = TokenPolicy(), anchor: AuditAnchor | None = None,
+                disruption: DisruptionPolicy = DisruptionPolicy()) -> None:
+    if anchor is None:
+        log.warning("the audit log is NOT anchored: without --audit-key no checkpoint is signed, and whoever can "
+                    "write the database can rewrite the audit chain undetected")
+    else:
+        anchor.file.open_for_append()   # before anything else: a second writer is refused at once
     store = await Store.open(store_url)
     token = await bootstrap_admin(store)
     if token is not None:
@@ -86,7 +103,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         else:
             write_secret(bootstrap_token_file, token + "\n")
             log.warning("empty store: created user 'admin'; its token is in %s", bootstrap_token_file)
-    app = create_app(store, token_policy=token_policy)
+    app = create_app(store, token_policy=token_policy, audit_anchor=anchor)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off", http=_HeadTimeoutH11)
@@ -97,6 +114,8 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
                    asyncio.create_task(orders.run(store, stop), name="orders"),
                    asyncio.create_task(verification.run(store, stop), name="verification")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
+    signing = asyncio.Event()   # set last: the final checkpoint signs every record written before it
+    writer = asyncio.create_task(checkpoints.run(store, signing, anchor), name="checkpoints") if anchor else None
     try:
         await server.serve()
     finally:
@@ -106,4 +125,11 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         await asyncio.gather(*controllers, return_exceptions=True)
         await asyncio.wait([refusals], timeout=5)  # its last record: what was refused since the one before
         refusals.cancel()
+        signing.set()
+        if anchor is not None and writer is not None:   # not cancelled: it signs what came in last
+            try:
+                await asyncio.wait_for(writer, 10.0)
+            except Exception:
+                log.exception("the last audit checkpoint was not written")
+            anchor.file.close()
         await store.close()

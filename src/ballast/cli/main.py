@@ -7,7 +7,6 @@ errors end as one readable message and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import click
 import yaml
 
 from ballast.cli import output, packaging
-from ballast.cli.common import KINDS, _fail, command, console, err_console
+from ballast.cli.common import KINDS, _fail, command, console
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
 from ballast.core.authz import Role
@@ -92,21 +91,38 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
                    "cannot hear them and drains none of them until heartbeats flow again")
 @click.option("--node-disruption-min", type=click.IntRange(min=1, max=100_000), default=2, show_default=True,
               help="...and at least this many nodes")
+@click.option("--audit-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ed25519 private key (PEM) that signs audit checkpoints (`ballast audit keygen`); keep it off "
+                   "the database host. Without it the audit chain is not anchored")
+@click.option("--audit-checkpoints", type=click.Path(file_okay=False, path_type=Path),
+              help="directory of the append-only checkpoint file (default: audit-checkpoints beside the key)")
+@click.option("--audit-checkpoint-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="seconds between checkpoints while the chain grows (one more is signed at shutdown)")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
-           node_disruption_share: float, node_disruption_min: int) -> None:
+           node_disruption_share: float, node_disruption_min: int,
+           audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float) -> None:
     """Run the control plane."""
     from ballast.api.server import serve
+    from ballast.cli.audit_cmds import load_signer
+    from ballast.controllers.checkpoints import AuditAnchor
     from ballast.core.nodes import DisruptionPolicy
     from ballast.services.access import TokenPolicy
+    from ballast.store.checkpoint_file import CheckpointFile
     host, _, port = listen.rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
         _fail(f"error: --listen {listen!r}: expected HOST:PORT with a port in 1..65535", 2)
+    if audit_checkpoints is not None and audit_key is None:
+        _fail("error: --audit-checkpoints needs --audit-key: checkpoints are signed with it", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
+        anchor = None
+        if audit_key is not None:
+            directory = audit_checkpoints or audit_key.parent / "audit-checkpoints"
+            anchor = AuditAnchor(load_signer(audit_key), CheckpointFile(directory), audit_checkpoint_interval)
         asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
-                          TokenPolicy(max_seconds=max_token_ttl),
+                          TokenPolicy(max_seconds=max_token_ttl), anchor,
                           DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min)))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
@@ -489,50 +505,13 @@ async def whoami(client: Client) -> None:
     console.out(yaml.safe_dump(await client.get("/v1/whoami"), sort_keys=False))
 
 
-@cli.group()
-def audit() -> None:
-    """The append-only, hash-chained audit log."""
-
-
-@audit.command("list")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
-@command
-async def audit_list(client: Client, limit: int, fmt: str) -> None:
-    output.render("audit", (await client.get("/v1/audit", limit=limit))["items"], fmt, console)
-
-
-@audit.command("verify")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="a JSON report (`ballast order report --format json`): check its audit records are in the chain")
-@command
-async def audit_verify(client: Client, report_file: Path | None) -> None:
-    """Check the whole hash chain (and, with --report, that a report's records are exactly in it)."""
-    if report_file is None:
-        answer = await client.get("/v1/audit/verify")
-    else:
-        try:
-            records = json.loads(report_file.read_text())["audit"]["records"]
-        except (ValueError, KeyError, TypeError):
-            _fail(f"error: {report_file}: expected a JSON order report with audit.records", 2)
-        answer = await client.post("/v1/audit/verify", {"records": [{"seq": r["seq"], "hash": r["hash"]} for r in records]})
-    if answer["ok"]:
-        checked = f"; all {answer['checked']} records of the report match" if report_file is not None else ""
-        console.print(f"audit chain intact: {answer['records']} records, head {answer['headHash'][:16]}…{checked}")
-        return
-    for b in answer["breaks"]:
-        err_console.print(f"record {b['seq']}: {b['problem']}", markup=False)
-    for m in answer.get("mismatches", []):
-        err_console.print(f"report record {m['seq']}: {m['problem']}", markup=False)
-    _fail(f"audit chain BROKEN or report not covered: {len(answer['breaks'])} break(s), "
-          f"{len(answer.get('mismatches', []))} mismatch(es) in {answer['records']} records")
-
-
 from ballast.cli.release_cmds import release  # noqa: E402  (registers on the group above)
 
 from ballast.cli.order_cmds import order  # noqa: E402
 
 from ballast.cli.metrics_cmds import metrics  # noqa: E402
+
+from ballast.cli.audit_cmds import audit  # noqa: E402
 
 
 @cli.group()
@@ -563,6 +542,7 @@ async def node_uncordon(client: Client, name: str) -> None:
 cli.add_command(release)
 cli.add_command(order)
 cli.add_command(metrics)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -30,10 +30,14 @@ from rich.console import Console
 from ballast.processes import adopt, exit_with_parent, port_holder, start_time
 from ballast.agent.state import StateFile
 from ballast.cli import config as client_config
+from ballast.cli.audit_cmds import write_key_pair
 from ballast.client import ApiError, Client, Unreachable
+from ballast.core.audit_signing import Ed25519Signer
 from ballast.errors import BallastError
 
 AGENT_USER = "node-agents"
+AUDIT_KEY = "audit-key.pem"                 # its public key: audit-key.pem.pub
+AUDIT_CHECKPOINTS = "audit-checkpoints"     # the signed checkpoints: audit-checkpoints/checkpoints.jsonl
 GATEWAY_NAME = "edge"
 
 
@@ -201,6 +205,15 @@ def sweep_instances(data_dir: Path) -> int:
     return killed
 
 
+def audit_signing_key(data_dir: Path) -> Path:
+    """The key the server signs audit checkpoints with: made once, mode 0600, beside the store but not in it
+    (production keeps it off the database host, or behind a KMS)."""
+    key = data_dir / AUDIT_KEY
+    if not key.exists():
+        write_key_pair(key, Ed25519Signer.generate())
+    return key
+
+
 def _lock(data_dir: Path) -> int:
     """Hold the data dir for as long as this process lives (the kernel lets go when it dies, however it dies)."""
     fd = os.open(data_dir / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -266,8 +279,12 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     _check_ports(settings)
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
     bootstrap_file = data_dir / "bootstrap-token"
+    audit_key = audit_signing_key(data_dir)
     server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
-                                             "--bootstrap-token-file", str(bootstrap_file)), data_dir / "logs" / "server.log")
+                                             "--bootstrap-token-file", str(bootstrap_file),
+                                             "--audit-key", str(audit_key),
+                                             "--audit-checkpoints", str(data_dir / AUDIT_CHECKPOINTS)),
+                   data_dir / "logs" / "server.log")
     agents: list[Child] = []
     loop = asyncio.get_running_loop()
     try:
@@ -357,6 +374,8 @@ def _announce(console: Console, settings: UpSettings, client_file: Path, plan: l
                       f"http://{settings.gateway_metrics}/metrics (gateway), {settings.server}/metrics "
                       "(control plane, with a token)")
     console.print(f"data dir: {data_dir}   client config: {client_file}")
+    console.print(f"audit checkpoints: {data_dir / AUDIT_CHECKPOINTS}, signed by {data_dir / AUDIT_KEY} "
+                  f"(public key: {data_dir / (AUDIT_KEY + '.pub')})")
     for name, ip, cell, zone in plan:
         console.print(f"  node {name:<8} {ip:<12} {cell} ({zone})")
     console.print("try: ballast demo && ballast get instances shop     (Ctrl-C stops everything)", highlight=False)

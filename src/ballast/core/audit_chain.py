@@ -43,11 +43,15 @@ class ChainBreak:
     problem: str
 
 
-def verify(records: Iterable[AuditRecord], head_seq: int, head_hash: str) -> list[ChainBreak]:
-    """Check links in stored order (by seq); the head pins the last record so truncation shows too."""
+def verify(records: Iterable[AuditRecord], head_seq: int, head_hash: str, *,
+           after_seq: int = 0, after_hash: str = GENESIS) -> list[ChainBreak]:
+    """Check links in stored order (by seq); the head pins the last record so truncation shows too.
+
+    `after_seq`/`after_hash` start the check inside the chain: the records then continue from a record known to
+    have that hash (the last signed checkpoint), and must link to it."""
     breaks: list[ChainBreak] = []
-    expected_prev, expected_seq = GENESIS, 1
-    last_seq, last_hash = 0, GENESIS
+    expected_prev, expected_seq = after_hash, after_seq + 1
+    last_seq, last_hash = after_seq, after_hash
     for rec in records:
         if rec.seq != expected_seq:
             breaks.append(ChainBreak(rec.seq, f"sequence gap: expected record {expected_seq}, found {rec.seq} (deleted or reordered)"))

@@ -12,7 +12,10 @@ from typing import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core import audit_anchor
+from ballast.core.audit_anchor import AnchorCheck
 from ballast.core.audit_chain import AuditRecord, ChainBreak, mismatches
+from ballast.core.audit_signing import PublicKey
 from ballast.store import audit_log
 
 
@@ -23,23 +26,44 @@ class ChainCheck:
     breaks: tuple[ChainBreak, ...]
     checked: int | None = None              # how many quoted records were checked; None: none were given
     mismatches: tuple[ChainBreak, ...] = ()
+    anchor: AnchorCheck | None = None       # None: the server signs no checkpoints (the chain is not anchored)
 
     @property
     def ok(self) -> bool:
-        return not self.breaks and not self.mismatches
+        return not self.breaks and not self.mismatches and (self.anchor is None or self.anchor.ok)
 
 
-async def recent(conn: AsyncConnection, *, after: int, limit: int) -> list[AuditRecord]:
-    """Up to `limit` records after seq `after`, oldest first; `after=0`: the newest `limit`."""
-    recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0)
+@dataclass(frozen=True)
+class Anchor:
+    """Signed checkpoints to check the chain against: the checkpoint file's lines and the key trusted to sign."""
+    lines: Sequence[str]
+    key: PublicKey
+
+
+async def recent(conn: AsyncConnection, *, after: int, limit: int, oldest: bool = False) -> list[AuditRecord]:
+    """Up to `limit` records after seq `after`, oldest first; `after=0`: the newest `limit` (the first with
+    `oldest`, where a reader of the whole chain starts)."""
+    recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0 and not oldest)
     return sorted(recs, key=lambda r: r.seq)
 
 
-async def check(conn: AsyncConnection, quoted: Sequence[tuple[int, str]] = ()) -> ChainCheck:
-    """Verify the whole chain and, if given, that each quoted (seq, hash) is in it with exactly this hash."""
-    count, breaks, head = await audit_log.verify_all(conn)
+async def head(conn: AsyncConnection) -> tuple[int, str]:
+    """The chain head row's (seq, hash)."""
+    return await audit_log.head(conn)
+
+
+async def records_after(conn: AsyncConnection, after: int, limit: int) -> list[AuditRecord]:
+    """Up to `limit` records after seq `after`, oldest first."""
+    return await audit_log.records(conn, after_seq=after, limit=limit)
+
+
+async def check(conn: AsyncConnection, quoted: Sequence[tuple[int, str]] = (), anchor: Anchor | None = None
+                ) -> ChainCheck:
+    """Verify the whole chain, against the signed checkpoints when given, and, if given, that each quoted
+    (seq, hash) is in it with exactly this hash."""
+    count, breaks, head_hash, recs = await audit_log.verify_all_records(conn)
+    anchored = audit_anchor.check(recs, anchor.lines, anchor.key) if anchor is not None else None
     if not quoted:
-        return ChainCheck(count, head, tuple(breaks))
-    first, last = min(seq for seq, _ in quoted), max(seq for seq, _ in quoted)
-    stored = {r.seq: r.hash for r in await audit_log.records(conn, after_seq=first - 1, limit=last - first + 1)}
-    return ChainCheck(count, head, tuple(breaks), len(quoted), tuple(mismatches(quoted, stored)))
+        return ChainCheck(count, head_hash, tuple(breaks), anchor=anchored)
+    stored = {r.seq: r.hash for r in recs}
+    return ChainCheck(count, head_hash, tuple(breaks), len(quoted), tuple(mismatches(quoted, stored)), anchored)

@@ -56,8 +56,20 @@ async def records(conn: AsyncConnection, *, after_seq: int = 0, limit: int | Non
     return [_record(r) for r in (await conn.execute(query)).all()]
 
 
+async def head(conn: AsyncConnection) -> tuple[int, str]:
+    """The chain head row: the last record's seq and hash as the store claims them."""
+    row = (await conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))).one()
+    return int(row.seq), str(row.hash)
+
+
 async def verify_all(conn: AsyncConnection) -> tuple[int, list[ChainBreak], str]:
-    head = (await conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1))).one()
+    count, breaks, head_hash, _ = await verify_all_records(conn)
+    return count, breaks, head_hash
+
+
+async def verify_all_records(conn: AsyncConnection) -> tuple[int, list[ChainBreak], str, list[AuditRecord]]:
+    """The chain checked against its head row, with the records it read (for a check against checkpoints)."""
+    head_seq, head_hash = await head(conn)
     # Stored order is by the primary key, so a swapped seq shows as a broken link.
     recs = await records(conn)
-    return len(recs), verify(recs, int(head.seq), head.hash), head.hash
+    return len(recs), verify(recs, head_seq, head_hash), head_hash, recs
