@@ -204,3 +204,59 @@ def _assert_action(api: Api, action: str) -> None:
 
 def _assert_all_nodes_ready(api: Api) -> None:
     assert all(n["status"]["ready"] for n in api.get("/v1/nodes")["items"])
+
+
+def test_an_anonymous_flood_costs_no_write_and_drains_nothing(platform: Platform, api: Api) -> None:
+    """20 s of junk requests without a token (POST /v1/junk/N, from many connections) while the gateway carries
+    load: no request through the gateway fails, no node goes NotReady, the admin's calls are answered, and the
+    audit log does not grow by a record per knock."""
+    import asyncio
+    import threading
+
+    from ballast.loadgen import BackgroundLoad, Target
+    sent = {"requests": 0, "answers": {}}   # type: dict[str, Any]
+
+    async def knock(stop_at: float) -> None:
+        async def one_connection(k: int) -> None:
+            n = 0
+            while time.monotonic() < stop_at:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", platform.port)
+                    while time.monotonic() < stop_at:
+                        writer.write(b"POST /v1/junk/%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" % n)
+                        await writer.drain()
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        status = head.split(b" ")[1].decode()
+                        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                        await reader.readexactly(length)
+                        sent["requests"] += 1
+                        sent["answers"][status] = sent["answers"].get(status, 0) + 1
+                        n += 1
+                        if b"connection: close" in head.lower():
+                            break
+                    writer.close()
+                except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+                    await asyncio.sleep(0.01)
+        await asyncio.gather(*(one_connection(k) for k in range(32)))
+
+    records_before = api.get("/v1/audit/verify")["records"]
+    not_ready_seen: set[str] = set()
+    api_calls: list[float] = []
+    with BackgroundLoad([Target("gateway", "127.0.0.1", platform.gateway_port, "sidecar.local", ("/",), 4)]) as load:
+        stop_at = time.monotonic() + 20
+        flood = threading.Thread(target=lambda: asyncio.run(knock(stop_at)), daemon=True)
+        flood.start()
+        while flood.is_alive():
+            started = time.monotonic()
+            nodes = api.get("/v1/nodes")["items"]     # the admin is answered meanwhile (10 s timeout each)
+            api_calls.append(time.monotonic() - started)
+            not_ready_seen |= {n["metadata"]["name"] for n in nodes if not n["status"]["ready"]}
+            time.sleep(0.5)
+        flood.join()
+    assert sent["requests"] > 2000, sent          # a flood, not a trickle
+    assert set(sent["answers"]) <= {"401", "429"}, sent["answers"]
+    assert not_ready_seen == set(), f"nodes went NotReady during the flood: {not_ready_seen}"
+    assert load.failed == 0 and load.requests > 50, (load.requests, load.failed, dict(load.failures()))
+    assert len(api_calls) >= 10, api_calls
+    grown = api.get("/v1/audit/verify")["records"] - records_before
+    assert grown < 10, f"{grown} audit records for {sent['requests']} refused requests"

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from ballast.api.admission import REFUSAL_BURST, Refusals, record_refusals
+from ballast.api.app import create_app
 from ballast.core.digests import digest
 from ballast.core.manifests import API_VERSION
 from ballast.store.schema import audit
@@ -257,3 +258,23 @@ async def test_tampering_is_still_reported_after_new_records(api: Api) -> None:
     verdict = (await api.http.get("/v1/audit/verify")).json()
     assert verdict["ok"] is False
     assert [(b["seq"], b["problem"].split(":")[0]) for b in verdict["breaks"]] == [(2, "content edited")]
+
+
+async def test_unknown_tokens_from_a_source_refused_too_often_are_not_even_looked_up(api: Api) -> None:
+    """Past the burst, a source's unknown tokens get 429 without a store read, while a principal known moments ago
+    from the same address (an agent, an admin behind the same proxy) is still served."""
+    refusals = Refusals(clock=lambda: 0.0)   # no time passes: the bucket does not refill
+    app = create_app(api.store, refusals=refusals)
+
+    def client(token: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ballast", headers=headers)
+
+    admin, forged = client(api.admin_token), client("blt_forged")
+    assert (await admin.get("/v1/cells")).status_code == 200   # the admin is known now
+    statuses = [(await forged.get("/v1/cells")).status_code for _ in range(int(REFUSAL_BURST) + 5)]
+    assert statuses[:int(REFUSAL_BURST)] == [401] * int(REFUSAL_BURST) and set(statuses[-5:]) == {429}, statuses
+    assert (await client(None).get("/v1/cells")).status_code == 401, "no token: refused at once, never throttled"
+    assert (await admin.get("/v1/cells")).status_code == 200
+    totals = refusals.totals
+    assert totals["throttled"] == 5 and totals["unauthenticated"] == int(REFUSAL_BURST) + 1

@@ -3,7 +3,7 @@
 The control plane's store has one writer; agents' heartbeats and acknowledgements go through it. A stranger's
 request must therefore cost neither a write nor a body read: the outermost middleware authenticates from the
 headers alone, answers 401 at once, and counts the refusal in memory (per source, rate-limited: a source that
-keeps knocking gets 429 before even its token is looked up). Refusals reach the audit log aggregated — one
+keeps knocking with unknown tokens gets 429 before they are looked up). Refusals reach the audit log aggregated — one
 record per flush that says who knocked how often — because the audit log records who did what, not every
 stranger's knock. Known principals' bodies are then bounded in size (413) and in time between chunks (408).
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ballast.errors import Unauthenticated
-from ballast.services.access import Principal, authenticate
+from ballast.services.access import Principal, authenticate, hash_token
 from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.api")
@@ -27,7 +27,8 @@ MAX_BODY_BYTES = 4 * 2**20                 # every request but an artifact push
 BODY_IDLE_SECONDS = 15.0                   # longest wait for the next chunk of a body
 REFUSALS_PER_SOURCE = 20.0                 # refused requests a second a source may send before it is throttled
 REFUSAL_BURST = 200.0
-MAX_SOURCES = 10_000                       # distinct sources remembered between two flushes
+MAX_SOURCES = 10_000                       # distinct sources (and valid tokens) remembered
+VALID_LATELY_SECONDS = 600.0               # a token valid this recently is looked up even from a throttled source
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -110,25 +111,39 @@ class Authenticate:
         self.app = app
         self.store = store
         self.refusals = refusals
+        self.valid_lately: dict[str, float] = {}     # token hash -> when it last authenticated
+
+    def _vouch(self, token: str) -> None:
+        if len(self.valid_lately) >= MAX_SOURCES:
+            self.valid_lately.clear()
+        self.valid_lately[hash_token(token)] = self.refusals.clock()
+
+    def _vouched(self, token: str) -> bool:
+        seen = self.valid_lately.get(hash_token(token))
+        return seen is not None and self.refusals.clock() - seen < VALID_LATELY_SECONDS
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.OPEN:
             return await self.app(scope, receive, send)
         source = _source(scope)
-        if not self.refusals.allow(source):
-            self.refusals.note(source, "throttled", scope["path"])
-            return await _answer(send, 429, {"error": "TooManyRequests", "message": "too many refused requests "
-                                             "from this address; slow down"}, [(b"retry-after", b"5")])
         token = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, rest = value.decode("latin-1").partition(" ")
                 token = rest.strip() if scheme.lower() == "bearer" else None
+        # Only looking up an unknown token costs a store read: a source refused too often gets no more lookups,
+        # but tokens that were valid lately (agents, people behind the same address) are still looked up.
+        if token and not self.refusals.allow(source) and not self._vouched(token):
+            self.refusals.note(source, "throttled", scope["path"])
+            return await _answer(send, 429, {"error": "TooManyRequests", "message": "too many refused requests "
+                                             "from this address; slow down"}, [(b"retry-after", b"5")])
         try:
             who = await authenticate(self.store, token, self.store.clock())
         except Unauthenticated as exc:
             self.refusals.note(source, "unauthenticated", scope["path"])
             return await _answer(send, 401, exc.to_dict(), [(b"www-authenticate", b"Bearer")])
+        if token:
+            self._vouch(token)
         scope.setdefault("state", {})["principal"] = who
         await self.app(scope, receive, send)
 

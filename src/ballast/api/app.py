@@ -32,12 +32,12 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
-               audit_anchor: AuditAnchor | None = None) -> FastAPI:
+               audit_anchor: AuditAnchor | None = None, refusals: Refusals | None = None) -> FastAPI:
     app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
                   redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
-    app.state.refusals = refusals = Refusals()
+    app.state.refusals = refusals = refusals or Refusals()
     app.state.audit_anchor = audit_anchor
 
     @app.get("/healthz", tags=["health"])
