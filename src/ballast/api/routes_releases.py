@@ -13,6 +13,7 @@ from ballast.core.manifests import StrategyOverride
 from ballast.errors import Conflict
 from ballast.services import orders, releases
 from ballast.services.access import Principal
+from ballast.store.engine import Tx
 
 router = APIRouter()
 
@@ -95,4 +96,17 @@ async def resume(app: str, request: Request, body: ReleaseAction = ReleaseAction
 @router.post("/apps/{app}/release/rollback", tags=["releases"])
 async def rollback(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
                    who: Principal = Depends(principal)) -> dict[str, Any]:
-    return await _act(app, "rollback", body, request, who)
+    """Turn the release in flight round; once it has succeeded, start a new release back to the revision that ran
+    before it (the app's strategy, or all at once with `fast`)."""
+    require(who, Action.APPLY_APP, app)
+
+    async def change(tx: Tx) -> dict[str, Any]:
+        moved = await releases.act(tx, app, "rollback", who.user, fast=body.fast, expect_phase=body.expectPhase)
+        if moved.get("rollbackOf") is not None:
+            order = await orders.active_order_for(tx.conn, app)
+            if order is not None:  # raised inside the transaction: the new release is not kept
+                raise Conflict(f"app {app!r} belongs to release order {order.name!r} ({order.phase}); its releases "
+                               f"are the order's: steer them with `ballast order ...`")
+        return moved
+
+    return await audited_write(request, change)
