@@ -372,3 +372,24 @@ async def test_rollback_after_success_starts_a_release_back_to_the_last_good_rev
     status = await release_until(api, agent, "Succeeded")
     assert [e["action"] for e in status["events"]] == ["rollback", "succeeded"], "no pause, no verification"
     assert (await ok(api.http.get("/v1/apps/shop")))["status"]["deployedRevision"] == 2
+
+
+async def test_rollback_after_success_is_refused_while_an_order_holds_the_app(api: Api) -> None:
+    """An app under an active release order is released by the order: a rollback that would start a new release is
+    a 409 naming the order, and no release is recorded."""
+    agent = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apps/shop/releases", json={}), 201)
+    await release_until(api, agent, "Succeeded")
+    order = {"apiVersion": API_VERSION, "kind": "ReleaseOrder", "metadata": {"name": "chg-7"},
+             "spec": {"title": "hold shop", "ticket": "CHG-7", "releases": [{"app": "shop"}]}}
+    await ok(api.http.post("/v1/apply", json={"items": [order]}))
+    await ok(api.http.post("/v1/users", json={"name": "bob", "role": "approver"}), 201)
+    bob = (await ok(api.http.post("/v1/tokens", json={"user": "bob", "name": "bob"}), 201))["token"]
+    await ok(api.as_(bob).post("/v1/orders/chg-7/approve", json={}))
+    await ok(api.http.post("/v1/orders/chg-7/start", json={}))
+
+    r = await api.http.post("/v1/apps/shop/release/rollback", json={})
+    assert r.status_code == 409 and "release order 'chg-7'" in r.json()["message"], r.text
+    assert [i["id"] for i in (await ok(api.http.get("/v1/apps/shop/releases")))["items"]] == [1]
+    assert not [a for a in await audit(api) if a["action"] == "release.rollback"]
+    assert (await audit(api))[-1]["result"] == "refused: HTTP 409"
