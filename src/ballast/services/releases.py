@@ -2,8 +2,9 @@
 
 User actions change a release's phase by compare-and-set on the phase they
 saw, inside one transaction with their release event and audit record; a
-stale or conflicting request gets 409 naming the current phase. The engine
-(controllers/releases.py) does the instance work.
+stale or conflicting request gets 409 naming the current phase; a rollback
+after a release succeeded is a new release back (core/release_undo.py). The
+engine (controllers/releases.py) does the instance work.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ async def preview(conn: AsyncConnection, app: str, to_revision: int | None, over
 
 
 async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, Any], actor: str, *,
-                undoing: Any | None = None, fast: bool = False) -> dict[str, Any]:
+                undoing: PastRelease | None = None, fast: bool = False) -> dict[str, Any]:
     """A new release of `app` to `to_revision` (default: its newest). `undoing` is the succeeded release whose
     revision it goes back from (a rollback after the fact); `fast` changes every instance of a group at once."""
     running = await active_release(tx.conn, app)
@@ -198,7 +199,8 @@ _ALLOWED = {
 async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
               expect_phase: str | None = None, reverify: bool = False) -> dict[str, Any]:
     """pause | resume | rollback, as a compare-and-set on the phase the request saw. Resuming a release a verdict
-    stopped accepts that verdict, or with `reverify` has a new window judged."""
+    stopped accepts that verdict, or with `reverify` has a new window judged. Rolling back a release that has
+    succeeded starts a new release back to the revision that ran before it (`_undo`)."""
     row = (await tx.conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id.desc()))).first()
     if row is None:
         if action == "rollback" and (await tx.conn.execute(select(apps.c.name).where(apps.c.name == app))).first():
