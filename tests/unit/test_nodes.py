@@ -1,10 +1,12 @@
-"""Spec of node readiness: ready while heartbeats keep coming; schedulable when ready and not cordoned."""
+"""Spec of node readiness: ready while heartbeats keep coming; schedulable when ready and not cordoned; its
+instances' readiness Unknown (since the last heartbeat) once it is not ready."""
 
 from __future__ import annotations
 
 import pytest
 
-from ballast.core.nodes import NODE_TIMEOUT_SECONDS, node_ready, schedulable
+from ballast.core.nodes import (NODE_TIMEOUT_SECONDS, InstanceReadiness, Readiness, instance_readiness, node_ready,
+                                schedulable)
 
 NOW = 1_000.0
 
@@ -29,3 +31,16 @@ def test_a_node_is_ready_while_its_heartbeats_keep_coming(seconds_silent: float,
 def test_only_a_ready_node_that_is_not_cordoned_gets_new_instances(seconds_silent: float, cordoned: bool,
                                                                     expected: bool) -> None:
     assert schedulable(NOW - seconds_silent, cordoned, NOW) is expected
+
+
+@pytest.mark.parametrize(("reported", "seconds_silent", "expected"), [
+    (True, 1.0, InstanceReadiness(Readiness.TRUE)),
+    (False, 1.0, InstanceReadiness(Readiness.FALSE)),
+    (True, NODE_TIMEOUT_SECONDS, InstanceReadiness(Readiness.UNKNOWN, since=NOW - NODE_TIMEOUT_SECONDS)),
+    (False, NODE_TIMEOUT_SECONDS + 60, InstanceReadiness(Readiness.UNKNOWN, since=NOW - NODE_TIMEOUT_SECONDS - 60)),
+    (False, None, InstanceReadiness(Readiness.FALSE)),   # not placed on a registered node: what was reported
+])
+def test_an_instance_on_a_silent_node_is_ready_unknown_since_its_last_heartbeat(
+        reported: bool, seconds_silent: float | None, expected: InstanceReadiness) -> None:
+    heartbeat = None if seconds_silent is None else NOW - seconds_silent
+    assert instance_readiness(reported, heartbeat, NOW) == expected
