@@ -9,10 +9,12 @@ started is left running. Every wait is a bounded poll on an observable fact.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +27,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from sqlalchemy.engine import make_url
+
+from tests.conftest import _drop_database, _pg_admin, _require_pg
 
 T = TypeVar("T")
 DEADLINE = 60.0          # the bound for any single fact to become true
@@ -280,6 +285,18 @@ class Platform:
                 assert all(i["status"]["revision"] == revision for i in items), summary
             return items
         return eventually(check, f"{count} instances of {app} Running and ready", timeout)
+
+
+def postgres_database() -> Iterator[str]:
+    """Body of a module's database fixture: a new, empty PostgreSQL database for its platform (`--store`), dropped
+    afterwards. Skipped without BALLAST_TEST_PG_URL, a failure when BALLAST_REQUIRE_PG=1 (as `make test` sets)."""
+    base = _require_pg()
+    name = "ballast_e2e_" + secrets.token_hex(4)
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_drop_database(name))
 
 
 def start_platform(root: Path, first_node_ip: str, store: str | None = None) -> Iterator[Platform]:

@@ -2,7 +2,8 @@
 
 A sidecar killed with SIGKILL is restarted by its agent; meanwhile its instance is not ready and its
 endpoint is drained. A node agent frozen (SIGSTOP) in the middle of a release never acknowledges: the
-release pauses naming that node's mesh, changes nothing more, and completes once the agent is back.
+release pauses naming that node's mesh, changes nothing more, shows the node's instances READY Unknown once the
+node is silent past its timeout, and completes once the agent is back.
 Draining a node under load moves its instances to the cell's other node without a failed request.
 """
 
@@ -120,11 +121,25 @@ def test_a_silent_agent_pauses_the_release_naming_its_mesh(platform: Platform, a
         assert not granted, "nothing changed while node-b2's sidecars might still route to it"
         audit = api.get("/v1/audit?limit=200")["items"]
         assert any(a["action"] == "endpoint.ack-timeout" and "mesh/node-b2" in a["detail"]["note"] for a in audit)
+        # Silent past the node timeout: node-b2's instances may or may not be ready by now, and say so.
+        table = eventually(lambda: _unknown_on(platform, "silent", "node-b2"), "node-b2's instances show READY "
+                           "Unknown in `ballast get instances`", timeout=40)
+        assert not [line for line in table if "node-a" in line and "Unknown" in line], table
+        on_b2 = [i["status"] for i in api.instances("silent") if i["status"]["node"] == "node-b2"]
+        assert on_b2 and all(s["ready"] is None and s["readiness"] == "Unknown" and s["readinessSince"]
+                             for s in on_b2), on_b2
     finally:
         os.kill(agent, signal.SIGCONT)
     platform.cli("release", "resume", "silent")
     wait_release(api, "silent", "done once the agent answers again", phase_is("Succeeded"), timeout=120)
     wait_steady(api, "silent", 4, 2)
+
+
+def _unknown_on(platform: Platform, app: str, node: str) -> list[str]:
+    table = platform.cli("get", "instances", app).stdout.splitlines()
+    rows = [line for line in table if node in line]
+    assert rows and all("Unknown since" in line for line in rows), table
+    return table
 
 
 def test_draining_a_node_moves_its_instances_away_without_a_failed_request(platform: Platform, api: Api) -> None:

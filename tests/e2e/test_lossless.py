@@ -5,14 +5,16 @@ through its sidecar; a client app's sidecars carry east-west load to both. 10 in
 cells, the demo app's realistic latency (a fifth of the requests take 100-500 ms), keep-alive connections.
 While the load runs, each app is released through all its groups in each upgrade mode (in place, ordered,
 replace) and rolled back mid-release; every request must succeed (no non-2xx, reset or timeout).
+test_lossless_postgres.py runs the same body on PostgreSQL, smaller.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -24,28 +26,27 @@ from tests.e2e.test_releases import DEMO_APP, Api, phase_is, wait_release, wait_
 pytestmark = pytest.mark.e2e
 
 FIRST_IP = "127.0.91.2"
-FIVE_EACH = {"cell-a": 5, "cell-b": 5}
 HEALTH = {"path": "/healthz", "periodSeconds": 5, "timeoutSeconds": 1}
 MIN_REQUESTS = 100_000   # the issue's floor for a verdict
 Item = dict[str, Any]
 
 
-def manifest(app: str, greeting: str, **spec: Any) -> Item:
+def manifest(app: str, greeting: str, per_cell: int = 5, **spec: Any) -> Item:
     env = {"GREETING": greeting, **spec.pop("env", {})}
     return {"apiVersion": "ballast.io/v1alpha1", "kind": "AppService", "metadata": {"name": app},
-            "spec": {"cells": spec.pop("cells", FIVE_EACH), **spec,
+            "spec": {"cells": spec.pop("cells", {"cell-a": per_cell, "cell-b": per_cell}), **spec,
                      "template": {"artifact": "./", "command": ["python3", "app.py"], "env": env,
                                   "healthCheck": HEALTH, "gracePeriodSeconds": 5}}}
 
 
-def front(greeting: str) -> Item:
-    return manifest("front", greeting, expose={"host": "front.local", "path": "/"},
+def front(greeting: str, per_cell: int = 5) -> Item:
+    return manifest("front", greeting, per_cell, expose={"host": "front.local", "path": "/"},
                     env={"DEMO_CALL_SERVICE": "back", "DEMO_LATENCY_PROFILE": "realistic"},
                     strategy={"pause": "none", "maxUnavailablePerCell": 2})
 
 
-def back(greeting: str) -> Item:
-    return manifest("back", greeting, env={"DEMO_LATENCY_PROFILE": "realistic"},
+def back(greeting: str, per_cell: int = 5) -> Item:
+    return manifest("back", greeting, per_cell, env={"DEMO_LATENCY_PROFILE": "realistic"},
                     strategy={"pause": "none", "upgrade": "ordered"})
 
 
@@ -54,8 +55,8 @@ def client() -> Item:
 
 
 class Apps:
-    def __init__(self, platform: Platform, directory: Path) -> None:
-        self.platform, self.directory, self.api = platform, directory, Api(platform)
+    def __init__(self, platform: Platform, directory: Path, per_cell: int) -> None:
+        self.platform, self.directory, self.api, self.per_cell = platform, directory, Api(platform), per_cell
 
     def apply(self, *docs: Item) -> None:
         files = []
@@ -70,28 +71,92 @@ class Apps:
         return int(self.api.release(app)["id"])
 
 
+# --- the releases run under load, in this order: each applies a new revision and releases (or rolls back) it ----
+def _front_in_place(apps: Apps) -> None:
+    apps.apply(front("v2", apps.per_cell))
+    apps.release("front", "--upgrade", "inPlace")
+    wait_release(apps.api, "front", "in place to revision 2", phase_is("Succeeded"), timeout=180)
+
+
+def _back_ordered(apps: Apps) -> None:
+    apps.apply(back("v2", apps.per_cell))
+    apps.release("back")  # ordered, from the highest ordinal down
+    wait_release(apps.api, "back", "ordered to revision 2", phase_is("Succeeded"), timeout=240)
+
+
+def _front_replace(apps: Apps) -> None:
+    apps.apply(front("v3", apps.per_cell))
+    apps.release("front", "--upgrade", "replace")
+    wait_release(apps.api, "front", "replace to revision 3", phase_is("Succeeded"), timeout=180)
+
+
+def _back_rolled_back_inside_group_1(apps: Apps) -> None:
+    before = apps.api.app("back")["status"]["deployedRevision"]
+    apps.apply(back("v3", apps.per_cell))
+    apps.release("back", "--upgrade", "inPlace", "--pause", "manual")
+    wait_release(apps.api, "back", "beta done, paused", phase_is("Paused", 1), timeout=120)
+    apps.platform.cli("release", "resume", "back")
+    eventually(lambda: _some_changed_in_group_1(apps.api), "group-1 of back under way", timeout=60)
+    apps.platform.cli("release", "rollback", "back")
+    wait_release(apps.api, "back", f"rolled back to revision {before}", phase_is("RolledBack"), timeout=180)
+    wait_steady(apps.api, "back", 2 * apps.per_cell, before)
+
+
+def _front_rolled_back_after_beta(apps: Apps) -> None:
+    apps.apply(front("v4", apps.per_cell))
+    apps.release("front", "--upgrade", "replace", "--pause", "manual")
+    wait_release(apps.api, "front", "beta done, paused", phase_is("Paused", 1), timeout=120)
+    apps.platform.cli("release", "rollback", "front")
+    wait_release(apps.api, "front", "rolled back", phase_is("RolledBack"), timeout=180)
+
+
+STEPS: dict[str, Callable[[Apps], None]] = {
+    "front in place": _front_in_place,
+    "back ordered": _back_ordered,
+    "front replace": _front_replace,
+    "back rolled back inside group-1": _back_rolled_back_inside_group_1,
+    "front rolled back after beta": _front_rolled_back_after_beta,
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big the run is: instances per cell of front and back, the releases run under load (names in STEPS, in
+    order), and the floor of requests sent while releases ran (front is released again in place until it is met)."""
+
+    per_cell: int = 5
+    steps: tuple[str, ...] = tuple(STEPS)
+    min_requests: int = MIN_REQUESTS
+
+
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     yield from start_platform(tmp_path_factory.mktemp("lossless"), FIRST_IP)
 
 
 @pytest.fixture(scope="module")
-def apps(platform: Platform) -> Apps:
+def scale() -> Scale:
+    return Scale()
+
+
+@pytest.fixture(scope="module")
+def apps(platform: Platform, scale: Scale) -> Apps:
     directory = platform.root / "apps"
     directory.mkdir()
     shutil.copy(DEMO_APP, directory / "app.py")
-    apps = Apps(platform, directory)
-    apps.apply(back("v1"), front("v1"), client())
-    for app, count in (("back", 10), ("front", 10), ("client", 2)):
-        wait_steady(apps.api, app, count, 1, timeout=120)
+    apps = Apps(platform, directory, scale.per_cell)
+    apps.apply(back("v1", scale.per_cell), front("v1", scale.per_cell), client())
+    count = 2 * scale.per_cell
+    for app, n in (("back", count), ("front", count), ("client", 2)):
+        wait_steady(apps.api, app, n, 1, timeout=120)
     for app in ("back", "front"):
-        eventually(lambda app=app: _all_serving(apps.api, app), f"every endpoint of {app} acknowledged everywhere")
+        eventually(lambda app=app: _all_serving(apps.api, app, count), f"every endpoint of {app} acknowledged everywhere")
     return apps
 
 
-def _all_serving(api: Api, app: str) -> None:
+def _all_serving(api: Api, app: str, count: int) -> None:
     eps = api.get(f"/v1/apps/{app}/endpoints")["items"]
-    assert len(eps) == 10 and all(e["status"]["state"] == "ready" and not e["status"]["pending"] for e in eps), \
+    assert len(eps) == count and all(e["status"]["state"] == "ready" and not e["status"]["pending"] for e in eps), \
         [(e["metadata"]["name"], e["status"]["state"], e["status"]["pending"]) for e in eps]
 
 
@@ -108,7 +173,7 @@ def targets(platform: Platform, api: Api) -> list[Target]:
     return out
 
 
-def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, apps: Apps) -> None:
+def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, apps: Apps, scale: Scale) -> None:
     api = apps.api
     targets_used = targets(platform, api)
     with BackgroundLoad(targets_used) as load:
@@ -116,45 +181,18 @@ def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, a
         steady_until = time.monotonic()
 
         mark = _Marks(load)
-        apps.apply(front("v2"))
-        apps.release("front", "--upgrade", "inPlace")
-        wait_release(api, "front", "in place to revision 2", phase_is("Succeeded"), timeout=180)
-        mark("front in place")
-
-        apps.apply(back("v2"))
-        apps.release("back")  # ordered, from the highest ordinal down
-        wait_release(api, "back", "ordered to revision 2", phase_is("Succeeded"), timeout=240)
-        mark("back ordered")
-
-        apps.apply(front("v3"))
-        apps.release("front", "--upgrade", "replace")
-        wait_release(api, "front", "replace to revision 3", phase_is("Succeeded"), timeout=180)
-        mark("front replace")
-
-        apps.apply(back("v3"))
-        apps.release("back", "--upgrade", "inPlace", "--pause", "manual")
-        wait_release(api, "back", "beta done, paused", phase_is("Paused", 1), timeout=120)
-        platform.cli("release", "resume", "back")
-        eventually(lambda: _some_changed_in_group_1(api), "group-1 of back under way", timeout=60)
-        platform.cli("release", "rollback", "back")
-        wait_release(api, "back", "rolled back to revision 2", phase_is("RolledBack"), timeout=180)
-        mark("back rolled back inside group-1")
-
-        apps.apply(front("v4"))
-        apps.release("front", "--upgrade", "replace", "--pause", "manual")
-        wait_release(api, "front", "beta done, paused", phase_is("Paused", 1), timeout=120)
-        platform.cli("release", "rollback", "front")
-        wait_release(api, "front", "rolled back to revision 3", phase_is("RolledBack"), timeout=180)
-        mark("front rolled back after beta")
+        for step in scale.steps:
+            STEPS[step](apps)
+            mark(step)
 
         # The floor of requests counts only what was sent while releases ran: release again until it is reached.
         for revision in range(5, 9):
-            if load.window(since=steady_until).requests >= MIN_REQUESTS:
+            if load.window(since=steady_until).requests >= scale.min_requests:
                 break
-            apps.apply(front(f"v{revision}"))
+            apps.apply(front(f"v{revision}", scale.per_cell))
             apps.release("front", "--upgrade", "inPlace")
-            wait_release(api, "front", f"in place to revision {revision}", phase_is("Succeeded"), timeout=180)
-            mark(f"front in place to revision {revision}")
+            wait_release(api, "front", f"in place to greeting v{revision}", phase_is("Succeeded"), timeout=180)
+            mark(f"front in place to greeting v{revision}")
         released_until = time.monotonic()
         alive, started = load.workers_alive, load.workers_started
 
@@ -169,13 +207,14 @@ def test_releases_and_rollbacks_under_load_lose_no_request(platform: Platform, a
     assert load.failed == 0, (f"{load.failed} of {load.requests} requests failed: {dict(load.failures())}; "
                               f"answers: {load.evidence()}")
     released = load.window(since=steady_until, until=released_until)
-    assert released.requests >= MIN_REQUESTS, f"{released.requests} requests sent while releases ran"
+    assert released.requests >= scale.min_requests, f"{released.requests} requests sent while releases ran"
     assert all(t.requests > 1000 for t in load.tallies.values()), {k: t.requests for k, t in load.tallies.items()}
 
-    # What front runs now: the release it ended with decides (a retired instance of a rolled-back replacement may
-    # still be listed at the newer revision for a moment).
-    wait_steady(api, "front", 10, api.app("front")["status"]["deployedRevision"])
-    wait_steady(api, "back", 10, 2)
+    # What each app runs now: the release it ended with decides (a retired instance of a rolled-back replacement
+    # may still be listed at the newer revision for a moment).
+    count = 2 * scale.per_cell
+    for app in ("front", "back"):
+        wait_steady(api, app, count, api.app(app)["status"]["deployedRevision"])
     drains = [i["status"]["lastDrain"] for app in ("front", "back") for i in api.instances(app)]
     assert not [d for d in drains if d and d["timedOut"]], drains
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import _pg_admin, _require_pg
-from tests.e2e.conftest import Platform, start_platform
+from tests.e2e.conftest import Platform, postgres_database, start_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -20,14 +18,7 @@ FIRST_IP = "127.0.26.2"
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    """A new, empty database (skipped without BALLAST_TEST_PG_URL unless BALLAST_REQUIRE_PG=1), dropped afterwards."""
-    base = _require_pg()
-    name = "ballast_e2e_" + secrets.token_hex(4)
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from postgres_database()
 
 
 @pytest.fixture(scope="module")

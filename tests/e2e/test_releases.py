@@ -3,14 +3,16 @@
 The release issue's "Done means", in-place mode: the exact example (10
 instances over two cells, beta + 2 groups, manual pauses), pausing inside a
 group, rolling back from the beta group, between groups and inside a group,
-`rollback --fast`, and the CLI refusing what it must refuse. Every app of this
-module is applied (revision 1) and updated (revision 2) once at module start,
+`rollback --fast`, rolling back after a release succeeded (a new release back
+to revision 1, grouped or `--fast`), and the CLI refusing what it must refuse.
+Every app of this module is applied (revision 1) and updated (revision 2) once at module start,
 so the instances of all tests come up together; each test releases its own
 app. Polling uses the same HTTP endpoints as the CLI (a CLI call costs ~0.8 s
 of interpreter start-up, too slow to sample a release that changes an
 instance every second); everything a person would do goes through the CLI.
 
-The helpers here are shared with test_release_modes.py.
+The helpers here are shared with test_release_modes.py; test_releases_postgres.py runs some of these test
+bodies on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -267,6 +269,46 @@ def env(platform: Platform) -> Deployed:
     return deploy(platform, platform.root, APPS)
 
 
+def roll_back_after_success(d: Deployed, app: str, fast: bool = False) -> None:
+    """`ballast release rollback` once the release to revision 2 has succeeded: a new release (kind rollback, by
+    admin) back to revision 1 — with the app's strategy, group by group through its manual pauses, or with `--fast`
+    every instance in one step; each instance restarts once more, at revision 1, on its node, IP and port."""
+    done = d.api.release(app)
+    assert (done["phase"], done["toRevision"]) == ("Succeeded", 2), done
+    out = d.platform.cli("release", "rollback", app, *(["--fast"] if fast else [])).stdout
+    back = d.api.release(app)
+    assert back["id"] != done["id"] and (back["kind"], back["fromRevision"], back["toRevision"]) == ("rollback", 2, 1)
+    assert f"release {done['id']} of {app} had Succeeded; rollback release {back['id']} started: revision 2 → 1" in out
+    groups = [g["name"] for g in back["groups"] if g["instances"]]
+    assert groups == (["group-1"] if fast else ["beta", "group-1", "group-2"]), groups
+    if not fast:
+        for completed in (1, 2):
+            wait_release(d.api, app, f"paused after {completed} group(s)", phase_is("Paused", completed))
+            d.platform.cli("release", "resume", app)
+    wait_release(d.api, app, "the rollback release succeeds", phase_is("Succeeded"))
+    now = wait_steady(d.api, app, len(d.initial[app]), 1)
+    assert_kept_placement(d, app, now)
+    for item in now.values():
+        assert starts(d.platform, item)[-2:] == [2, 1], (name(item), starts(d.platform, item))
+        assert_serving(item, 1)
+    assert d.api.app(app)["status"]["deployedRevision"] == 1
+    record = d.api.history(app)[-1]
+    assert (record["id"], record["kind"], record["createdBy"], record["phase"]) == (back["id"], "rollback", "admin",
+                                                                                   "Succeeded"), record
+    first = record["events"][0]
+    assert (first["action"], first["actor"], first["detail"]["rollbackOf"], first["detail"]["fast"]) == (
+        "rollback", "admin", done["id"], fast), record["events"]
+    batches = [[a["setRevision"] for a in r["detail"]["actions"] if "setRevision" in a]
+               for action, r in release_steps(d, app, back["id"]) if action == "release.step"]
+    if fast:
+        assert sorted(batches[0]) == sorted(now), f"--fast sets every instance back in one step: {batches}"
+    else:
+        assert all(len(b) <= 2 for b in batches), f"one per cell at a time: {batches}"
+    audited = [(r["actor"], r["detail"]["rollbackOf"]) for action, r in release_steps(d, app, back["id"])
+               if action == "release.rollback"]
+    assert audited == [("admin", done["id"])], audited
+
+
 # --- checks shared by several tests -----------------------------------------------------------
 def assert_untouched(d: Deployed, app: str, ids: set[str], now: dict[str, Item]) -> None:
     """These instances never changed: same process (pid), started once, at revision 1."""
@@ -330,7 +372,8 @@ def assert_rolled_back(d: Deployed, app: str, release_id: int, fast: bool = Fals
 # --- the tests ------------------------------------------------------------------------------
 def test_the_example_release_goes_beta_then_group_by_group_instance_by_instance_in_place(env: Deployed) -> None:
     """10 instances over two cells, groups 3, beta 1, pause manual: plan == start; 1, then 3, then 5 per cell at
-    revision 2 at the pauses, the rest untouched; every instance updated exactly once, on its node, IP and port."""
+    revision 2 at the pauses, the rest untouched; every instance updated exactly once, on its node, IP and port.
+    Then `release rollback` starts a release back to revision 1 through the same groups and pauses."""
     d, app = env, "shop1"
     flags = ["--groups", "3", "--beta-size", "1", "--pause", "manual"]
     plan = d.cli_json("release", "plan", app, *flags)
@@ -388,11 +431,12 @@ def test_the_example_release_goes_beta_then_group_by_group_instance_by_instance_
         assert pids[0] == d.initial[app][name(item)]["status"]["pid"] and pids[1] == item["status"]["pid"]
         assert_serving(item, 2)
     assert d.api.app(app)["status"]["deployedRevision"] == 2
+    roll_back_after_success(d, app)
 
 
 def test_pause_inside_a_group_lets_changing_instances_finish_and_starts_no_new_one(env: Deployed) -> None:
     """pause none, 2 groups: a pause mid-group stops at a safe point (in-flight ones finish, none starts); resume
-    finishes the release."""
+    finishes the release. Then `release rollback --fast` takes every instance back to revision 1 at once."""
     d, app = env, "paused"
     d.platform.cli("release", "start", app, "--pause", "none", "--groups", "2", "--beta-size", "0")
     eventually(lambda: _assert(any(steady_at(i, 2) for i in d.api.instances(app)), "no instance at revision 2 yet"),
@@ -427,6 +471,7 @@ def test_pause_inside_a_group_lets_changing_instances_finish_and_starts_no_new_o
     assert_kept_placement(d, app, now)
     for item in now.values():
         assert starts(d.platform, item) == [1, 2], (name(item), starts(d.platform, item))
+    roll_back_after_success(d, app, fast=True)
 
 
 def _assert(fact: bool, complaint: str) -> None:

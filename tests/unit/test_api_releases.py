@@ -307,3 +307,92 @@ async def test_rollback_from_inside_group_1_goes_back_in_reverse_group_order(api
     assert back[:2] and set(back[:2]) == changed_in_g1 and set(back[2:]) == beta, back
     assert [e["action"] for e in status["events"]][-2:] == ["rollback", "rolled-back"]
     assert {"release.rollback", "release.rolled-back"} <= {a["action"] for a in await audit(api)}
+
+
+async def release_until(api: Api, agent: httpx.AsyncClient, phase: str) -> dict[str, Any]:
+    """Drive the newest release (engine passes, agents settling, resumes after each manual pause) to `phase`."""
+    for _ in range(20):
+        await release_engine.reconcile_once(api.store)
+        await agents_run_desired(api, agent)
+        await release_engine.reconcile_once(api.store)
+        status = await release_status(api)
+        if status["phase"] == phase:
+            return status
+        if status["phase"] == "Paused":
+            await ok(api.http.post("/v1/apps/shop/release/resume", json={}))
+    raise AssertionError(f"release never reached {phase}: {status['phase']} ({status['reason']})")
+
+
+async def test_rollback_after_success_starts_a_release_back_to_the_last_good_revision(api: Api) -> None:
+    """Nothing released: 409. Revision 1 → 2 succeeded: `rollback` starts release 2 (kind rollback) back to revision
+    1 with the app's groups and pauses, audited and in the history as the user's rollback; a stale expectPhase is a
+    409 and changes nothing. Once that succeeded, `rollback --fast` undoes it: revision 2 again, all 10 at once."""
+    agent = await shop_at_revision_1_with_revision_2_recorded(api)
+    r = await api.http.post("/v1/apps/shop/release/rollback", json={})
+    assert r.status_code == 409 and "never been released: nothing to go back to" in r.json()["message"], r.text
+
+    await ok(api.http.post("/v1/apps/shop/releases", json={}), 201)
+    await release_until(api, agent, "Succeeded")
+    assert (await ok(api.http.get("/v1/apps/shop")))["status"]["deployedRevision"] == 2
+
+    r = await api.http.post("/v1/apps/shop/release/rollback", json={"expectPhase": "Running"})
+    assert r.status_code == 409 and "is Succeeded, not Running" in r.json()["message"], r.text
+    assert len((await ok(api.http.get("/v1/apps/shop/releases")))["items"]) == 1, "a refused rollback starts nothing"
+
+    back = await ok(api.http.post("/v1/apps/shop/release/rollback", json={"expectPhase": "Succeeded"}))
+    assert (back["id"], back["kind"], back["rollbackOf"], back["fromRevision"], back["toRevision"],
+            back["previousPhase"], back["phase"]) == (2, "rollback", 1, 2, 1, "Succeeded", "Running"), back
+    assert plan_shape(back["groups"]) == THE_ISSUE_PLAN, "the app's strategy: beta 1 per cell, then the groups"
+    r = await api.http.post("/v1/apps/shop/releases", json={"toRevision": 1})
+    assert r.status_code == 409 and "release 2 of 'shop' is Running" in r.json()["message"], r.text
+    r = await api.http.post("/v1/apps/shop/release/rollback", json={"expectPhase": "Succeeded"})
+    assert r.status_code == 409 and "release 2 is Running, not Succeeded" in r.json()["message"], r.text
+
+    await release_engine.reconcile_once(api.store)
+    assert await desired_at(api, 1) == slot_ids(back["groups"][0]), "the beta group goes back first"
+    status = await release_until(api, agent, "Succeeded")
+    assert (status["id"], status["kind"], status["direction"]) == (2, "rollback", "forward")
+    assert {i["status"]["revision"] for i in await instances(api)} == {1}
+    assert (await ok(api.http.get("/v1/apps/shop")))["status"]["deployedRevision"] == 1
+    first, second = (await ok(api.http.get("/v1/apps/shop/releases")))["items"]
+    assert (first["phase"], second["kind"], second["createdBy"], second["fromRevision"], second["toRevision"]) == (
+        "Succeeded", "rollback", "admin", 2, 1)
+    assert (second["events"][0]["action"], second["events"][0]["actor"], second["events"][0]["detail"]["rollbackOf"]) \
+        == ("rollback", "admin", 1), second["events"]
+    assert [e["action"] for e in second["events"]].count("paused") == 2, "paused after beta and group-1, like any"
+    [record] = [a for a in await audit(api) if a["action"] == "release.rollback"]
+    assert (record["actor"], record["resource"], record["detail"]["release"], record["detail"]["rollbackOf"],
+            record["detail"]["to"], record["detail"]["fast"]) == ("admin", "AppService/shop", 2, 1, 1, False), record
+
+    fast = await ok(api.http.post("/v1/apps/shop/release/rollback", json={"fast": True}))
+    assert (fast["id"], fast["rollbackOf"], fast["fromRevision"], fast["toRevision"]) == (3, 2, 1, 2), fast
+    assert [len(g["slots"]) for g in fast["groups"]] == [10], "--fast: one group of every instance"
+    await release_engine.reconcile_once(api.store)
+    assert len(await desired_at(api, 2)) == 10, "--fast: every instance set to revision 2 in one step"
+    status = await release_until(api, agent, "Succeeded")
+    assert [e["action"] for e in status["events"]] == ["rollback", "succeeded"], "no pause, no verification"
+    assert (await ok(api.http.get("/v1/apps/shop")))["status"]["deployedRevision"] == 2
+
+
+async def test_rollback_after_success_is_refused_while_an_order_holds_the_app(api: Api) -> None:
+    """An app under an active release order is released by the order: a rollback that would start a new release is
+    a 409 naming the order, and no release is recorded."""
+    agent = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apps/shop/releases", json={}), 201)
+    await release_until(api, agent, "Succeeded")
+    order = {"apiVersion": API_VERSION, "kind": "ReleaseOrder", "metadata": {"name": "chg-7"},
+             "spec": {"title": "hold shop", "ticket": "CHG-7", "releases": [{"app": "shop"}]}}
+    # Maker-checker: the approver's binding predates the order, and the order's author (alice) granted none.
+    await ok(api.http.post("/v1/users", json={"name": "bob", "role": "approver"}), 201)
+    bob = (await ok(api.http.post("/v1/tokens", json={"user": "bob", "name": "bob"}), 201))["token"]
+    await ok(api.http.post("/v1/users", json={"name": "alice", "role": "operator"}), 201)
+    alice = (await ok(api.http.post("/v1/tokens", json={"user": "alice", "name": "alice"}), 201))["token"]
+    await ok(api.as_(alice).post("/v1/apply", json={"items": [order]}))
+    await ok(api.as_(bob).post("/v1/orders/chg-7/approve", json={}))
+    await ok(api.http.post("/v1/orders/chg-7/start", json={}))
+
+    r = await api.http.post("/v1/apps/shop/release/rollback", json={})
+    assert r.status_code == 409 and "release order 'chg-7'" in r.json()["message"], r.text
+    assert [i["id"] for i in (await ok(api.http.get("/v1/apps/shop/releases")))["items"]] == [1]
+    assert not [a for a in await audit(api) if a["action"] == "release.rollback"]
+    assert (await audit(api))[-1]["result"] == "refused: HTTP 409"

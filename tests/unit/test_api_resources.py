@@ -11,7 +11,9 @@ import pytest
 
 from ballast.controllers.scheduler import reconcile_once
 from ballast.controllers import endpoints as registry_controller
+from ballast.cli.output import COLUMNS
 from ballast.core.manifests import API_VERSION
+from ballast.core.nodes import NODE_TIMEOUT_SECONDS
 from tests.conftest import Api
 
 TEMPLATE = {"command": ["python", "-m", "shop"], "args": ["--port", "0"]}
@@ -329,6 +331,29 @@ async def test_status_report_updates_phase_ready_and_port(api: Api) -> None:
     assert (status["phase"], status["ready"], status["port"], status["pid"], status["restarts"], status["message"]) == (
         "Running", True, 31001, 4242, 1, "up")
     assert (await get_json(api, "/v1/apps/shop"))["status"]["readyInstances"] == 1
+
+
+async def test_instances_on_a_node_that_stopped_heartbeating_are_ready_unknown_since_its_last_heartbeat(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready as reported while the node heartbeats; once it has been silent past the node timeout, `ready` is null
+    (not the last report) and `readiness` Unknown since the node's last heartbeat, in the API and the CLI's table."""
+    agent, inst = await _one_placed_instance(api)
+    iid = inst["metadata"]["name"]
+    await agent.post("/v1/nodes/n-a1/status", json=report(iid, "Running", ready=True, port=31001))
+    status = (await get_json(api, f"/v1/instances/{iid}"))["status"]
+    assert (status["ready"], status["readiness"], status["readinessSince"]) == (True, "True", None)
+
+    node = await get_json(api, "/v1/nodes/n-a1")
+    silent_since = api.store.clock()
+    monkeypatch.setattr(api.store, "clock", lambda: silent_since + NODE_TIMEOUT_SECONDS + 5)
+    assert (await get_json(api, "/v1/nodes/n-a1"))["status"]["ready"] is False
+    [listed] = (await get_json(api, "/v1/instances?node=n-a1"))["items"]
+    status = (await get_json(api, f"/v1/instances/{iid}"))["status"]
+    assert listed["status"] == status
+    assert (status["phase"], status["ready"], status["readiness"], status["readinessSince"]) == (
+        "Running", None, "Unknown", node["status"]["lastHeartbeat"])
+    row = COLUMNS["instances"][1](listed)
+    assert row[COLUMNS["instances"][0].index("READY")] == f"Unknown since {node['status']['lastHeartbeat'][11:19]}"
 
 
 async def test_status_report_of_unknown_instances_is_ignored_and_unknown_node_is_404(api: Api) -> None:

@@ -1,11 +1,12 @@
-"""Spec of node readiness: ready while heartbeats keep coming; schedulable when ready and not cordoned."""
+"""Spec of node readiness: ready while heartbeats keep coming; schedulable when ready and not cordoned; its
+instances' readiness Unknown (since the last heartbeat) once it is not ready."""
 
 from __future__ import annotations
 
 import pytest
 
-from ballast.core.nodes import (NODE_TIMEOUT_SECONDS, DisruptionPolicy, NodeHeartbeat, hearing, node_ready,
-                                schedulable)
+from ballast.core.nodes import (NODE_TIMEOUT_SECONDS, DisruptionPolicy, InstanceReadiness, NodeHeartbeat, Readiness,
+                                hearing, instance_readiness, node_ready, schedulable)
 
 NOW = 1_000.0
 
@@ -66,3 +67,14 @@ def test_so_much_silence_at_once_suspends_judgement_where_it_happens(silent: set
 def test_the_share_and_count_are_the_platforms_to_set() -> None:
     heard = hearing(_nodes({"a-0"}, {"a": 2, "b": 2}), 1000.0, DisruptionPolicy(max_silent_share=0.2, min_silent=1))
     assert heard.disrupted == ("cell/a", "platform") and heard.routable("a-0")
+@pytest.mark.parametrize(("reported", "seconds_silent", "expected"), [
+    (True, 1.0, InstanceReadiness(Readiness.TRUE)),
+    (False, 1.0, InstanceReadiness(Readiness.FALSE)),
+    (True, NODE_TIMEOUT_SECONDS, InstanceReadiness(Readiness.UNKNOWN, since=NOW - NODE_TIMEOUT_SECONDS)),
+    (False, NODE_TIMEOUT_SECONDS + 60, InstanceReadiness(Readiness.UNKNOWN, since=NOW - NODE_TIMEOUT_SECONDS - 60)),
+    (False, None, InstanceReadiness(Readiness.FALSE)),   # not placed on a registered node: what was reported
+])
+def test_an_instance_on_a_silent_node_is_ready_unknown_since_its_last_heartbeat(
+        reported: bool, seconds_silent: float | None, expected: InstanceReadiness) -> None:
+    heartbeat = None if seconds_silent is None else NOW - seconds_silent
+    assert instance_readiness(reported, heartbeat, NOW) == expected

@@ -12,6 +12,7 @@ from typing import Any
 from ballast.core.audit_chain import AuditRecord
 from ballast.core.endpoints import EndpointRecord, pending_acks
 from ballast.core.manifests import API_VERSION
+from ballast.core.nodes import Readiness
 from ballast.core.placement import format_cpu, format_memory
 from ballast.services.apps import AppRecord, RevisionRecord
 from ballast.services.artifacts import ArtifactRecord
@@ -77,7 +78,10 @@ def instance(i: InstanceRecord) -> dict[str, Any]:
                 {"node": i.node, "cell": i.cell, "zone": i.zone, "ip": i.ip, "port": i.port,
                  # what the agent reports running (the desired revision until it first reports); spec has the desired
                  "revision": i.running_revision if i.running_revision is not None else i.revision,
-                 "phase": i.phase, "ready": i.ready, "restarts": i.restarts,
+                 # null, not the last report, once its node stopped heartbeating: `readiness` says Unknown since when
+                 "phase": i.phase, "ready": None if i.readiness.state is Readiness.UNKNOWN else i.ready,
+                 "readiness": i.readiness.state.value, "readinessSince": iso(i.readiness.since),
+                 "restarts": i.restarts,
                  "pid": i.pid, "message": i.message, "updated": iso(i.updated_at),
                  "meshUrl": f"http://{i.ip}:{i.mesh_port}" if i.mesh_port else None,
                  # What the agent has been told: the intent in spec, once the drain protocol allowed it.

@@ -91,4 +91,6 @@ async def resume(app: str, request: Request, body: ReleaseAction = ReleaseAction
 @router.post("/apps/{app}/release/rollback", tags=["releases"])
 async def rollback(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
                    who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Turn the release in flight round; once it has succeeded, start a new release back to the revision that ran
+    before it (the app's strategy, or all at once with `fast`)."""
     return await _act(app, "rollback", body, request, who)

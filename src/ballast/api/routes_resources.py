@@ -111,8 +111,9 @@ async def get_revision(name: str, number: int, request: Request, who: Principal 
 async def _instances(request: Request, who: Principal, *, app: str | None = None, node: str | None = None,
                      instance_id: str | None = None) -> list[dict[str, Any]]:
     """Instances matching every filter given; those of apps the caller may not read are, to them, not there."""
-    async with store_of(request).read() as conn:
-        found = await instances.list_instances(conn, app=app, node=node, instance_id=instance_id)
+    store = store_of(request)
+    async with store.read() as conn:
+        found = await instances.list_instances(conn, store.clock(), app=app, node=node, instance_id=instance_id)
     return [objects.instance(i) for i in found if may_read_app(who, i.app)]
 
 

@@ -45,7 +45,7 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                   lambda o: [o["metadata"]["name"], o["status"]["node"], o["status"]["cell"],
                              f"{o['status']['ip']}:{o['status']['port'] or '-'}", str(o["status"]["revision"]),
                              o["status"]["phase"] + (" (deleting)" if o["spec"]["desired"] == "deleted" else ""),
-                             str(o["status"]["ready"]), str(o["status"]["restarts"]), o["status"]["message"][:60]]),
+                             _instance_ready(o), str(o["status"]["restarts"]), o["status"]["message"][:60]]),
     "revisions": (["REVISION", "HASH", "CREATED", "DEPLOYED"],
                   lambda o: [str(o["metadata"]["number"]), o["status"]["hash"][:19], o["metadata"]["creationTimestamp"],
                              "yes" if o["status"]["deployed"] else ""]),
@@ -76,6 +76,15 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                                  "yes" if o["status"]["openNow"] else "no: " + "; ".join(o["status"]["why"])[:60]]),
     "artifacts": (["DIGEST", "SIZE", "CREATED"], lambda o: [o["digest"], str(o["size"]), o["createdAt"]]),
 }
+
+
+def _instance_ready(o: dict[str, Any]) -> str:
+    """True / False as the agent reported; Unknown (since the node's last heartbeat) once the node went silent."""
+    status = o["status"]
+    if status.get("readiness") == "Unknown":
+        since = status.get("readinessSince") or ""
+        return f"Unknown since {since[11:19]}" if since else "Unknown"
+    return str(status["ready"])
 
 
 def _app_message(o: dict[str, Any]) -> str:

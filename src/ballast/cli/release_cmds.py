@@ -90,7 +90,7 @@ def render_plan(p: dict[str, Any]) -> Table:
 
 def render_status(s: dict[str, Any]) -> RenderGroup:
     style = PHASE_STYLE.get(s["phase"], "white")
-    kind = "scale release" if s.get("kind") == "scale" else "release"
+    kind = {"scale": "scale release", "rollback": "rollback release"}.get(s.get("kind", ""), "release")
     head = Text.assemble((f"{kind} {s['id']} of {s['app']}: ", "bold"), (s["phase"], f"bold {style}"),
                          f"  revision {s['fromRevision']} → {s['toRevision']}",
                          f"  ({s['direction']}{', fast' if s['fast'] else ''})  elapsed {s['elapsedSeconds']}s")
@@ -228,6 +228,12 @@ def _action(name: str, help_text: str, with_fast: bool = False, with_reverify: b
                   reverify: bool = False) -> None:
         r = await client.post(f"/v1/apps/{app}/release/{name}", {"fast": fast, "expectPhase": expect_phase,
                                                                  "reverify": reverify})
+        if r.get("rollbackOf") is not None:  # the release had succeeded: a new one goes back
+            console.print(f"release {r['rollbackOf']} of {app} had {r['previousPhase']}; rollback release {r['id']} "
+                          f"started: revision {r['fromRevision']} → {r['toRevision']}, {len(r['groups'])} group(s)"
+                          f"{' at once' if fast else ''}")
+            console.print(f"follow it: ballast release status {app} --watch")
+            return
         console.print(f"release {r['id']} of {app}: {r['previousPhase']} → {r['phase']}")
 
     act.__doc__ = help_text
@@ -243,7 +249,8 @@ def _action(name: str, help_text: str, with_fast: bool = False, with_reverify: b
 _action("pause", "Stop at the next safe point (instances already changing finish).")
 _action("resume", "Continue a paused release (past a verdict that stopped it: accept that verdict).",
         with_reverify=True)
-_action("rollback", "Return every updated instance to the previous revision, newest group first.", with_fast=True)
+_action("rollback", "Return every updated instance to the previous revision, newest group first; after a release "
+                    "succeeded, start a new release back to the revision that ran before it.", with_fast=True)
 
 
 @release.command("history")
@@ -257,11 +264,11 @@ async def history_cmd(client: Client, app: str, fmt: str) -> None:
         print_as({"items": items}, fmt, None)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "FROM→TO", "OUTCOME", "STARTED BY", "STARTED", "DURATION", "ACTIONS"):
+    for col in ("ID", "KIND", "FROM→TO", "OUTCOME", "STARTED BY", "STARTED", "DURATION", "ACTIONS"):
         table.add_column(col)
     for r in items:
         actions = "; ".join(f"{e['action']} by {e['actor']} at {_ts(e['ts'])}" for e in r["events"])
-        table.add_row(str(r["id"]), f"{r['fromRevision']}→{r['toRevision']}", r["phase"], r["createdBy"],
+        table.add_row(str(r["id"]), r["kind"], f"{r['fromRevision']}→{r['toRevision']}", r["phase"], r["createdBy"],
                       _ts(r["startedAt"]), f"{r['durationSeconds']}s" if r["durationSeconds"] is not None else "-", actions)
     console.print(table)
 

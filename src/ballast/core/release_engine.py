@@ -304,8 +304,9 @@ def _decide_forward(release: ReleaseView, instances: Mapping[str, InstanceView],
     paused = release.phase is Phase.PAUSED
     waiting_auto = release.pause_until is not None and now < release.pause_until
     failed = [st for st in states if st.kind is SlotKind.FAILED]
-    # A failure stops every new start, in every cell: the release pauses and never continues on its own.
-    actions = _work_on(group.slots, states, release.strategy, unlimited=False,
+    # A failure stops every new start, in every cell: the release pauses and never continues on its own. A fast
+    # release (a rollback after the fact with --fast) changes the whole group at once.
+    actions = _work_on(group.slots, states, release.strategy, unlimited=release.fast,
                        may_start=not paused and not waiting_auto and not failed)
     if failed and not paused:
         return Decision(tuple(actions), Transition(Phase.PAUSED, f"{group.name}: {failed[0].reason}; paused, never continued on failure"))

@@ -61,7 +61,13 @@ async def act_on_release(tx: Tx, app: str, action: str, actor: str, **options: A
         if owner is not None:
             raise Conflict(f"release {newest.id} of {app!r} belongs to release order {owner.name!r} ({owner.phase}); "
                            f"steer it with `ballast order {action} {owner.name}`")
-    return await releases.act(tx, app, action, actor, **options)
+    moved = await releases.act(tx, app, action, actor, **options)
+    if moved.get("rollbackOf") is not None:   # a rollback after success is a new release: the order's to start
+        order = await orders.active_order_for(tx.conn, app)
+        if order is not None:  # raised inside the transaction: the new release is not kept
+            raise Conflict(f"app {app!r} belongs to release order {order.name!r} ({order.phase}); its releases "
+                           f"are the order's: steer them with `ballast order ...`")
+    return moved
 
 
 async def _order_of_release(conn: AsyncConnection, app: str, release_id: int) -> Any:

@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.store.schema import instances
+from ballast.core.nodes import InstanceReadiness, instance_readiness
+from ballast.store.schema import instances, nodes
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class InstanceRecord:
     # What its agent reports (running_revision is None until it first reports).
     running_revision: int | None
     phase: str
-    ready: bool
+    ready: bool                      # as last reported
+    readiness: InstanceReadiness     # what is known now: Unknown once its node stopped heartbeating
     restarts: int
     pid: int | None
     message: str
@@ -45,9 +47,9 @@ class InstanceRecord:
     granted_desired: str
 
 
-async def list_instances(conn: AsyncConnection, *, app: str | None = None, node: str | None = None,
+async def list_instances(conn: AsyncConnection, now: float, *, app: str | None = None, node: str | None = None,
                          instance_id: str | None = None) -> list[InstanceRecord]:
-    """Instances matching every filter given, by app, cell and id."""
+    """Instances matching every filter given, by app, cell and id, with their readiness as known at `now`."""
     query = select(instances).order_by(instances.c.app, instances.c.cell, instances.c.id)
     if app is not None:
         query = query.where(instances.c.app == app)
@@ -55,10 +57,12 @@ async def list_instances(conn: AsyncConnection, *, app: str | None = None, node:
         query = query.where(instances.c.node == node)
     if instance_id is not None:
         query = query.where(instances.c.id == instance_id)
+    heartbeats = {n.name: n.last_heartbeat for n in (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat)))}
     return [InstanceRecord(id=r.id, app=r.app, created_at=r.created_at, updated_at=r.updated_at,
                            resource_version=r.resource_version, revision=r.revision, desired=r.desired,
                            node=r.node, cell=r.cell, zone=r.zone, ip=r.ip, port=r.port,
-                           running_revision=r.running_revision, phase=r.phase, ready=r.ready, restarts=r.restarts,
+                           running_revision=r.running_revision, phase=r.phase, ready=r.ready,
+                           readiness=instance_readiness(r.ready, heartbeats.get(r.node), now), restarts=r.restarts,
                            pid=r.pid, message=r.message, mesh_port=r.mesh_port, drain=r.drain,
                            granted_revision=r.granted_revision, granted_desired=r.granted_desired)
             for r in (await conn.execute(query)).all()]

@@ -2,8 +2,9 @@
 
 User actions change a release's phase by compare-and-set on the phase they
 saw, inside one transaction with their release event and audit record; a
-stale or conflicting request gets 409 naming the current phase. The engine
-(controllers/releases.py) does the instance work.
+stale or conflicting request gets 409 naming the current phase; a rollback
+after a release succeeded is a new release back (core/release_undo.py). The
+engine (controllers/releases.py) does the instance work.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ballast.core.manifests import (AppServiceSpec, StrategySpec, problems_from_
 from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView, Phase, ReleaseView, SlotKind,
                                          slot_state)
 from ballast.core.release_plan import Group, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
+from ballast.core.release_undo import FAST_UNDO_OVERRIDES, UNDO_KIND, PastRelease, release_to_undo
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.services import verifications
 from ballast.services.endpoints import acknowledged, endpoint_record
@@ -126,7 +128,10 @@ async def preview(conn: AsyncConnection, app: str, to_revision: int | None, over
             "strategy": strategy_json(strategy), "groups": plan_to_json(groups)}
 
 
-async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, Any], actor: str) -> dict[str, Any]:
+async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, Any], actor: str, *,
+                undoing: PastRelease | None = None, fast: bool = False) -> dict[str, Any]:
+    """A new release of `app` to `to_revision` (default: its newest). `undoing` is the succeeded release whose
+    revision it goes back from (a rollback after the fact); `fast` changes every instance of a group at once."""
     running = await active_release(tx.conn, app)
     if running is not None:
         raise Conflict(f"release {running.id} of {app!r} is {running.phase} (revision {running.from_revision} → "
@@ -138,17 +143,23 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     groups = plan(await _slots(tx.conn, app, strategy), strategy)
     if not any(g.slots for g in groups):
         raise Conflict(f"app {app!r} has no instances to release")
+    if undoing is None:
+        kind, action, reason, extra = "release", "start", "started", {}
+    else:
+        kind, action = UNDO_KIND, "rollback"
+        reason = f"rollback{' (fast)' if fast else ''} by {actor} of release {undoing.id}: back to revision {target}"
+        extra = {"rollbackOf": undoing.id, "fast": fast}
     result = await tx.conn.execute(insert(releases).values(
-        app=app, kind="release", from_revision=row.deployed_revision, to_revision=target, strategy=strategy_json(strategy),
+        app=app, kind=kind, from_revision=row.deployed_revision, to_revision=target, strategy=strategy_json(strategy),
         plan=plan_to_json(groups), phase=Phase.RUNNING.value, direction=Direction.FORWARD.value, completed_groups=0,
-        pause_until=None, fast=False, reason="started", waiting="", created_by=actor, created_at=tx.now,
+        pause_until=None, fast=fast, reason=reason, waiting="", created_by=actor, created_at=tx.now,
         updated_at=tx.now, finished_at=None, resource_version=tx.rv))
     release_id = _new_id(result)
-    await event(tx, release_id, actor, "start", Phase.RUNNING, {"from": row.deployed_revision, "to": target})
-    await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app}",
+    await event(tx, release_id, actor, action, Phase.RUNNING, {"from": row.deployed_revision, "to": target, **extra})
+    await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
                    detail={"release": release_id, "from": row.deployed_revision, "to": target,
-                           "strategy": strategy_json(strategy)})
-    return {"id": release_id, "app": app, "fromRevision": row.deployed_revision, "toRevision": target,
+                           "strategy": strategy_json(strategy), **extra})
+    return {"id": release_id, "app": app, "kind": kind, "fromRevision": row.deployed_revision, "toRevision": target,
             "groups": plan_to_json(groups)}
 
 
@@ -188,19 +199,23 @@ _ALLOWED = {
 async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
               expect_phase: str | None = None, reverify: bool = False) -> dict[str, Any]:
     """pause | resume | rollback, as a compare-and-set on the phase the request saw. Resuming a release a verdict
-    stopped accepts that verdict, or with `reverify` has a new window judged."""
+    stopped accepts that verdict, or with `reverify` has a new window judged. Rolling back a release that has
+    succeeded starts a new release back to the revision that ran before it (`_undo`)."""
     row = (await tx.conn.execute(select(releases).where(releases.c.app == app).order_by(releases.c.id.desc()))).first()
     if row is None:
+        if action == "rollback" and (await tx.conn.execute(select(apps.c.name).where(apps.c.name == app))).first():
+            raise Conflict(f"app {app!r} has never been released: nothing to go back to; nothing changed")
         raise NotFound(f"app {app!r} has no release")
     current = Phase(row.phase)
     if expect_phase is not None and expect_phase != current.value:
         raise Conflict(f"release {row.id} is {current.value}, not {expect_phase}; nothing changed")
     allowed_from, _ = _ALLOWED[action]
+    if action == "rollback" and current is Phase.SUCCEEDED:
+        return await _undo(tx, app, row, actor, fast)
     if action == "rollback" and current is Phase.ROLLING_BACK and (row.fast or not fast):
         raise Conflict(f"release {row.id} is already RollingBack; nothing changed")
     if current not in allowed_from:
-        hint = " (start a new release to go back to an earlier revision)" if current is Phase.SUCCEEDED else ""
-        raise Conflict(f"cannot {action} release {row.id}: it is {current.value}{hint}")
+        raise Conflict(f"cannot {action} release {row.id}: it is {current.value}")
     verdict = None
     if action == "pause":
         new, direction, reason = Phase.PAUSED, Direction(row.direction), f"paused by {actor}"
@@ -224,6 +239,23 @@ async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
     await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
                    detail={"release": row.id, "from": current.value, "to": new.value, "fast": fast, **extra})
     return {"id": row.id, "app": app, "phase": new.value, "previousPhase": current.value}
+
+
+async def _undo(tx: Tx, app: str, newest: Any, actor: str, fast: bool) -> dict[str, Any]:
+    """Roll back after the fact: the newest release succeeded, so a new release takes the app back to the revision
+    that ran before the release that brought it where it is (the app's strategy, or all at once with `fast`)."""
+    rows = (await tx.conn.execute(select(releases.c.id, releases.c.from_revision, releases.c.to_revision,
+                                         releases.c.phase).where(releases.c.app == app)
+                                  .order_by(releases.c.id))).all()
+    deployed = (await tx.conn.execute(select(apps.c.deployed_revision).where(apps.c.name == app))).scalar_one()
+    undoing = release_to_undo([PastRelease(r.id, r.from_revision, r.to_revision, Phase(r.phase)) for r in rows],
+                              deployed)
+    if undoing is None:
+        raise Conflict(f"app {app!r} has run revision {deployed} since its first deployment: nothing to go back to; "
+                       "nothing changed")
+    started = await start(tx, app, undoing.from_revision, dict(FAST_UNDO_OVERRIDES) if fast else {}, actor,
+                          undoing=undoing, fast=fast)
+    return {**started, "phase": Phase.RUNNING.value, "previousPhase": newest.phase, "rollbackOf": undoing.id}
 
 
 async def status(conn: AsyncConnection, app: str, now: float, release_id: int | None = None) -> dict[str, Any]:
