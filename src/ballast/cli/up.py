@@ -28,10 +28,12 @@ from typing import Any
 from rich.console import Console
 
 from ballast.processes import adopt, exit_with_parent, port_holder, start_time
+from ballast.agent import instance_user as users
 from ballast.agent.state import StateFile
 from ballast.cli import config as client_config
 from ballast.client import ApiError, Client, Unreachable
 from ballast.errors import BallastError
+from ballast.owner_only import make_private, restrict_new_files, sqlite_files
 
 AGENT_USER = "node-agents"
 GATEWAY_NAME = "edge"
@@ -83,7 +85,8 @@ class Child:
         with open(self.log, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=out, stderr=out,
                                                              stdin=asyncio.subprocess.DEVNULL,
-                                                             env={**os.environ, **self.env}, start_new_session=True,
+                                                             env={**_without_token(os.environ), **self.env},
+                                                             start_new_session=True,
                                                              preexec_fn=exit_with_parent)
 
     async def stop(self, grace: float) -> None:
@@ -95,6 +98,35 @@ class Child:
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
+
+
+def _without_token(environ: Any) -> dict[str, str]:
+    """What a part inherits: not a token of the person who ran `ballast up` (each part gets its own, by file)."""
+    return {k: v for k, v in environ.items() if k != "BALLAST_TOKEN"}
+
+
+def _prepare_data_dir(data_dir: Path) -> str | None:
+    """Owner-only data dir with its secrets; on the way to the apps' files when they run as another user.
+
+    Returns the user apps run as (root: `ballast-app`, created when missing), or None (not root: as we are)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    apps_user = users.ensure_system_user(users.DEFAULT_INSTANCE_USER) if os.geteuid() == 0 else None
+    if apps_user is None:
+        make_private(data_dir)
+    else:
+        user = users.resolve(apps_user, 0)
+        for directory in (data_dir, data_dir / "agents"):
+            users.open_the_way(directory, user)
+        blocked = users.blocked_ancestor(data_dir, user)
+        if blocked is not None:
+            raise UpFailed(f"--data-dir {data_dir}: apps run as {apps_user} and cannot enter {blocked} (mode "
+                           f"{blocked.stat().st_mode & 0o777:04o}) to reach their files; make it enterable "
+                           f"(chmod o+x {blocked}) or choose a --data-dir elsewhere")
+    # What an earlier version may have left readable to others.
+    make_private(data_dir / "client.yaml", data_dir / "agent-token", data_dir / "bootstrap-token",
+                 data_dir / "up-children.json", data_dir / "logs", data_dir / "gateway",
+                 *sqlite_files(f"sqlite:///{data_dir / 'ballast.db'}"))
+    return apps_user
 
 
 def node_plan(settings: UpSettings) -> list[tuple[str, str, str, str]]:
@@ -256,6 +288,7 @@ async def stop_leftovers(data_dir: Path) -> int:
 
 
 async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> None:
+    restrict_new_files()   # every file the platform writes is owner-only unless made otherwise
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     plan = node_plan(settings)
@@ -264,6 +297,10 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     if left:
         console.print(f"[yellow]stopped {left} process(es) an earlier `ballast up` of {data_dir} left running[/]")
     _check_ports(settings)
+    apps_user = _prepare_data_dir(data_dir)
+    if apps_user is None:
+        console.print("[bold yellow]not root: apps run as this user and can read the platform's secrets "
+                      "(not for production)[/]")
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
     bootstrap_file = data_dir / "bootstrap-token"
     server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
@@ -286,25 +323,29 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
             await admin.post("/v1/apply", {"items": [
                 {"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": cell}, "spec": {"zone": zone}}
                 for cell, zone in zones]})
-            agent_token = await _agent_token(admin, data_dir / "agent-token", settings.server)
+            token_file = data_dir / "agent-token"
+            await _agent_token(admin, token_file, settings.server)
+            as_user = ["--instance-user", apps_user] if apps_user is not None else []
             for name, ip, cell, _ in plan:
                 agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
                                              "--cell", cell, "--data-dir", str(data_dir / "agents" / name),
                                              "--cpu", settings.node_cpu, "--memory", settings.node_memory,
+                                             "--token-file", str(token_file), *as_user,
                                              "--stop-instances-on-exit",
                                              # One machine carries the platform and the apps: when the apps are
                                              # busy, agents and sidecars must still answer promptly.
                                              "--instance-nice", "10",
                                              "--metrics-port", str(settings.metrics_port)),
-                              data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
+                              data_dir / "logs" / f"{name}.log")
                 await agent.start()
                 agents.append(agent)
                 _remember(data_dir, [server, *agents])
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
-                                                "--metrics-listen", settings.gateway_metrics),
-                            data_dir / "logs" / "gateway.log", env={"BALLAST_TOKEN": agent_token})
+                                                "--metrics-listen", settings.gateway_metrics,
+                                                "--token-file", str(token_file)),
+                            data_dir / "logs" / "gateway.log")
             await gateway.start()
             agents.append(gateway)
             _remember(data_dir, [server, *agents])

@@ -1,0 +1,123 @@
+"""Which OS user an instance's app runs as, and the directories it must (and must not) reach.
+
+Apps are the users' programs: they must not read the platform's secrets (the
+agent's token, the client config, the store). An agent running as root starts
+every app as an unprivileged user (`--instance-user`, default `ballast-app`,
+created as a system user when missing, `nobody` if that fails); the app owns
+only its data directory, reads its unpacked artifact, and reaches nothing else
+of the agent's (the agent's data dir is traversable, not listable, and every
+file in it is the agent's alone). An agent that is not root cannot switch user:
+it runs apps as itself and says so loudly (not for production).
+
+The sidecar stays the agent's user: it holds no secret, and as another user
+than the app the app can neither signal nor trace it nor rewrite what it counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ballast.errors import BallastError
+
+log = logging.getLogger("ballast.agent")
+DEFAULT_INSTANCE_USER = "ballast-app"
+FALLBACK_INSTANCE_USER = "nobody"
+TRAVERSE_ONLY = 0o711      # a directory on the way to an instance's files: enter, not list
+
+
+class InstanceUserError(BallastError):
+    status = 2
+
+
+@dataclass(frozen=True)
+class InstanceUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    switch: bool          # False: the agent is not root and runs apps as itself
+
+    @classmethod
+    def of(cls, entry: pwd.struct_passwd, *, switch: bool) -> "InstanceUser":
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, switch)
+
+
+def ensure_system_user(name: str) -> str:
+    """The name of a user apps can run as: `name`, created as a system user if missing, else `nobody`. Root only."""
+    try:
+        pwd.getpwnam(name)
+        return name
+    except KeyError:
+        pass
+    try:
+        done = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                              capture_output=True, text=True, timeout=30, check=False)
+        why = done.stderr.strip() or f"exit code {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    try:
+        pwd.getpwnam(name)   # made now, by us or by an agent that raced us
+        return name
+    except KeyError:
+        log.warning("cannot create the user %s for apps (%s); apps run as %s", name, why, FALLBACK_INSTANCE_USER)
+        return FALLBACK_INSTANCE_USER
+
+
+def resolve(requested: str | None, euid: int) -> InstanceUser:
+    """The user apps run as, for an agent running with `euid` that was asked for `requested` (None: default)."""
+    if euid != 0:
+        me = pwd.getpwuid(euid)
+        if requested is not None and requested != me.pw_name:
+            raise InstanceUserError(f"--instance-user {requested!r}: the agent runs as {me.pw_name!r}, not root, and "
+                                    "cannot start apps as another user; run it as root or drop the option")
+        return InstanceUser.of(me, switch=False)
+    name = requested if requested is not None else ensure_system_user(DEFAULT_INSTANCE_USER)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise InstanceUserError(f"--instance-user {name!r}: no such user on this host; expected an existing "
+                                "unprivileged user") from None
+    if entry.pw_uid == 0:
+        raise InstanceUserError(f"--instance-user {name!r}: uid 0 would give apps the agent's secrets; "
+                                "expected an unprivileged user")
+    return InstanceUser.of(entry, switch=True)
+
+
+def blocked_ancestor(path: Path, user: InstanceUser) -> Path | None:
+    """The first directory above `path` the user cannot enter, if any (it then cannot reach its own files)."""
+    if not user.switch:
+        return None
+    for directory in reversed(path.resolve().parents):
+        try:
+            st = directory.stat()
+        except OSError:
+            return directory
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return directory
+    return None
+
+
+def open_the_way(directory: Path, user: InstanceUser) -> None:
+    """Make `directory` (the agent's) enterable by the app's user, not listable; owner-only when nobody switches."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, TRAVERSE_ONLY if user.switch else 0o700)
+
+
+def give_directory(directory: Path, user: InstanceUser) -> None:
+    """The instance's own data directory: its user's alone."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if user.switch:
+        os.chown(directory, user.uid, user.gid)
+    os.chmod(directory, 0o700)
