@@ -118,6 +118,11 @@ def open_the_way(directory: Path, user: InstanceUser) -> None:
 def give_directory(directory: Path, user: InstanceUser) -> None:
     """The instance's own data directory: its user's alone."""
     directory.mkdir(parents=True, exist_ok=True)
-    if user.switch:
+    if user.switch and directory.stat().st_uid != user.uid:
+        # New, or kept from when apps ran as another user (an ordinal's data survives upgrades): all of it
+        # becomes the app's. Links are changed themselves, never followed.
+        for root, dirs, files in os.walk(directory):
+            for name in (*dirs, *files):
+                os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
         os.chown(directory, user.uid, user.gid)
     os.chmod(directory, 0o700)
