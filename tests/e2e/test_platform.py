@@ -153,6 +153,11 @@ def test_the_data_dir_and_its_secrets_are_the_owners_alone(platform: Platform, s
     assert mode(platform.data_dir) == (0o711 if AS_ROOT else 0o700)
     for what, path in _secrets(platform).items():
         assert mode(path) == 0o600, f"{what} {path}: {mode(path):04o}"
+    for node in NODES:
+        agent_dir = platform.data_dir / "agents" / node
+        assert mode(agent_dir) == mode(platform.data_dir / "agents") == mode(platform.data_dir), node
+        for private in ("logs", "sidecars"):   # the apps' output, the proxies' configurations and sockets
+            assert mode(agent_dir / private) == 0o700, f"{agent_dir / private}: {mode(agent_dir / private):04o}"
     assert mode(platform.data_dir / "logs") == 0o700
     # The control plane writes it owner-only; `ballast up` moves the admin token into the client config.
     assert not (platform.data_dir / "bootstrap-token").exists()

@@ -37,6 +37,7 @@ from ballast.dataplane.collector import RequestStats
 from ballast.dataplane.component import POLL_BACKOFF, POLL_SECONDS, TrafficComponent, register
 from ballast.dataplane.haproxy import install_stats_script
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
+from ballast.owner_only import make_private
 from ballast.processes import adopt
 from ballast.wire.assignments import Assignment, Assignments, Template
 from ballast.wire.reports import InstanceReport, NodeRegistration, StatusReport
@@ -72,6 +73,8 @@ class Agent:
         # What apps must reach (their artifacts and data dirs) lies below these: enterable, never listable.
         for directory in (settings.data_dir, settings.data_dir / "instances", settings.data_dir / "artifacts"):
             open_the_way(directory, settings.instance_user)
+        # The rest is the agent's alone (an earlier version left it to the umask): apps' logs, sidecars, state.
+        make_private(settings.data_dir / "logs", settings.data_dir / "sidecars", settings.data_dir / "state.json")
         self.client = Client(settings.server, settings.token, timeout=40.0)
         self.http = httpx.AsyncClient()
         self.state = StateFile(settings.data_dir / "state.json")
