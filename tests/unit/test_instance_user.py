@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ballast.agent.instance_user import InstanceUser, InstanceUserError, blocked_ancestor, give_directory, resolve
+from ballast.agent.instance_user import (InstanceUser, InstanceUserError, blocked_ancestor, give_directory,
+                                         make_data_dir, resolve)
 
 AS_ROOT = os.geteuid() == 0
 NOBODY = pwd.getpwnam("nobody")
@@ -43,6 +44,12 @@ def test_a_directory_the_apps_user_cannot_enter_is_named() -> None:
         assert blocked_ancestor(inner, user) is None
         closed.chmod(0o700)
         assert blocked_ancestor(inner, InstanceUser("me", os.geteuid(), os.getegid(), "/", switch=False)) is None
+        with pytest.raises(InstanceUserError, match=f"--data-dir {inner / 'new'}: apps run as nobody and cannot "
+                                                    f"enter {closed} \\(mode 0700\\)"):
+            make_data_dir(inner / "new", user, "--data-dir")
+        assert not (inner / "new").exists(), "refused before anything was created"
+        make_data_dir(base / "a" / "b", user, "--data-dir")
+        assert [(base / p).stat().st_mode & 0o777 for p in ("a", "a/b")] == [0o711, 0o711]
     finally:
         shutil.rmtree(base)
 

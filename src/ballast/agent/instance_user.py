@@ -72,11 +72,14 @@ def ensure_system_user(name: str) -> str:
 def resolve(requested: str | None, euid: int) -> InstanceUser:
     """The user apps run as, for an agent running with `euid` that was asked for `requested` (None: default)."""
     if euid != 0:
-        me = pwd.getpwuid(euid)
-        if requested is not None and requested != me.pw_name:
-            raise InstanceUserError(f"--instance-user {requested!r}: the agent runs as {me.pw_name!r}, not root, and "
+        try:
+            me = InstanceUser.of(pwd.getpwuid(euid), switch=False)
+        except KeyError:   # a uid without a passwd entry (containers)
+            me = InstanceUser(str(euid), euid, os.getegid(), os.environ.get("HOME", "/"), switch=False)
+        if requested is not None and requested != me.name:
+            raise InstanceUserError(f"--instance-user {requested!r}: the agent runs as {me.name!r}, not root, and "
                                     "cannot start apps as another user; run it as root or drop the option")
-        return InstanceUser.of(me, switch=False)
+        return me
     name = requested if requested is not None else ensure_system_user(DEFAULT_INSTANCE_USER)
     try:
         entry = pwd.getpwnam(name)
@@ -90,12 +93,14 @@ def resolve(requested: str | None, euid: int) -> InstanceUser:
 
 
 def blocked_ancestor(path: Path, user: InstanceUser) -> Path | None:
-    """The first directory above `path` the user cannot enter, if any (it then cannot reach its own files)."""
+    """The first existing directory above `path` the user cannot enter, if any (it could not reach its files)."""
     if not user.switch:
         return None
-    for directory in reversed(path.resolve().parents):
+    for directory in reversed(path.absolute().parents):
         try:
             st = directory.stat()
+        except FileNotFoundError:
+            return None   # from here down, `make_data_dir` creates them enterable
         except OSError:
             return directory
         if st.st_uid == user.uid:
@@ -107,6 +112,24 @@ def blocked_ancestor(path: Path, user: InstanceUser) -> Path | None:
         if not st.st_mode & bit:
             return directory
     return None
+
+
+def make_data_dir(path: Path, user: InstanceUser, option: str) -> None:
+    """Create the agent's data dir where the apps' user can reach its files, or refuse before creating anything."""
+    blocked = blocked_ancestor(path, user)
+    if blocked is not None:
+        raise InstanceUserError(f"{option} {path}: apps run as {user.name} and cannot enter {blocked} (mode "
+                                f"{stat.S_IMODE(blocked.stat().st_mode):04o}) to reach their files; expected every "
+                                f"directory above it to be enterable (chmod o+x {blocked}) or a {option} elsewhere")
+    create_enterable(path, user)
+
+
+def create_enterable(path: Path, user: InstanceUser) -> None:
+    """Create `path` and what is missing above it, each directory enterable by the apps' user (if it switches)."""
+    missing = [d for d in (path, *path.absolute().parents) if not d.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        open_the_way(directory, user)
 
 
 def open_the_way(directory: Path, user: InstanceUser) -> None:

@@ -143,12 +143,7 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
         if not token:
             _fail("error: the agent needs a token: --token-file FILE or BALLAST_TOKEN", 2)
         apps_user = users.resolve(instance_user, os.geteuid())
-        data_dir.mkdir(parents=True, exist_ok=True)
-        blocked = users.blocked_ancestor(data_dir, apps_user)
-        if blocked is not None:
-            _fail(f"error: --data-dir {data_dir}: apps run as {apps_user.name} and cannot enter {blocked} (mode "
-                  f"{blocked.stat().st_mode & 0o777:04o}) to reach their files; expected every directory above it "
-                  f"to be enterable (chmod o+x {blocked}) or a --data-dir elsewhere", 2)
+        users.make_data_dir(data_dir, apps_user, "--data-dir")
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
                                  haproxy=find_binary(haproxy), instance_user=apps_user,

@@ -105,28 +105,25 @@ def _without_token(environ: Any) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k != "BALLAST_TOKEN"}
 
 
-def _prepare_data_dir(data_dir: Path) -> str | None:
-    """Owner-only data dir with its secrets; on the way to the apps' files when they run as another user.
+def _apps_user() -> users.InstanceUser:
+    """Root: `ballast-app` (created when missing, else `nobody`). Not root: this user (apps cannot be switched)."""
+    root = os.geteuid() == 0
+    return users.resolve(users.ensure_system_user(users.DEFAULT_INSTANCE_USER) if root else None, os.geteuid())
 
-    Returns the user apps run as (root: `ballast-app`, created when missing), or None (not root: as we are)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    apps_user = users.ensure_system_user(users.DEFAULT_INSTANCE_USER) if os.geteuid() == 0 else None
-    if apps_user is None:
-        make_private(data_dir)
-    else:
-        user = users.resolve(apps_user, 0)
-        for directory in (data_dir, data_dir / "agents"):
-            users.open_the_way(directory, user)
-        blocked = users.blocked_ancestor(data_dir, user)
-        if blocked is not None:
-            raise UpFailed(f"--data-dir {data_dir}: apps run as {apps_user} and cannot enter {blocked} (mode "
-                           f"{blocked.stat().st_mode & 0o777:04o}) to reach their files; make it enterable "
-                           f"(chmod o+x {blocked}) or choose a --data-dir elsewhere")
+
+def _prepare_data_dir(data_dir: Path, apps_user: users.InstanceUser) -> None:
+    """Owner-only data dir with its secrets; on the way to the apps' files when they run as another user."""
+    blocked = users.blocked_ancestor(data_dir, apps_user)
+    if blocked is not None:
+        raise UpFailed(f"--data-dir {data_dir}: apps run as {apps_user.name} and cannot enter {blocked} (mode "
+                       f"{blocked.stat().st_mode & 0o777:04o}) to reach their files; make it enterable "
+                       f"(chmod o+x {blocked}) or choose a --data-dir elsewhere")
+    for directory in (data_dir, data_dir / "agents"):
+        users.open_the_way(directory, apps_user)
     # What an earlier version may have left readable to others.
     make_private(data_dir / "client.yaml", data_dir / "agent-token", data_dir / "bootstrap-token",
                  data_dir / "up-children.json", data_dir / "logs", data_dir / "gateway",
                  *sqlite_files(f"sqlite:///{data_dir / 'ballast.db'}"))
-    return apps_user
 
 
 def node_plan(settings: UpSettings) -> list[tuple[str, str, str, str]]:
@@ -290,15 +287,16 @@ async def stop_leftovers(data_dir: Path) -> int:
 async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> None:
     restrict_new_files()   # every file the platform writes is owner-only unless made otherwise
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     plan = node_plan(settings)
+    apps_user = _apps_user()
+    users.create_enterable(data_dir, apps_user)
     lock = _lock(data_dir)
     left = await stop_leftovers(data_dir)   # before the port check: they may be what holds the ports
     if left:
         console.print(f"[yellow]stopped {left} process(es) an earlier `ballast up` of {data_dir} left running[/]")
     _check_ports(settings)
-    apps_user = _prepare_data_dir(data_dir)
-    if apps_user is None:
+    _prepare_data_dir(data_dir, apps_user)
+    if not apps_user.switch:
         console.print("[bold yellow]not root: apps run as this user and can read the platform's secrets "
                       "(not for production)[/]")
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
@@ -325,7 +323,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                 for cell, zone in zones]})
             token_file = data_dir / "agent-token"
             await _agent_token(admin, token_file, settings.server)
-            as_user = ["--instance-user", apps_user] if apps_user is not None else []
+            as_user = ["--instance-user", apps_user.name] if apps_user.switch else []
             for name, ip, cell, _ in plan:
                 agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
                                              "--cell", cell, "--data-dir", str(data_dir / "agents" / name),
