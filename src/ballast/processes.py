@@ -73,11 +73,17 @@ class ProcessHandle:
             return f"killed after the {grace_seconds:g}s grace period"
 
 
-async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> ProcessHandle:
+async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                 user: tuple[int, int] | None = None) -> ProcessHandle:
+    """Start `argv` in its own session, its output appended to `log_path`; as (uid, gid) `user` if given.
+
+    The log is opened here and inherited: a child of another user writes a file it could not open itself."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    uid, gid = user if user is not None else (None, None)
     with open(log_path, "ab") as log:
         child = await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                     stdout=log, stderr=log, start_new_session=True)
+                                                     stdout=log, stderr=log, start_new_session=True,
+                                                     user=uid, group=gid, extra_groups=None if user is None else [])
     started = start_time(child.pid)
     return ProcessHandle(pid=child.pid, started=started if started is not None else -1, child=child)
 

@@ -15,10 +15,12 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -151,6 +153,14 @@ def http_get_json(ip: str, port: int, path: str = "/", timeout: float = 5.0) -> 
 
 
 # --- the platform -------------------------------------------------------------------------
+def _enterable_dir() -> Path:
+    """A directory apps of another user can enter (not list): run as root, `ballast up` starts them as an
+    unprivileged user, and pytest's own temporary directories (mode 0700) are closed to it."""
+    path = Path(tempfile.mkdtemp(prefix="ballast-e2e-"))
+    path.chmod(0o711)
+    return path
+
+
 class UpExited(Exception):
     """`ballast up` ended while a test expected it to run; not retried by `eventually`."""
 
@@ -164,10 +174,17 @@ class Platform:
     gateway_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port_pair)
     proc: subprocess.Popen[bytes] | None = None
+    data_parent: Path = field(default_factory=_enterable_dir)
 
     @property
     def data_dir(self) -> Path:
-        return self.root / "data"
+        return self.data_parent / "data"
+
+    def discard(self) -> None:
+        """Once stopped: keep the logs beside the test's other files, remove the data dir."""
+        for logs in [self.data_dir / "logs", *self.data_dir.glob("agents/*/logs")]:
+            shutil.copytree(logs, self.root / "logs" / logs.relative_to(self.data_dir), dirs_exist_ok=True)
+        shutil.rmtree(self.data_parent, ignore_errors=True)
 
     @property
     def home(self) -> Path:
@@ -317,6 +334,7 @@ def start_platform(root: Path, first_node_ip: str, store: str | None = None) -> 
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        platform.discard()
     assert not left, f"orphans after ballast up stopped: {left}\n{platform.log_tail()}"
     assert code == 0, f"ballast up exited with {code}:\n{platform.log_tail()}"
 

@@ -200,3 +200,36 @@ async def test_the_gateway_refuses_a_request_that_names_no_one_host(tmp_path: Pa
         assert await status("GET http://other.local/ HTTP/1.1\r\nHost: other.local\r\n") == b"200"
     finally:
         await proxy.stop(2)
+
+
+async def test_the_outbound_listener_answers_its_own_host_and_turns_away_another_address(
+        tmp_path: Path, apps: list[int]) -> None:
+    """A caller speaking from another node's address (one machine, many nodes) gets no answer from the mesh
+    listener; a call from the instance itself (the kernel's source for loopback, 127.0.0.1) is served."""
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, _ = sidecar_config(proxy, apps, inbound, outbound, 0)
+    await proxy.start(text)
+    try:
+        assert (await _first_line(outbound, source=None)).startswith(b"HTTP/1.1 200")
+        assert await _first_line(outbound, source="127.0.61.3") == b"", "another address is not served"
+        assert (await _first_line(inbound, source="127.0.61.3", host="t1")).startswith(b"HTTP/1.1 200"), \
+            "the endpoint faces every caller"
+    finally:
+        await proxy.stop(2)
+
+
+async def _first_line(port: int, source: str | None, host: str = "back") -> bytes:
+    """The first line of the answer to a GET (b"" if the connection is closed or reset without one)."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(IP, port, local_addr=(source, 0) if source else None), 5)
+    except ConnectionError:
+        return b""
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return await asyncio.wait_for(reader.readline(), 5)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()

@@ -4,14 +4,23 @@ reports, refuses and audits the way the foundation issue promises."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import pwd
+import shutil
+import socket
 import sqlite3
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
-from tests.e2e.conftest import Platform, http_get_json, proc_environ, start_platform
+from tests.e2e.conftest import Platform, find_agent, http_get_json, proc_environ, start_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +29,12 @@ NODES = {  # node -> (cell, zone, ip)
     "node-a1": ("cell-a", "zone-a", "127.0.21.2"), "node-a2": ("cell-a", "zone-a", "127.0.21.3"),
     "node-b1": ("cell-b", "zone-b", "127.0.21.4"), "node-b2": ("cell-b", "zone-b", "127.0.21.5"),
 }
+# Each node's loopback address for its apps and mesh listeners (on one machine: one per node, not its IP).
+PRIVATE = {"node-a1": "127.128.21.2", "node-a2": "127.128.21.3", "node-b1": "127.128.21.4", "node-b2": "127.128.21.5"}
+ALLOWED_ENV = {"PATH", "LANG", "HOME", "HOST", "PORT", "GREETING", "DEMO_LATENCY_PROFILE", "BALLAST_ENDPOINT",
+               "BALLAST_MESH_URL", "BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_CELL", "BALLAST_ZONE",
+               "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "BALLAST_DATA_DIR"}
+AS_ROOT = os.geteuid() == 0   # CI runs as root: only then can apps run as another user than the agents
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +95,151 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
                                         "BALLAST_ENDPOINT", "BALLAST_MESH_URL")} == {
             "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_CELL": s["cell"],
             "BALLAST_ZONE": s["zone"], "BALLAST_REVISION": "1", "BALLAST_NODE": s["node"],
-            "BALLAST_NODE_IP": s["ip"], "HOST": s["ip"], "BALLAST_ENDPOINT": f"{s['ip']}:{s['port']}",
+            "BALLAST_NODE_IP": s["ip"], "HOST": PRIVATE[s["node"]], "BALLAST_ENDPOINT": f"{s['ip']}:{s['port']}",
             "BALLAST_MESH_URL": s["meshUrl"]}
-        # The app listens on a private port of its own; the registered endpoint is its sidecar's.
+        # The app listens on a private port of its own, on loopback; the registered endpoint is its sidecar's.
         assert env["PORT"].isdigit() and int(env["PORT"]) != s["port"], env["PORT"]
-        assert http_get_json(s["ip"], int(env["PORT"]), "/")["instance"] == inst["metadata"]["name"]
+        assert http_get_json(env["HOST"], int(env["PORT"]), "/")["instance"] == inst["metadata"]["name"]
+        assert urlsplit(s["meshUrl"]).hostname == PRIVATE[s["node"]], s["meshUrl"]
         assert "BALLAST_TOKEN" not in env, "the agent's token is not the app's"
         data_dir = Path(env["BALLAST_DATA_DIR"])
         assert data_dir.is_relative_to(platform.data_dir / "agents" / s["node"]), data_dir
         assert ipaddress.ip_address(s["ip"]).is_loopback
+
+
+
+# --- apps cannot read the platform's secrets ----------------------------------------------
+def _ids(pid: int, field: str) -> set[int]:
+    """The real, effective, saved and filesystem ids ("Uid" or "Gid") of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return {int(v) for v in line.split()[1:]}
+    raise AssertionError(f"no {field} line for pid {pid}")
+
+
+def _secrets(platform: Platform) -> dict[str, Path]:
+    d = platform.data_dir
+    return {"client config": d / "client.yaml", "agents' token": d / "agent-token", "database": d / "ballast.db",
+            "database journal": d / "ballast.db-wal", "database shared memory": d / "ballast.db-shm",
+            "server log": d / "logs" / "server.log", "agent state": d / "agents" / "node-a1" / "state.json"}
+
+
+def test_instances_run_as_an_unprivileged_user_with_no_credential_in_their_environment(
+        shop: list[dict[str, Any]], platform: Platform) -> None:
+    tokens = {yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"],
+              (platform.data_dir / "agent-token").read_text().strip()}
+    for inst in shop:
+        s = inst["status"]
+        env = proc_environ(s["pid"])
+        agent = find_agent(platform.data_dir, s["node"])
+        assert agent is not None
+        if AS_ROOT:
+            app_user = pwd.getpwnam("ballast-app")
+            assert _ids(s["pid"], "Uid") == {app_user.pw_uid} != _ids(agent, "Uid"), inst["metadata"]["name"]
+            assert _ids(s["pid"], "Gid") == {app_user.pw_gid} and app_user.pw_uid != 0
+            assert env["HOME"] == app_user.pw_dir
+            # Exactly what the agent gives (as another user, no wrapper of the agent's user, such as pyenv's
+            # shims, runs in between and adds its own).
+            assert set(env) <= ALLOWED_ENV, f"{inst['metadata']['name']}: unexpected {set(env) - ALLOWED_ENV}"
+        assert not any(token in value for token in tokens for value in env.values()), "a token reached the app"
+        assert "BALLAST_TOKEN" not in proc_environ(agent), "ballast up gives agents their token in a file"
+        data_dir = Path(env["BALLAST_DATA_DIR"])
+        assert (data_dir.stat().st_uid, stat.S_IMODE(data_dir.stat().st_mode)) == (_ids(s["pid"], "Uid").pop(), 0o700)
+
+
+def test_the_data_dir_and_its_secrets_are_the_owners_alone(platform: Platform, shop: list[dict[str, Any]]) -> None:
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    # Enterable (not listable) on the way to the apps' own files when they run as another user.
+    assert mode(platform.data_dir) == (0o711 if AS_ROOT else 0o700)
+    for what, path in _secrets(platform).items():
+        assert mode(path) == 0o600, f"{what} {path}: {mode(path):04o}"
+    for node in NODES:
+        agent_dir = platform.data_dir / "agents" / node
+        assert mode(agent_dir) == mode(platform.data_dir / "agents") == mode(platform.data_dir), node
+        for private in ("logs", "sidecars"):   # the apps' output, the proxies' configurations and sockets
+            assert mode(agent_dir / private) == 0o700, f"{agent_dir / private}: {mode(agent_dir / private):04o}"
+    assert mode(platform.data_dir / "logs") == 0o700
+    # The control plane writes it owner-only; `ballast up` moves the admin token into the client config.
+    assert not (platform.data_dir / "bootstrap-token").exists()
+
+
+PROBE = """
+import json, os, sys
+out = {}
+for name, path in json.loads(sys.argv[1]).items():
+    try:
+        open(path, "rb").close() if os.path.isfile(path) or not os.path.exists(path) else os.listdir(path)
+        out[name] = "read"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+for name, path in (("own data dir", os.environ["BALLAST_DATA_DIR"]), ("artifact", os.getcwd())):
+    try:
+        with open(os.path.join(path, ".probe"), "w"):
+            pass
+        os.unlink(os.path.join(path, ".probe"))
+        out["write " + name] = "written"
+    except OSError as exc:
+        out["write " + name] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="apps run as another user only when the agents run as root")
+def test_as_the_instance_user_the_platforms_secrets_cannot_be_read(platform: Platform,
+                                                                  shop: list[dict[str, Any]]) -> None:
+    """A process of the apps' user, where an app runs, reading what an operator scoped to one app once got."""
+    inst = shop[0]["status"]
+    env = proc_environ(inst["pid"])
+    targets = {**{k: str(v) for k, v in _secrets(platform).items()},
+               "data dir listing": str(platform.data_dir), "agents' data dir listing": str(platform.data_dir / "agents")}
+    assert all(Path(p).exists() for p in targets.values()), targets
+    app_user = pwd.getpwnam("ballast-app")
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")   # one any user may run
+    assert python is not None
+    done = subprocess.run([python, "-I", "-c", PROBE, json.dumps(targets)], capture_output=True, text=True,
+                          timeout=30, env=env, cwd=os.readlink(f"/proc/{inst['pid']}/cwd"),
+                          user=app_user.pw_uid, group=app_user.pw_gid, extra_groups=[], check=True)
+    seen = json.loads(done.stdout)
+    assert seen == {**{k: "PermissionError" for k in targets}, "write own data dir": "written",
+                    "write artifact": "PermissionError"}, seen
+
+
+# --- only the endpoint faces the network ---------------------------------------------------
+def _first_line(host: str, port: int, service: str, source: str | None = None) -> bytes:
+    """The first line answered to a GET from `source` (default: the kernel's choice), b"" if closed or reset."""
+    try:
+        with socket.create_connection((host, port), timeout=5, source_address=(source, 0) if source else None) as c:
+            c.sendall(f"GET / HTTP/1.1\r\nHost: {service}\r\nConnection: close\r\n\r\n".encode())
+            return c.makefile("rb").readline()
+    except ConnectionRefusedError:
+        raise
+    except (ConnectionError, TimeoutError):   # reset, or a broken pipe: turned away after the handshake
+        return b""
+
+
+def _refused(host: str, port: int, source: str) -> bool:
+    try:
+        _first_line(host, port, "shop", source)
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_only_the_endpoint_faces_another_nodes_address(shop: list[dict[str, Any]]) -> None:
+    for inst in shop:
+        s = inst["status"]
+        app_port = int(proc_environ(s["pid"])["PORT"])
+        mesh = urlsplit(s["meshUrl"])
+        assert mesh.hostname is not None and mesh.port is not None
+        other = next(ip for _, _, ip in NODES.values() if ip != s["ip"])   # another node's address
+        # Nothing but the endpoint listens on the node's IP.
+        assert _refused(s["ip"], app_port, other), f"{inst['metadata']['name']}: app port on the node's IP"
+        assert _refused(s["ip"], mesh.port, other), f"{inst['metadata']['name']}: mesh listener on the node's IP"
+        # The mesh listener (loopback) turns away a caller that speaks from another node's address ...
+        assert _first_line(mesh.hostname, mesh.port, "shop", other) == b"", inst["metadata"]["name"]
+        # ... and serves the instance's own calls, whose source is the kernel's for loopback.
+        assert _first_line(mesh.hostname, mesh.port, "shop").startswith(b"HTTP/1.1 200"), inst["metadata"]["name"]
+        assert _first_line(s["ip"], s["port"], "shop", other).startswith(b"HTTP/1.1 200"), "the endpoint answers"
 
 
 # --- bad input is refused with an actionable message, and nothing half-written stays ----

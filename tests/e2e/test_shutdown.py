@@ -100,3 +100,4 @@ def test_nothing_outlives_a_killed_up_and_the_next_up_stops_what_an_earlier_one_
         platform.stop()
         for pid in platform.leftovers():
             os.kill(pid, signal.SIGKILL)
+        platform.discard()

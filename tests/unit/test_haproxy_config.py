@@ -41,7 +41,7 @@ RETRIES = """\
 BACK = Backend("back", (Server("back-2", Address("10.0.0.2", 20000), backup=True),
                         Server("back-1", Address("10.0.0.1", 20000), enabled=False)))
 SIDECAR = SidecarConfig(instance="front-1", admin_socket="/run/s/admin.sock", inbound=Address("10.0.0.1", 20010),
-                        app=Address("10.0.0.1", 20011), outbound=Address("10.0.0.1", 20012), backends=(BACK,))
+                        app=Address("127.0.0.1", 20011), outbound=Address("127.0.0.1", 20012), backends=(BACK,))
 
 
 def test_sidecar_configuration_exact_text() -> None:
@@ -51,9 +51,10 @@ def test_sidecar_configuration_exact_text() -> None:
                 "    bind 10.0.0.1:20010\n"
                 "    default_backend app\n"
                 "\nbackend app\n" + RETRIES +
-                "    server app 10.0.0.1:20011 pool-purge-delay 30s\n"
+                "    server app 127.0.0.1:20011 pool-purge-delay 30s\n"
                 "\nfrontend outbound\n"
-                "    bind 10.0.0.1:20012\n"
+                "    bind 127.0.0.1:20012\n"
+                "    tcp-request connection reject unless { src 127.0.0.1 }\n"
                 "    http-request deny deny_status 400 if { req.fhdr(host) -m sub , }\n"
                 "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"
                 "    use_backend svc_back if { var(txn.service) -m str back }\n"

@@ -24,17 +24,20 @@ import httpx
 
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
+from ballast.agent.instance_user import InstanceUser, open_the_way
 from ballast.agent.mesh import NodeMesh
 from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
 from ballast.client import ApiError, Client, Unreachable
+from ballast.core.loopback import private_address
 from ballast.core.request_metrics import Series
 from ballast.dataplane.collector import RequestStats
 from ballast.dataplane.component import POLL_BACKOFF, POLL_SECONDS, TrafficComponent, register
 from ballast.dataplane.haproxy import install_stats_script
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
+from ballast.owner_only import make_private
 from ballast.processes import adopt
 from ballast.wire.assignments import Assignment, Assignments, Template
 from ballast.wire.reports import InstanceReport, NodeRegistration, StatusReport
@@ -54,6 +57,7 @@ class AgentSettings:
     cpu_millis: int
     memory_bytes: int
     haproxy: str                     # the HAProxy binary sidecars run
+    instance_user: InstanceUser      # who apps run as (instance_user.py)
     port_range: tuple[int, int] = (20000, 29999)
     heartbeat_seconds: float = 2.0
     stop_instances_on_exit: bool = False
@@ -65,6 +69,12 @@ class AgentSettings:
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
+        self.private_ip = private_address(settings.ip)
+        # What apps must reach (their artifacts and data dirs) lies below these: enterable, never listable.
+        for directory in (settings.data_dir, settings.data_dir / "instances", settings.data_dir / "artifacts"):
+            open_the_way(directory, settings.instance_user)
+        # The rest is the agent's alone (an earlier version left it to the umask): apps' logs, sidecars, state.
+        make_private(settings.data_dir / "logs", settings.data_dir / "sidecars", settings.data_dir / "state.json")
         self.client = Client(settings.server, settings.token, timeout=40.0)
         self.http = httpx.AsyncClient()
         self.state = StateFile(settings.data_dir / "state.json")
@@ -90,6 +100,12 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        user = self.settings.instance_user
+        if user.switch:
+            log.info("apps run as %s (uid %d)", user.name, user.uid)
+        else:
+            log.warning("NOT FOR PRODUCTION: the agent is not root and runs apps as its own user %s; they can read "
+                        "everything the agent can, its token included", user.name)
         if self.telemetry is not None:
             await self.telemetry.start()
         await self._register(stop)
@@ -118,7 +134,8 @@ class Agent:
         async def attempt() -> None:
             await self.client.put(f"/v1/nodes/{s.name}", body)
             cell = await self.client.get(f"/v1/cells/{s.cell}")
-            self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir, s.instance_nice)
+            self.node = NodeIdentity(s.name, s.ip, s.cell, cell["spec"]["zone"], s.data_dir, s.instance_user,
+                                     self.private_ip, s.instance_nice)
             log.info("node %s registered in cell %s", s.name, s.cell)
 
         await register(stop, attempt, f"node {s.name}")
@@ -191,12 +208,12 @@ class Agent:
                 # The revision changed while no agent watched: this process runs the old one.
                 outdated, adopted = adopted, None
         if local is None:
-            local = LocalInstance(id=a.id, port=a.port or self._free_port())
+            local = LocalInstance(id=a.id, port=a.port or self._free_port(self.settings.ip))
             self.local[a.id] = local
         if not local.app_port:
-            local.app_port = self._free_port()
+            local.app_port = self._free_port(self.private_ip)
         if not local.mesh_port:
-            local.mesh_port = self._free_port()
+            local.mesh_port = self._free_port(self.private_ip)
         sidecar = self._sidecar_for(local)
         sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, sidecar, adopted=adopted,
                          outdated=outdated)
@@ -210,7 +227,7 @@ class Agent:
         if sidecar is not None:
             return sidecar
         assert self.node is not None
-        sidecar = Sidecar(local.id, self.node.ip, self.node.cell,
+        sidecar = Sidecar(local.id, self.node.ip, self.private_ip, self.node.cell,
                           SidecarPorts(endpoint=local.port, app=local.app_port, mesh=local.mesh_port),
                           self.settings.haproxy, self.settings.data_dir / "sidecars" / local.id, self._sidecar_changed,
                           stats=self.stats_hooks)
@@ -289,15 +306,17 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _cwd_for(self, template: Template) -> Path:
+    async def _cwd_for(self, template: Template) -> Path | None:
+        """Where the app starts: its unpacked artifact, its workingDir, or (None) its own data dir."""
         if template.artifact:
             root = await self.artifacts.path_for(template.artifact)
             return root / template.working_dir if template.working_dir else root
         if template.working_dir:
             return Path(template.working_dir)
-        return self.settings.data_dir
+        return None
 
-    def _free_port(self) -> int:
+    def _free_port(self, address: str) -> int:
+        """A port of the range that no instance of this node uses and that is free on `address` now."""
         used = {p for i in self.local.values() for p in (i.port, i.app_port, i.mesh_port)}
         low, high = self.settings.port_range
         for port in range(low, high + 1):
@@ -305,11 +324,11 @@ class Agent:
                 continue
             with socket.socket() as probe:
                 try:
-                    probe.bind((self.settings.ip, port))
+                    probe.bind((address, port))
                 except OSError:
                     continue
             return port
-        raise RuntimeError(f"no free port in {low}-{high} on {self.settings.ip}")
+        raise RuntimeError(f"no free port in {low}-{high} on {address}")
 
     # --- reporting -------------------------------------------------------
     def _poke(self) -> None:

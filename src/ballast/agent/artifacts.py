@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -41,5 +42,16 @@ class ArtifactCache:
             except (tarfile.TarError, OSError) as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise ArtifactError(f"artifact {digest} cannot be unpacked: {exc}") from exc
+            _readable_not_writable(staging)
             staging.rename(target)  # atomic: a half-unpacked package is never used
             return target
+
+
+def _readable_not_writable(root: Path) -> None:
+    """An unpacked artifact is the agent's: apps of any user may read and run it, none may change it."""
+    for directory, _, files in os.walk(root):
+        os.chmod(directory, 0o755)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)

@@ -1,10 +1,10 @@
 """The sidecar of one instance: an HAProxy beside the app, supervised by the agent.
 
 Inbound, it is the instance's registered endpoint (node IP:port) and passes
-requests to the app on its private port, counting what is in flight.
-Outbound, it is the app's way to other services (`BALLAST_MESH_URL`, service
-named by the Host header), balancing over their ready endpoints and
-preferring the own cell. It lives as long as the instance: an in-place
+requests to the app on its private port (loopback), counting what is in flight.
+Outbound, it is the app's way to other services (`BALLAST_MESH_URL`, on
+loopback, service named by the Host header), balancing over their ready
+endpoints and preferring the own cell. Only the endpoint faces the network. It lives as long as the instance: an in-place
 upgrade restarts the app behind it, never the sidecar.
 """
 
@@ -43,11 +43,12 @@ class SidecarPorts:
 
 
 class Sidecar:
-    def __init__(self, instance_id: str, ip: str, cell: str, ports: SidecarPorts, binary: str, state_dir: Path,
-                 on_change: Callable[[], None], stats: StatsHooks | None = None) -> None:
+    def __init__(self, instance_id: str, ip: str, private_ip: str, cell: str, ports: SidecarPorts, binary: str,
+                 state_dir: Path, on_change: Callable[[], None], stats: StatsHooks | None = None) -> None:
         self.id = instance_id
         self.stats = stats
         self.ip = ip
+        self.private_ip = private_ip
         self.cell = cell
         self.ports = ports
         self.proxy = HAProxy(binary, ProxyFiles(state_dir), label=f"sidecar of {instance_id}")
@@ -63,13 +64,13 @@ class Sidecar:
 
     @property
     def mesh_url(self) -> str:
-        return f"http://{self.ip}:{self.ports.mesh}"
+        return f"http://{self.private_ip}:{self.ports.mesh}"
 
     def render(self, snapshot: Snapshot) -> tuple[str, tuple[Backend, ...]]:
         backends = sidecar_backends(snapshot, self.cell)
         cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
-                            inbound=Address(self.ip, self.ports.endpoint), app=Address(self.ip, self.ports.app),
-                            outbound=Address(self.ip, self.ports.mesh), backends=backends, stats=self.stats)
+                            inbound=Address(self.ip, self.ports.endpoint), app=Address(self.private_ip, self.ports.app),
+                            outbound=Address(self.private_ip, self.ports.mesh), backends=backends, stats=self.stats)
         return render_sidecar(cfg), backends
 
     def _set_up(self, up: bool) -> None:

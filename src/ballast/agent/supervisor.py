@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 
 import httpx
 
+from ballast.agent.instance_user import InstanceUser, give_directory
 from ballast.agent.plan import Health, HealthCount
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
@@ -39,12 +40,14 @@ class NodeIdentity:
     cell: str
     zone: str
     data_dir: Path
+    instance_user: InstanceUser   # who apps run as
+    private_ip: str               # the loopback address apps and mesh listeners bind (core/loopback.py)
     instance_nice: int = 0   # CPU priority of app processes below the agent's and the sidecars'
 
 
 class Supervisor:
     def __init__(self, assignment: Assignment, local: LocalInstance, node: NodeIdentity,
-                 resolve_cwd: Callable[[Template], Awaitable[Path]], on_change: Callable[[], None],
+                 resolve_cwd: Callable[[Template], Awaitable[Path | None]], on_change: Callable[[], None],
                  http: httpx.AsyncClient, sidecar: Sidecar, adopted: ProcessHandle | None = None,
                  outdated: ProcessHandle | None = None) -> None:
         self.assignment = assignment
@@ -109,26 +112,34 @@ class Supervisor:
             self.phase, self.ready, self.message = phase, ready, message
             self.on_change()
 
+    @property
+    def data_dir(self) -> Path:
+        """The instance's own directory (per ordinal for ordered identities): it survives upgrades."""
+        return self.node.data_dir / "instances" / self.id
+
     def env(self) -> dict[str, str]:
-        # The agent's own BALLAST_* settings (its API token among them) are not the app's business.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BALLAST_")}
+        # A clean environment, not the agent's: nothing of the agent's own (its token above all) reaches the app.
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+               "LANG": os.environ.get("LANG", "C.UTF-8"), "HOME": self.node.instance_user.home}
         env.update(self.template.env)
-        data_dir = self.node.data_dir / "instances" / self.id
-        data_dir.mkdir(parents=True, exist_ok=True)
         env.update({
-            "HOST": self.node.ip, "PORT": str(self.local.app_port),
+            # Loopback only: callers reach the app through its sidecar, never directly.
+            "HOST": self.node.private_ip, "PORT": str(self.local.app_port),
             "BALLAST_ENDPOINT": f"{self.node.ip}:{self.local.port}", "BALLAST_MESH_URL": self.sidecar.mesh_url,
             "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": self.assignment.app,
             "BALLAST_CELL": self.node.cell, "BALLAST_ZONE": self.node.zone,
             "BALLAST_REVISION": str(self.assignment.revision), "BALLAST_NODE_IP": self.node.ip,
-            "BALLAST_NODE": self.node.name, "BALLAST_DATA_DIR": str(data_dir),
+            "BALLAST_NODE": self.node.name, "BALLAST_DATA_DIR": str(self.data_dir),
         })
         return env
 
     async def _launch(self) -> ProcessHandle:
-        cwd = await self.resolve_cwd(self.template)
+        user = self.node.instance_user
+        give_directory(self.data_dir, user)
+        cwd = await self.resolve_cwd(self.template) or self.data_dir
         argv = [*self.template.command, *self.template.args]
-        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log")
+        handle = await launch(argv, cwd=cwd, env=self.env(), log_path=self.node.data_dir / "logs" / f"{self.id}.log",
+                              user=(user.uid, user.gid) if user.switch else None)
         self.local.pid, self.local.started = handle.pid, handle.started
         self.local.revision = self.assignment.revision
         return handle
@@ -216,12 +227,13 @@ class Supervisor:
         """(passed, why, the app answered at all) — an answer that fails counts even while starting."""
         if check is None:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.ip, self.local.app_port), 1.0)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(self.node.private_ip, self.local.app_port),
+                                                   1.0)
                 writer.close()
                 return True, "", True
             except (OSError, TimeoutError) as exc:
                 return False, f"port {self.local.app_port} not accepting connections: {exc}", False
-        url = f"http://{self.node.ip}:{self.local.app_port}{check.path}"
+        url = f"http://{self.node.private_ip}:{self.local.app_port}{check.path}"
         try:
             response = await self.http.get(url, timeout=check.timeout_seconds)
         except httpx.HTTPError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ballast.core.audit_chain import AuditRecord
 from ballast.core.endpoints import EndpointRecord, pending_acks
+from ballast.core.loopback import private_address
 from ballast.core.manifests import API_VERSION
 from ballast.core.nodes import Readiness
 from ballast.core.placement import format_cpu, format_memory
@@ -83,7 +84,8 @@ def instance(i: InstanceRecord) -> dict[str, Any]:
                  "readiness": i.readiness.state.value, "readinessSince": iso(i.readiness.since),
                  "restarts": i.restarts,
                  "pid": i.pid, "message": i.message, "updated": iso(i.updated_at),
-                 "meshUrl": f"http://{i.ip}:{i.mesh_port}" if i.mesh_port else None,
+                 # The sidecar's outbound listener: on the node's loopback, for the instance alone.
+                 "meshUrl": f"http://{private_address(i.ip)}:{i.mesh_port}" if i.mesh_port else None,
                  # What the agent has been told: the intent in spec, once the drain protocol allowed it.
                  "grantedRevision": i.granted_revision, "grantedDesired": i.granted_desired,
                  "lastDrain": i.drain})

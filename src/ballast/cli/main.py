@@ -23,6 +23,7 @@ from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documen
 from ballast.client import Client
 from ballast.core.authz import Role
 from ballast.errors import BallastError
+from ballast.owner_only import make_private, read_token, restrict_new_files, sqlite_files
 
 @click.group()
 @click.option("--config", envvar="BALLAST_CONFIG", help="client config file (server URL and token)")
@@ -114,8 +115,11 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
     if audit_checkpoints is not None and audit_key is None:
         _fail("error: --audit-checkpoints needs --audit-key: checkpoints are signed with it", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The store holds environment values in clear, the bootstrap file an admin token: the owner's alone.
+    restrict_new_files()
     if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    make_private(*sqlite_files(store), *([bootstrap_token_file] if bootstrap_token_file else []))
     try:
         anchor = None
         if audit_key is not None:
@@ -131,12 +135,15 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @cli.command()
 @click.option("--server", "server_url", required=True)
 @click.option("--name", required=True)
-@click.option("--ip", required=True, help="the node's IP; instances listen on it")
+@click.option("--ip", required=True, help="the node's IP; instances' endpoints (their sidecars) listen on it")
 @click.option("--cell", required=True)
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cpu", default="4", show_default=True)
 @click.option("--memory", default="8Gi", show_default=True)
-@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="the agent's token (mode 0600, owner only); else BALLAST_TOKEN, which no child process sees")
+@click.option("--instance-user", help="the unprivileged user apps run as (root agents only; default: ballast-app, "
+                                      "created when missing)")
 @click.option("--stop-instances-on-exit", is_flag=True,
               help="stop instances when the agent exits (default: leave them running for the next agent to adopt)")
 @click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary for sidecars (default: found on PATH)")
@@ -147,19 +154,24 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @click.option("--metrics-interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="seconds between readings of the sidecars' request statistics")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
-          token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
-          metrics_port: int, metrics_interval: float) -> None:
+          token_file: Path | None, instance_user: str | None, stop_instances_on_exit: bool, haproxy: str | None,
+          instance_nice: int, metrics_port: int, metrics_interval: float) -> None:
     """Run a node agent."""
+    from ballast.agent import instance_user as users
     from ballast.agent.agent import Agent, AgentSettings
     from ballast.dataplane.haproxy import find_binary
     from ballast.core.placement import parse_cpu, parse_memory
-    token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
-    if not token:
-        _fail("error: the agent needs a token: --token-file FILE or BALLAST_TOKEN", 2)
+    restrict_new_files()
     try:
+        token = read_token(token_file, os.environ)
+        if not token:
+            _fail("error: the agent needs a token: --token-file FILE or BALLAST_TOKEN", 2)
+        apps_user = users.resolve(instance_user, os.geteuid())
+        users.make_data_dir(data_dir, apps_user, "--data-dir")
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
-                                 haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit,
+                                 haproxy=find_binary(haproxy), instance_user=apps_user,
+                                 stop_instances_on_exit=stop_instances_on_exit,
                                  instance_nice=instance_nice, metrics_port=metrics_port,
                                  metrics_interval=metrics_interval)
     except ValueError as exc:
@@ -189,7 +201,11 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
     from ballast.dataplane.haproxy import find_binary
     from ballast.dataplane.haproxy_config import Address
     from ballast.gateway.gateway import Gateway, GatewaySettings
-    token = token_file.read_text().strip() if token_file else os.environ.get("BALLAST_TOKEN", "")
+    restrict_new_files()
+    try:
+        token = read_token(token_file, os.environ)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
     if not token:
         _fail("error: the gateway needs a token: --token-file FILE or BALLAST_TOKEN", 2)
     def address(option: str, value: str) -> Address:

@@ -13,6 +13,7 @@ never stops a platform that is still up).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import fcntl
 import ipaddress
 import json
@@ -28,12 +29,14 @@ from typing import Any
 from rich.console import Console
 
 from ballast.processes import adopt, exit_with_parent, port_holder, start_time
+from ballast.agent import instance_user as users
 from ballast.agent.state import StateFile
 from ballast.cli import config as client_config
 from ballast.cli.audit_cmds import write_key_pair
 from ballast.client import ApiError, Client, Unreachable
 from ballast.core.audit_signing import Ed25519Signer
 from ballast.errors import BallastError
+from ballast.owner_only import make_private, restrict_new_files, sqlite_files
 
 AGENT_USER = "node-agents"
 AUDIT_KEY = "audit-key.pem"                 # its public key: audit-key.pem.pub
@@ -87,7 +90,8 @@ class Child:
         with open(self.log, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=out, stderr=out,
                                                              stdin=asyncio.subprocess.DEVNULL,
-                                                             env={**os.environ, **self.env}, start_new_session=True,
+                                                             env={**_without_token(os.environ), **self.env},
+                                                             start_new_session=True,
                                                              preexec_fn=exit_with_parent)
 
     async def stop(self, grace: float) -> None:
@@ -99,6 +103,41 @@ class Child:
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
+
+
+def _without_token(environ: Any) -> dict[str, str]:
+    """What a part inherits: not a token of the person who ran `ballast up` (each part gets its own, by file)."""
+    return {k: v for k, v in environ.items() if k != "BALLAST_TOKEN"}
+
+
+def _apps_user() -> users.InstanceUser:
+    """Root: `ballast-app` (created when missing, else `nobody`). Not root: this user (apps cannot be switched)."""
+    root = os.geteuid() == 0
+    return users.resolve(users.ensure_system_user(users.DEFAULT_INSTANCE_USER) if root else None, os.geteuid())
+
+
+ELSEWHERE = Path("/var/lib/ballast")
+
+
+def agents_root(data_dir: Path, apps_user: users.InstanceUser) -> Path:
+    """Where the agents keep their instances' files: in the data dir, or, when the apps' user cannot enter it (a
+    checkout under a home directory only its owner may enter), in a directory named for the data dir under
+    /var/lib/ballast, so that `make up` works from any checkout without opening anybody's home."""
+    if users.blocked_ancestor(data_dir, apps_user) is None:
+        return data_dir / "agents"
+    return ELSEWHERE / f"up-{hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]}" / "agents"
+
+
+def _prepare_data_dir(data_dir: Path, agents: Path, apps_user: users.InstanceUser) -> None:
+    """Owner-only data dir with its secrets; on the way to the apps' files when they run as another user."""
+    if agents.is_relative_to(data_dir):
+        users.open_the_way(data_dir, apps_user)
+    users.create_enterable(agents, apps_user)
+    users.open_the_way(agents, apps_user)
+    # What an earlier version may have left readable to others.
+    make_private(data_dir / "client.yaml", data_dir / "agent-token", data_dir / "bootstrap-token",
+                 data_dir / "up-children.json", data_dir / "logs", data_dir / "gateway",
+                 *sqlite_files(f"sqlite:///{data_dir / 'ballast.db'}"))
 
 
 def node_plan(settings: UpSettings) -> list[tuple[str, str, str, str]]:
@@ -182,10 +221,10 @@ async def _agent_token(admin: Client, token_file: Path, server: str) -> str:
     return str(token)
 
 
-def sweep_instances(data_dir: Path) -> int:
+def sweep_instances(data_dir: Path, agents: Path) -> int:
     """Last line of defence against orphans: stop any instance, sidecar or gateway proxy left behind."""
     found: list[tuple[int, int]] = []
-    for state in (data_dir / "agents").glob("*/state.json"):
+    for state in agents.glob("*/state.json"):
         for local in StateFile(state).load().values():
             found += [(local.pid, local.started)] if local.pid is not None and local.started is not None else []
             if local.sidecar_pid is not None and local.sidecar_started is not None:
@@ -254,7 +293,7 @@ def _remember(data_dir: Path, children: list[Child]) -> None:
     os.replace(tmp, data_dir / "up-children.json")
 
 
-async def stop_leftovers(data_dir: Path) -> int:
+async def stop_leftovers(data_dir: Path, agents: Path) -> int:
     """Stop the parts a killed `ballast up` left running (its server, agents and gateway, then any instance or
     proxy their state files name). Call only while holding the data dir's lock."""
     try:
@@ -265,18 +304,28 @@ async def stop_leftovers(data_dir: Path) -> int:
                            if k.get("pid") and k.get("started") is not None) if h is not None]
     await asyncio.gather(*(h.stop(15.0) for h in handles))
     (data_dir / "up-children.json").unlink(missing_ok=True)
-    return len(handles) + sweep_instances(data_dir)
+    return len(handles) + sweep_instances(data_dir, agents)
 
 
 async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> None:
+    restrict_new_files()   # every file the platform writes is owner-only unless made otherwise
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     plan = node_plan(settings)
+    apps_user = _apps_user()
+    users.create_enterable(data_dir, apps_user)
+    agents_dir = agents_root(data_dir, apps_user)
     lock = _lock(data_dir)
-    left = await stop_leftovers(data_dir)   # before the port check: they may be what holds the ports
+    left = await stop_leftovers(data_dir, agents_dir)   # before the port check: they may be what holds the ports
     if left:
         console.print(f"[yellow]stopped {left} process(es) an earlier `ballast up` of {data_dir} left running[/]")
     _check_ports(settings)
+    _prepare_data_dir(data_dir, agents_dir, apps_user)
+    if not agents_dir.is_relative_to(data_dir):
+        console.print(f"apps run as {apps_user.name}, who cannot enter {data_dir}: the nodes keep their instances "
+                      f"in {agents_dir}")
+    if not apps_user.switch:
+        console.print("[bold yellow]not root: apps run as this user and can read the platform's secrets "
+                      "(not for production)[/]")
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
     bootstrap_file = data_dir / "bootstrap-token"
     audit_key = audit_signing_key(data_dir)
@@ -303,25 +352,29 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
             await admin.post("/v1/apply", {"items": [
                 {"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": cell}, "spec": {"zone": zone}}
                 for cell, zone in zones]})
-            agent_token = await _agent_token(admin, data_dir / "agent-token", settings.server)
+            token_file = data_dir / "agent-token"
+            await _agent_token(admin, token_file, settings.server)
+            as_user = ["--instance-user", apps_user.name] if apps_user.switch else []
             for name, ip, cell, _ in plan:
                 agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
-                                             "--cell", cell, "--data-dir", str(data_dir / "agents" / name),
+                                             "--cell", cell, "--data-dir", str(agents_dir / name),
                                              "--cpu", settings.node_cpu, "--memory", settings.node_memory,
+                                             "--token-file", str(token_file), *as_user,
                                              "--stop-instances-on-exit",
                                              # One machine carries the platform and the apps: when the apps are
                                              # busy, agents and sidecars must still answer promptly.
                                              "--instance-nice", "10",
                                              "--metrics-port", str(settings.metrics_port)),
-                              data_dir / "logs" / f"{name}.log", env={"BALLAST_TOKEN": agent_token})
+                              data_dir / "logs" / f"{name}.log")
                 await agent.start()
                 agents.append(agent)
                 _remember(data_dir, [server, *agents])
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
-                                                "--metrics-listen", settings.gateway_metrics),
-                            data_dir / "logs" / "gateway.log", env={"BALLAST_TOKEN": agent_token})
+                                                "--metrics-listen", settings.gateway_metrics,
+                                                "--token-file", str(token_file)),
+                            data_dir / "logs" / "gateway.log")
             await gateway.start()
             agents.append(gateway)
             _remember(data_dir, [server, *agents])
@@ -333,7 +386,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
         console.print("stopping: instances and agents first, then the control plane")
         await asyncio.gather(*(a.stop(60) for a in agents))
         await server.stop(15)
-        leftover = sweep_instances(data_dir)
+        leftover = sweep_instances(data_dir, agents_dir)
         if leftover:
             console.print(f"[yellow]stopped {leftover} instance process(es) an agent left behind[/]")
         (data_dir / "up-children.json").unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from ballast.core.loopback import HOST_LOOPBACK
 from ballast.core.request_metrics import BOUNDS_MS
 from ballast.dataplane.request_stats import BUCKET_VARIABLE, SERVICE_PREFIX, START_VARIABLE, TABLE, StatsHooks
 
@@ -67,9 +68,9 @@ class GatewayRoute:
 class SidecarConfig:
     instance: str
     admin_socket: str
-    inbound: Address      # the registered endpoint
-    app: Address          # where the app itself listens
-    outbound: Address     # BALLAST_MESH_URL
+    inbound: Address      # the registered endpoint: the only listener that faces the network
+    app: Address          # where the app itself listens (loopback)
+    outbound: Address     # BALLAST_MESH_URL (loopback)
     backends: tuple[Backend, ...]
     stats: StatsHooks | None = None   # time the app's answers (request metrics)
 
@@ -148,6 +149,12 @@ def _backend(b: Backend, *, locality: bool) -> str:
 _ONE_HOST = "    http-request deny deny_status 400 if { req.fhdr(host) -m sub , }\n"
 
 
+# The outbound listener is the instance's own way out. It binds loopback (unreachable from other hosts); this
+# also turns away a caller on the same machine that speaks from another address (another node of a one-machine
+# platform): the instance's own connections to a loopback address come from the kernel's source for 127/8.
+_LOCAL_CALLERS_ONLY = f"    tcp-request connection reject unless {{ src {HOST_LOOPBACK} }}\n"
+
+
 _STAMP_ARRIVAL = f"    http-request set-var({START_VARIABLE}) date(0,us)\n"
 
 
@@ -182,6 +189,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            f"    server app {cfg.app} {SERVER_OPTIONS}\n",
            "\nfrontend outbound\n",
            f"    bind {cfg.outbound}\n",
+           _LOCAL_CALLERS_ONLY,
            _ONE_HOST,
            "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
     backends = sorted(cfg.backends, key=lambda b: b.service)
