@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.e2e.conftest import Platform, http_get_json, proc_environ, start_platform
+from tests.e2e.conftest import Platform, find_agent, http_get_json, proc_environ, start_platform
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,26 @@ def test_up_registers_four_ready_nodes_in_two_cells_on_distinct_ips(platform: Pl
         "cell-a": ("zone-a", ["node-a1", "node-a2"]), "cell-b": ("zone-b", ["node-b1", "node-b2"])}
     assert (platform.data_dir / "client.yaml").is_file()
     assert not (platform.home / ".config" / "ballast").exists(), "--no-user-config leaves $HOME alone"
+
+
+def test_up_gives_each_node_and_the_gateway_its_own_credential(platform: Platform) -> None:
+    """Each agent and the gateway joined with a join token of its own: its credential file (mode 0600) speaks for
+    it alone, no agent runs with a token in its environment, and no shared agent token is left."""
+    seen = set()
+    for name, kind, directory in [*[(n, "node", platform.data_dir / "agents" / n) for n in NODES],
+                                  ("edge", "gateway", platform.data_dir / "gateway")]:
+        path = directory / "credential"
+        assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+        who = httpx.get(f"{platform.server}/v1/whoami", timeout=10,
+                        headers={"Authorization": f"Bearer {path.read_text().strip()}"}).json()
+        assert (who["user"], [b["role"] for b in who["bindings"]]) == (f"{kind}/{name}", [kind]), who
+        seen.add(who["token"])
+    assert len(seen) == 5, "five credentials, one each"
+    assert not (platform.data_dir / "agent-token").exists()
+    for name in NODES:
+        pid = find_agent(platform.data_dir, name)
+        assert pid is not None
+        assert "BALLAST_TOKEN" not in proc_environ(pid), "the agent's credential is in its file, not its environment"
 
 
 def test_demo_runs_ten_ready_instances_five_per_cell_listening_on_their_node_ip(shop: list[dict[str, Any]]) -> None:
@@ -86,6 +107,7 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
         assert env["PORT"].isdigit() and int(env["PORT"]) != s["port"], env["PORT"]
         assert http_get_json(s["ip"], int(env["PORT"]), "/")["instance"] == inst["metadata"]["name"]
         assert "BALLAST_TOKEN" not in env, "the agent's token is not the app's"
+        assert "BALLAST_JOIN_TOKEN" not in env, "nor its join token"
         data_dir = Path(env["BALLAST_DATA_DIR"])
         assert data_dir.is_relative_to(platform.data_dir / "agents" / s["node"]), data_dir
         assert ipaddress.ip_address(s["ip"]).is_loopback
