@@ -69,6 +69,25 @@ def test_up_gives_each_node_and_the_gateway_its_own_credential(platform: Platfor
         assert "BALLAST_TOKEN" not in proc_environ(pid), "the agent's credential is in its file, not its environment"
 
 
+def test_node_join_exchanges_an_admins_join_token_once_for_a_credential_file(platform: Platform, tmp_path: Path) -> None:
+    """`ballast node join-token create --node N` prints a one-time token; `ballast node join N` writes N's own
+    credential (0600) and names it; the same token a second time exits non-zero naming why, writing nothing."""
+    join_token = platform.cli("node", "join-token", "create", "--node", "node-x9", "--ttl", "120").stdout.strip()
+    assert join_token.startswith("bjt_")
+    path = tmp_path / "node-x9.credential"
+    env = platform.env(BALLAST_JOIN_TOKEN=join_token)
+    joined = platform.cli("node", "join", "node-x9", "--server", platform.server, "--credential-file", str(path), env=env)
+    assert "node/node-x9 joined" in joined.stdout, joined.stdout
+    assert path.stat().st_mode & 0o777 == 0o600
+    who = httpx.get(f"{platform.server}/v1/whoami", timeout=10,
+                    headers={"Authorization": f"Bearer {path.read_text().strip()}"}).json()
+    assert who["user"] == "node/node-x9" and who["token"] in joined.stdout, who
+    again = platform.cli("node", "join", "node-x9", "--server", platform.server, "--credential-file",
+                         str(tmp_path / "again"), env=env, check=False)
+    assert again.returncode != 0 and "used already" in again.stdout + again.stderr, again
+    assert not (tmp_path / "again").exists()
+
+
 def test_demo_runs_ten_ready_instances_five_per_cell_listening_on_their_node_ip(shop: list[dict[str, Any]]) -> None:
     by_cell: dict[str, int] = {}
     for inst in shop:
