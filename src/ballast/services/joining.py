@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from ballast.core.identity import PRINCIPAL_MAX, join_denial, principal_name, role_of
+from ballast.core.identity import KINDS, PRINCIPAL_MAX, join_denial, principal_name, role_of
 from ballast.core.manifests import NAME_PATTERN
 from ballast.errors import Conflict, FieldProblem, Forbidden, InvalidInput
 from ballast.services.access import JOIN_TOKEN_PREFIX, TOKEN_PREFIX, Principal, hash_token
@@ -25,17 +25,22 @@ MAX_JOIN_SECONDS = 7 * 86400.0
 _NAME_MAX = PRINCIPAL_MAX - len("gateway/")   # the principal `gateway/NAME` must fit where user names are kept
 
 
-def validate_component(kind: Any, name: Any, kind_path: str = "kind", name_path: str = "name") -> tuple[str, str]:
-    """(kind, name) of a component that may join; InvalidInput naming the field otherwise."""
-    problems = []
-    if kind not in ("node", "gateway"):
-        problems.append(FieldProblem(kind_path, kind, "node or gateway"))
-    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name) or len(name) > _NAME_MAX:
-        problems.append(FieldProblem(name_path, name, f"a DNS label (lower-case letters, digits, -) of at most "
-                                                      f"{_NAME_MAX} characters"))
+def validate_component(kind: Any, name: Any) -> tuple[str, str]:
+    """(kind, name) of a component that may join; InvalidInput naming each bad field otherwise."""
+    problems = [p for p in (_kind_problem(kind), _name_problem(name)) if p is not None]
     if problems:
         raise InvalidInput("invalid component", problems=problems)
     return str(kind), str(name)
+
+
+def _kind_problem(kind: Any) -> FieldProblem | None:
+    return None if kind in KINDS else FieldProblem("kind", kind, " or ".join(KINDS))
+
+
+def _name_problem(name: Any) -> FieldProblem | None:
+    if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= _NAME_MAX:
+        return None
+    return FieldProblem("name", name, f"a DNS label (lower-case letters, digits, -) of at most {_NAME_MAX} characters")
 
 
 async def create_join_token(tx: Tx, kind: str | None, name: str | None, ttl_seconds: float | None,
@@ -43,8 +48,8 @@ async def create_join_token(tx: Tx, kind: str | None, name: str | None, ttl_seco
     """A one-time join token for one node or gateway (`name`: only that one; None: any new name)."""
     if name is not None:
         kind, name = validate_component(kind, name)
-    elif kind is not None:
-        kind, _ = validate_component(kind, "x")
+    elif kind is not None and (problem := _kind_problem(kind)) is not None:
+        raise InvalidInput("invalid component", problems=[problem])
     seconds = DEFAULT_JOIN_SECONDS if ttl_seconds is None else ttl_seconds
     if not 0 < seconds <= MAX_JOIN_SECONDS:
         raise InvalidInput("invalid join token lifetime; no token was created", problems=[
