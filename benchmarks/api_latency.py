@@ -283,8 +283,14 @@ class Heartbeats:
         self.durations: list[float] = []
         self.failures: list[str] = []
         self.reports: dict[str, list[dict[str, Any]]] = {}
-        with self._client() as client:
+        self.credentials: dict[str, str] = {}
+        with self._client(token) as client:
             for name, _, _ in NODES:
+                # Each node reports with its own credential, joined with an admin's one-time join token.
+                join = client.post("/v1/join-tokens", json={"kind": "node", "name": name}).raise_for_status().json()
+                joined = httpx.post(f"{base_url}/v1/join", json={"kind": "node", "name": name}, timeout=60,
+                                    headers={"Authorization": f"Bearer {join['token']}"}).raise_for_status().json()
+                self.credentials[name] = joined["token"]
                 items = client.get("/v1/instances", params={"node": name}).raise_for_status().json()["items"]
                 self.reports[name] = [{"id": i["metadata"]["name"], "phase": i["status"]["phase"],
                                        "ready": i["status"]["ready"], "pid": i["status"]["pid"],
@@ -294,11 +300,11 @@ class Heartbeats:
         self.threads = [threading.Thread(target=self._agent, args=(name,), name=f"heartbeat {name}", daemon=True)
                         for name in self.reports]
 
-    def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+    def _client(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     def _agent(self, name: str) -> None:
-        with self._client() as client:
+        with self._client(self.credentials[name]) as client:
             while not self.stop.is_set():
                 began = time.monotonic()
                 answer = client.post(f"/v1/nodes/{name}/status", json={"instances": self.reports[name]})

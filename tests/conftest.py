@@ -10,7 +10,7 @@ import asyncio
 import os
 import secrets
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 import pytest
@@ -103,3 +103,46 @@ async def api(store: Store) -> AsyncIterator[Api]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ballast",
                                  headers={"Authorization": f"Bearer {token}"}) as http:
         yield Api(store=store, admin_token=token, http=http)
+
+
+async def join_component(api: Api, kind: str, name: str) -> dict[str, str]:
+    """An admin's join token for `kind`/`name`, exchanged for its own credential: {"token", "id", "user"}."""
+    made = await api.http.post("/v1/join-tokens", json={"kind": kind, "name": name})
+    assert made.status_code == 201, made.text
+    async with api.as_(made.json()["token"]) as joiner:
+        joined = await joiner.post("/v1/join", json={"kind": kind, "name": name})
+    assert joined.status_code == 200, joined.text
+    return {k: joined.json()[k] for k in ("token", "id", "user")}
+
+
+class Fleet:
+    """Nodes and gateways each with its own credential (joined on first use), the one a path names speaking for
+    it: `/v1/nodes/NAME/...` as node NAME, `/v1/gateways/NAME/...` as gateway NAME, anything else as the first
+    component that joined."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.clients: dict[tuple[str, str], httpx.AsyncClient] = {}
+
+    async def client(self, kind: str, name: str) -> httpx.AsyncClient:
+        if (kind, name) not in self.clients:
+            self.clients[(kind, name)] = self.api.as_((await join_component(self.api, kind, name))["token"])
+        return self.clients[(kind, name)]
+
+    async def _for(self, path: str) -> httpx.AsyncClient:
+        parts = path.split("/")
+        if len(parts) > 3 and parts[1] == "v1" and parts[2] in ("nodes", "gateways"):
+            return await self.client("node" if parts[2] == "nodes" else "gateway", parts[3])
+        return next(iter(self.clients.values())) if self.clients else await self.client("node", "reader")
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await (await self._for(path)).get(path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await (await self._for(path)).put(path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await (await self._for(path)).post(path, **kwargs)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await (await self._for(path)).request(method, path, **kwargs)

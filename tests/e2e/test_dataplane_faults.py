@@ -20,7 +20,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import Platform, eventually, find_agent, http_get_json, proc_argv, start_platform
+from tests.e2e.conftest import (Platform, eventually, find_agent, http_get_json, proc_argv, processes_mentioning,
+                                start_platform)
 from tests.e2e.test_releases import DEMO_APP, Api, phase_is, wait_release, wait_steady
 
 pytestmark = pytest.mark.e2e
@@ -140,6 +141,48 @@ def _unknown_on(platform: Platform, app: str, node: str) -> list[str]:
     rows = [line for line in table if node in line]
     assert rows and all("Unknown since" in line for line in rows), table
     return table
+
+
+def _gateway_pid(platform: Platform) -> int:
+    """The live `ballast gateway` process of the platform (not its HAProxy)."""
+    for pid in processes_mentioning(str(platform.data_dir)):
+        argv = proc_argv(pid)
+        if "gateway" in argv and "agent" not in argv and argv and "haproxy" not in argv[0]:
+            return pid
+    raise AssertionError("no gateway process")
+
+
+def test_a_frozen_gateway_cannot_be_acknowledged_for_with_a_node_credential(platform: Platform, api: Api) -> None:
+    """While gateway edge is frozen (SIGSTOP), node-a1's own credential, read from its data dir, acknowledging the
+    registry for the gateway is refused; the release pauses naming gateway/edge (it never finishes with a
+    gateway that applied nothing), and finishes once the gateway is back."""
+    credential = (platform.data_dir / "agents" / "node-a1" / "credential").read_text().strip()
+    as_node = httpx.Client(base_url=platform.server, headers={"Authorization": f"Bearer {credential}"}, timeout=10)
+    node_token = as_node.get("/v1/whoami").json()["token"]
+    apply(platform, manifest("silent", "v3", ack_timeout=3.0))
+    gateway = _gateway_pid(platform)
+    os.kill(gateway, signal.SIGSTOP)
+    try:
+        platform.cli("release", "start", "silent")
+        target = api.release("silent")["toRevision"]
+
+        def draining() -> None:
+            assert any(e["status"]["state"] == "draining" for e in api.get("/v1/apps/silent/endpoints")["items"])
+        eventually(draining, "the release drains a first endpoint", timeout=30)
+        generation = api.get("/v1/registry")["generation"]
+        r = as_node.post("/v1/gateways/edge/ack", json={"generation": generation})
+        assert r.status_code == 403 and "may not act as gateway 'edge'" in r.json()["message"], r.text
+        status = wait_release(api, "silent", "paused for the frozen gateway", phase_is("Paused"), timeout=60)
+        assert "gateway/edge" in status["reason"], status["reason"]
+        edge = api.get("/v1/gateways/edge")["status"]
+        assert edge["acknowledgedGeneration"] < generation and edge["acknowledgedWith"] != node_token, edge
+        assert not [i for i in api.instances("silent") if i["status"]["grantedRevision"] == target]
+    finally:
+        os.kill(gateway, signal.SIGCONT)
+        as_node.close()
+    platform.cli("release", "resume", "silent")
+    wait_release(api, "silent", "done once the gateway answers again", phase_is("Succeeded"), timeout=120)
+    wait_steady(api, "silent", 4, target)
 
 
 def test_draining_a_node_moves_its_instances_away_without_a_failed_request(platform: Platform, api: Api) -> None:

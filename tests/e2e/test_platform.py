@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -63,6 +64,45 @@ def test_up_registers_four_ready_nodes_in_two_cells_on_distinct_ips(platform: Pl
     assert not (platform.home / ".config" / "ballast").exists(), "--no-user-config leaves $HOME alone"
 
 
+def test_up_gives_each_node_and_the_gateway_its_own_credential(platform: Platform) -> None:
+    """Each agent and the gateway joined with a join token of its own: its credential file (mode 0600) speaks for
+    it alone, no agent runs with a token in its environment, and no shared agent token is left."""
+    seen = set()
+    for name, kind, directory in [*[(n, "node", platform.data_dir / "agents" / n) for n in NODES],
+                                  ("edge", "gateway", platform.data_dir / "gateway")]:
+        path = directory / "credential"
+        assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+        who = httpx.get(f"{platform.server}/v1/whoami", timeout=10,
+                        headers={"Authorization": f"Bearer {path.read_text().strip()}"}).json()
+        assert (who["user"], [b["role"] for b in who["bindings"]]) == (f"{kind}/{name}", [kind]), who
+        seen.add(who["token"])
+    assert len(seen) == 5, "five credentials, one each"
+    assert not (platform.data_dir / "agent-token").exists()
+    for name in NODES:
+        pid = find_agent(platform.data_dir, name)
+        assert pid is not None
+        assert "BALLAST_TOKEN" not in proc_environ(pid), "the agent's credential is in its file, not its environment"
+
+
+def test_node_join_exchanges_an_admins_join_token_once_for_a_credential_file(platform: Platform, tmp_path: Path) -> None:
+    """`ballast node join-token create --node N` prints a one-time token; `ballast node join N` writes N's own
+    credential (0600) and names it; the same token a second time exits non-zero naming why, writing nothing."""
+    join_token = platform.cli("node", "join-token", "create", "--node", "node-x9", "--ttl", "120").stdout.strip()
+    assert join_token.startswith("bjt_")
+    path = tmp_path / "node-x9.credential"
+    env = platform.env(BALLAST_JOIN_TOKEN=join_token)
+    joined = platform.cli("node", "join", "node-x9", "--server", platform.server, "--credential-file", str(path), env=env)
+    assert "node/node-x9 joined" in joined.stdout, joined.stdout
+    assert path.stat().st_mode & 0o777 == 0o600
+    who = httpx.get(f"{platform.server}/v1/whoami", timeout=10,
+                    headers={"Authorization": f"Bearer {path.read_text().strip()}"}).json()
+    assert who["user"] == "node/node-x9" and who["token"] in joined.stdout, who
+    again = platform.cli("node", "join", "node-x9", "--server", platform.server, "--credential-file",
+                         str(tmp_path / "again"), env=env, check=False)
+    assert again.returncode != 0 and "used already" in again.stdout + again.stderr, again
+    assert not (tmp_path / "again").exists()
+
+
 def test_demo_runs_ten_ready_instances_five_per_cell_listening_on_their_node_ip(shop: list[dict[str, Any]]) -> None:
     by_cell: dict[str, int] = {}
     for inst in shop:
@@ -102,6 +142,7 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
         assert http_get_json(env["HOST"], int(env["PORT"]), "/")["instance"] == inst["metadata"]["name"]
         assert urlsplit(s["meshUrl"]).hostname == PRIVATE[s["node"]], s["meshUrl"]
         assert "BALLAST_TOKEN" not in env, "the agent's token is not the app's"
+        assert "BALLAST_JOIN_TOKEN" not in env, "nor its join token"
         data_dir = Path(env["BALLAST_DATA_DIR"])
         assert data_dir.is_relative_to(platform.data_dir / "agents" / s["node"]), data_dir
         assert ipaddress.ip_address(s["ip"]).is_loopback
@@ -119,7 +160,8 @@ def _ids(pid: int, field: str) -> set[int]:
 
 def _secrets(platform: Platform) -> dict[str, Path]:
     d = platform.data_dir
-    return {"client config": d / "client.yaml", "agents' token": d / "agent-token", "database": d / "ballast.db",
+    return {"client config": d / "client.yaml", "node-a1's credential": d / "agents" / "node-a1" / "credential",
+            "the gateway's credential": d / "gateway" / "credential", "database": d / "ballast.db",
             "database journal": d / "ballast.db-wal", "database shared memory": d / "ballast.db-shm",
             "server log": d / "logs" / "server.log", "agent state": d / "agents" / "node-a1" / "state.json"}
 
@@ -127,7 +169,7 @@ def _secrets(platform: Platform) -> dict[str, Path]:
 def test_instances_run_as_an_unprivileged_user_with_no_credential_in_their_environment(
         shop: list[dict[str, Any]], platform: Platform) -> None:
     tokens = {yaml.safe_load((platform.data_dir / "client.yaml").read_text())["token"],
-              (platform.data_dir / "agent-token").read_text().strip()}
+              *((platform.data_dir / "agents" / n / "credential").read_text().strip() for n in NODES)}
     for inst in shop:
         s = inst["status"]
         env = proc_environ(s["pid"])
@@ -142,7 +184,7 @@ def test_instances_run_as_an_unprivileged_user_with_no_credential_in_their_envir
             # shims, runs in between and adds its own).
             assert set(env) <= ALLOWED_ENV, f"{inst['metadata']['name']}: unexpected {set(env) - ALLOWED_ENV}"
         assert not any(token in value for token in tokens for value in env.values()), "a token reached the app"
-        assert "BALLAST_TOKEN" not in proc_environ(agent), "ballast up gives agents their token in a file"
+        assert "BALLAST_TOKEN" not in proc_environ(agent), "ballast up gives agents their credential in a file"
         data_dir = Path(env["BALLAST_DATA_DIR"])
         assert (data_dir.stat().st_uid, stat.S_IMODE(data_dir.stat().st_mode)) == (_ids(s["pid"], "Uid").pop(), 0o700)
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ballast.controllers.scheduler import reconcile_once
 from ballast.core.manifests import API_VERSION
-from tests.conftest import Api
+from tests.conftest import Api, join_component
 
 FUZZ = settings(max_examples=int(os.environ.get("BALLAST_FUZZ_EXAMPLES", "75")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -155,8 +155,8 @@ async def world(api: Api) -> AsyncIterator[World]:
     items.append({"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": "shop"},
                   "spec": {"cells": {"cell-a": 1}, "template": {"command": ["python", "-m", "shop"]}}})
     assert (await api.http.post("/v1/apply", json={"items": items})).status_code == 200
-    assert (await api.http.post("/v1/users", json={"name": "agent-1", "role": "agent"})).status_code == 201
-    agent = api.as_((await api.http.post("/v1/tokens", json={"user": "agent-1"})).json()["token"])
+    assert (await api.http.post("/v1/users", json={"name": "agent-1", "role": "viewer"})).status_code == 201
+    agent = api.as_((await join_component(api, "node", "n1"))["token"])   # node n1's own credential
     r = await agent.put("/v1/nodes/n1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 4000,
                                               "memoryBytes": 2**33})
     assert r.status_code == 200, r.text
@@ -232,7 +232,7 @@ async def test_assignment_polls_never_fail_with_5xx(world: World, node: str, par
 
 
 user_bodies = mostly(st.fixed_dictionaries({"name": names, "role": mostly(st.sampled_from(
-    ["admin", "operator", "viewer", "agent"]) | any_text)}, optional={"apps": mostly(st.lists(names, max_size=3))}))
+    ["admin", "operator", "viewer", "node"]) | any_text)}, optional={"apps": mostly(st.lists(names, max_size=3))}))
 token_bodies = mostly(st.fixed_dictionaries({}, optional={
     "user": mostly(st.sampled_from(["admin", "agent-1", "ghost"]) | any_text), "name": any_text,
     "ttlSeconds": numbers}))

@@ -14,7 +14,7 @@ from ballast.controllers import endpoints as registry_controller
 from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 
 NODES = {"n-a1": ("cell-a", "10.0.0.1"), "n-b1": ("cell-b", "10.0.0.2")}
 
@@ -31,13 +31,12 @@ async def ok(response: Any, status: int = 200) -> Any:
     return r.json()
 
 
-async def world(api: Api) -> httpx.AsyncClient:
+async def world(api: Api) -> Fleet:
     """Two cells, a node in each, a gateway, and shop placed (one instance per cell) and reported running."""
     cells = [{"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": c}, "spec": {"zone": f"z-{c}"}}
              for c in ("cell-a", "cell-b")]
     await ok(api.http.post("/v1/apply", json={"items": [*cells, shop()]}))
-    await ok(api.http.post("/v1/users", json={"name": "infra", "role": "agent"}), 201)
-    agent = api.as_((await ok(api.http.post("/v1/tokens", json={"user": "infra"}), 201))["token"])
+    agent = Fleet(api)   # each node and the gateway with its own credential
     for name, (cell, ip) in NODES.items():
         await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": ip, "cpuMillis": 4000, "memoryBytes": 2**33}))
     await ok(agent.put("/v1/gateways/edge", json={"address": "127.0.0.1:8080"}))

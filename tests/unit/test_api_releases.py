@@ -17,7 +17,7 @@ from ballast.controllers import endpoints as registry_controller
 from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 
 TEMPLATE = {"command": ["python", "-m", "shop"], "args": ["--port", "0"]}
 NODES = {"n-a1": "cell-a", "n-a2": "cell-a", "n-b1": "cell-b", "n-b2": "cell-b"}
@@ -38,12 +38,10 @@ async def ok(response: Any, status: int = 200) -> Any:
     return r.json()
 
 
-async def shop_at_revision_1_with_revision_2_recorded(api: Api) -> httpx.AsyncClient:
+async def shop_at_revision_1_with_revision_2_recorded(api: Api) -> Fleet:
     """Cells, four nodes, the 5 + 5 app placed and running revision 1; then a changed template (revision 2)."""
     await ok(api.http.post("/v1/apply", json={"items": manifests(TEMPLATE)}))
-    await ok(api.http.post("/v1/users", json={"name": "agent-1", "role": "agent"}), 201)
-    token = (await ok(api.http.post("/v1/tokens", json={"user": "agent-1", "name": "agent-1"}), 201))["token"]
-    agent = api.as_(token)
+    agent = Fleet(api)   # each node with its own credential
     for i, (name, cell) in enumerate(sorted(NODES.items()), start=1):
         await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": f"10.0.0.{i}", "cpuMillis": 8000,
                                                       "memoryBytes": 16 * 2**30}))
@@ -65,7 +63,7 @@ async def desired_at(api: Api, revision: int) -> set[str]:
     return {i["metadata"]["name"] for i in await instances(api) if i["spec"]["revision"] == revision}
 
 
-async def agents_run_desired(api: Api, agent: httpx.AsyncClient) -> None:
+async def agents_run_desired(api: Api, agent: Fleet) -> None:
     """The data plane settles: the registry grants what the drain protocol allows, every agent runs what it
     was granted (Running and ready; Stopped when retired) and every node's mesh acknowledges the registry."""
     for _ in range(10):

@@ -14,7 +14,7 @@ from ballast.controllers import endpoints as registry_controller
 from ballast.cli.output import COLUMNS
 from ballast.core.manifests import API_VERSION
 from ballast.core.nodes import NODE_TIMEOUT_SECONDS
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 
 TEMPLATE = {"command": ["python", "-m", "shop"], "args": ["--port", "0"]}
 
@@ -47,9 +47,9 @@ async def token_for(api: Api, user: str, role: str, apps: list[str] | None = Non
     return str(r.json()["token"])
 
 
-async def register_nodes(api: Api, nodes: dict[str, str]) -> httpx.AsyncClient:
-    """Register {node: cell} with an agent-role token; return that agent's client."""
-    agent = api.as_(await token_for(api, "agent-1", "agent"))
+async def register_nodes(api: Api, nodes: dict[str, str]) -> Fleet:
+    """Register {node: cell}, each node with its own credential; return them (a Fleet)."""
+    agent = Fleet(api)
     for i, (name, cell_name) in enumerate(sorted(nodes.items()), start=1):
         r = await agent.put(f"/v1/nodes/{name}", json={"cell": cell_name, "ip": f"10.0.0.{i}", "cpuMillis": 8000,
                                                        "memoryBytes": 16 * 2**30, "agentVersion": "test"})
@@ -395,15 +395,15 @@ async def test_stopped_report_removes_a_deleted_instance_but_not_a_running_one(a
     assert await instances_of(api, "shop") == []
 
 
-async def test_only_agents_and_admins_may_use_node_endpoints(api: Api) -> None:
-    """Viewers and operators may not register a node, report status or poll assignments; the agent may."""
+async def test_only_the_nodes_own_credential_may_use_its_node_endpoints(api: Api) -> None:
+    """Viewers, operators and admins may not register a node, report status or poll assignments; the node may."""
     agent, inst = await _one_placed_instance(api)
     body = {"cell": "cell-a", "ip": "10.0.0.9", "cpuMillis": 1000, "memoryBytes": 2**30}
     status = report(inst["metadata"]["name"], "Running")
-    for user, role in [("vera", "viewer"), ("otto", "operator")]:
+    for user, role in [("vera", "viewer"), ("otto", "operator"), ("ada", "admin")]:
         other = api.as_(await token_for(api, user, role))
         r = await other.put("/v1/nodes/n-x", json=body)
-        assert r.status_code == 403 and r.json()["message"] == f"user {user!r} ({role}) may not node"
+        assert r.status_code == 403 and r.json()["message"].startswith(f"user {user!r} may not act as node 'n-x'")
         assert (await other.post("/v1/nodes/n-a1/status", json=status)).status_code == 403
         assert (await other.get("/v1/nodes/n-a1/assignments")).status_code == 403
     assert (await agent.get("/v1/nodes/n-a1/assignments")).status_code == 200

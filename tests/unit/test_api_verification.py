@@ -18,7 +18,7 @@ import pytest
 from ballast.controllers import releases as release_engine
 from ballast.controllers import verification
 from ballast.core.request_metrics import BUCKETS, CLASSES, Counts
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 from tests.unit.test_api_releases import (NODES, agents_run_desired, audit, instances, ok, release_status,
                                           shop_at_revision_1_with_revision_2_recorded)
 
@@ -39,6 +39,7 @@ class Agents:
     """What each node's agent has counted, per (instance, revision), and which agents answer."""
 
     api: Api
+    fleet: Fleet
     served: dict[tuple[str, int], Counts] = field(default_factory=dict)
     node_of: dict[str, str] = field(default_factory=dict)
     silent: set[str] = field(default_factory=set)
@@ -70,20 +71,14 @@ class Agents:
 
 @pytest.fixture
 async def agents(api: Api) -> Agents:
-    await shop_at_revision_1_with_revision_2_recorded(api)
+    agent = await shop_at_revision_1_with_revision_2_recorded(api)
     # The agents re-register with their telemetry endpoints.
-    agent = await _agent_client(api)
     for k, (name, cell) in enumerate(sorted(NODES.items()), start=1):
         await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": f"10.0.0.{k}", "cpuMillis": 8000,
                                                       "memoryBytes": 16 * 2**30, "metricsAddress": f"10.0.0.{k}:9464"}))
-    a = Agents(api)
+    a = Agents(api, agent)
     await a.refresh()
     return a
-
-
-async def _agent_client(api: Api) -> httpx.AsyncClient:
-    token = (await ok(api.http.post("/v1/tokens", json={"user": "agent-1", "name": "again"}), 201))["token"]
-    return api.as_(token)
 
 
 async def step(api: Api, agents: Agents, clock: Clock, seconds: float = 0.0) -> dict[str, Any]:
@@ -91,7 +86,7 @@ async def step(api: Api, agents: Agents, clock: Clock, seconds: float = 0.0) -> 
     clock.now += seconds
     transport = httpx.MockTransport(agents.handle)
     for _ in range(3):
-        await agents_run_desired(api, await _agent_client(api))
+        await agents_run_desired(api, agents.fleet)
         await agents.refresh()
         await verification.reconcile_once(api.store, transport)
         await release_engine.reconcile_once(api.store)
@@ -219,8 +214,7 @@ async def test_app_metrics_name_unreadable_agents_and_refuse_bad_queries(api: Ap
     for params in ({"by": "node"}, {"window": 0}, {"window": 301}, {"source": "mesh"}):
         r = await api.http.get("/v1/apps/shop/metrics", params=params)
         assert r.status_code == 422, (params, r.text)
-    agent = await _agent_client(api)
-    r = await agent.put("/v1/nodes/n-a1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 8000,
+    r = await agents.fleet.put("/v1/nodes/n-a1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 8000,
                                                "memoryBytes": 2**30, "metricsAddress": "not-an-address"})
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "metricsAddress"
 

@@ -15,7 +15,7 @@ from ballast.api.app import create_app
 from ballast.core.digests import digest
 from ballast.core.manifests import API_VERSION
 from ballast.store.schema import audit
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 
 CELL = {"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": "cell-a"}, "spec": {"zone": "zone-a"}}
 
@@ -146,16 +146,18 @@ async def test_a_source_that_keeps_knocking_is_throttled_before_its_token_is_loo
 async def test_reads_and_telemetry_append_nothing(api: Api) -> None:
     """GETs, including refused ones, and agents' status reports add no audit records."""
     assert (await api.http.post("/v1/apply", json={"items": [CELL]})).status_code == 200
-    r = await api.http.put("/v1/nodes/n1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 1000,
-                                                  "memoryBytes": 2**30})
+    node = Fleet(api)
+    r = await node.put("/v1/nodes/n1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 1000,
+                                              "memoryBytes": 2**30})
     assert r.status_code == 200, r.text
     viewer = await viewer_client(api)
     before = await head_seq(api)
     for client, path in [(api.http, "/v1/apps"), (api.http, "/v1/cells"), (api.http, "/v1/apps/ghost"),
                          (api.http, "/v1/audit/verify"), (api.http, "/v1/tokens"), (viewer, "/v1/users"),
-                         (api.as_(None), "/v1/apps"), (api.http, "/v1/nodes/n1/assignments")]:
+                         (api.as_(None), "/v1/apps")]:
         assert (await client.get(path)).status_code < 500, path
-    r = await api.http.post("/v1/nodes/n1/status", json={"instances": []})
+    assert (await node.get("/v1/nodes/n1/assignments")).status_code == 200
+    r = await node.post("/v1/nodes/n1/status", json={"instances": []})
     assert r.status_code == 200, r.text
     assert await head_seq(api) == before
 
@@ -164,7 +166,8 @@ async def test_node_registration_and_tokens_are_recorded(api: Api) -> None:
     """Registering a node, issuing and revoking a token are changes of intent and are recorded."""
     assert (await api.http.post("/v1/apply", json={"items": [CELL]})).status_code == 200
     body = {"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 1000, "memoryBytes": 2**30}
-    [reg] = await recorded_by(api, lambda: api.http.put("/v1/nodes/n1", json=body), 200)
+    node = await Fleet(api).client("node", "n1")
+    [reg] = await recorded_by(api, lambda: node.put("/v1/nodes/n1", json=body), 200)
     assert (reg["action"], reg["resource"], reg["detail"]) == (
         "node.register", "Node/n1", {"outcome": "created", "cell": "cell-a", "ip": "10.0.0.1"})
     assert reg["after"].startswith("sha256:")

@@ -7,14 +7,15 @@ import pytest
 from ballast.core.authz import Action, Binding, Role, allowed, explain_denial
 
 A = Action
-ALL = (A.READ, A.APPLY_APP, A.PUSH_ARTIFACT, A.MANAGE_CELLS, A.MANAGE_ACCESS, A.NODE)
+ALL = tuple(Action)
 
 # Unscoped bindings: what each role may do at all (app-bound actions asked about app "shop" and with no app).
 UNSCOPED_GRANTS = {
-    Role.ADMIN: set(ALL),
+    Role.ADMIN: set(ALL) - {A.NODE, A.GATEWAY},   # acting as a node or gateway is theirs alone
     Role.OPERATOR: {A.READ, A.APPLY_APP, A.PUSH_ARTIFACT},
     Role.VIEWER: {A.READ},
-    Role.AGENT: {A.READ, A.NODE},
+    Role.NODE: {A.NODE, A.READ_REGISTRY},          # a node's own credential: nothing people read
+    Role.GATEWAY: {A.GATEWAY, A.READ_REGISTRY},
     Role.APPROVER: {A.READ, A.APPROVE_ORDER},
     Role.EMERGENCY_APPROVER: {A.READ, A.APPROVE_EMERGENCY},
 }
@@ -48,7 +49,8 @@ def test_unscoped_binding_grants_exactly_the_roles_actions(role: Role, action: A
     # Scope never widens a role.
     (Role.VIEWER, A.APPLY_APP, "shop", False),
     (Role.OPERATOR, A.MANAGE_CELLS, "shop", False),
-    (Role.AGENT, A.APPLY_APP, "shop", False),
+    (Role.NODE, A.APPLY_APP, "shop", False),
+    (Role.NODE, A.READ, "shop", False),
 ])
 def test_binding_scoped_to_shop(role: Role, action: Action, app: str | None, expected: bool) -> None:
     """A binding scoped to app "shop" grants its role's actions on shop only."""
@@ -63,7 +65,7 @@ def test_binding_scoped_to_shop(role: Role, action: Action, app: str | None, exp
     ((Binding(Role.VIEWER), Binding(Role.OPERATOR, apps=("shop",))), A.READ, "pay", True),
     ((Binding(Role.OPERATOR, apps=("shop",)), Binding(Role.OPERATOR, apps=("pay",))), A.APPLY_APP, "pay", True),
     ((Binding(Role.OPERATOR, apps=()),), A.APPLY_APP, "shop", False),
-    ((Binding(Role.AGENT), Binding(Role.VIEWER)), A.NODE, None, True),
+    ((Binding(Role.NODE), Binding(Role.VIEWER)), A.NODE, None, True),
 ])
 def test_several_bindings_grant_the_union(bindings: tuple[Binding, ...], action: Action, app: str | None,
                                           expected: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -205,3 +206,34 @@ async def test_0007_gives_old_bindings_no_age_and_no_grantor_and_back(store_url:
 
     await _migrate(store_url, "0006", down=True)
     assert await _bindings(store_url) == old
+
+
+# --- 0008: component credentials; the shared agent role ends ---------------------------------------------------------
+
+async def test_0008_ends_the_shared_agent_role_and_revokes_its_tokens(store_url: str) -> None:
+    """A platform upgraded to 0008 has no `agent` binding left and the tokens of its holders are revoked (its agents
+    must join); other users' bindings and tokens are untouched, and the store opens and authenticates."""
+    from ballast.errors import Unauthenticated
+    from ballast.services.access import authenticate, hash_token
+
+    await _migrate(store_url, "0007")
+    engine = create_async_engine(normalize_url(store_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO users (name, created_at) VALUES ('node-agents', 1), ('vera', 1)"))
+            await conn.execute(text("INSERT INTO role_bindings (\"user\", role, apps, created_at) VALUES "
+                                    "('node-agents', 'agent', NULL, 1), ('vera', 'viewer', NULL, 1)"))
+            await conn.execute(text("INSERT INTO tokens (id, \"user\", name, hash, created_at) VALUES "
+                                    f"('tok_a', 'node-agents', 'up', '{hash_token('blt_shared')}', 1), "
+                                    f"('tok_v', 'vera', 'v', '{hash_token('blt_vera')}', 1)"))
+    finally:
+        await engine.dispose()
+
+    upgraded = await Store.open(store_url)
+    try:
+        assert [(b["user"], b["role"]) for b in await _bindings(store_url)] == [("vera", "viewer")]
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await authenticate(upgraded, "blt_shared", upgraded.clock())
+        assert (await authenticate(upgraded, "blt_vera", upgraded.clock())).user == "vera"
+    finally:
+        await upgraded.close()

@@ -15,7 +15,7 @@ from ballast.client import Client
 from ballast.core.backoff import Backoff
 from ballast.dataplane.component import Applied, TrafficComponent, combined_digest, register
 from ballast.wire.registry import Snapshot
-from tests.conftest import Api
+from tests.conftest import Api, join_component
 from tests.unit.test_api_registry import ok, shop
 
 CELLS = [{"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": c}, "spec": {"zone": "z"}}
@@ -47,7 +47,8 @@ async def until(check: Any, what: str, timeout: float = 10.0) -> None:
 
 
 async def test_it_applies_acknowledges_with_the_digest_and_registers_again_when_forgotten(api: Api) -> None:
-    client = Client("http://ballast", api.admin_token, transport=httpx.ASGITransport(app=create_app(api.store)))
+    credential = (await join_component(api, "gateway", "edge"))["token"]
+    client = Client("http://ballast", credential, transport=httpx.ASGITransport(app=create_app(api.store)))
     recorder = Recorder()
     stop = asyncio.Event()
 

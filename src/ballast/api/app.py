@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ballast.api.admission import Authenticate, BoundBody, Refusals
-from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
+from ballast.api import routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
 from ballast.api.deps import principal, retrying
 from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.manifests import problems_from_validation
@@ -47,6 +47,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.include_router(routes_resources.router, prefix="/v1")
     app.include_router(routes_nodes.router, prefix="/v1")
     app.include_router(routes_access.router, prefix="/v1")
+    app.include_router(routes_join.router, prefix="/v1")
     app.include_router(routes_releases.router, prefix="/v1")
     app.include_router(routes_registry.router, prefix="/v1")
     app.include_router(routes_orders.router, prefix="/v1")

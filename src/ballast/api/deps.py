@@ -7,7 +7,8 @@ from typing import Awaitable, Callable, Sequence, TypeVar
 
 from fastapi import Request
 
-from ballast.core.authz import Action, allowed, explain_denial
+from ballast.core.authz import Action, allowed, explain_denial, may_read
+from ballast.core.identity import acting_as_denial
 from ballast.errors import Conflict, Forbidden, NotFound, RetryableConflict
 from ballast.services.access import Principal, authenticate
 from ballast.store.engine import Store, Tx
@@ -42,9 +43,24 @@ def may_read_app(who: Principal, app: str) -> bool:
 
 
 def require_topology_read(who: Principal) -> None:
-    """Cells and nodes are visible to any reader, scoped or not: they hold no app data."""
-    if not who.bindings:
+    """Cells and nodes are visible to any reader, scoped or not: they hold no app data. A component credential
+    is no reader: it reads only its own assignments, their artifacts and the registry."""
+    if not may_read(who.bindings):
         raise Forbidden(f"user {who.user!r} has no role that may read")
+
+
+def require_person(who: Principal) -> None:
+    """A person's token (some role that reads): component credentials and join tokens neither read nor mint."""
+    if not may_read(who.bindings):
+        raise Forbidden(f"user {who.user!r} is no person's token: a node's or gateway's credential acts only as "
+                        "itself and reads only its assignments, their artifacts and the registry")
+
+
+def require_self(who: Principal, kind: str, name: str) -> None:
+    """Only the component's own credential acts as it (403 naming both otherwise)."""
+    denial = acting_as_denial(who.user, who.bindings, kind, name)
+    if denial is not None:
+        raise Forbidden(denial)
 
 
 def mark_audited(request: Request) -> None:

@@ -91,13 +91,16 @@ def instance(i: InstanceRecord) -> dict[str, Any]:
                  "lastDrain": i.drain})
 
 
-def endpoint(e: EndpointRecord, acked: dict[str, int]) -> dict[str, Any]:
+def endpoint(e: EndpointRecord, acked: dict[str, int], credentials: dict[str, str | None] | None = None) -> dict[str, Any]:
     pending = list(pending_acks(e, acked))  # a component deleted since routes nothing: neither list names it
+    done = [k for k in e.required if k in acked and k not in pending]
     return _obj("Endpoint", e.id, {"app": e.service},
                 {"service": e.service, "instance": e.id, "node": e.node, "cell": e.cell, "zone": e.zone,
                  "ip": e.ip, "port": e.port, "revision": e.revision},
                 {"state": e.state.value, "generation": e.generation, "since": iso(e.since),
-                 "acknowledgedBy": [k for k in e.required if k in acked and k not in pending], "pending": pending,
+                 "acknowledgedBy": done, "pending": pending,
+                 # the credential (token id) that sent each one's last acknowledgement
+                 "acknowledgedWith": {k: (credentials or {}).get(k) for k in done},
                  "note": e.note})
 
 
@@ -106,7 +109,8 @@ def gateway(g: GatewayRecord) -> dict[str, Any]:
                 {"address": g.address, "metricsAddress": g.metrics_address},
                 {"url": f"http://{g.address}", "acknowledgedGeneration": g.acked_generation,
                  "registryGeneration": g.registry_generation, "inSync": g.acked_generation >= g.registry_generation,
-                 "appliedHash": g.applied_hash, "error": g.error, "lastSeen": iso(g.last_seen), "secondsSinceSeen": round(g.seconds_since_seen, 1)})
+                 "appliedHash": g.applied_hash, "error": g.error, "lastSeen": iso(g.last_seen), "secondsSinceSeen": round(g.seconds_since_seen, 1),
+                 "acknowledgedWith": g.acked_by})
 
 
 def artifact(a: ArtifactRecord) -> dict[str, Any]:

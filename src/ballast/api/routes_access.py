@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ballast.api.deps import audited_write, principal, require, store_of
+from ballast.api.deps import audited_write, principal, require, require_person, store_of
 from ballast.core.authz import Action, allowed, explain_denial
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, Forbidden, InvalidInput
@@ -97,6 +97,7 @@ async def unbind(name: str, role: str, request: Request, who: Principal = Depend
 
 @router.get("/tokens", tags=["access"])
 async def list_tokens(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require_person(who)
     mine_only = not allowed(who.bindings, Action.MANAGE_ACCESS)
     async with store_of(request).read() as conn:
         return {"items": await access.list_tokens(conn, who.user if mine_only else None)}
@@ -104,6 +105,7 @@ async def list_tokens(request: Request, who: Principal = Depends(principal)) -> 
 
 @router.post("/tokens", tags=["access"], status_code=201)
 async def create_token(body: NewToken, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    require_person(who)
     user = body.user or who.user
     if user != who.user:
         require(who, Action.MANAGE_ACCESS)

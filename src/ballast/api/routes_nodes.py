@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
+from ballast.api.deps import (audited_write, one, principal, require, require_self, require_topology_read, store_of,
+                              telemetry_write)
 from ballast.core.authz import Action
+from ballast.core.identity import NODE
 from ballast.core.manifests import NAME_PATTERN
 from ballast.services import evacuation, registry, topology
 from ballast.services.access import Principal
@@ -38,7 +40,7 @@ async def get_node(name: str, request: Request, who: Principal = Depends(princip
 @router.put("/nodes/{name}", tags=["nodes"])
 async def register_node(body: NodeRegistration, request: Request, name: str = NodeName,
                         who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.NODE)
+    require_self(who, NODE, name)
 
     return await audited_write(request, lambda tx: registry.register_node(tx, name, body, who.user))
 
@@ -46,7 +48,7 @@ async def register_node(body: NodeRegistration, request: Request, name: str = No
 @router.post("/nodes/{name}/status", tags=["nodes"])
 async def report_status(body: StatusReport, request: Request, name: str = NodeName,
                         who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.NODE)
+    require_self(who, NODE, name)
     reports = body.instances
 
     await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports))
@@ -56,7 +58,7 @@ async def report_status(body: StatusReport, request: Request, name: str = NodeNa
 @router.get("/nodes/{name}/assignments", tags=["nodes"])
 async def assignments(request: Request, name: str = NodeName, known: str | None = Query(None, max_length=64),
                       timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.NODE)
+    require_self(who, NODE, name)
     return await registry.assignments(store_of(request), name, known, timeout)
 
 

@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
+from ballast.api.deps import (audited_write, one, principal, require, require_self, require_topology_read, store_of,
+                              telemetry_write)
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
+from ballast.core import identity
 from ballast.core.manifests import NAME_PATTERN
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
@@ -24,27 +26,27 @@ ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
 async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=2**62),
                             timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
     """Every service with its routes and endpoints; long-polls while the generation equals `known`."""
-    require(who, Action.NODE)
+    require(who, Action.READ_REGISTRY)
     return await registry.snapshot(store_of(request), known, timeout)
 
 
-async def _ack(request: Request, kind: str, name: str, body: Acknowledgement) -> dict[str, Any]:
+async def _ack(request: Request, who: Principal, kind: str, name: str, body: Acknowledgement) -> dict[str, Any]:
     return await telemetry_write(request, lambda tx: registry.acknowledge(tx, kind, name, body.generation,
-                                                                          body.applied_hash, body.error))
+                                                                          body.applied_hash, body.error, who.token_id))
 
 
 @router.post("/nodes/{name}/ack", tags=["registry"])
 async def ack_mesh(body: Acknowledgement, request: Request, name: str = ComponentName,
                    who: Principal = Depends(principal)) -> dict[str, Any]:
     """The node's agent has applied the registry up to `generation` in every sidecar it runs."""
-    require(who, Action.NODE)
-    return await _ack(request, MESH, name, body)
+    require_self(who, identity.NODE, name)
+    return await _ack(request, who, MESH, name, body)
 
 
 @router.put("/gateways/{name}", tags=["registry"])
 async def register_gateway(body: GatewayRegistration, request: Request, name: str = ComponentName,
                            who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.NODE)
+    require_self(who, identity.GATEWAY, name)
 
     return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,
                                                                             body.metrics_address))
@@ -53,8 +55,8 @@ async def register_gateway(body: GatewayRegistration, request: Request, name: st
 @router.post("/gateways/{name}/ack", tags=["registry"])
 async def ack_gateway(body: Acknowledgement, request: Request, name: str = ComponentName,
                       who: Principal = Depends(principal)) -> dict[str, Any]:
-    require(who, Action.NODE)
-    return await _ack(request, GATEWAY, name, body)
+    require_self(who, identity.GATEWAY, name)
+    return await _ack(request, who, GATEWAY, name, body)
 
 
 async def _gateways(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
@@ -90,4 +92,5 @@ async def list_endpoints(app: str, request: Request, who: Principal = Depends(pr
     async with store_of(request).read() as conn:
         found = await registry.list_endpoints(conn, app)
         acked = await registry.acknowledged(conn)
-    return {"items": [objects.endpoint(e, acked) for e in found]}
+        credentials = await registry.acknowledging_credentials(conn)
+    return {"items": [objects.endpoint(e, acked, credentials) for e in found]}

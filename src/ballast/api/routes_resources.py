@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_topology_read,
-                              retrying, store_of)
+from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_person,
+                              require_topology_read, retrying, store_of)
 from ballast.core.authz import Action
+from ballast.core.identity import NODE, component_of
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
-from ballast.errors import FieldProblem, InvalidInput, NotFound, PayloadTooLarge
+from ballast.errors import FieldProblem, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
 from ballast.services import apps, artifacts, audit_trail, change_control, instances, registry, topology
 from ballast.services.access import Principal
@@ -69,6 +70,7 @@ async def delete_cell(name: str, request: Request, who: Principal = Depends(prin
 
 
 async def _apps(request: Request, who: Principal, name: str | None = None) -> list[dict[str, Any]]:
+    require_person(who)
     async with store_of(request).read() as conn:
         return [objects.app(a) for a in await apps.list_apps(conn, name) if may_read_app(who, a.name)]
 
@@ -111,6 +113,7 @@ async def get_revision(name: str, number: int, request: Request, who: Principal 
 async def _instances(request: Request, who: Principal, *, app: str | None = None, node: str | None = None,
                      instance_id: str | None = None) -> list[dict[str, Any]]:
     """Instances matching every filter given; those of apps the caller may not read are, to them, not there."""
+    require_person(who)
     store = store_of(request)
     async with store.read() as conn:
         found = await instances.list_instances(conn, store.clock(), app=app, node=node, instance_id=instance_id)
@@ -162,10 +165,15 @@ async def list_artifacts(request: Request, who: Principal = Depends(principal)) 
 
 @router.get("/artifacts/{digest}", tags=["artifacts"])
 async def fetch_artifact(digest: str, request: Request, who: Principal = Depends(principal)) -> Response:
-    require_topology_read(who)
+    component = component_of(who.user, who.bindings)
+    if component is None:
+        require_topology_read(who)
     if not _DIGEST.match(digest):
         raise InvalidInput("invalid digest", problems=[FieldProblem("digest", digest, "sha256:<64 hex digits>")])
     async with store_of(request).read() as conn:
+        if component is not None and not (component[0] == NODE
+                                          and await artifacts.assigned_to(conn, component[1], digest)):
+            raise Forbidden(f"{who.user} may fetch only the artifacts its own instances run, not {digest}")
         content = await artifacts.content(conn, digest)
     if content is None:
         raise NotFound(f"artifact {digest} not found; push it with 'ballast artifact push DIR'")

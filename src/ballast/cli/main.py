@@ -21,7 +21,7 @@ from ballast.cli import output, packaging
 from ballast.cli.common import KINDS, _fail, command, console
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
-from ballast.core.authz import Role
+from ballast.core.authz import COMPONENT_ROLES, Role
 from ballast.errors import BallastError
 from ballast.owner_only import make_private, read_token, restrict_new_files, sqlite_files
 
@@ -141,9 +141,15 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @click.option("--cpu", default="4", show_default=True)
 @click.option("--memory", default="8Gi", show_default=True)
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="the agent's token (mode 0600, owner only); else BALLAST_TOKEN, which no child process sees")
+              help="a token given directly (mode 0600, owner only), when the node has no credential of its own; "
+                   "else BALLAST_TOKEN, which no child process sees")
 @click.option("--instance-user", help="the unprivileged user apps run as (root agents only; default: ballast-app, "
                                       "created when missing)")
+@click.option("--credential-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="the node's own credential (default: DATA_DIR/credential); written by joining")
+@click.option("--join-token", envvar="BALLAST_JOIN_TOKEN",
+              help="an admin's one-time join token, exchanged for the credential when the file does not exist yet "
+                   "(prefer BALLAST_JOIN_TOKEN)")
 @click.option("--stop-instances-on-exit", is_flag=True,
               help="stop instances when the agent exits (default: leave them running for the next agent to adopt)")
 @click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary for sidecars (default: found on PATH)")
@@ -154,8 +160,9 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @click.option("--metrics-interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="seconds between readings of the sidecars' request statistics")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
-          token_file: Path | None, instance_user: str | None, stop_instances_on_exit: bool, haproxy: str | None,
-          instance_nice: int, metrics_port: int, metrics_interval: float) -> None:
+          token_file: Path | None, instance_user: str | None, credential_file: Path | None,
+          join_token: str | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
+          metrics_port: int, metrics_interval: float) -> None:
     """Run a node agent."""
     from ballast.agent import instance_user as users
     from ballast.agent.agent import Agent, AgentSettings
@@ -163,11 +170,12 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
     from ballast.core.placement import parse_cpu, parse_memory
     restrict_new_files()
     try:
-        token = read_token(token_file, os.environ)
-        if not token:
-            _fail("error: the agent needs a token: --token-file FILE or BALLAST_TOKEN", 2)
         apps_user = users.resolve(instance_user, os.geteuid())
         users.make_data_dir(data_dir, apps_user, "--data-dir")
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
+    token = _component_token("node", name, server_url, data_dir, credential_file, join_token, token_file)
+    try:
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
                                  cpu_millis=parse_cpu(cpu), memory_bytes=parse_memory(memory),
                                  haproxy=find_binary(haproxy), instance_user=apps_user,
@@ -189,25 +197,26 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="IP:PORT to serve on")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--credential-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="the gateway's own credential (default: DATA_DIR/credential); written by joining")
+@click.option("--join-token", envvar="BALLAST_JOIN_TOKEN",
+              help="an admin's one-time join token, exchanged for the credential when the file does not exist yet "
+                   "(prefer BALLAST_JOIN_TOKEN)")
 @click.option("--haproxy", envvar="BALLAST_HAPROXY", help="the HAProxy binary (default: found on PATH)")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--stop-proxy-on-exit", is_flag=True,
               help="stop HAProxy when this process exits (default: leave it serving for the next one to adopt)")
 @click.option("--metrics-listen", default="127.0.0.1:9465", show_default=True,
               help="IP:PORT for /metrics (Prometheus) and request metrics ('off': not served)")
-def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file: Path | None, haproxy: str | None,
+def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file: Path | None,
+            credential_file: Path | None, join_token: str | None, haproxy: str | None,
             threads: int, stop_proxy_on_exit: bool, metrics_listen: str) -> None:
     """Run a north-south gateway (HAProxy) for the exposed services."""
     from ballast.dataplane.haproxy import find_binary
     from ballast.dataplane.haproxy_config import Address
     from ballast.gateway.gateway import Gateway, GatewaySettings
     restrict_new_files()
-    try:
-        token = read_token(token_file, os.environ)
-    except BallastError as exc:
-        _fail(f"error: {exc.message}", 2)
-    if not token:
-        _fail("error: the gateway needs a token: --token-file FILE or BALLAST_TOKEN", 2)
+    token = _component_token("gateway", name, server_url, data_dir, credential_file, join_token, token_file)
     def address(option: str, value: str) -> Address:
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -224,6 +233,28 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     _run_until_signal(lambda stop: Gateway(settings).run(stop))
+
+
+def _component_token(kind: str, name: str, server_url: str, data_dir: Path, credential_file: Path | None,
+                     join_token: str | None, token_file: Path | None) -> str:
+    """The credential an agent or gateway runs with: its own (the credential file, or joining once with a join
+    token); else a token given directly (--token-file or BALLAST_TOKEN)."""
+    from ballast.dataplane.credential import CREDENTIAL_FILE, component_credential, read_credential
+    path = credential_file or data_dir / CREDENTIAL_FILE
+    os.environ.pop("BALLAST_JOIN_TOKEN", None)   # used once, here; no child process inherits it
+    if join_token or read_credential(path) is not None:
+        try:
+            return asyncio.run(component_credential(server_url, kind, name, path, join_token))
+        except BallastError as exc:
+            _fail(f"error: {kind} {name} could not join: {exc.message}", 2)
+    try:
+        token = read_token(token_file, os.environ)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
+    if not token:
+        _fail(f"error: the {kind} needs its credential: {path} (written by 'ballast node join' or by starting once "
+              "with --join-token), or a token with --token-file FILE or BALLAST_TOKEN", 2)
+    return token
 
 
 # --- resources ------------------------------------------------------------------------
@@ -472,7 +503,7 @@ def user() -> None:
 
 @user.command("create")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role if r not in COMPONENT_ROLES]))
 @click.option("--app", "apps", multiple=True, help="scope the role to these apps (repeatable)")
 @command
 async def user_create(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
@@ -497,7 +528,7 @@ async def user_delete(client: Client, name: str) -> None:
 
 @user.command("bind")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role if r not in COMPONENT_ROLES]))
 @click.option("--app", "apps", multiple=True)
 @command
 async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...]) -> None:
@@ -507,7 +538,7 @@ async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...])
 
 @user.command("unbind")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role if r not in COMPONENT_ROLES]))
 @command
 async def user_unbind(client: Client, name: str, role: str) -> None:
     await client.delete(f"/v1/users/{name}/bindings/{role}")
@@ -532,7 +563,8 @@ from ballast.cli.audit_cmds import audit  # noqa: E402
 
 @cli.group()
 def node() -> None:
-    """Node operations: drain (cordon and move instances away, losslessly) and uncordon."""
+    """Node operations: drain (cordon and move instances away, losslessly), uncordon, and joining (a node's or
+    gateway's own credential)."""
 
 
 @node.command("drain")
@@ -555,6 +587,10 @@ async def node_uncordon(client: Client, name: str) -> None:
     await client.post(f"/v1/nodes/{name}/uncordon")
     console.print(f"node {name} uncordoned")
 
+from ballast.cli.join_cmds import join, join_token  # noqa: E402
+
+node.add_command(join_token)
+node.add_command(join)
 cli.add_command(release)
 cli.add_command(order)
 cli.add_command(metrics)

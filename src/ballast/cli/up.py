@@ -38,7 +38,7 @@ from ballast.core.audit_signing import Ed25519Signer
 from ballast.errors import BallastError
 from ballast.owner_only import make_private, restrict_new_files, sqlite_files
 
-AGENT_USER = "node-agents"
+JOIN_SECONDS = 600.0   # how long a join token `ballast up` makes for its own node or gateway may wait unused
 AUDIT_KEY = "audit-key.pem"                 # its public key: audit-key.pem.pub
 AUDIT_CHECKPOINTS = "audit-checkpoints"     # the signed checkpoints: audit-checkpoints/checkpoints.jsonl
 GATEWAY_NAME = "edge"
@@ -203,22 +203,22 @@ async def _admin_token(settings: UpSettings, client_file: Path, bootstrap_file: 
                    "pass a valid token with BALLAST_TOKEN or use a fresh --data-dir")
 
 
-async def _agent_token(admin: Client, token_file: Path, server: str) -> str:
-    if token_file.exists():
-        async with Client(server, token_file.read_text().strip()) as c:
+async def _join_env(admin: Client, server: str, kind: str, name: str, data_dir: Path) -> dict[str, str]:
+    """What a node or gateway `ballast up` starts needs to join: nothing when its credential file holds a valid
+    credential, else a fresh one-time join token for its name (a stale file is removed: the token re-joins it)."""
+    from ballast.dataplane.credential import CREDENTIAL_FILE, read_credential
+    path = data_dir / CREDENTIAL_FILE
+    token = read_credential(path)
+    if token is not None:
+        async with Client(server, token) as c:
             try:
-                await c.get("/v1/whoami")
-                return token_file.read_text().strip()
+                if (await c.get("/v1/whoami"))["user"] == f"{kind}/{name}":
+                    return {}
             except ApiError:
                 pass
-    users = {u["name"] for u in (await admin.get("/v1/users"))["items"]}
-    if AGENT_USER not in users:
-        await admin.post("/v1/users", {"name": AGENT_USER, "role": "agent"})
-    token = (await admin.post("/v1/tokens", {"user": AGENT_USER, "name": "ballast up agents"}))["token"]
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return str(token)
+        path.unlink()
+    made = await admin.post("/v1/join-tokens", {"kind": kind, "name": name, "ttlSeconds": JOIN_SECONDS})
+    return {"BALLAST_JOIN_TOKEN": str(made["token"])}
 
 
 def sweep_instances(data_dir: Path, agents: Path) -> int:
@@ -352,29 +352,29 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
             await admin.post("/v1/apply", {"items": [
                 {"apiVersion": "ballast.io/v1alpha1", "kind": "Cell", "metadata": {"name": cell}, "spec": {"zone": zone}}
                 for cell, zone in zones]})
-            token_file = data_dir / "agent-token"
-            await _agent_token(admin, token_file, settings.server)
+            (data_dir / "agent-token").unlink(missing_ok=True)   # the shared token of older versions
             as_user = ["--instance-user", apps_user.name] if apps_user.switch else []
             for name, ip, cell, _ in plan:
+                join_env = await _join_env(admin, settings.server, "node", name, agents_dir / name)
                 agent = Child(name, _ballast("agent", "--server", settings.server, "--name", name, "--ip", ip,
                                              "--cell", cell, "--data-dir", str(agents_dir / name),
                                              "--cpu", settings.node_cpu, "--memory", settings.node_memory,
-                                             "--token-file", str(token_file), *as_user,
+                                             *as_user,
                                              "--stop-instances-on-exit",
                                              # One machine carries the platform and the apps: when the apps are
                                              # busy, agents and sidecars must still answer promptly.
                                              "--instance-nice", "10",
                                              "--metrics-port", str(settings.metrics_port)),
-                              data_dir / "logs" / f"{name}.log")
+                              data_dir / "logs" / f"{name}.log", env=join_env)
                 await agent.start()
                 agents.append(agent)
                 _remember(data_dir, [server, *agents])
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
-                                                "--metrics-listen", settings.gateway_metrics,
-                                                "--token-file", str(token_file)),
-                            data_dir / "logs" / "gateway.log")
+                                                "--metrics-listen", settings.gateway_metrics),
+                            data_dir / "logs" / "gateway.log",
+                            env=await _join_env(admin, settings.server, "gateway", GATEWAY_NAME, data_dir / "gateway"))
             await gateway.start()
             agents.append(gateway)
             _remember(data_dir, [server, *agents])

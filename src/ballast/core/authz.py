@@ -1,11 +1,14 @@
 """Who may do what: a pure decision over role bindings.
 
-Roles: `admin` (everything), `operator` (change apps, push artifacts, read),
-`viewer` (read only), `agent` (node agents: register, report, read
-assignments and artifacts), `approver` (read, approve or reject release
+Roles: `admin` (everything people do), `operator` (change apps, push artifacts, read),
+`viewer` (read only), `approver` (read, approve or reject release
 orders), `emergency-approver` (read, the extra approval an emergency start
 needs). A binding may be scoped to apps; a scoped binding
 grants nothing on resources that belong to no app (cells, users, tokens).
+
+`node` and `gateway` are the roles of component credentials (core/identity.py): one per
+node agent or gateway, got by joining, never bound to a person. They may act only as
+their own component and read the registry; no admin acts as a component.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ class Role(str, Enum):
     ADMIN = "admin"
     OPERATOR = "operator"
     VIEWER = "viewer"
-    AGENT = "agent"
+    NODE = "node"              # a node agent's own credential (core/identity.py)
+    GATEWAY = "gateway"        # a gateway's own credential
     APPROVER = "approver"
     EMERGENCY_APPROVER = "emergency-approver"
 
@@ -29,20 +33,27 @@ class Action(str, Enum):
     PUSH_ARTIFACT = "push-artifact"
     MANAGE_CELLS = "manage-cells"
     MANAGE_ACCESS = "manage-access"  # users, role bindings, tokens of other users
-    NODE = "node"              # agent: register, heartbeat, report status
+    NODE = "node"              # act as a node: register, report, read assignments, acknowledge (its own only)
+    GATEWAY = "gateway"        # act as a gateway: register, acknowledge (its own only)
+    READ_REGISTRY = "read-registry"  # the registry snapshot traffic components route by
     APPROVE_ORDER = "approve-order"
     APPROVE_EMERGENCY = "approve-emergency"
     MANAGE_WINDOWS = "manage-change-windows"
 
 
 _GRANTS: dict[Role, frozenset[Action]] = {
-    Role.ADMIN: frozenset(Action),
+    # Acting as a component is the component's own: an admin joins one with a join token instead.
+    Role.ADMIN: frozenset(Action) - {Action.NODE, Action.GATEWAY},
     Role.OPERATOR: frozenset({Action.READ, Action.APPLY_APP, Action.PUSH_ARTIFACT}),
     Role.VIEWER: frozenset({Action.READ}),
-    Role.AGENT: frozenset({Action.READ, Action.NODE}),
+    Role.NODE: frozenset({Action.NODE, Action.READ_REGISTRY}),
+    Role.GATEWAY: frozenset({Action.GATEWAY, Action.READ_REGISTRY}),
     Role.APPROVER: frozenset({Action.READ, Action.APPROVE_ORDER}),
     Role.EMERGENCY_APPROVER: frozenset({Action.READ, Action.APPROVE_EMERGENCY}),
 }
+
+
+COMPONENT_ROLES = frozenset({Role.NODE, Role.GATEWAY})   # given by joining, never to a person
 
 
 @dataclass(frozen=True)
@@ -64,3 +75,8 @@ def explain_denial(user: str, bindings: tuple[Binding, ...], action: Action, app
     roles = ", ".join(f"{b.role.value}" + (f" on apps {list(b.apps)}" if b.apps is not None else "") for b in bindings) or "no roles"
     target = f" on app {app!r}" if app else ""
     return f"user {user!r} ({roles}) may not {action.value}{target}"
+
+
+def may_read(bindings: tuple[Binding, ...]) -> bool:
+    """Whether any binding grants reading something (a component credential's grant none)."""
+    return any(Action.READ in _GRANTS[b.role] for b in bindings)

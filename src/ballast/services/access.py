@@ -15,14 +15,16 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.authz import Binding, Role
+from ballast.core.authz import COMPONENT_ROLES, Binding, Role
+from ballast.core.identity import JoinGrant
 from ballast.core.digests import digest
 from ballast.core.maker_checker import GrantedBinding
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound, Unauthenticated
 from ballast.store.engine import ACCESS, Store, Tx
-from ballast.store.schema import role_bindings, tokens, users
+from ballast.store.schema import join_tokens, role_bindings, tokens, users
 
 TOKEN_PREFIX = "blt_"
+JOIN_TOKEN_PREFIX = "bjt_"   # a one-time join token (services/joining.py): it may do nothing but join
 USER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.@]{0,61}[a-z0-9])?$")
 
 
@@ -32,6 +34,7 @@ class Principal:
     token_id: str
     bindings: tuple[Binding, ...]
     expires_at: float | None = None     # when the token this principal authenticated with expires
+    join: JoinGrant | None = None       # a join token's holder: it may join one component, nothing else
 
 
 DEFAULT_MAX_TOKEN_SECONDS = 90 * 86400
@@ -92,6 +95,8 @@ async def authenticate(store: Store, token: str | None, now: float) -> Principal
             and (hit.expires_at is None or hit.expires_at > now)):
         return hit.principal
     async with store.read() as conn:
+        if token.startswith(JOIN_TOKEN_PREFIX):
+            return await _join_principal(conn, token, now)   # never cached: it is good for one use
         row = (await conn.execute(select(tokens).where(tokens.c.hash == key))).first()
         if row is None:
             raise Unauthenticated("unknown API token")
@@ -105,6 +110,19 @@ async def authenticate(store: Store, token: str | None, now: float) -> Principal
         cache.clear()
     cache[key] = _Cached(principal, stamp, now, row.expires_at)
     return principal
+
+
+async def _join_principal(conn: AsyncConnection, token: str, now: float) -> Principal:
+    """The principal of a join token: it may do nothing but join (no bindings); 401 when unknown, used or expired."""
+    row = (await conn.execute(select(join_tokens).where(join_tokens.c.hash == hash_token(token)))).first()
+    if row is None:
+        raise Unauthenticated("unknown join token")
+    if row.used_at is not None:
+        raise Unauthenticated(f"join token {row.id} was used already (by {row.used_for}); ask an admin for a new one")
+    if row.expires_at <= now:
+        raise Unauthenticated(f"join token {row.id} has expired; ask an admin for a new one")
+    return Principal(user=f"join-token/{row.id}", token_id=row.id, bindings=(), expires_at=row.expires_at,
+                     join=JoinGrant(token_id=row.id, kind=row.kind, name=row.name, created_by=row.created_by))
 
 
 async def bindings_of(conn: AsyncConnection, user: str) -> tuple[Binding, ...]:
@@ -126,10 +144,12 @@ def validate_user_name(name: Any, path: str = "name") -> str:
 
 
 def validate_role(role: Any, path: str = "role") -> Role:
-    try:
-        return Role(role)
-    except ValueError:
-        raise InvalidInput("invalid role", problems=[FieldProblem(path, role, "one of " + ", ".join(r.value for r in Role))]) from None
+    """A role a person may hold: the component roles come only with a component's credential (joining)."""
+    people = [r for r in Role if r not in COMPONENT_ROLES]
+    if role not in [r.value for r in people]:
+        raise InvalidInput("invalid role", problems=[FieldProblem(path, role, "one of " + ", ".join(r.value for r in people)
+                                                                  + " (nodes and gateways join: 'ballast node join')")])
+    return Role(role)
 
 
 async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> dict[str, Any]:

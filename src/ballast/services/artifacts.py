@@ -13,7 +13,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.store.engine import Tx
-from ballast.store.schema import artifacts
+from ballast.store.schema import artifacts, instances, revisions
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,15 @@ async def content(conn: AsyncConnection, digest: str) -> bytes | None:
     """The package stored under `digest`, or None."""
     row = (await conn.execute(select(artifacts.c.content).where(artifacts.c.digest == digest))).first()
     return None if row is None else bytes(row.content)
+
+
+async def assigned_to(conn: AsyncConnection, node: str, digest: str) -> bool:
+    """Whether an instance on `node` was granted a revision that runs artifact `digest` (what its agent may fetch)."""
+    granted = (await conn.execute(select(instances.c.app, instances.c.granted_revision).where(
+        instances.c.node == node).distinct())).all()
+    for app, revision in granted:
+        row = (await conn.execute(select(revisions.c.template).where(
+            revisions.c.app == app, revisions.c.number == revision))).first()
+        if row is not None and (row.template or {}).get("artifact") == digest:
+            return True
+    return False

@@ -82,8 +82,9 @@ async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str,
 
 
 
-async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: str, error: str) -> dict[str, Any]:
-    """A component says it applied the registry up to generation `acked`."""
+async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: str, error: str,
+                      token_id: str | None = None) -> dict[str, Any]:
+    """A component says it applied the registry up to generation `acked`, with credential `token_id`."""
     tx.only(ACKS)
     current = (await tx.conn.execute(select(counters.c.value).where(counters.c.name == REGISTRY_COUNTER))).scalar() or 0
     if acked > current:
@@ -98,12 +99,12 @@ async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: st
             raise NotFound(f"node {name!r} is not registered")
         await tx.conn.execute(insert(components).values(kind=kind, name=name, address=node.ip, acked_generation=acked,
                                                         applied_hash=applied_hash, error=error,
-                                                        registered_at=tx.now, last_seen=tx.now))
+                                                        registered_at=tx.now, last_seen=tx.now, acked_by=token_id))
     else:
         # Acknowledgements only move forward: a late answer for an older snapshot changes nothing.
         await tx.conn.execute(update(components).where(components.c.kind == kind, components.c.name == name).values(
             acked_generation=max(acked, row.acked_generation), applied_hash=applied_hash, error=error,
-            last_seen=tx.now))
+            last_seen=tx.now, acked_by=token_id))
     return {"kind": kind, "name": name, "acknowledged": acked}
 
 
@@ -145,6 +146,7 @@ class GatewayRecord:
     error: str
     last_seen: float
     seconds_since_seen: float  # at the moment of the read
+    acked_by: str | None = None   # the credential (token id) that sent its last acknowledgement
 
 
 async def list_gateways(conn: AsyncConnection, now: float, name: str | None = None) -> list[GatewayRecord]:
@@ -157,7 +159,7 @@ async def list_gateways(conn: AsyncConnection, now: float, name: str | None = No
                           metrics_address=r.metrics_address, acked_generation=r.acked_generation,
                           registry_generation=current, applied_hash=r.applied_hash, error=r.error,
                           last_seen=r.last_seen,
-                          seconds_since_seen=now - r.last_seen)
+                          seconds_since_seen=now - r.last_seen, acked_by=r.acked_by)
             for r in (await conn.execute(query)).all()]
 
 
@@ -165,6 +167,12 @@ async def acknowledged(conn: AsyncConnection) -> dict[str, int]:
     """Every traffic component's acknowledged generation, by key ("mesh/node-a1", "gateway/edge")."""
     rows = (await conn.execute(select(components.c.kind, components.c.name, components.c.acked_generation))).all()
     return {f"{r.kind}/{r.name}": int(r.acked_generation) for r in rows}
+
+
+async def acknowledging_credentials(conn: AsyncConnection) -> dict[str, str | None]:
+    """Which credential (token id) sent each traffic component's last acknowledgement, by key ("mesh/node-a1")."""
+    rows = (await conn.execute(select(components.c.kind, components.c.name, components.c.acked_by))).all()
+    return {f"{r.kind}/{r.name}": r.acked_by for r in rows}
 
 
 async def list_endpoints(conn: AsyncConnection, service: str) -> list[EndpointRecord]:

@@ -57,7 +57,7 @@ async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -
     await tx.audit(actor=actor, action="node.register", resource=f"Node/{name}",
                    after=digest({k: v for k, v in values.items() if k not in ("last_heartbeat", "resource_version")}),
                    detail={"outcome": outcome, "cell": cell.name, "ip": body.ip})
-    return {"name": name, "outcome": outcome}
+    return {"name": name, "outcome": outcome, "cell": cell.name, "zone": cell.zone}
 
 
 async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport]) -> None:

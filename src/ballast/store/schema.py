@@ -133,6 +133,20 @@ tokens = Table(
     Column("revoked_at", Float, nullable=True),
 )
 
+# One-time join tokens: exchanged once (POST /v1/join) for a node's or gateway's own credential.
+join_tokens = Table(
+    "join_tokens", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=True),          # node | gateway; null: either
+    Column("name", String(63), nullable=True),          # null: any name that has not joined yet
+    Column("created_by", String(63), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    Column("used_for", String(63), nullable=True),      # the component principal it made (node/NAME)
+)
+
 artifacts = Table(
     "artifacts", metadata,
     Column("digest", String(80), primary_key=True),
@@ -231,6 +245,7 @@ components = Table(
     Column("registered_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("metrics_address", String(128), nullable=True),   # IP:PORT of its telemetry endpoint
+    Column("acked_by", String(32), nullable=True),           # the token id whose request acknowledged last
 )
 
 # Change windows: when release orders may start.

@@ -1,0 +1,43 @@
+"""Routes that give nodes and gateways their own credentials: an admin mints a one-time join token, the
+component exchanges it once for its credential (services/joining.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ballast.api.deps import audited_write, principal, require
+from ballast.core.authz import Action
+from ballast.services import joining
+from ballast.services.access import Principal
+
+router = APIRouter()
+
+
+class NewJoinToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str | None = Field(None, max_length=16)
+    name: str | None = Field(None, max_length=63)
+    ttlSeconds: float | None = Field(None, gt=0, le=joining.MAX_JOIN_SECONDS)
+
+
+class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(max_length=16)
+    name: str = Field(max_length=63)
+
+
+@router.post("/join-tokens", tags=["access"], status_code=201)
+async def create_join_token(body: NewJoinToken, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """A one-time token a new node or gateway (or one re-joining by name) exchanges for its credential."""
+    require(who, Action.MANAGE_ACCESS)
+    return await audited_write(request, lambda tx: joining.create_join_token(tx, body.kind, body.name, body.ttlSeconds,
+                                                                             who.user))
+
+
+@router.post("/join", tags=["access"])
+async def join(body: JoinRequest, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Authenticated by a join token, which this consumes: the node's or gateway's own credential, shown once."""
+    return await audited_write(request, lambda tx: joining.join(tx, who, body.kind, body.name))
