@@ -74,10 +74,11 @@ async def list_windows(conn: AsyncConnection, now: float) -> list[dict[str, Any]
 
 
 async def delete_window(tx: Tx, name: str, actor: str) -> None:
-    gone = await tx.conn.execute(delete(change_windows).where(change_windows.c.name == name))
-    if not gone.rowcount:
+    row = (await tx.conn.execute(select(change_windows).where(change_windows.c.name == name))).first()
+    if row is None:
         raise NotFound(f"change window {name!r} not found")
-    await tx.audit(actor=actor, action="delete", resource=f"ChangeWindow/{name}")
+    await tx.conn.execute(delete(change_windows).where(change_windows.c.name == name))
+    await tx.audit(actor=actor, action="delete", resource=f"ChangeWindow/{name}", before=digest(row.spec))
 
 
 # --- apply -----------------------------------------------------------------------------------------
@@ -175,6 +176,20 @@ async def _approvals(conn: AsyncConnection, row: Any) -> list[Any]:
                                     .order_by(order_approvals.c.id))).all())
 
 
+def _state_digest(order_digest: str, phase: OrderPhase, approvals: list[Any] | None = None, *,
+                  emergency: bool | None = None, rolling_back: bool | None = None) -> str:
+    """What a decision, start or steer changes of an order, as its audit digests cover it: the spec's digest
+    (what was approved), the phase, and whichever of the valid decisions, emergency or direction it changes."""
+    state: dict[str, Any] = {"digest": order_digest, "phase": phase.value}
+    if approvals is not None:
+        state["decisions"] = sorted([a.user, a.decision, bool(a.emergency)] for a in approvals)
+    if emergency is not None:
+        state["emergency"] = bool(emergency)
+    if rolling_back is not None:
+        state["rollingBack"] = bool(rolling_back)
+    return digest(state)
+
+
 async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, emergency: bool,
                           comment: str) -> dict[str, Any]:
     row = await get_order(tx.conn, name)
@@ -218,8 +233,10 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
         raise Conflict(f"release order {name!r} changed concurrently; nothing changed")
     verb = "emergency-approve" if emergency else ("approve" if approve else "reject")
     await event(tx, name, who.user, verb, new, {"comment": comment, "digest": row.digest})
-    await tx.audit(actor=who.user, action=f"order.{verb}", resource=resource(name), after=row.digest,
-                   detail={"comment": comment, "phase": new.value})
+    await tx.audit(actor=who.user, action=f"order.{verb}", resource=resource(name),
+                   before=_state_digest(row.digest, phase, given),
+                   after=_state_digest(row.digest, new, await _approvals(tx.conn, row)),
+                   detail={"comment": comment, "phase": new.value, "orderDigest": row.digest})
     return {"name": name, "phase": new.value, "approvals": have, "required": required}
 
 
@@ -259,7 +276,10 @@ async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[s
         raise Conflict(f"release order {name!r} changed concurrently; nothing changed")
     detail = {"emergency": emergency, "windows": list(verdict.windows), "outsideWindow": list(verdict.reasons)}
     await event(tx, name, who.user, "start", OrderPhase.RUNNING, detail)
-    await tx.audit(actor=who.user, action="order.start", resource=resource(name), after=row.digest, detail=detail)
+    await tx.audit(actor=who.user, action="order.start", resource=resource(name),
+                   before=_state_digest(row.digest, phase, emergency=row.emergency),
+                   after=_state_digest(row.digest, OrderPhase.RUNNING, emergency=emergency),
+                   detail={**detail, "orderDigest": row.digest})
     return {"name": name, "phase": OrderPhase.RUNNING.value, "emergency": emergency}
 
 
@@ -293,6 +313,8 @@ async def act(tx: Tx, name: str, action: str, actor: str, expect_phase: str | No
     touched = await _steer_releases(tx, name, action, actor, rolling_back)
     await event(tx, name, actor, action, new, {"from": current.value, "releases": touched})
     await tx.audit(actor=actor, action=f"order.{action}", resource=resource(name),
+                   before=_state_digest(row.digest, current, rolling_back=row.rolling_back),
+                   after=_state_digest(row.digest, new, rolling_back=rolling_back),
                    detail={"from": current.value, "to": new.value, "releases": touched})
     return {"name": name, "phase": new.value, "previousPhase": current.value}
 
