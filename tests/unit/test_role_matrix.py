@@ -15,21 +15,29 @@ disjoint objects, so an allowed row never disturbs a later one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from ballast.api.app import MUTATING, create_app
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
 from ballast.store import schema
+from ballast.services.access import bootstrap_admin
 from ballast.store.engine import Store
-from tests.conftest import Api
+from tests.conftest import Api, _drop_database, _pg_admin, _require_pg
 
 # --- the principals ------------------------------------------------------------------------------------------------
 
@@ -227,7 +235,17 @@ async def new_user(api: Api, name: str, role: str, apps: list[str] | None = None
     return await ok(api.http.post("/v1/tokens", json={"user": name, "name": name, **token}), 201)  # type: ignore[no-any-return]
 
 
-async def prepare(api: Api, principal: str) -> Caller:
+@dataclass(frozen=True)
+class Prepared:
+    """A store every row can act on, prepared once per store kind (and test worker), copied per principal."""
+
+    url: str
+    admin_token: str
+    tokens: dict[str, dict[str, Any]]    # principal -> its user's token as minted
+    other_token_id: str                  # a token of user u-tok, which rows revoke
+
+
+async def prepare(api: Api) -> Prepared:
     """Every object a row acts on, set up by the admin (orders by an operator, so the admin is no author)."""
     admin = api.http
     tokens: dict[str, dict[str, Any]] = {}
@@ -269,22 +287,98 @@ async def prepare(api: Api, principal: str) -> Caller:
     for name in ("order-pause", "order-resume", "order-rollback"):
         await ok(author.post(f"/v1/orders/{name}/start", json={}))
     await ok(author.post("/v1/orders/order-resume/pause", json={}))
+    return Prepared("", api.admin_token, tokens, other_token["id"])
 
+
+async def caller_for(api: Api, prepared: Prepared, principal: str) -> Caller:
+    """The principal's credentials on a copy of the prepared store, and a spare token of its own to revoke."""
     if principal == EXPIRED:  # the server's clock, not the test's, says the token has expired
         api.store.clock = lambda: time.time() + EXPIRY_SECONDS + 1
-    if principal in USERS:
-        user, _, _ = USERS[principal]
-        spare = await ok(api.as_(tokens[principal]["token"]).post("/v1/tokens", json={"name": "spare"}), 201) \
-            if principal not in UNAUTHENTICATED else other_token
-        return Caller(principal, None if principal in UNAUTHENTICATED else user,
-                      {"Authorization": f"Bearer {tokens[principal]['token']}"}, spare["id"])
-    if principal == ADMIN:
-        spare = await ok(admin.post("/v1/tokens", json={"name": "spare"}), 201)
-        return Caller(ADMIN, "admin", {"Authorization": f"Bearer {api.admin_token}"}, spare["id"])
-    if principal == MALFORMED:
-        return Caller(MALFORMED, None, {"Authorization": "Bearer not a token, not even the shape of one"},
-                      other_token["id"])
-    return Caller(NO_TOKEN, None, {}, other_token["id"])
+    if principal in UNAUTHENTICATED:
+        token = prepared.tokens[principal]["token"] if principal in USERS else "not a token, not even the shape of one"
+        headers = {} if principal == NO_TOKEN else {"Authorization": f"Bearer {token}"}
+        return Caller(principal, None, headers, prepared.other_token_id)
+    token = prepared.admin_token if principal == ADMIN else prepared.tokens[principal]["token"]
+    spare = await ok(api.as_(token).post("/v1/tokens", json={"name": "spare"}), 201)
+    return Caller(principal, "admin" if principal == ADMIN else USERS[principal][0],
+                  {"Authorization": f"Bearer {token}"}, spare["id"])
+
+
+# store kind -> the prepared template, per test worker; each principal's test runs on its own copy
+_TEMPLATES: dict[str, Prepared] = {}
+
+
+@pytest.fixture(scope="module")
+def _drop_templates() -> Iterator[dict[str, Prepared]]:
+    yield _TEMPLATES
+    for kind, prepared in list(_TEMPLATES.items()):
+        if kind == "postgresql":
+            asyncio.run(_drop_database(make_url(prepared.url).database or ""))
+        del _TEMPLATES[kind]
+
+
+async def _copy_pg(template: str, name: str) -> None:
+    """CREATE DATABASE … TEMPLATE refuses while a just-closed session to the template still winds down: retry."""
+    import asyncpg
+
+    for attempt in range(20):
+        try:
+            await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            return
+        except asyncpg.exceptions.ObjectInUseError:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def matrix_api(store_kind: str, tmp_path_factory: pytest.TempPathFactory,
+                     _drop_templates: dict[str, Prepared]) -> AsyncIterator[tuple[Api, Prepared]]:
+    """The API over a fresh copy of the prepared store (prepared on first use by this worker)."""
+    if store_kind not in _drop_templates:
+        if store_kind == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('matrix') / 'template.db'}"
+        else:
+            name = "ballast_m_" + secrets.token_hex(4)
+            await _pg_admin(f'CREATE DATABASE "{name}"')
+            url = make_url(_require_pg()).set(database=name).render_as_string(hide_password=False)
+        _drop_templates[store_kind] = Prepared(url, "", {}, "")  # dropped at the end even if preparing fails
+        template = await Store.open(url)
+        try:
+            async with _api_over(template) as api:
+                _drop_templates[store_kind] = dataclasses.replace(await prepare(api), url=url)
+        finally:
+            await template.close()
+    prepared = _drop_templates[store_kind]
+    assert prepared.admin_token, "preparing the template store failed in an earlier test"
+    if store_kind == "sqlite":
+        source = make_url(prepared.url).database or ""
+        copy = str(tmp_path_factory.mktemp("matrix-copy") / "ballast.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(source + suffix):
+                shutil.copyfile(source + suffix, copy + suffix)
+        url, dropped = f"sqlite:///{copy}", None
+    else:
+        dropped = "ballast_t_" + secrets.token_hex(4)
+        await _copy_pg(make_url(prepared.url).database or "", dropped)
+        url = make_url(prepared.url).set(database=dropped).render_as_string(hide_password=False)
+    store = await Store.open(url)
+    try:
+        async with _api_over(store, prepared.admin_token) as api:
+            yield api, prepared
+    finally:
+        await store.close()
+        if dropped:
+            await _drop_database(dropped)
+
+
+@contextlib.asynccontextmanager
+async def _api_over(store: Store, admin_token: str | None = None) -> AsyncIterator[Api]:
+    token = admin_token or await bootstrap_admin(store)
+    assert token is not None
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://ballast",
+                                 headers={"Authorization": f"Bearer {token}"}) as http:
+        yield Api(store=store, admin_token=token, http=http)
 
 
 async def table_digest(store: Store) -> dict[str, list[str]]:
@@ -314,14 +408,21 @@ def resolve(row: Row, caller: Caller, other_token: str) -> str:
     return row.url(caller).replace("{u-tok}", other_token)
 
 
-async def check_row(api: Api, row: Row, caller: Caller, other_token: str) -> list[str]:
-    """The problems of one (route, principal) pair: empty when it held."""
+async def check_row(api: Api, row: Row, caller: Caller, other_token: str,
+                    before: dict[str, list[str]]) -> tuple[list[str], dict[str, list[str]]]:
+    """The problems of one (route, principal) pair (empty when it held), and the tables after it; `before` is
+    the tables before it."""
     store, url = api.store, resolve(row, caller, other_token)
-    before, seq = await table_digest(store), await audit_head(store)
+    seq = await audit_head(store)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api.http._transport.app),  # type: ignore[attr-defined]
                                  base_url="http://ballast", headers=caller.headers) as client:
         r = await client.request(row.method, url, json=row.json, content=row.content)
     after, records = await table_digest(store), await audit_since(store, seq)
+    return _problems(row, caller, url, r, before, after, records), after
+
+
+def _problems(row: Row, caller: Caller, url: str, r: httpx.Response, before: dict[str, list[str]],
+              after: dict[str, list[str]], records: list[Any]) -> list[str]:
     where = f"{row.label()} as {caller.principal}"
     problems: list[str] = []
     generic = f"{row.method} {url}"
@@ -366,14 +467,15 @@ async def check_row(api: Api, row: Row, caller: Caller, other_token: str) -> lis
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
-async def test_each_mutating_route_allows_exactly_its_principals(api: Api, principal: str) -> None:
+async def test_each_mutating_route_allows_exactly_its_principals(matrix_api: tuple[Api, Prepared],
+                                                                 principal: str) -> None:
     """Every row, called by `principal`: the allowed change and its own audit record, or the exact refusal
     with nothing but the refusal's record changed."""
-    caller = await prepare(api, principal)
-    async with api.store.read() as conn:
-        other_token = (await conn.execute(select(schema.tokens.c.id).where(schema.tokens.c.user == "u-tok",
-                                                                           schema.tokens.c.name == "another"))).scalar_one()
+    api, prepared = matrix_api
+    caller = await caller_for(api, prepared, principal)
     problems: list[str] = []
+    tables = await table_digest(api.store)
     for row in ROWS:
-        problems += await check_row(api, row, caller, other_token)
+        found, tables = await check_row(api, row, caller, prepared.other_token_id, tables)
+        problems += found
     assert not problems, "\n".join(problems)
