@@ -479,3 +479,87 @@ async def test_each_mutating_route_allows_exactly_its_principals(matrix_api: tup
         found, tables = await check_row(api, row, caller, prepared.other_token_id, tables)
         problems += found
     assert not problems, "\n".join(problems)
+
+
+# --- what the digests describe -------------------------------------------------------------------------------------
+
+# Actions whose digests describe one and the same state of their resource, so that along the records of one
+# resource each change's `before` is the previous one's `after`.
+DIGEST_FAMILIES = [
+    {"user.create", "user.bind", "user.unbind", "user.delete"},
+    {"token.create", "token.revoke"},
+    {"node.register", "node.delete"},
+    {"node.drain", "node.uncordon"},
+    {"gateway.register", "gateway.delete"},
+    {"release.start", "release.pause", "release.resume", "release.rollback"},
+    {"order.approve", "order.reject", "order.emergency-approve", "order.start", "order.pause", "order.resume",
+     "order.rollback"},
+    {"apply", "delete"},
+]
+
+
+async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(api: Api) -> None:
+    """Before/after digests describe the changed object itself: along the records of one object a change's
+    `before` is the previous change's `after`; a creation has no `before`, a deletion no `after`."""
+    admin = api.http
+    agent = api.as_((await new_user(api, "agents", "agent"))["token"])
+    author = api.as_((await new_user(api, "author", "operator"))["token"])
+    checker = api.as_((await new_user(api, "checker", "approver"))["token"])
+    await ok(admin.post("/v1/users/agents/bindings", json={"role": "viewer"}), 201)
+    await ok(admin.delete("/v1/users/agents/bindings/viewer"))
+    token = await ok(admin.post("/v1/tokens", json={"user": "checker", "name": "second"}), 201)
+    await ok(admin.delete(f"/v1/tokens/{token['id']}"))
+    await ok(admin.post("/v1/users", json={"name": "gone", "role": "viewer"}), 201)
+    await ok(admin.delete("/v1/users/gone"))
+
+    await ok(admin.post("/v1/apply", json={"items": [manifest("Cell", "cell-a", {"zone": "z"}),
+                                                     manifest("ChangeWindow", "cw", WINDOW),
+                                                     app_manifest("shop", count=1), app_manifest("ledger")]}))
+    for name, ip in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n2", "10.0.0.3")):
+        await ok(agent.put(f"/v1/nodes/{name}", json={"cell": "cell-a", "ip": ip, "cpuMillis": 8000,
+                                                      "memoryBytes": 2**30}))
+    await ok(admin.post("/v1/nodes/n2/drain"))
+    await ok(admin.post("/v1/nodes/n2/uncordon"))
+    await ok(admin.delete("/v1/nodes/n2"))
+    for address in ("127.0.0.1:8080", "127.0.0.1:8081"):
+        await ok(agent.put("/v1/gateways/edge", json={"address": address}))
+    await ok(admin.delete("/v1/gateways/edge"))
+    await ok(admin.post("/v1/apply", json={"items": [manifest("ChangeWindow", "cw", {**WINDOW, "apps": ["x"]})]}))
+    await ok(admin.delete("/v1/changewindows/cw"))
+
+    assert await scheduler.reconcile_once(api.store) == 1
+    await ok(admin.post("/v1/apply", json={"items": [app_manifest("shop", count=1, greeting="v2"),
+                                                     app_manifest("ledger", greeting="v2")]}))
+    await ok(admin.post("/v1/apps/shop/releases", json={}), 201)
+    for action in ("pause", "resume", "rollback"):
+        await ok(admin.post(f"/v1/apps/shop/release/{action}"))
+    await ok(author.post("/v1/apply", json={"items": [order_manifest("chg", "ledger")]}))
+    await ok(checker.post("/v1/orders/chg/approve", json={"comment": "ok"}))
+    await ok(admin.post("/v1/orders/chg/start", json={}))
+    for action in ("pause", "resume", "rollback"):
+        await ok(admin.post(f"/v1/orders/chg/{action}", json={}))
+
+    async with api.store.read() as conn:
+        records = list((await conn.execute(select(schema.audit).order_by(schema.audit.c.seq))).all())
+    def family_of(action: str) -> int:
+        return next(k for k, f in enumerate(DIGEST_FAMILIES) if action in f)
+
+    chains: dict[tuple[int, str], list[Any]] = {}
+    for rec in records:
+        if any(rec.action in f for f in DIGEST_FAMILIES) and rec.result == "ok":
+            chains.setdefault((family_of(rec.action), rec.resource), []).append(rec)
+    expected = {(family_of(action), resource): n for action, resource, n in [
+        ("user.create", "User/agents", 3), ("user.create", "User/gone", 2), ("token.create", f"Token/{token['id']}", 2),
+        ("node.register", "Node/n2", 3), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
+        ("apply", "ChangeWindow/cw", 3), ("apply", "AppService/shop", 2), ("release.start", "AppService/shop", 4),
+        ("order.start", "ReleaseOrder/chg", 5)]}
+    for (family, resource), chain in chains.items():
+        assert expected.pop((family, resource), len(chain)) == len(chain), (resource, [r.action for r in chain])
+        for previous, rec in zip(chain, chain[1:]):
+            assert rec.before == previous.after and rec.before, (
+                f"{resource}: {rec.action} begins at {rec.before!r}, {previous.action} ended at {previous.after!r}")
+        if chain[0].action.endswith("create") or chain[0].action in ("node.register", "gateway.register"):
+            assert chain[0].before == "" and chain[0].after, (resource, chain[0].action)
+        if chain[-1].action.endswith("delete"):
+            assert chain[-1].after == "" and chain[-1].before, (resource, chain[-1].action)
+    assert not expected, f"no chain of records for {expected}"

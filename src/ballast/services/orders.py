@@ -176,23 +176,19 @@ async def _approvals(conn: AsyncConnection, row: Any) -> list[Any]:
                                     .order_by(order_approvals.c.id))).all())
 
 
-def _state_digest(order_digest: str, phase: OrderPhase, approvals: list[Any] | None = None, *,
-                  emergency: bool | None = None, rolling_back: bool | None = None) -> str:
-    """What a decision, start or steer changes of an order, as its audit digests cover it: the spec's digest
-    (what was approved), the phase, and whichever of the valid decisions, emergency or direction it changes."""
-    state: dict[str, Any] = {"digest": order_digest, "phase": phase.value}
-    if approvals is not None:
-        state["decisions"] = sorted([a.user, a.decision, bool(a.emergency)] for a in approvals)
-    if emergency is not None:
-        state["emergency"] = bool(emergency)
-    if rolling_back is not None:
-        state["rollingBack"] = bool(rolling_back)
-    return digest(state)
+async def state_digest(conn: AsyncConnection, name: str) -> str:
+    """What deciding on, starting or steering an order changes, as its audit digests cover it: the spec's digest
+    (what approvals are for), the phase, whether it is an emergency or rolling back, and the valid decisions."""
+    row = await get_order(conn, name)
+    decisions = sorted([a.user, a.decision, bool(a.emergency)] for a in await _approvals(conn, row))
+    return digest({"digest": row.digest, "phase": row.phase, "emergency": bool(row.emergency),
+                   "rollingBack": bool(row.rolling_back), "decisions": decisions})
 
 
 async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, emergency: bool,
                           comment: str) -> dict[str, Any]:
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     phase = OrderPhase(row.phase)
     what = "emergency approval" if emergency else ("approval" if approve else "rejection")
     if phase not in (OrderPhase.PENDING_APPROVAL, OrderPhase.APPROVED):
@@ -234,8 +230,7 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
     verb = "emergency-approve" if emergency else ("approve" if approve else "reject")
     await event(tx, name, who.user, verb, new, {"comment": comment, "digest": row.digest})
     await tx.audit(actor=who.user, action=f"order.{verb}", resource=resource(name),
-                   before=_state_digest(row.digest, phase, given),
-                   after=_state_digest(row.digest, new, await _approvals(tx.conn, row)),
+                   before=before, after=await state_digest(tx.conn, name),
                    detail={"comment": comment, "phase": new.value, "orderDigest": row.digest})
     return {"name": name, "phase": new.value, "approvals": have, "required": required}
 
@@ -251,6 +246,7 @@ async def active_order_for(conn: AsyncConnection, app: str, other_than: str | No
 
 async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[str, Any]:
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     phase = OrderPhase(row.phase)
     if phase is not OrderPhase.APPROVED:
         raise Conflict(f"release order {name!r} is {phase.value} ({row.reason}); only an Approved order starts")
@@ -277,8 +273,7 @@ async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[s
     detail = {"emergency": emergency, "windows": list(verdict.windows), "outsideWindow": list(verdict.reasons)}
     await event(tx, name, who.user, "start", OrderPhase.RUNNING, detail)
     await tx.audit(actor=who.user, action="order.start", resource=resource(name),
-                   before=_state_digest(row.digest, phase, emergency=row.emergency),
-                   after=_state_digest(row.digest, OrderPhase.RUNNING, emergency=emergency),
+                   before=before, after=await state_digest(tx.conn, name),
                    detail={**detail, "orderDigest": row.digest})
     return {"name": name, "phase": OrderPhase.RUNNING.value, "emergency": emergency}
 
@@ -293,6 +288,7 @@ _ALLOWED = {
 async def act(tx: Tx, name: str, action: str, actor: str, expect_phase: str | None = None) -> dict[str, Any]:
     """pause | resume | rollback of the whole order, as a compare-and-set on its phase."""
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     current = OrderPhase(row.phase)
     if expect_phase is not None and expect_phase != current.value:
         raise Conflict(f"release order {name!r} is {current.value}, not {expect_phase}; nothing changed")
@@ -313,8 +309,7 @@ async def act(tx: Tx, name: str, action: str, actor: str, expect_phase: str | No
     touched = await _steer_releases(tx, name, action, actor, rolling_back)
     await event(tx, name, actor, action, new, {"from": current.value, "releases": touched})
     await tx.audit(actor=actor, action=f"order.{action}", resource=resource(name),
-                   before=_state_digest(row.digest, current, rolling_back=row.rolling_back),
-                   after=_state_digest(row.digest, new, rolling_back=rolling_back),
+                   before=before, after=await state_digest(tx.conn, name),
                    detail={"from": current.value, "to": new.value, "releases": touched})
     return {"name": name, "phase": new.value, "previousPhase": current.value}
 
