@@ -32,6 +32,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from ballast.api.app import MUTATING, create_app
+from ballast.controllers import endpoints as endpoint_controller
+from ballast.controllers import orders as order_engine
+from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
 from ballast.store import schema
@@ -491,11 +494,31 @@ DIGEST_FAMILIES = [
     {"node.register", "node.delete"},
     {"node.drain", "node.uncordon"},
     {"gateway.register", "gateway.delete"},
-    {"release.start", "release.pause", "release.resume", "release.rollback"},
+    {"release.start", "release.pause", "release.resume", "release.rollback",   # and the engine's transitions:
+     "release.succeeded", "release.rolled-back", "release.failed", "release.paused", "release.group-done",
+     "release.auto-rollback"},
     {"order.approve", "order.reject", "order.emergency-approve", "order.start", "order.pause", "order.resume",
-     "order.rollback"},
+     "order.rollback", "order.succeeded", "order.rolled-back", "order.paused", "order.failed"},
     {"apply", "delete"},
 ]
+
+
+async def engine_finishes_shop_rollback(api: Api, agent: httpx.AsyncClient) -> None:
+    """The data plane reports shop's one instance running and ready where it was granted, every traffic
+    component acknowledges, and the release engine ends the rollback (a bounded number of passes)."""
+    for _ in range(10):
+        await endpoint_controller.reconcile_once(api.store)
+        [inst] = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
+        await ok(agent.post(f"/v1/nodes/{inst['spec']['node']}/status", json={"instances": [
+            {"id": inst["metadata"]["name"], "phase": "Running", "ready": True, "restarts": 0, "port": 20000,
+             "revision": inst["status"]["grantedRevision"]}]}))
+        await endpoint_controller.reconcile_once(api.store)
+        generation = (await ok(agent.get("/v1/registry")))["generation"]
+        await ok(agent.post("/v1/nodes/n1/ack", json={"generation": generation}))
+        await release_engine.reconcile_once(api.store)
+        if (await ok(api.http.get("/v1/apps/shop/release")))["phase"] == "RolledBack":
+            return
+    raise AssertionError("the rollback of shop did not end")
 
 
 async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(api: Api) -> None:
@@ -533,11 +556,15 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
     await ok(admin.post("/v1/apps/shop/releases", json={}), 201)
     for action in ("pause", "resume", "rollback"):
         await ok(admin.post(f"/v1/apps/shop/release/{action}"))
+    await engine_finishes_shop_rollback(api, agent)
     await ok(author.post("/v1/apply", json={"items": [order_manifest("chg", "ledger")]}))
     await ok(checker.post("/v1/orders/chg/approve", json={"comment": "ok"}))
     await ok(admin.post("/v1/orders/chg/start", json={}))
     for action in ("pause", "resume", "rollback"):
         await ok(admin.post(f"/v1/orders/chg/{action}", json={}))
+    for _ in range(5):  # the order engine takes the order back (no app release had started) and ends it
+        await order_engine.reconcile_once(api.store)
+    assert (await ok(admin.get("/v1/orders/chg")))["status"]["phase"] == "RolledBack"
 
     async with api.store.read() as conn:
         records = list((await conn.execute(select(schema.audit).order_by(schema.audit.c.seq))).all())
@@ -551,8 +578,8 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
     expected = {(family_of(action), resource): n for action, resource, n in [
         ("user.create", "User/agents", 3), ("user.create", "User/gone", 2), ("token.create", f"Token/{token['id']}", 2),
         ("node.register", "Node/n2", 3), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
-        ("apply", "ChangeWindow/cw", 3), ("apply", "AppService/shop", 2), ("release.start", "AppService/shop", 4),
-        ("order.start", "ReleaseOrder/chg", 5)]}
+        ("apply", "ChangeWindow/cw", 3), ("apply", "AppService/shop", 2),
+        ("release.start", "AppService/shop", 5), ("order.start", "ReleaseOrder/chg", 6)]}
     for (family, resource), chain in chains.items():
         assert expected.pop((family, resource), len(chain)) == len(chain), (resource, [r.action for r in chain])
         for previous, rec in zip(chain, chain[1:]):

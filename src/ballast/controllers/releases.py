@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from ballast.controllers.loop import run_passes
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import place
-from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Phase, Retire, SetRevision,
+from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Direction, Phase, Retire, SetRevision,
                                          Transition, decide)
 from ballast.core.scheduling import instance_id_for
 from ballast.errors import RetryableConflict
@@ -152,7 +152,10 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
               Phase.ROLLING_BACK: "auto-rollback"}.get(t.phase, t.phase.value.lower())
     await release_records.event(tx, row.id, ACTOR, action, t.phase,
                                 {"reason": t.reason, "completedGroups": t.completed_groups})
+    direction = t.direction if t.direction is not None else Direction(row.direction)
     await tx.audit(actor=ACTOR, action=f"release.{action}", resource=f"AppService/{row.app}",
+                   before=release_records.release_digest(row.id, Phase(row.phase), Direction(row.direction), row.fast),
+                   after=release_records.release_digest(row.id, t.phase, direction, row.fast),
                    detail={"release": row.id, "phase": t.phase.value, "reason": t.reason})
 
 
