@@ -41,6 +41,9 @@ from ballast.store import schema
 from ballast.services.access import bootstrap_admin
 from ballast.store.engine import Store
 from tests.conftest import Api, _drop_database, _pg_admin, _require_pg
+from tests.unit.test_api_releases import NODES, shop_at_revision_1_with_revision_2_recorded
+from tests.unit.test_api_verification import Agents, Clock, _agent_client, beta, step
+from tests.unit.test_api_verification import start as start_verified
 
 # --- the principals ------------------------------------------------------------------------------------------------
 
@@ -590,3 +593,53 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
         if chain[-1].action.endswith("delete"):
             assert chain[-1].after == "" and chain[-1].before, (resource, chain[-1].action)
     assert not expected, f"no chain of records for {expected}"
+
+
+# Records that observe rather than change (an agent saw a drain time out): they carry no digests.
+OBSERVATIONS = {"drain.timeout"}
+
+
+@pytest.fixture
+async def verified_shop(api: Api) -> Agents:
+    """The verification tests' app: 5 + 5 instances at revision 1, revision 2 recorded, agents with telemetry."""
+    await shop_at_revision_1_with_revision_2_recorded(api)
+    agent = await _agent_client(api)
+    for k, (name, cell) in enumerate(sorted(NODES.items()), start=1):
+        await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": f"10.0.0.{k}", "cpuMillis": 8000,
+                                                      "memoryBytes": 16 * 2**30, "metricsAddress": f"10.0.0.{k}:9464"}))
+    shop = Agents(api)
+    await shop.refresh()
+    return shop
+
+
+async def test_the_engines_records_of_a_verified_release_carry_digests(api: Api, verified_shop: Agents) -> None:
+    """Scheduling, grants, steps, verification windows opened, judged and abandoned, and the engine's own
+    transitions: every record of a change names what changed with before/after digests."""
+    clock = Clock(api.store.clock())
+    await start_verified(api, clock)
+    assert beta(await step(api, verified_shop, clock))["verification"]["state"] == "verifying"
+    await ok(api.http.post("/v1/apps/shop/release/rollback"))  # abandons the open window
+    for _ in range(3):
+        if (await step(api, verified_shop, clock))["phase"] == "RolledBack":
+            break
+    await start_verified(api, clock, onFailure="rollback")
+    await step(api, verified_shop, clock)
+    await verified_shop.serve(100, {2: 0.5})
+    await step(api, verified_shop, clock, 11)
+    assert (await step(api, verified_shop, clock))["phase"] == "RolledBack"
+    # A node whose agent never acknowledges: draining the deleted app's endpoints waits for it until the timeout.
+    await ok((await _agent_client(api)).put("/v1/nodes/n-silent", json={"cell": "cell-a", "ip": "10.0.0.9",
+                                                                         "cpuMillis": 1000, "memoryBytes": 2**30}))
+    await ok(api.http.delete("/v1/apps/shop"))
+    await endpoint_controller.reconcile_once(api.store)
+    clock.now += 31
+    await endpoint_controller.reconcile_once(api.store)
+
+    async with api.store.read() as conn:
+        records = list((await conn.execute(select(schema.audit).order_by(schema.audit.c.seq))).all())
+    actions = {r.action for r in records}
+    assert {"schedule", "drain.grant", "endpoint.ack-timeout", "release.step", "release.verify-start", "release.verify",
+            "release.verify-abandon", "release.auto-rollback", "release.rolled-back"} <= actions, actions
+    bare = [(r.actor, r.action, r.resource) for r in records
+            if not (r.before or r.after) and not r.result.startswith("refused") and r.action not in OBSERVATIONS]
+    assert not bare, f"records of changes without before/after digests: {bare}"

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ballast.controllers.loop import run_passes
+from ballast.core.digests import digest
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import place
 from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Direction, Phase, Retire, SetRevision,
@@ -71,14 +72,22 @@ async def _reconcile(store: Store, row: Any) -> bool:
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
         if guard.rowcount != 1:
             raise RetryableConflict(f"release {row.id}")
+        before = await _intents_digest(tx, row.app) if decision.actions else ""
         done = [await _apply(tx, row, app_row, action) for action in decision.actions]
         done = [d for d in done if d]
         if done:
-            await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}",
-                           detail={"release": row.id, "actions": done})
+            await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}", before=before,
+                           after=await _intents_digest(tx, row.app), detail={"release": row.id, "actions": done})
         if decision.transition is not None:
             await _transition(tx, row, decision.transition)
     return True
+
+
+async def _intents_digest(tx: Tx, app: str) -> str:
+    """What a step changes, as its audit digests cover it: each instance of the app, its revision and desire."""
+    rows = (await tx.conn.execute(select(instances.c.id, instances.c.revision, instances.c.desired)
+                                  .where(instances.c.app == app).order_by(instances.c.id))).all()
+    return digest([[r.id, r.revision, r.desired] for r in rows])
 
 
 def _failed(reason: str) -> Transition:
