@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.loop import run_passes
+from ballast.core.digests import digest
 from ballast.core.endpoints import (Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
                                     pending_acks)
 from ballast.core.manifests import stored_spec
@@ -101,22 +102,33 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
     for note in decision.notes:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == note.id).values(note=note.note))
         if note.note:
+            was = eps[note.id].note if note.id in eps else ""
             await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{note.id}",
-                           result="waiting", detail={"note": note.note})
+                           before=digest({"note": was}), after=digest({"note": note.note}), result="waiting",
+                           detail={"note": note.note})
     for drop in decision.drops:
         await tx.conn.execute(delete(endpoints).where(endpoints.c.id == drop.id))
+    granted = [g.instance for g in decision.grants]
+    before = await _grants_digest(tx, granted) if granted else ""
     for grant in decision.grants:
         await tx.conn.execute(update(instances).where(instances.c.id == grant.instance).values(
             granted_revision=grant.revision, granted_desired=grant.desired, desired_version=tx.rv,
             resource_version=tx.rv))
     if decision.grants:
-        await tx.audit(actor=ACTOR, action="drain.grant", resource="Instances",
-                       detail={"grants": [{"instance": g.instance, "revision": g.revision, "desired": g.desired,
+        await tx.audit(actor=ACTOR, action="drain.grant", resource="Instances", before=before,
+                       after=await _grants_digest(tx, granted), detail={"grants": [{"instance": g.instance, "revision": g.revision, "desired": g.desired,
                                            "drainedFirst": g.drained,
                                            "app": facts[g.instance].app if g.instance in facts else None}
                                           for g in decision.grants]})
     if decision.registry_changed:
         await registry_records.bump_registry(tx)
+
+
+async def _grants_digest(tx: Tx, ids: list[str]) -> str:
+    """What grants change, as their audit digests cover it: each granted instance's granted revision and desire."""
+    rows = (await tx.conn.execute(select(instances.c.id, instances.c.granted_revision, instances.c.granted_desired)
+                                  .where(instances.c.id.in_(ids)).order_by(instances.c.id))).all()
+    return digest([[r.id, r.granted_revision, r.granted_desired] for r in rows])
 
 
 def log_acknowledged(memo: dict[str, Any], eps: dict[str, EndpointRecord], acked: dict[str, int],

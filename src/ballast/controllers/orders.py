@@ -131,6 +131,7 @@ async def _steps(tx: Tx, row: Any, views: dict[str, ItemView], d: OrderDecision)
 
 async def _transition(tx: Tx, row: Any, d: OrderDecision) -> None:
     if d.phase is not None:
+        before = await order_records.state_digest(tx.conn, row.name)
         values: dict[str, Any] = {"phase": d.phase.value, "reason": d.reason}
         if d.phase in TERMINAL:
             values["finished_at"] = tx.now
@@ -141,6 +142,7 @@ async def _transition(tx: Tx, row: Any, d: OrderDecision) -> None:
                   OrderPhase.PAUSED: "paused"}.get(d.phase, d.phase.value.lower())
         await order_records.event(tx, row.name, order_records.ENGINE, action, d.phase, {"reason": d.reason})
         await tx.audit(actor=order_records.ENGINE, action=f"order.{action}", resource=order_records.resource(row.name),
+                       before=before, after=await order_records.state_digest(tx.conn, row.name),
                        detail={"phase": d.phase.value, "reason": d.reason})
 
 

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ballast.controllers.loop import run_passes
+from ballast.core.digests import digest
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import place
-from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Phase, Retire, SetRevision,
+from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decision, Direction, Phase, Retire, SetRevision,
                                          Transition, decide)
 from ballast.core.scheduling import instance_id_for
 from ballast.errors import RetryableConflict
@@ -71,14 +72,22 @@ async def _reconcile(store: Store, row: Any) -> bool:
                                       .values(resource_version=tx.rv, updated_at=tx.now, waiting=decision.waiting))
         if guard.rowcount != 1:
             raise RetryableConflict(f"release {row.id}")
+        before = await _intents_digest(tx, row.app) if decision.actions else ""
         done = [await _apply(tx, row, app_row, action) for action in decision.actions]
         done = [d for d in done if d]
         if done:
-            await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}",
-                           detail={"release": row.id, "actions": done})
+            await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}", before=before,
+                           after=await _intents_digest(tx, row.app), detail={"release": row.id, "actions": done})
         if decision.transition is not None:
             await _transition(tx, row, decision.transition)
     return True
+
+
+async def _intents_digest(tx: Tx, app: str) -> str:
+    """What a step changes, as its audit digests cover it: each instance of the app, its revision and desire."""
+    rows = (await tx.conn.execute(select(instances.c.id, instances.c.revision, instances.c.desired)
+                                  .where(instances.c.app == app).order_by(instances.c.id))).all()
+    return digest([[r.id, r.revision, r.desired] for r in rows])
 
 
 def _failed(reason: str) -> Transition:
@@ -152,7 +161,10 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
               Phase.ROLLING_BACK: "auto-rollback"}.get(t.phase, t.phase.value.lower())
     await release_records.event(tx, row.id, ACTOR, action, t.phase,
                                 {"reason": t.reason, "completedGroups": t.completed_groups})
+    direction = t.direction if t.direction is not None else Direction(row.direction)
     await tx.audit(actor=ACTOR, action=f"release.{action}", resource=f"AppService/{row.app}",
+                   before=release_records.release_digest(row.id, Phase(row.phase), Direction(row.direction), row.fast),
+                   after=release_records.release_digest(row.id, t.phase, direction, row.fast),
                    detail={"release": row.id, "phase": t.phase.value, "reason": t.reason})
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.loop import run_passes
+from ballast.core.digests import digest
 from ballast.core.manifests import stored_spec
 from ballast.core.placement import NodeView, PlacedInstance, Placement, place
 from ballast.core.release_engine import ACTIVE_PHASES
@@ -107,6 +108,13 @@ async def _guard_app(tx: Tx, row: Any, status: dict[str, Any]) -> None:
         raise RetryableConflict(f"app {row.name!r}")
 
 
+async def _placed_digest(tx: Tx, app: str) -> str:
+    """What scheduling changes, as its audit digests cover it: the app's running instances and their nodes."""
+    rows = (await tx.conn.execute(select(instances.c.id, instances.c.node).where(
+        instances.c.app == app, instances.c.desired == "running").order_by(instances.c.id))).all()
+    return digest([[r.id, r.node] for r in rows])
+
+
 async def _free_ordinals(tx: Tx, app: str, count: int) -> list[int]:
     taken = set((await tx.conn.execute(select(instances.c.ordinal).where(
         instances.c.app == app, instances.c.ordinal.is_not(None)))).scalars())
@@ -130,6 +138,7 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
                  ordered: bool) -> list[PlacedInstance]:
     async with store.write() as tx:
         await _guard_app(tx, row, status)
+        before = await _placed_digest(tx, row.name)
         node_rows = {n.name: n for n in (await tx.conn.execute(
             select(nodes.c.name, nodes.c.cell, nodes.c.ip, nodes.c.zone))).all()}
         created: list[PlacedInstance] = []
@@ -148,8 +157,8 @@ async def _write(store: Store, row: Any, decision: Placement, status: dict[str, 
             await tx.conn.execute(update(instances).where(instances.c.id.in_(decision.remove))
                                   .values(desired="deleted", desired_version=tx.rv, resource_version=tx.rv))
         if decision.create or decision.remove:
-            await tx.audit(actor=ACTOR, action="schedule", resource=f"AppService/{row.name}",
-                           detail={"created": [{"id": c.id, "node": c.node, "cell": c.cell} for c in created],
+            await tx.audit(actor=ACTOR, action="schedule", resource=f"AppService/{row.name}", before=before,
+                           after=await _placed_digest(tx, row.name), detail={"created": [{"id": c.id, "node": c.node, "cell": c.cell} for c in created],
                                    "removed": list(decision.remove), "unplaced": status["unplaced"]})
         return created
 

@@ -164,22 +164,32 @@ async def create_user(tx: Tx, name: str, role: Role, apps: list[str] | None, act
     return after
 
 
+async def _user_state(conn: AsyncConnection, name: str) -> dict[str, Any]:
+    """What a user's audit digests cover: the name and every binding (as `user.create` records it)."""
+    return {"name": name, "bindings": [{"role": b.role.value, "apps": list(b.apps) if b.apps is not None else None}
+                                       for b in await bindings_of(conn, name)]}
+
+
 async def bind(tx: Tx, name: str, role: Role, apps: list[str] | None, actor: str) -> None:
     tx.touch(ACCESS)
     await _require_user(tx.conn, name)
+    before = await _user_state(tx.conn, name)
     await tx.conn.execute(insert(role_bindings).values(user=name, role=role.value, apps=apps, created_at=tx.now,
                                                        granted_by=actor))
-    await tx.audit(actor=actor, action="user.bind", resource=f"User/{name}", detail={"role": role.value, "apps": apps})
+    await tx.audit(actor=actor, action="user.bind", resource=f"User/{name}", before=digest(before),
+                   after=digest(await _user_state(tx.conn, name)), detail={"role": role.value, "apps": apps})
 
 
 async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
     tx.touch(ACCESS)
     await _require_user(tx.conn, name)
+    before = await _user_state(tx.conn, name)
     removed = (await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name,
                                                                  role_bindings.c.role == role.value))).rowcount
     if not removed:
         raise NotFound(f"user {name!r} has no {role.value!r} binding")
-    await tx.audit(actor=actor, action="user.unbind", resource=f"User/{name}", detail={"role": role.value})
+    await tx.audit(actor=actor, action="user.unbind", resource=f"User/{name}", before=digest(before),
+                   after=digest(await _user_state(tx.conn, name)), detail={"role": role.value})
     return int(removed)
 
 
@@ -188,10 +198,12 @@ async def delete_user(tx: Tx, name: str, actor: str) -> None:
     await _require_user(tx.conn, name)
     if name == actor:
         raise Conflict("you cannot delete your own user")
+    before = await _user_state(tx.conn, name)
     await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name))
     await tx.conn.execute(update(tokens).where(tokens.c.user == name, tokens.c.revoked_at.is_(None)).values(revoked_at=tx.now))
     await tx.conn.execute(delete(users).where(users.c.name == name))
-    await tx.audit(actor=actor, action="user.delete", resource=f"User/{name}", detail={"tokens": "revoked"})
+    await tx.audit(actor=actor, action="user.delete", resource=f"User/{name}", before=digest(before),
+                   detail={"tokens": "revoked"})
 
 
 async def list_users(conn: AsyncConnection) -> list[dict[str, Any]]:
@@ -211,9 +223,15 @@ async def create_token(tx: Tx, user: str, name: str, expires: float | None, acto
     token_id = "tok_" + secrets.token_hex(6)
     await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=name, hash=hash_token(secret),
                                                 created_at=tx.now, expires_at=expires, revoked_at=None))
-    await tx.audit(actor=actor, action="token.create", resource=f"Token/{token_id}",
+    after = _token_state(token_id, user, name, expires, None)
+    await tx.audit(actor=actor, action="token.create", resource=f"Token/{token_id}", after=digest(after),
                    detail={"user": user, "name": name, "expiresAt": expires})
     return {"id": token_id, "user": user, "name": name, "token": secret, "expiresAt": expires}
+
+
+def _token_state(token_id: str, user: str, name: str, expires: float | None, revoked: float | None) -> dict[str, Any]:
+    """What a token's audit digests cover (never its secret, nor its hash)."""
+    return {"id": token_id, "user": user, "name": name, "expiresAt": expires, "revokedAt": revoked}
 
 
 async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
@@ -224,7 +242,10 @@ async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
     if row.revoked_at is not None:
         raise Conflict(f"token {token_id!r} is already revoked")
     await tx.conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=tx.now))
-    await tx.audit(actor=actor, action="token.revoke", resource=f"Token/{token_id}", detail={"user": row.user})
+    await tx.audit(actor=actor, action="token.revoke", resource=f"Token/{token_id}",
+                   before=digest(_token_state(row.id, row.user, row.name, row.expires_at, None)),
+                   after=digest(_token_state(row.id, row.user, row.name, row.expires_at, tx.now)),
+                   detail={"user": row.user})
     return {"id": token_id, "user": row.user}
 
 

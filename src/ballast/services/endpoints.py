@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core.digests import digest
 from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
 from ballast.core.manifests import stored_spec
 from ballast.core.traffic import routing
@@ -122,16 +123,26 @@ async def register_gateway(tx: Tx, name: str, address: str, actor: str,
                               .values(address=address, last_seen=tx.now, metrics_address=metrics_address))
         outcome = "re-registered"
     await tx.audit(actor=actor, action="gateway.register", resource=f"Gateway/{name}",
+                   before=_component_digest(row.address, row.metrics_address) if row is not None else "",
+                   after=_component_digest(address, metrics_address),
                    detail={"outcome": outcome, "address": address, "metricsAddress": metrics_address})
     return {"name": name, "outcome": outcome}
 
 
+def _component_digest(address: str, metrics_address: str | None) -> str:
+    """What registering a traffic component records, as its audit digests cover it (not its acknowledgements)."""
+    return digest({"address": address, "metricsAddress": metrics_address})
+
+
 async def delete_component(tx: Tx, kind: str, name: str, actor: str) -> None:
-    gone = await tx.conn.execute(delete(components).where(components.c.kind == kind, components.c.name == name))
-    if kind == GATEWAY and gone.rowcount == 0:
+    row = (await tx.conn.execute(select(components).where(components.c.kind == kind,
+                                                          components.c.name == name))).first()
+    if kind == GATEWAY and row is None:
         raise NotFound(f"gateway {name!r} not found")
-    if gone.rowcount:
-        await tx.audit(actor=actor, action=f"{kind}.delete", resource=f"{kind.capitalize()}/{name}")
+    if row is not None:
+        await tx.conn.execute(delete(components).where(components.c.kind == kind, components.c.name == name))
+        await tx.audit(actor=actor, action=f"{kind}.delete", resource=f"{kind.capitalize()}/{name}",
+                       before=_component_digest(row.address, row.metrics_address))
 
 
 @dataclass(frozen=True)

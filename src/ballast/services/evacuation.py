@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from ballast.core.digests import digest
 from ballast.core.manifests import stored_spec
 from ballast.core.release_plan import PauseMode, Slot, UpgradeMode
 from ballast.errors import Conflict, NotFound
@@ -27,6 +28,11 @@ async def _node(tx: Tx, name: str) -> Any:
     if row is None:
         raise NotFound(f"node {name!r} not found")
     return row
+
+
+def _cordon_digest(node: Any, cordoned: bool) -> str:
+    """What a drain or an uncordon changes of a node, as its audit digests cover it."""
+    return digest({"node": node.name, "cordoned": bool(cordoned)})
 
 
 async def drain(tx: Tx, name: str, actor: str) -> dict[str, Any]:
@@ -58,12 +64,14 @@ async def drain(tx: Tx, name: str, actor: str) -> dict[str, Any]:
             tx, app_row, {node.cell: count}, [Slot(i.id, i.cell, i.ordinal) for i in moving], secrets.token_hex(4),
             [], actor, kind="evacuate", strategy=strategy, reason=f"evacuating node {name}")
         started.append({"app": app_row.name, "release": release_id, "instances": [i.id for i in moving]})
-    await tx.audit(actor=actor, action="node.drain", resource=f"Node/{name}", detail={"releases": started})
+    await tx.audit(actor=actor, action="node.drain", resource=f"Node/{name}", before=_cordon_digest(node, node.cordoned),
+                   after=_cordon_digest(node, True), detail={"releases": started})
     return {"node": name, "cordoned": True, "releases": started}
 
 
 async def uncordon(tx: Tx, name: str, actor: str) -> dict[str, Any]:
-    await _node(tx, name)
+    node = await _node(tx, name)
     await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(cordoned=False, resource_version=tx.rv))
-    await tx.audit(actor=actor, action="node.uncordon", resource=f"Node/{name}")
+    await tx.audit(actor=actor, action="node.uncordon", resource=f"Node/{name}",
+                   before=_cordon_digest(node, node.cordoned), after=_cordon_digest(node, False))
     return {"node": name, "cordoned": False}

@@ -74,10 +74,11 @@ async def list_windows(conn: AsyncConnection, now: float) -> list[dict[str, Any]
 
 
 async def delete_window(tx: Tx, name: str, actor: str) -> None:
-    gone = await tx.conn.execute(delete(change_windows).where(change_windows.c.name == name))
-    if not gone.rowcount:
+    row = (await tx.conn.execute(select(change_windows).where(change_windows.c.name == name))).first()
+    if row is None:
         raise NotFound(f"change window {name!r} not found")
-    await tx.audit(actor=actor, action="delete", resource=f"ChangeWindow/{name}")
+    await tx.conn.execute(delete(change_windows).where(change_windows.c.name == name))
+    await tx.audit(actor=actor, action="delete", resource=f"ChangeWindow/{name}", before=digest(row.spec))
 
 
 # --- apply -----------------------------------------------------------------------------------------
@@ -178,9 +179,19 @@ async def _approvals(conn: AsyncConnection, row: Any) -> list[Any]:
                                     .order_by(order_approvals.c.id))).all())
 
 
+async def state_digest(conn: AsyncConnection, name: str) -> str:
+    """What deciding on, starting or steering an order changes, as its audit digests cover it: the spec's digest
+    (what approvals are for), the phase, whether it is an emergency or rolling back, and the valid decisions."""
+    row = await get_order(conn, name)
+    decisions = sorted([a.user, a.decision, bool(a.emergency)] for a in await _approvals(conn, row))
+    return digest({"digest": row.digest, "phase": row.phase, "emergency": bool(row.emergency),
+                   "rollingBack": bool(row.rolling_back), "decisions": decisions})
+
+
 async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, emergency: bool,
                           comment: str) -> dict[str, Any]:
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     phase = OrderPhase(row.phase)
     what = "emergency approval" if emergency else ("approval" if approve else "rejection")
     if phase not in (OrderPhase.PENDING_APPROVAL, OrderPhase.APPROVED):
@@ -217,8 +228,9 @@ async def decide_approval(tx: Tx, name: str, who: Principal, *, approve: bool, e
         raise Conflict(f"release order {name!r} changed concurrently; nothing changed")
     verb = "emergency-approve" if emergency else ("approve" if approve else "reject")
     await event(tx, name, who.user, verb, new, {"comment": comment, "digest": row.digest})
-    await tx.audit(actor=who.user, action=f"order.{verb}", resource=resource(name), after=row.digest,
-                   detail={"comment": comment, "phase": new.value})
+    await tx.audit(actor=who.user, action=f"order.{verb}", resource=resource(name),
+                   before=before, after=await state_digest(tx.conn, name),
+                   detail={"comment": comment, "phase": new.value, "orderDigest": row.digest})
     return {"name": name, "phase": new.value, "approvals": have, "required": required}
 
 
@@ -233,6 +245,7 @@ async def active_order_for(conn: AsyncConnection, app: str, other_than: str | No
 
 async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[str, Any]:
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     phase = OrderPhase(row.phase)
     if phase is not OrderPhase.APPROVED:
         raise Conflict(f"release order {name!r} is {phase.value} ({row.reason}); only an Approved order starts")
@@ -258,7 +271,9 @@ async def start(tx: Tx, name: str, who: Principal, *, emergency: bool) -> dict[s
         raise Conflict(f"release order {name!r} changed concurrently; nothing changed")
     detail = {"emergency": emergency, "windows": list(verdict.windows), "outsideWindow": list(verdict.reasons)}
     await event(tx, name, who.user, "start", OrderPhase.RUNNING, detail)
-    await tx.audit(actor=who.user, action="order.start", resource=resource(name), after=row.digest, detail=detail)
+    await tx.audit(actor=who.user, action="order.start", resource=resource(name),
+                   before=before, after=await state_digest(tx.conn, name),
+                   detail={**detail, "orderDigest": row.digest})
     return {"name": name, "phase": OrderPhase.RUNNING.value, "emergency": emergency}
 
 
@@ -272,6 +287,7 @@ _ALLOWED = {
 async def act(tx: Tx, name: str, action: str, actor: str, expect_phase: str | None = None) -> dict[str, Any]:
     """pause | resume | rollback of the whole order, as a compare-and-set on its phase."""
     row = await get_order(tx.conn, name)
+    before = await state_digest(tx.conn, name)
     current = OrderPhase(row.phase)
     if expect_phase is not None and expect_phase != current.value:
         raise Conflict(f"release order {name!r} is {current.value}, not {expect_phase}; nothing changed")
@@ -292,6 +308,7 @@ async def act(tx: Tx, name: str, action: str, actor: str, expect_phase: str | No
     touched = await _steer_releases(tx, name, action, actor, rolling_back)
     await event(tx, name, actor, action, new, {"from": current.value, "releases": touched})
     await tx.audit(actor=actor, action=f"order.{action}", resource=resource(name),
+                   before=before, after=await state_digest(tx.conn, name),
                    detail={"from": current.value, "to": new.value, "releases": touched})
     return {"name": name, "phase": new.value, "previousPhase": current.value}
 

@@ -31,6 +31,15 @@ ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
 _REPORTED_FIELDS = ("phase", "ready", "pid", "port", "mesh_port", "restarts", "message", "running_revision", "drain")
 
 
+_NODE_FIELDS = ("cell", "zone", "ip", "cpu_millis", "memory_bytes", "labels", "agent_version", "metrics_address")
+
+
+def _node_digest(node: Any) -> str:
+    """What a node's registration records, as its audit digests cover it (not its heartbeat)."""
+    get = node.get if isinstance(node, dict) else lambda k: getattr(node, k)
+    return digest({k: get(k) for k in _NODE_FIELDS})
+
+
 async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -> dict[str, Any]:
     cell = (await tx.conn.execute(select(cells).where(cells.c.name == body.cell))).first()
     if cell is None:
@@ -55,7 +64,7 @@ async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -
         await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(**values))
         outcome = "re-registered"
     await tx.audit(actor=actor, action="node.register", resource=f"Node/{name}",
-                   after=digest({k: v for k, v in values.items() if k not in ("last_heartbeat", "resource_version")}),
+                   before=_node_digest(row) if row is not None else "", after=_node_digest(values),
                    detail={"outcome": outcome, "cell": cell.name, "ip": body.ip})
     return {"name": name, "outcome": outcome, "cell": cell.name, "zone": cell.zone}
 
@@ -148,7 +157,8 @@ async def delete_node(tx: Tx, name: str, actor: str) -> None:
     gone = (await tx.conn.execute(delete(instances).where(instances.c.node == name))).rowcount
     await tx.conn.execute(delete(nodes).where(nodes.c.name == name))
     await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))
-    await tx.audit(actor=actor, action="node.delete", resource=f"Node/{name}", detail={"instancesForgotten": gone})
+    await tx.audit(actor=actor, action="node.delete", resource=f"Node/{name}", before=_node_digest(row),
+                   detail={"instancesForgotten": gone})
 
 
 async def delete_app(tx: Tx, name: str, actor: str) -> int:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core.digests import digest
 from ballast.core.endpoints import serving
 from ballast.core.manifests import (AppServiceSpec, StrategySpec, problems_from_validation, stored_strategy,
                                     strategy_json)
@@ -157,6 +158,7 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     release_id = _new_id(result)
     await event(tx, release_id, actor, action, Phase.RUNNING, {"from": row.deployed_revision, "to": target, **extra})
     await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
+                   after=release_digest(release_id, Phase.RUNNING, Direction.FORWARD, fast),
                    detail={"release": release_id, "from": row.deployed_revision, "to": target,
                            "strategy": strategy_json(strategy), **extra})
     return {"id": release_id, "app": app, "kind": kind, "fromRevision": row.deployed_revision, "toRevision": target,
@@ -180,8 +182,15 @@ async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[
     detail = {"add": adds, "remove": [r.instance for r in removes]}
     await event(tx, release_id, actor, "start", Phase.RUNNING, detail)
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app_row.name}",
+                   after=release_digest(release_id, Phase.RUNNING, Direction.FORWARD, False),
                    detail={"release": release_id, "kind": kind, **detail})
     return release_id
+
+
+def release_digest(release_id: int, phase: Phase, direction: Direction, fast: bool) -> str:
+    """What starting or steering a release changes, as its audit digests cover it: which release, its phase,
+    its direction and whether it goes fast (the plan and strategy are in the record's detail)."""
+    return digest({"release": release_id, "phase": phase.value, "direction": direction.value, "fast": bool(fast)})
 
 
 async def event(tx: Tx, release_id: int, actor: str, action: str, phase: Phase, detail: dict[str, Any]) -> None:
@@ -237,6 +246,8 @@ async def act(tx: Tx, app: str, action: str, actor: str, *, fast: bool = False,
     extra = {"verification": verdict} if verdict else {}
     await event(tx, row.id, actor, action, new, {"from": current.value, "fast": fast, **extra})
     await tx.audit(actor=actor, action=f"release.{action}", resource=f"AppService/{app}",
+                   before=release_digest(row.id, current, Direction(row.direction), row.fast),
+                   after=release_digest(row.id, new, direction, row.fast or fast),
                    detail={"release": row.id, "from": current.value, "to": new.value, "fast": fast, **extra})
     return {"id": row.id, "app": app, "phase": new.value, "previousPhase": current.value}
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core.digests import digest
 from ballast.core.release_engine import GroupCheck, Phase
 from ballast.core.request_metrics import Counts, Series
 from ballast.core.verification import Judgement, Side, SourceTotals, Verdict
@@ -70,6 +71,11 @@ async def _event(tx: Tx, release_id: int, actor: str, action: str, phase: str, d
                                                         phase=phase, detail=detail))
 
 
+def attempt_digest(release_id: int, group_index: int, attempt: int, state: str) -> str:
+    """What opening, judging or abandoning a verification changes, as its audit digests cover it."""
+    return digest({"release": release_id, "group": group_index, "attempt": attempt, "state": state})
+
+
 async def open_window(tx: Tx, release: Any, group_index: int, group_name: str, window_seconds: float,
                       readings: list[SourceTotals]) -> int:
     """Start judging a group: record every source's cumulative counts now; the verdict comes at the window's end."""
@@ -86,7 +92,8 @@ async def open_window(tx: Tx, release: Any, group_index: int, group_name: str, w
     detail = {"release": release.id, "group": group_name, "attempt": attempt + 1, "windowSeconds": window_seconds,
               "canaryRevision": release.to_revision, "baselineRevision": release.from_revision, "unreadSources": unread}
     await _event(tx, release.id, ACTOR, "verify-start", release.phase, detail)
-    await tx.audit(actor=ACTOR, action="release.verify-start", resource=f"AppService/{release.app}", detail=detail)
+    await tx.audit(actor=ACTOR, action="release.verify-start", resource=f"AppService/{release.app}",
+                   after=attempt_digest(release.id, group_index, attempt + 1, Verdict.VERIFYING.value), detail=detail)
     return int(key[0])
 
 
@@ -106,6 +113,8 @@ async def close_window(tx: Tx, release: Any, attempt: Any, group_name: str, judg
     detail = {"release": release.id, "group": group_name, "attempt": attempt.attempt, **result}
     await _event(tx, release.id, ACTOR, f"verify-{judgement.verdict.value}", release.phase, detail)
     await tx.audit(actor=ACTOR, action="release.verify", resource=f"AppService/{release.app}",
+                   before=attempt_digest(release.id, attempt.group_index, attempt.attempt, Verdict.VERIFYING.value),
+                   after=attempt_digest(release.id, attempt.group_index, attempt.attempt, judgement.verdict.value),
                    result=judgement.verdict.value, detail=detail)
     return True
 
@@ -120,7 +129,10 @@ async def abandon(tx: Tx, release: Any, attempt: Any, actor: str, why: str) -> b
     detail = {"release": release.id, "groupIndex": attempt.group_index, "attempt": attempt.attempt,
               "was": attempt.state, "why": why}
     await _event(tx, release.id, actor, "verify-abandoned", release.phase, detail)
-    await tx.audit(actor=actor, action="release.verify-abandon", resource=f"AppService/{release.app}", detail=detail)
+    await tx.audit(actor=actor, action="release.verify-abandon", resource=f"AppService/{release.app}",
+                   before=attempt_digest(release.id, attempt.group_index, attempt.attempt, attempt.state),
+                   after=attempt_digest(release.id, attempt.group_index, attempt.attempt, Verdict.ABANDONED.value),
+                   detail=detail)
     return True
 
 
