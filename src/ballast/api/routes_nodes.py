@@ -10,7 +10,7 @@ from ballast.api import objects
 from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
 from ballast.core.authz import Action
 from ballast.core.manifests import NAME_PATTERN
-from ballast.services import evacuation, registry, topology
+from ballast.services import evacuation, outbound, registry, topology
 from ballast.services.access import Principal
 from ballast.wire.reports import NodeRegistration, StatusReport
 
@@ -39,6 +39,7 @@ async def get_node(name: str, request: Request, who: Principal = Depends(princip
 async def register_node(body: NodeRegistration, request: Request, name: str = NodeName,
                         who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
+    outbound.refuse_telemetry_address(request.app.state.outbound, body.ip, body.metrics_address)
 
     return await audited_write(request, lambda tx: registry.register_node(tx, name, body, who.user))
 

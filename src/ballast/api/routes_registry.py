@@ -13,6 +13,7 @@ from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core.manifests import NAME_PATTERN
 from ballast.services import endpoints as registry
+from ballast.services import outbound
 from ballast.services.access import Principal
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
 
@@ -45,6 +46,8 @@ async def ack_mesh(body: Acknowledgement, request: Request, name: str = Componen
 async def register_gateway(body: GatewayRegistration, request: Request, name: str = ComponentName,
                            who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
+    outbound.refuse_telemetry_address(request.app.state.outbound, body.address.rpartition(":")[0],
+                                      body.metrics_address)
 
     return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,
                                                                             body.metrics_address))

@@ -5,7 +5,10 @@ Roles: `admin` (everything), `operator` (change apps, push artifacts, read),
 assignments and artifacts), `approver` (read, approve or reject release
 orders), `emergency-approver` (read, the extra approval an emergency start
 needs). A binding may be scoped to apps; a scoped binding
-grants nothing on resources that belong to no app (cells, users, tokens).
+grants nothing on resources that belong to no app (cells, users, tokens),
+except pushing an artifact: a package belongs to no app until an app's
+template references it, and stays inert until then (applying that template
+is what the scope governs), so any operator binding may push one.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ _GRANTS: dict[Role, frozenset[Action]] = {
 }
 
 
+# Actions on resources that belong to no app yet, which a scoped binding grants as well as an unscoped one.
+_ANY_SCOPE = frozenset({Action.PUSH_ARTIFACT})
+
+
 @dataclass(frozen=True)
 class Binding:
     role: Role
@@ -55,9 +62,20 @@ def allowed(bindings: tuple[Binding, ...], action: Action, app: str | None = Non
     for b in bindings:
         if action not in _GRANTS[b.role]:
             continue
-        if b.apps is None or (app is not None and app in b.apps):
+        if b.apps is None or action in _ANY_SCOPE or (app is not None and app in b.apps):
             return True
     return False
+
+
+def may_fetch_artifact(bindings: tuple[Binding, ...], referencing_apps: tuple[str, ...]) -> bool:
+    """Whether a caller may download an artifact that the templates of `referencing_apps` (any revision) run:
+    an unscoped admin always; a node agent when some app runs it (the hook for per-node credentials: narrow
+    this to the apps assigned to the caller's node); anyone else when they may read one of those apps."""
+    if any(b.role is Role.ADMIN and b.apps is None for b in bindings):
+        return True
+    if referencing_apps and allowed(bindings, Action.NODE):
+        return True
+    return any(allowed(bindings, Action.READ, app) for app in referencing_apps)
 
 
 def explain_denial(user: str, bindings: tuple[Binding, ...], action: Action, app: str | None) -> str:
