@@ -69,11 +69,10 @@ def allowed(bindings: tuple[Binding, ...], action: Action, app: str | None = Non
 
 def may_fetch_artifact(bindings: tuple[Binding, ...], referencing_apps: tuple[str, ...]) -> bool:
     """Whether a caller may download an artifact that the templates of `referencing_apps` (any revision) run:
-    an unscoped admin always; a node agent when some app runs it (the hook for per-node credentials: narrow
-    this to the apps assigned to the caller's node); anyone else when they may read one of those apps."""
+    an unscoped admin always (run or not); anyone else when they may read one of those apps. Node agents read
+    every app, so they fetch any artifact an app runs: per-node credentials narrow that here, to the apps
+    assigned to the caller's node."""
     if any(b.role is Role.ADMIN and b.apps is None for b in bindings):
-        return True
-    if referencing_apps and allowed(bindings, Action.NODE):
         return True
     return any(allowed(bindings, Action.READ, app) for app in referencing_apps)
 
