@@ -105,7 +105,8 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
 @click.option("--max-artifact-files", type=click.IntRange(min=1), default=ArchiveLimits.max_files, show_default=True,
               help="the most members (files, directories, links) an artifact may hold")
 @click.option("--max-artifact-unpacked-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_unpacked_bytes,
-              show_default=True, help="the most bytes an artifact may unpack to")
+              show_default=True, envvar="BALLAST_MAX_ARTIFACT_UNPACKED_BYTES",
+              help="the most bytes an artifact may unpack to")
 @click.option("--allow-outbound", "allow_outbound", multiple=True, metavar="CIDR",
               help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
                    "aim at (refused by default; the control plane's own API port never)")
@@ -168,7 +169,8 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @click.option("--max-artifact-files", type=click.IntRange(min=1), default=ArchiveLimits.max_files, show_default=True,
               help="the most members an artifact may unpack to on this node")
 @click.option("--max-artifact-unpacked-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_unpacked_bytes,
-              show_default=True, help="the most bytes an artifact may unpack to on this node")
+              show_default=True, envvar="BALLAST_AGENT_MAX_ARTIFACT_UNPACKED_BYTES",
+              help="the most bytes an artifact may unpack to on this node")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
           token_file: Path | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
           metrics_port: int, metrics_interval: float, max_artifact_files: int,
