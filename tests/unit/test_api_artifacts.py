@@ -159,3 +159,15 @@ async def test_a_node_registers_telemetry_on_its_own_ip_only(api: Api) -> None:
         assert r.status_code == 422 and "own API" in r.json()["problems"][0]["expected"]
     r = await agent.put("/v1/nodes/n1", json={**node, "metricsAddress": "127.0.161.5:9464"})
     assert r.status_code == 200, r.text
+
+
+async def test_a_gateway_registers_telemetry_on_its_own_ip_only(api: Api) -> None:
+    agent = await client_for(api, "gateway-agent", "agent")
+    r = await agent.put("/v1/gateways/edge", json={"address": "127.0.161.7:8080", "metricsAddress": "127.0.161.8:9465"})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "metricsAddress", r.text
+    async for http in platform(api, outbound=OutboundPolicy(own_ports=frozenset({7700}))):
+        r = await http.put("/v1/gateways/edge", json={"address": "0.0.0.0:8080", "metricsAddress": "127.0.0.1:7700"})
+        assert r.status_code == 422 and "own API" in r.json()["problems"][0]["expected"], r.text
+    for address, metrics in (("127.0.161.7:8080", "127.0.161.7:9465"), ("0.0.0.0:8080", "127.0.161.8:9465")):
+        r = await agent.put("/v1/gateways/edge", json={"address": address, "metricsAddress": metrics})
+        assert r.status_code == 200, r.text

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ballast.core.outbound import OutboundPolicy, address_refusal, telemetry_refusal, url_refusal
+from ballast.core.outbound import OutboundPolicy, address_refusal, gateway_home, telemetry_refusal, url_refusal
 from ballast.core.verification import Outcome, Verification, Webhook
 from ballast.services import outbound, request_metrics, verification_checks
 
@@ -76,6 +76,18 @@ def test_url_policy_before_any_name_is_resolved(url: str, refused: str | None) -
 def test_telemetry_address_policy(home: str, address: str, expected: str | None) -> None:
     """A component's telemetry is read only on the IP it registered as its own, and never at our API."""
     assert telemetry_refusal(STRICT, home, address) == expected
+
+
+@pytest.mark.parametrize(("address", "metrics", "home"), [
+    ("127.0.0.1:8080", "127.0.0.1:9465", "127.0.0.1"),
+    ("10.0.0.7:8080", "10.0.0.8:9465", "10.0.0.7"),         # then refused: not on its own IP
+    ("0.0.0.0:8080", "10.0.0.8:9465", "10.0.0.8"),          # listening everywhere: its telemetry's IP
+    ("[::]:8080", "[fd00::8]:9465", "fd00::8"),
+    ("0.0.0.0:8080", None, "0.0.0.0"),
+])
+def test_a_gateways_home_is_its_listening_ip_unless_it_listens_everywhere(address: str, metrics: str | None,
+                                                                         home: str) -> None:
+    assert gateway_home(address, metrics) == home
 
 
 # --- real calls ----------------------------------------------------------------------------------------------------

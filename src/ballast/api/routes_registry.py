@@ -12,6 +12,7 @@ from ballast.api.deps import audited_write, one, principal, require, require_top
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core.manifests import NAME_PATTERN
+from ballast.core.outbound import gateway_home
 from ballast.services import endpoints as registry
 from ballast.services import outbound
 from ballast.services.access import Principal
@@ -46,7 +47,7 @@ async def ack_mesh(body: Acknowledgement, request: Request, name: str = Componen
 async def register_gateway(body: GatewayRegistration, request: Request, name: str = ComponentName,
                            who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.NODE)
-    outbound.refuse_telemetry_address(request.app.state.outbound, body.address.rpartition(":")[0],
+    outbound.refuse_telemetry_address(request.app.state.outbound, gateway_home(body.address, body.metrics_address),
                                       body.metrics_address)
 
     return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,

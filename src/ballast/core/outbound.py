@@ -118,6 +118,17 @@ def url_refusal(policy: OutboundPolicy, url: str) -> str | None:
     return None if target.ip is None else address_refusal(policy, target.ip, target.port)
 
 
+def gateway_home(address: str, metrics_address: str | None) -> str:
+    """The IP a gateway's telemetry must be on: the one it listens on, or, when it listens on every address
+    (0.0.0.0, ::), the one it serves telemetry on (which still may not be our API)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host
+    return metrics_address.rpartition(":")[0].strip("[]") if unspecified and metrics_address else host
+
+
 def telemetry_refusal(policy: OutboundPolicy, home: str, address: str, this_host: bool = False) -> str | None:
     """Why a component's telemetry address (IP:PORT) may not be read, or None: it must be on the component's
     own registered address `home` and not be the control plane's API."""

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.endpoints import GATEWAY
-from ballast.core.outbound import OutboundPolicy, telemetry_refusal
+from ballast.core.outbound import OutboundPolicy, gateway_home, telemetry_refusal
 from ballast.core.request_metrics import GROUPINGS, Counts, Series, group, summarize
 from ballast.services import outbound
 from ballast.store.schema import components, instances, nodes
@@ -65,8 +65,8 @@ async def sources(conn: AsyncConnection, app: str, kind: str = SIDECAR) -> list[
     if kind == GATEWAY_SOURCE:
         rows = (await conn.execute(select(components.c.name, components.c.metrics_address, components.c.address)
                                    .where(components.c.kind == GATEWAY).order_by(components.c.name))).all()
-        return [Source(f"gateway/{r.name}", GATEWAY_SOURCE, r.metrics_address, r.address.rpartition(":")[0])
-                for r in rows]
+        return [Source(f"gateway/{r.name}", GATEWAY_SOURCE, r.metrics_address,
+                       gateway_home(r.address, r.metrics_address)) for r in rows]
     hosting = select(instances.c.node).where(instances.c.app == app).distinct()
     rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address, nodes.c.ip)
                                .where(nodes.c.name.in_(hosting)).order_by(nodes.c.name))).all()
