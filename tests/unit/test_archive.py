@@ -132,3 +132,10 @@ def test_unpacking_stays_within_the_limit_on_disk_and_cleans_up(tmp_path: Path) 
     into.mkdir()
     archive.walk(app_package(b"hi"), ArchiveLimits(), into)
     assert (into / "app" / "main.py").read_bytes() == b"hi"
+
+
+def test_a_nodes_limits_bound_unpacking_not_the_size_the_control_plane_took() -> None:
+    """A node allowing 512 MiB unpacked takes any archive the control plane could have taken within that."""
+    node = ArchiveLimits.for_unpacking(max_files=20_000, max_unpacked_bytes=512 * MiB)
+    assert node.max_bytes > node.max_unpacked_bytes > ArchiveLimits().max_bytes
+    assert (node.max_files, node.max_unpacked_bytes) == (20_000, 512 * MiB)

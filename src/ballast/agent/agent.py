@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from ballast import __version__
-from ballast.agent.artifacts import ArtifactCache, working_dir
+from ballast.agent.artifacts import NODE_LIMITS, ArtifactCache, working_dir
 from ballast.agent.mesh import NodeMesh
 from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
@@ -61,7 +61,7 @@ class AgentSettings:
     instance_nice: int = 0            # > 0: apps yield the CPU to the agent and the sidecars under load
     metrics_port: int = 9464          # /metrics and /v1/request-metrics on the node's IP; 0: not served
     metrics_interval: float = 1.0     # how often the sidecars' request statistics are read
-    artifact_limits: ArchiveLimits = ArchiveLimits()   # what an artifact may unpack to on this node
+    artifact_limits: ArchiveLimits = NODE_LIMITS     # what an artifact may unpack to on this node
 
 
 class Agent:

@@ -18,12 +18,15 @@ from ballast.core.archive import ArchiveLimits
 from ballast.errors import BallastError
 
 
+NODE_LIMITS = ArchiveLimits.for_unpacking(ArchiveLimits.max_files, ArchiveLimits.max_unpacked_bytes)
+
+
 class ArtifactError(BallastError):
     status = 502
 
 
 class ArtifactCache:
-    def __init__(self, client: Client, root: Path, limits: ArchiveLimits = ArchiveLimits()) -> None:
+    def __init__(self, client: Client, root: Path, limits: ArchiveLimits = NODE_LIMITS) -> None:
         self.client = client
         self.root = root
         self.limits = limits

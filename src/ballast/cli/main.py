@@ -188,8 +188,8 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
                                  haproxy=find_binary(haproxy), stop_instances_on_exit=stop_instances_on_exit,
                                  instance_nice=instance_nice, metrics_port=metrics_port,
                                  metrics_interval=metrics_interval,
-                                 artifact_limits=ArchiveLimits(max_files=max_artifact_files,
-                                                               max_unpacked_bytes=max_artifact_unpacked_bytes))
+                                 artifact_limits=ArchiveLimits.for_unpacking(max_artifact_files,
+                                                                             max_artifact_unpacked_bytes))
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     except BallastError as exc:

@@ -26,6 +26,13 @@ class ArchiveLimits:
         if min(self.max_bytes, self.max_files, self.max_unpacked_bytes) < 1:
             raise ValueError("artifact limits must be positive")
 
+    @classmethod
+    def for_unpacking(cls, max_files: int, max_unpacked_bytes: int) -> "ArchiveLimits":
+        """A node's limits: on what an archive unpacks to. Its compressed size was the control plane's to bound;
+        here it only has to be what a valid archive within these limits can be (gzip adds well under 1%)."""
+        allowance = Tally(cls(max_files=max_files, max_unpacked_bytes=max_unpacked_bytes)).stream_allowance()
+        return cls(max_bytes=allowance + allowance // 100, max_files=max_files, max_unpacked_bytes=max_unpacked_bytes)
+
 
 class Kind(str, Enum):
     FILE = "file"
