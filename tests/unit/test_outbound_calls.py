@@ -186,3 +186,18 @@ async def test_telemetry_reads_go_only_to_a_components_own_ip_without_credential
     [(method, path, headers)] = agent.requests
     assert method == "GET" and path.startswith("/v1/request-metrics")
     assert set(headers) <= HTTPX_OWN_HEADERS, headers
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--allow-outbound", "nonsense", "--allow-outbound 'nonsense': expected a CIDR range such as 127.0.0.0/8"),
+    ("--max-artifact-files", "0", "Invalid value for '--max-artifact-files'"),
+    ("--max-artifact-unpacked-bytes", "-1", "Invalid value for '--max-artifact-unpacked-bytes'"),
+])
+def test_the_server_refuses_a_bad_setting_naming_it_before_opening_the_store(tmp_path: Any, option: str, value: str,
+                                                                            expected: str) -> None:
+    from click.testing import CliRunner
+
+    from ballast.cli.main import cli
+    result = CliRunner().invoke(cli, ["server", "--store", f"sqlite:///{tmp_path}/never.db", option, value])
+    assert result.exit_code == 2 and expected in result.output, result.output
+    assert not (tmp_path / "never.db").exists()
