@@ -171,3 +171,16 @@ async def test_a_gateway_registers_telemetry_on_its_own_ip_only(api: Api) -> Non
     for address, metrics in (("127.0.161.7:8080", "127.0.161.7:9465"), ("0.0.0.0:8080", "127.0.161.8:9465")):
         r = await agent.put("/v1/gateways/edge", json={"address": address, "metricsAddress": metrics})
         assert r.status_code == 200, r.text
+
+
+async def test_an_orders_verification_override_is_held_to_the_same_policy(api: Api) -> None:
+    assert (await api.http.post("/v1/apply", json={"items": [CELL, app("shop")]})).status_code == 200
+    order = {"apiVersion": API_VERSION, "kind": "ReleaseOrder", "metadata": {"name": "chg"},
+             "spec": {"title": "change", "ticket": "CHG-1", "releases": [
+                 {"app": "shop", "strategy": {"verify": {"webhooks": [{"url": "http://[::1]:8000/hook"}]}}}]}}
+    r = await api.http.post("/v1/apply", json={"items": [order]})
+    assert r.status_code == 422, r.text
+    [problem] = r.json()["problems"]
+    assert problem["path"] == "items[0].spec.releases[0].strategy.verify.webhooks[0].url"
+    assert "loopback" in problem["expected"]
+    assert (await api.http.get("/v1/orders")).json()["items"] == []
