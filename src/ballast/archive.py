@@ -79,7 +79,8 @@ def walk(blob: bytes, limits: ArchiveLimits, into: Path | None = None) -> Tally:
     except _Refused as refused:
         _clean(into)
         raise _invalid(refused.expected, refused.value) from None
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError, ValueError) as exc:  # ValueError: a header
+        # tarfile cannot decode (a number field that is no number, a name it cannot encode)
         _clean(into)
         raise _invalid(FORMAT, f"unreadable: {exc}") from None
     except OSError as exc:

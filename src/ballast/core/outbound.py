@@ -130,8 +130,8 @@ def gateway_home(address: str, metrics_address: str | None) -> str:
 
 
 def telemetry_refusal(policy: OutboundPolicy, home: str, address: str, this_host: bool = False) -> str | None:
-    """Why a component's telemetry address (IP:PORT) may not be read, or None: it must be on the component's
-    own registered address `home` and not be the control plane's API."""
+    """What a component's telemetry address (IP:PORT) must be instead, or None when it may be read: on the
+    component's own registered address `home`, and not the control plane's API."""
     host, _, port_text = address.rpartition(":")
     try:
         ip = _plain(ipaddress.ip_address(host.strip("[]")))
