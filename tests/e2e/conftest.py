@@ -175,6 +175,7 @@ class Platform:
     metrics_port: int = field(default_factory=free_port_pair)
     proc: subprocess.Popen[bytes] | None = None
     data_parent: Path = field(default_factory=_enterable_dir)
+    settings: dict[str, str] = field(default_factory=dict)   # environment of `ballast up` (options read from it)
 
     @property
     def data_dir(self) -> Path:
@@ -212,6 +213,7 @@ class Platform:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("BALLAST_TOKEN", "BALLAST_SERVER", "BALLAST_CONFIG")}
         env.update(HOME=str(self.home), BALLAST_CONFIG=str(self.data_dir / "client.yaml"))
+        env.update(self.settings)
         env.update(extra)
         return env
 
@@ -316,9 +318,10 @@ def postgres_database() -> Iterator[str]:
         asyncio.run(_drop_database(name))
 
 
-def start_platform(root: Path, first_node_ip: str, store: str | None = None) -> Iterator[Platform]:
+def start_platform(root: Path, first_node_ip: str, store: str | None = None,
+                   settings: dict[str, str] | None = None) -> Iterator[Platform]:
     """Body of a platform fixture: start `ballast up`, yield it, then always stop it and check for orphans."""
-    platform = Platform(root=root, first_node_ip=first_node_ip, store=store)
+    platform = Platform(root=root, first_node_ip=first_node_ip, store=store, settings=settings or {})
     try:
         platform.start()
         yield platform

@@ -11,6 +11,7 @@ from ballast.api.deps import WRITE_ATTEMPTS
 from ballast.core.manifests import API_VERSION
 from ballast.errors import RetryableConflict
 from ballast.services import artifacts, registry
+from tests.archives import app_package
 from tests.conftest import Api
 
 CELL = {"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": "cell-a"}, "spec": {"zone": "zone-a"}}
@@ -27,7 +28,7 @@ def always_losing(real: Callable[..., Awaitable[Any]], what: str, attempts: list
 
 @pytest.mark.parametrize(("service", "name", "what", "method", "path", "content"), [
     (registry, "delete_cell", "cell 'cell-a'", "DELETE", "/v1/cells/cell-a", None),
-    (artifacts, "push", "the audit chain", "POST", "/v1/artifacts", b"a package"),
+    (artifacts, "push", "the audit chain", "POST", "/v1/artifacts", app_package()),
 ], ids=["delete-cell", "push-artifact"])
 async def test_a_race_lost_on_every_attempt_is_a_409_that_changes_nothing_and_is_audited(
         api: Api, monkeypatch: pytest.MonkeyPatch, service: Any, name: str, what: str, method: str, path: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ballast.core.authz import Action, Binding, Role, allowed, explain_denial
+from ballast.core.authz import Action, Binding, Role, allowed, explain_denial, may_fetch_artifact
 
 A = Action
 ALL = tuple(Action)
@@ -40,12 +40,16 @@ def test_unscoped_binding_grants_exactly_the_roles_actions(role: Role, action: A
     (Role.OPERATOR, A.READ, "pay", False),
     (Role.VIEWER, A.READ, "pay", False),
     (Role.ADMIN, A.APPLY_APP, "pay", False),
-    # Resources that belong to no app (cells, users, tokens, artifacts): a scoped binding grants nothing.
+    # Resources that belong to no app (cells, users, tokens): a scoped binding grants nothing...
     (Role.OPERATOR, A.APPLY_APP, None, False),
-    (Role.OPERATOR, A.PUSH_ARTIFACT, None, False),
     (Role.VIEWER, A.READ, None, False),
     (Role.ADMIN, A.MANAGE_CELLS, None, False),
     (Role.ADMIN, A.MANAGE_ACCESS, None, False),
+    # ...but an artifact belongs to no app until a template runs it: a scoped operator may push one.
+    (Role.OPERATOR, A.PUSH_ARTIFACT, None, True),
+    (Role.OPERATOR, A.PUSH_ARTIFACT, "pay", True),
+    (Role.VIEWER, A.PUSH_ARTIFACT, None, False),
+    (Role.AGENT, A.PUSH_ARTIFACT, None, False),
     # Scope never widens a role.
     (Role.VIEWER, A.APPLY_APP, "shop", False),
     (Role.OPERATOR, A.MANAGE_CELLS, "shop", False),
@@ -83,3 +87,26 @@ def test_denial_names_user_roles_action_and_app(bindings: tuple[Binding, ...], a
                                                 message: str) -> None:
     """A denial tells the user who they are, which roles they hold and what was refused."""
     assert explain_denial("carol", bindings, action, app) == message
+
+
+@pytest.mark.parametrize(("bindings", "referencing", "expected"), [
+    # An unscoped admin fetches any artifact, run by an app or not.
+    ((Binding(Role.ADMIN),), (), True),
+    ((Binding(Role.ADMIN),), ("shop",), True),
+    ((Binding(Role.ADMIN, apps=("pay",)),), ("shop",), False),
+    # Readers: of one of the apps whose templates run it.
+    ((Binding(Role.VIEWER),), ("shop",), True),
+    ((Binding(Role.VIEWER),), (), False),
+    ((Binding(Role.VIEWER, apps=("shop",)),), ("pay", "shop"), True),
+    ((Binding(Role.OPERATOR, apps=("shop",)),), ("pay",), False),
+    ((Binding(Role.OPERATOR, apps=("shop",)),), (), False),
+    ((Binding(Role.APPROVER),), ("pay",), True),
+    # Node agents: any artifact some app runs, none that no app runs.
+    ((Binding(Role.AGENT),), ("pay",), True),
+    ((Binding(Role.AGENT),), (), False),
+    ((), ("shop",), False),
+])
+def test_who_may_fetch_an_artifact(bindings: tuple[Binding, ...], referencing: tuple[str, ...],
+                                   expected: bool) -> None:
+    """Fetching an artifact needs read access to an app that runs it; agents fetch what any app runs."""
+    assert may_fetch_artifact(bindings, referencing) is expected

@@ -53,7 +53,8 @@ def test_every_field_of_a_template_reaches_the_agent() -> None:
     assert set(manifests.Template.model_fields) == set(wire.Template.model_fields)
     assert set(manifests.HealthCheck.model_fields) == set(wire.HealthCheck.model_fields)
     stored = manifests.Template.model_validate({"command": ["app"], "healthCheck": {"path": "/h"},
-                                                "workingDir": "sub", "env": {"A": "1"}}).model_dump(
+                                                "artifact": "sha256:" + "ab" * 32, "workingDir": "sub",
+                                                "env": {"A": "1"}}).model_dump(
         mode="json", by_alias=True)
     _same_after_a_round_trip(wire.Template, stored)
 

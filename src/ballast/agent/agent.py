@@ -25,6 +25,7 @@ import httpx
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
 from ballast.agent.instance_user import InstanceUser, open_the_way
+from ballast.agent.artifacts import NODE_LIMITS, working_dir
 from ballast.agent.mesh import NodeMesh
 from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
@@ -32,6 +33,7 @@ from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
 from ballast.client import ApiError, Client, Unreachable
 from ballast.core.loopback import private_address
+from ballast.core.archive import ArchiveLimits
 from ballast.core.request_metrics import Series
 from ballast.dataplane.collector import RequestStats
 from ballast.dataplane.component import POLL_BACKOFF, POLL_SECONDS, TrafficComponent, register
@@ -64,6 +66,7 @@ class AgentSettings:
     instance_nice: int = 0            # > 0: apps yield the CPU to the agent and the sidecars under load
     metrics_port: int = 9464          # /metrics and /v1/request-metrics on the node's IP; 0: not served
     metrics_interval: float = 1.0     # how often the sidecars' request statistics are read
+    artifact_limits: ArchiveLimits = NODE_LIMITS     # what an artifact may unpack to on this node
 
 
 class Agent:
@@ -83,7 +86,7 @@ class Agent:
         self.stopping: dict[str, Supervisor] = {}  # still reported (Stopping, not ready) until their process is gone
         self.sidecars: dict[str, Sidecar] = {}
         self.stopped_ids: set[str] = set()
-        self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts")
+        self.artifacts = ArtifactCache(self.client, settings.data_dir / "artifacts", settings.artifact_limits)
         self.mesh = TrafficComponent(self.client, NodeMesh(lambda: list(self.sidecars.values())),
                                      ack_path=f"/v1/nodes/{settings.name}/ack", label=f"node {settings.name}",
                                      reregister=self._register)
@@ -309,9 +312,8 @@ class Agent:
     async def _cwd_for(self, template: Template) -> Path | None:
         """Where the app starts: its unpacked artifact, its workingDir, or (None) its own data dir."""
         if template.artifact:
-            root = await self.artifacts.path_for(template.artifact)
-            return root / template.working_dir if template.working_dir else root
-        if template.working_dir:
+            return working_dir(await self.artifacts.path_for(template.artifact), template.working_dir)
+        if template.working_dir:   # a template stored before workingDir needed an artifact
             return Path(template.working_dir)
         return None
 

@@ -1,17 +1,25 @@
-"""Fetch content-addressed packages from the control plane and unpack them once per digest."""
+"""Fetch content-addressed packages from the control plane and unpack them once per digest.
+
+Unpacking is bounded (`core.archive`: members, unpacked bytes, paths inside the package) whatever the
+control plane accepted, and runs in a thread: an archive bomb costs the agent a refusal on the instance that
+wanted it, never its event loop (which serves every other instance) nor more disk than the limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
+from ballast import archive
 from ballast.client import Client
+from ballast.core.archive import ArchiveLimits
 from ballast.errors import BallastError
+
+
+NODE_LIMITS = ArchiveLimits.for_unpacking(ArchiveLimits.max_files, ArchiveLimits.max_unpacked_bytes)
 
 
 class ArtifactError(BallastError):
@@ -19,9 +27,10 @@ class ArtifactError(BallastError):
 
 
 class ArtifactCache:
-    def __init__(self, client: Client, root: Path) -> None:
+    def __init__(self, client: Client, root: Path, limits: ArchiveLimits = NODE_LIMITS) -> None:
         self.client = client
         self.root = root
+        self.limits = limits
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def path_for(self, digest: str) -> Path:
@@ -37,11 +46,10 @@ class ArtifactCache:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             try:
-                with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
-                    tar.extractall(staging, filter="data")
-            except (tarfile.TarError, OSError) as exc:
+                await asyncio.to_thread(archive.walk, blob, self.limits, staging)
+            except BallastError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise ArtifactError(f"artifact {digest} cannot be unpacked: {exc}") from exc
+                raise ArtifactError(f"artifact {digest} cannot be unpacked: {exc.message}") from exc
             _readable_not_writable(staging)
             staging.rename(target)  # atomic: a half-unpacked package is never used
             return target
@@ -55,3 +63,14 @@ def _readable_not_writable(root: Path) -> None:
             path = os.path.join(directory, name)
             if not os.path.islink(path):
                 os.chmod(path, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+
+
+def working_dir(root: Path, relative: str | None) -> Path:
+    """`workingDir` inside the unpacked package `root`; ArtifactError if it leads outside (the control plane
+    refuses such a template, this keeps a stored one from older days from escaping too)."""
+    if not relative:
+        return root
+    resolved = (root / relative).resolve()
+    if resolved != root.resolve() and root.resolve() not in resolved.parents:
+        raise ArtifactError(f"workingDir {relative!r} leads outside the artifact; expected a directory inside it")
+    return resolved

@@ -22,6 +22,8 @@ from ballast.api.admission import Authenticate, BoundBody, Refusals
 from ballast.api import routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
 from ballast.api.deps import principal, retrying
 from ballast.controllers.checkpoints import AuditAnchor
+from ballast.core.archive import ArchiveLimits
+from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.services.access import TokenPolicy
@@ -32,13 +34,16 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
-               audit_anchor: AuditAnchor | None = None, refusals: Refusals | None = None) -> FastAPI:
+               audit_anchor: AuditAnchor | None = None, refusals: Refusals | None = None,
+               artifact_limits: ArchiveLimits = ArchiveLimits(), outbound: OutboundPolicy = OutboundPolicy()) -> FastAPI:
     app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
                   redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
     app.state.refusals = refusals = refusals or Refusals()
     app.state.audit_anchor = audit_anchor
+    app.state.artifact_limits = artifact_limits
+    app.state.outbound = outbound          # where calls made on users' behalf may go (core/outbound.py)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -82,7 +87,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
 
     # Outermost first: strangers are refused before anything else runs; bodies are bounded inside the audit of
     # attempts, so a known principal's oversized request is on the record.
-    app.add_middleware(BoundBody, limits={("POST", "/v1/artifacts"): routes_resources.MAX_ARTIFACT_BYTES})
+    app.add_middleware(BoundBody, limits={("POST", "/v1/artifacts"): artifact_limits.max_bytes})
     app.add_middleware(AuditAttempts, store=store, refusals=refusals)
     app.add_middleware(Authenticate, store=store, refusals=refusals)
     return app

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from ballast.api.deps import one, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.orders import OrderPhase
+from ballast.core.outbound import OutboundPolicy
 from ballast.core.release_engine import Phase
 from ballast.core.request_metrics import ZERO, Counts, summarize
 from ballast.core.verification import Verdict
@@ -101,10 +102,10 @@ def _verification_families(latest: tuple[control_metrics.NewestRelease, ...]) ->
     return [state, requests, errors, p99]
 
 
-async def _traffic_families(sources: list[request_metrics.Source]) -> list[GaugeMetricFamily]:
+async def _traffic_families(sources: list[request_metrics.Source], policy: OutboundPolicy) -> list[GaugeMetricFamily]:
     """Every app's traffic in the last TRAFFIC_WINDOW seconds by revision and cell, read from the node agents
     now (their own /metrics hold the per-instance counters; these gauges need no rate() to alert on)."""
-    readings = await request_metrics.read(sources, None, TRAFFIC_WINDOW)
+    readings = await request_metrics.read(sources, None, TRAFFIC_WINDOW, policy=policy)
     labels = ["app", "revision", "cell"]
     rate = GaugeMetricFamily("ballast_app_requests_per_second", f"requests per second over the last "
                              f"{TRAFFIC_WINDOW:g}s, as the sidecars counted them", labels=labels)
@@ -140,7 +141,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
         families = _families(await control_metrics.read(conn))
         sources = await request_metrics.all_sidecar_sources(conn)
     if traffic:
-        families += await _traffic_families(sources)
+        families += await _traffic_families(sources, request.app.state.outbound)
     refused = CounterMetricFamily("ballast_api_refused_requests", "requests refused before any route acted: "
                                   "unauthenticated, unroutable, throttled", labels=["reason"])
     for reason, n in sorted(request.app.state.refusals.totals.items()):
@@ -168,7 +169,7 @@ async def app_request_metrics(app: str, request: Request,
     async with store_of(request).read() as conn:
         record = one(await apps.list_apps(conn, app), f"app {app!r} not found")
         sources = await request_metrics.sources(conn, app, source)
-    readings = await request_metrics.read(sources, app, window)
+    readings = await request_metrics.read(sources, app, window, policy=request.app.state.outbound)
     return {"app": app, "by": by, "source": source, "windowSeconds": window,
             "deployedRevision": record.deployed_revision, "latestRevision": record.latest_revision,
             "rows": request_metrics.rows(readings, by, window), "sources": [r.to_json() for r in readings]}

@@ -12,7 +12,7 @@ from ballast.api.deps import (audited_write, one, principal, require, require_se
 from ballast.core.authz import Action
 from ballast.core.identity import NODE
 from ballast.core.manifests import NAME_PATTERN
-from ballast.services import evacuation, registry, topology
+from ballast.services import evacuation, outbound, registry, topology
 from ballast.services.access import Principal
 from ballast.wire.reports import NodeRegistration, StatusReport
 
@@ -41,6 +41,7 @@ async def get_node(name: str, request: Request, who: Principal = Depends(princip
 async def register_node(body: NodeRegistration, request: Request, name: str = NodeName,
                         who: Principal = Depends(principal)) -> dict[str, Any]:
     require_self(who, NODE, name)
+    outbound.refuse_telemetry_address(request.app.state.outbound, body.ip, body.metrics_address)
 
     return await audited_write(request, lambda tx: registry.register_node(tx, name, body, who.user))
 

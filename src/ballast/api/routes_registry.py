@@ -14,7 +14,9 @@ from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core import identity
 from ballast.core.manifests import NAME_PATTERN
+from ballast.core.outbound import gateway_home
 from ballast.services import endpoints as registry
+from ballast.services import outbound
 from ballast.services.access import Principal
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
 
@@ -47,6 +49,8 @@ async def ack_mesh(body: Acknowledgement, request: Request, name: str = Componen
 async def register_gateway(body: GatewayRegistration, request: Request, name: str = ComponentName,
                            who: Principal = Depends(principal)) -> dict[str, Any]:
     require_self(who, identity.GATEWAY, name)
+    outbound.refuse_telemetry_address(request.app.state.outbound, gateway_home(body.address, body.metrics_address),
+                                      body.metrics_address)
 
     return await audited_write(request, lambda tx: registry.register_gateway(tx, name, body.address, who.user,
                                                                             body.metrics_address))

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import StrategyOverride
-from ballast.services import change_control, releases
+from ballast.services import change_control, outbound, releases
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -35,6 +35,7 @@ async def plan_release(app: str, body: StartRelease, request: Request, who: Prin
     """The groups a release would use, computed without changing anything."""
     require(who, Action.READ, app)
     request.state.audit_exempt = True  # a preview changes nothing
+    outbound.refuse_verify_urls(request.app.state.outbound, getattr(body.strategy, "verify", None), "strategy.verify")
     async with store_of(request).read() as conn:
         return await releases.preview(conn, app, body.toRevision, body.strategy.model_dump(by_alias=True))
 
@@ -42,6 +43,7 @@ async def plan_release(app: str, body: StartRelease, request: Request, who: Prin
 @router.post("/apps/{app}/releases", tags=["releases"], status_code=201)
 async def start_release(app: str, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
+    outbound.refuse_verify_urls(request.app.state.outbound, getattr(body.strategy, "verify", None), "strategy.verify")
 
     async def attempt() -> dict[str, Any]:
         async with store_of(request).write() as tx:  # refused under an active order or a closed window

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ballast.api import objects
 from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_person,
                               require_topology_read, retrying, store_of)
-from ballast.core.authz import Action
+from ballast.core.archive import ArchiveLimits
+from ballast.core.authz import Action, may_fetch_artifact
 from ballast.core.identity import NODE, component_of
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
 from ballast.errors import FieldProblem, Forbidden, InvalidInput, NotFound, PayloadTooLarge
@@ -21,7 +22,6 @@ from ballast.services import apps, artifacts, audit_trail, change_control, insta
 from ballast.services.access import Principal
 
 router = APIRouter()
-MAX_ARTIFACT_BYTES = 200 * 1024 * 1024
 _DIGEST = re.compile(DIGEST_PATTERN)
 
 
@@ -39,7 +39,8 @@ async def apply(body: ApplyRequest, request: Request, who: Principal = Depends(p
         require(who, action, app)
 
     results = await retrying(lambda: apply_service.apply(store_of(request), manifests, actor=who.user,
-                                                         authorize=authorize, dry_run=body.dry_run))
+                                                         authorize=authorize, dry_run=body.dry_run,
+                                                         outbound_policy=request.app.state.outbound))
     if not body.dry_run:
         mark_audited(request)
     return {"dryRun": body.dry_run, "results": [r.to_dict() for r in results]}
@@ -136,19 +137,21 @@ async def get_instance(instance_id: str, request: Request, who: Principal = Depe
 
 @router.post("/artifacts", tags=["artifacts"], status_code=201)
 async def push_artifact(request: Request, response: Response, who: Principal = Depends(principal)) -> dict[str, Any]:
-    """Upload a package (a .tar.gz); it is stored under its sha256 digest."""
+    """Upload a package (a .tar.gz within the server's limits); it is stored under its sha256 digest."""
     require(who, Action.PUSH_ARTIFACT)
+    limits: ArchiveLimits = request.app.state.artifact_limits
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_ARTIFACT_BYTES:
-        raise PayloadTooLarge(f"artifact of {declared} bytes exceeds the limit of {MAX_ARTIFACT_BYTES}")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+        raise PayloadTooLarge(f"artifact of {declared} bytes exceeds the limit of {limits.max_bytes}")
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
-        if len(body) > MAX_ARTIFACT_BYTES:
-            raise PayloadTooLarge(f"artifact exceeds the limit of {MAX_ARTIFACT_BYTES} bytes")
+        if len(body) > limits.max_bytes:
+            raise PayloadTooLarge(f"artifact exceeds the limit of {limits.max_bytes} bytes")
     if not body:
         raise InvalidInput("empty artifact", problems=[FieldProblem("body", "", "a non-empty .tar.gz package")])
     content = bytes(body)
+    await artifacts.check(content, limits)
 
     pushed = await audited_write(request, lambda tx: artifacts.push(tx, content, who.user))
     response.status_code = 201 if pushed.created else 200
@@ -165,16 +168,21 @@ async def list_artifacts(request: Request, who: Principal = Depends(principal)) 
 
 @router.get("/artifacts/{digest}", tags=["artifacts"])
 async def fetch_artifact(digest: str, request: Request, who: Principal = Depends(principal)) -> Response:
+    """The package: to a node whose own granted instances run it, and to people who may read an app that runs
+    it (see core.authz.may_fetch_artifact); to anyone else it is not there."""
     component = component_of(who.user, who.bindings)
     if component is None:
         require_topology_read(who)
     if not _DIGEST.match(digest):
         raise InvalidInput("invalid digest", problems=[FieldProblem("digest", digest, "sha256:<64 hex digits>")])
     async with store_of(request).read() as conn:
-        if component is not None and not (component[0] == NODE
-                                          and await artifacts.assigned_to(conn, component[1], digest)):
-            raise Forbidden(f"{who.user} may fetch only the artifacts its own instances run, not {digest}")
-        content = await artifacts.content(conn, digest)
+        content = None
+        if component is not None:
+            if not (component[0] == NODE and await artifacts.assigned_to(conn, component[1], digest)):
+                raise Forbidden(f"{who.user} may fetch only the artifacts its own instances run, not {digest}")
+            content = await artifacts.content(conn, digest)
+        elif may_fetch_artifact(who.bindings, await artifacts.referencing_apps(conn, digest)):
+            content = await artifacts.content(conn, digest)
     if content is None:
         raise NotFound(f"artifact {digest} not found; push it with 'ballast artifact push DIR'")
     return Response(content=content, media_type="application/gzip")

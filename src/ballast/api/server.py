@@ -17,7 +17,9 @@ from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
 from ballast.controllers import checkpoints, endpoints, orders, releases, scheduler, verification
 from ballast.controllers.checkpoints import AuditAnchor
+from ballast.core.archive import ArchiveLimits
 from ballast.core.nodes import DisruptionPolicy
+from ballast.core.outbound import OutboundPolicy
 from ballast.services.access import TokenPolicy, bootstrap_admin
 from ballast.store.engine import Store
 
@@ -89,7 +91,8 @@ class _Server(uvicorn.Server):
 
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
                 token_policy: TokenPolicy = TokenPolicy(), anchor: AuditAnchor | None = None,
-                disruption: DisruptionPolicy = DisruptionPolicy()) -> None:
+                disruption: DisruptionPolicy = DisruptionPolicy(), *, artifact_limits: ArchiveLimits = ArchiveLimits(),
+                outbound: OutboundPolicy = OutboundPolicy()) -> None:
     if anchor is None:
         log.warning("the audit log is NOT anchored: without --audit-key no checkpoint is signed, and whoever can "
                     "write the database can rewrite the audit chain undetected")
@@ -103,7 +106,10 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
         else:
             write_secret(bootstrap_token_file, token + "\n")
             log.warning("empty store: created user 'admin'; its token is in %s", bootstrap_token_file)
-    app = create_app(store, token_policy=token_policy, audit_anchor=anchor)
+    if outbound.allowed:
+        log.warning("calls on users' behalf (webhooks, PromQL) may aim at %s", ", ".join(map(str, outbound.allowed)))
+    app = create_app(store, token_policy=token_policy, audit_anchor=anchor, artifact_limits=artifact_limits,
+                     outbound=outbound)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off", http=_HeadTimeoutH11)
@@ -112,7 +118,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
                    asyncio.create_task(releases.run(store, stop), name="releases"),
                    asyncio.create_task(endpoints.run(store, stop, policy=disruption), name="registry"),
                    asyncio.create_task(orders.run(store, stop), name="orders"),
-                   asyncio.create_task(verification.run(store, stop), name="verification")]
+                   asyncio.create_task(verification.run(store, stop, policy=outbound), name="verification")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
     signing = asyncio.Event()   # set last: the final checkpoint signs every record written before it
     writer = asyncio.create_task(checkpoints.run(store, signing, anchor), name="checkpoints") if anchor else None

@@ -21,7 +21,9 @@ from ballast.cli import output, packaging
 from ballast.cli.common import KINDS, _fail, command, console
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
+from ballast.core.archive import ArchiveLimits
 from ballast.core.authz import COMPONENT_ROLES, Role
+from ballast.core.outbound import OutboundPolicy
 from ballast.errors import BallastError
 from ballast.owner_only import make_private, read_token, restrict_new_files, sqlite_files
 
@@ -99,9 +101,21 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
               help="directory of the append-only checkpoint file (default: audit-checkpoints beside the key)")
 @click.option("--audit-checkpoint-interval", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="seconds between checkpoints while the chain grows (one more is signed at shutdown)")
+@click.option("--max-artifact-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_bytes, show_default=True,
+              help="the largest artifact (compressed archive) a push may carry")
+@click.option("--max-artifact-files", type=click.IntRange(min=1), default=ArchiveLimits.max_files, show_default=True,
+              help="the most members (files, directories, links) an artifact may hold")
+@click.option("--max-artifact-unpacked-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_unpacked_bytes,
+              show_default=True, envvar="BALLAST_MAX_ARTIFACT_UNPACKED_BYTES",
+              help="the most bytes an artifact may unpack to")
+@click.option("--allow-outbound", "allow_outbound", multiple=True, metavar="CIDR",
+              help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
+                   "aim at (refused by default; the control plane's own API port never)")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
            node_disruption_share: float, node_disruption_min: int,
-           audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float) -> None:
+           audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float,
+           max_artifact_bytes: int, max_artifact_files: int, max_artifact_unpacked_bytes: int,
+           allow_outbound: tuple[str, ...]) -> None:
     """Run the control plane."""
     from ballast.api.server import serve
     from ballast.cli.audit_cmds import load_signer
@@ -114,6 +128,11 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
         _fail(f"error: --listen {listen!r}: expected HOST:PORT with a port in 1..65535", 2)
     if audit_checkpoints is not None and audit_key is None:
         _fail("error: --audit-checkpoints needs --audit-key: checkpoints are signed with it", 2)
+    try:
+        outbound = OutboundPolicy.parse(allow_outbound, own_ports=frozenset({int(port)}))
+    except ValueError as exc:
+        _fail(f"error: {exc}", 2)
+    limits = ArchiveLimits(max_artifact_bytes, max_artifact_files, max_artifact_unpacked_bytes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The store holds environment values in clear, the bootstrap file an admin token: the owner's alone.
     restrict_new_files()
@@ -127,7 +146,8 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
             anchor = AuditAnchor(load_signer(audit_key), CheckpointFile(directory), audit_checkpoint_interval)
         asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
                           TokenPolicy(max_seconds=max_token_ttl), anchor,
-                          DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min)))
+                          DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min),
+                          artifact_limits=limits, outbound=outbound))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
 
@@ -159,10 +179,16 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
               help="serve /metrics (Prometheus) and request metrics on IP:PORT (0: not served)")
 @click.option("--metrics-interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="seconds between readings of the sidecars' request statistics")
+@click.option("--max-artifact-files", type=click.IntRange(min=1), default=ArchiveLimits.max_files, show_default=True,
+              help="the most members an artifact may unpack to on this node")
+@click.option("--max-artifact-unpacked-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_unpacked_bytes,
+              show_default=True, envvar="BALLAST_AGENT_MAX_ARTIFACT_UNPACKED_BYTES",
+              help="the most bytes an artifact may unpack to on this node")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
           token_file: Path | None, instance_user: str | None, credential_file: Path | None,
           join_token: str | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
-          metrics_port: int, metrics_interval: float) -> None:
+          metrics_port: int, metrics_interval: float, max_artifact_files: int,
+          max_artifact_unpacked_bytes: int) -> None:
     """Run a node agent."""
     from ballast.agent import instance_user as users
     from ballast.agent.agent import Agent, AgentSettings
@@ -181,7 +207,9 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
                                  haproxy=find_binary(haproxy), instance_user=apps_user,
                                  stop_instances_on_exit=stop_instances_on_exit,
                                  instance_nice=instance_nice, metrics_port=metrics_port,
-                                 metrics_interval=metrics_interval)
+                                 metrics_interval=metrics_interval,
+                                 artifact_limits=ArchiveLimits.for_unpacking(max_artifact_files,
+                                                                             max_artifact_unpacked_bytes))
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     except BallastError as exc:

@@ -332,7 +332,10 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
                                              "--bootstrap-token-file", str(bootstrap_file),
                                              "--audit-key", str(audit_key),
-                                             "--audit-checkpoints", str(data_dir / AUDIT_CHECKPOINTS)),
+                                             "--audit-checkpoints", str(data_dir / AUDIT_CHECKPOINTS),
+                                             # the whole local platform lives on loopback, its webhooks and
+                                             # Prometheus too: calls there are what it is for
+                                             "--allow-outbound", "127.0.0.0/8"),
                    data_dir / "logs" / "server.log")
     agents: list[Child] = []
     loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ from ballast.core.release_engine import ACTIVE_PHASES, Direction, Phase, verific
 from ballast.core.verification import Side, SourceTotals, Verdict, judge, sides, traffic_checks
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
+from ballast.core.outbound import OutboundPolicy
 from ballast.services import request_metrics, verification_checks, verifications
 from ballast.store.engine import ACKS, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY, VERIFICATION, Store
 from ballast.store.schema import instances, releases
@@ -46,7 +47,7 @@ class Wake:
 
 
 async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | None = None,
-                         wake: Wake | None = None) -> int:
+                         wake: Wake | None = None, policy: OutboundPolicy = OutboundPolicy()) -> int:
     """One pass over every release that verifies (or holds an open window); returns how many records it wrote."""
     async with store.read() as conn:
         open_releases = select(attempts_table.c.release_id).where(attempts_table.c.state == Verdict.VERIFYING.value)
@@ -58,7 +59,7 @@ async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | Non
         if release_records.view(row).strategy.verify is None:
             continue
         try:
-            written += await _reconcile(store, row, transport)
+            written += await _reconcile(store, row, transport, policy)
         except RetryableConflict:
             continue
     if wake is not None:
@@ -69,7 +70,8 @@ async def reconcile_once(store: Store, transport: httpx.AsyncBaseTransport | Non
     return written
 
 
-async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport | None) -> int:
+async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport | None,
+                     policy: OutboundPolicy) -> int:
     rel = release_records.view(row)
     now = store.clock()
     async with store.read() as conn:
@@ -89,13 +91,13 @@ async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport
     newest = verifications.latest(attempts, due.index)
     assert rel.strategy.verify is not None
     if newest is None or newest.state == Verdict.ABANDONED.value:
-        readings = await _read(store, row.app, transport)
+        readings = await _read(store, row.app, transport, policy)
         window = rel.strategy.verify.window_seconds
         await _write(store, lambda tx: verifications.open_window(tx, row, due.index, due.name, window, readings))
         return written + 1
     if newest.state != Verdict.VERIFYING.value or now < newest.window_end:
         return written
-    end = await _read(store, row.app, transport)
+    end = await _read(store, row.app, transport, policy)
     if any(not r.read for r in end) and now < newest.window_end + CLOSE_GRACE_SECONDS:
         return written   # give an unreadable source a few more passes before judging without it
     start = verifications.reading_from_json(newest.start_reading)
@@ -106,7 +108,7 @@ async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport
     payload = await _payload(store, row, due.name, newest, canary, baseline, now)
     external = await verification_checks.run(rel.strategy.verify, payload, {
         "app": row.app, "revision": str(newest.canary_revision), "baseline": str(newest.baseline_revision),
-        "window": f"{max(1, round(now - newest.started_at))}s"}, now, transport=transport)
+        "window": f"{max(1, round(now - newest.started_at))}s"}, now, policy=policy, transport=transport)
     judgement = judge([data, *traffic_checks(rel.strategy.verify, canary, baseline), *external])
     log.info("release %s %s: %s", row.id, due.name, judgement.summary)
     await _write(store, lambda tx: verifications.close_window(tx, row, newest, due.name, judgement, canary, baseline,
@@ -114,10 +116,11 @@ async def _reconcile(store: Store, row: Any, transport: httpx.AsyncBaseTransport
     return written + 1
 
 
-async def _read(store: Store, app: str, transport: httpx.AsyncBaseTransport | None) -> list[SourceTotals]:
+async def _read(store: Store, app: str, transport: httpx.AsyncBaseTransport | None,
+                policy: OutboundPolicy) -> list[SourceTotals]:
     async with store.read() as conn:
         sources = await request_metrics.sources(conn, app, request_metrics.SIDECAR)
-    readings = await request_metrics.read(sources, app, fresh=True, transport=transport)
+    readings = await request_metrics.read(sources, app, fresh=True, policy=policy, transport=transport)
     return [SourceTotals(r.source.name, r.epoch, r.totals, r.error) for r in readings]
 
 
@@ -142,10 +145,11 @@ async def _write(store: Store, change: Any) -> int:
     return 1 if done is not False else 0
 
 
-async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0) -> None:
+async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0,
+              policy: OutboundPolicy = OutboundPolicy()) -> None:
     # The topics notice groups that complete; a pass also runs when the earliest open window ends.
     wake = Wake()
-    await run_passes("verification", lambda s: reconcile_once(s, wake=wake), store, stop, idle_seconds=idle_seconds,
+    await run_passes("verification", lambda s: reconcile_once(s, wake=wake, policy=policy), store, stop, idle_seconds=idle_seconds,
                      topics=frozenset({EVERYTHING, INSTANCE_STATUS, REGISTRY, ACKS, GRANTS, INTENT, VERIFICATION}),
                      wake_at=lambda: wake.at)
 

@@ -4,7 +4,10 @@ Roles: `admin` (everything people do), `operator` (change apps, push artifacts, 
 `viewer` (read only), `approver` (read, approve or reject release
 orders), `emergency-approver` (read, the extra approval an emergency start
 needs). A binding may be scoped to apps; a scoped binding
-grants nothing on resources that belong to no app (cells, users, tokens).
+grants nothing on resources that belong to no app (cells, users, tokens),
+except pushing an artifact: a package belongs to no app until an app's
+template references it, and stays inert until then (applying that template
+is what the scope governs), so any operator binding may push one.
 
 `node` and `gateway` are the roles of component credentials (core/identity.py): one per
 node agent or gateway, got by joining, never bound to a person. They may act only as
@@ -55,6 +58,9 @@ _GRANTS: dict[Role, frozenset[Action]] = {
 
 COMPONENT_ROLES = frozenset({Role.NODE, Role.GATEWAY})   # given by joining, never to a person
 
+# Actions on resources that belong to no app yet, which a scoped binding grants as well as an unscoped one.
+_ANY_SCOPE = frozenset({Action.PUSH_ARTIFACT})
+
 
 @dataclass(frozen=True)
 class Binding:
@@ -66,9 +72,18 @@ def allowed(bindings: tuple[Binding, ...], action: Action, app: str | None = Non
     for b in bindings:
         if action not in _GRANTS[b.role]:
             continue
-        if b.apps is None or (app is not None and app in b.apps):
+        if b.apps is None or action in _ANY_SCOPE or (app is not None and app in b.apps):
             return True
     return False
+
+
+def may_fetch_artifact(bindings: tuple[Binding, ...], referencing_apps: tuple[str, ...]) -> bool:
+    """Whether a caller may download an artifact that the templates of `referencing_apps` (any revision) run:
+    an unscoped admin always (run or not); anyone else when they may read one of those apps. Nodes do not come
+    here: a node's credential fetches only what its own granted instances run (the route asks the store)."""
+    if any(b.role is Role.ADMIN and b.apps is None for b in bindings):
+        return True
+    return any(allowed(bindings, Action.READ, app) for app in referencing_apps)
 
 
 def explain_denial(user: str, bindings: tuple[Binding, ...], action: Action, app: str | None) -> str:

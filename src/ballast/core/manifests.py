@@ -82,6 +82,20 @@ class Template(wire.Template):
                 raise ValueError(f"environment variable {key!r} is set by Ballast and cannot be overridden")
         return env
 
+    @field_validator("working_dir")
+    @classmethod
+    def _inside_the_artifact(cls, value: str | None) -> str | None:
+        # The agent runs the command there: a path leading out of the package would run it anywhere on the node.
+        if value is not None and (value.startswith("/") or "\x00" in value or ".." in value.replace("\\", "/").split("/")):
+            raise ValueError("a relative path inside the artifact (no '..', not absolute)")
+        return value
+
+    @model_validator(mode="after")
+    def _working_dir_needs_an_artifact(self) -> "Template":
+        if self.working_dir is not None and self.artifact is None:
+            raise ValueError("workingDir is a directory inside the artifact: give template.artifact too")
+        return self
+
 
 HOST_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
 ROUTE_PATH_PATTERN = r"^/[A-Za-z0-9._~/-]{0,200}$"

@@ -1,7 +1,7 @@
 """Declarative apply of manifests: all documents or none, each change audited.
 
-Validation that needs the store (cells referenced by apps must exist, a cell's
-zone cannot move under its nodes) runs inside the same write transaction that
+Validation that needs the store (cells and artifacts referenced by apps must
+exist, a cell's zone cannot move under its nodes) runs inside the same write transaction that
 stores the result, so what was checked is what gets written.
 """
 
@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ballast.core.authz import Action
 from ballast.core.change_control import spec_changes
 from ballast.core.digests import digest
+from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest, Manifest,
                                     ReleaseOrderManifest, spec_json, stored_spec)
 from ballast.core.traffic import routing
 from ballast.errors import Conflict, FieldProblem, InvalidInput
-from ballast.services import change_control
+from ballast.services import artifacts, change_control, outbound
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -49,7 +50,7 @@ class _DryRun(Exception):
 
 
 async def apply(store: Store, manifests: list[Manifest], *, actor: str, authorize: Authorize,
-                dry_run: bool = False) -> list[ApplyResult]:
+                dry_run: bool = False, outbound_policy: OutboundPolicy = OutboundPolicy()) -> list[ApplyResult]:
     for m in manifests:  # authorize everything before touching anything
         if isinstance(m, CellManifest):
             authorize(Action.MANAGE_CELLS, None)
@@ -62,7 +63,7 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
         async with store.write() as tx:
-            await _check_references(tx.conn, manifests)
+            await _check_references(tx.conn, manifests, outbound_policy)
             await _refuse_guarded_changes(tx, manifests)
             results = []
             for index, m in enumerate(manifests):
@@ -85,7 +86,7 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
     return results
 
 
-async def _check_references(conn: AsyncConnection, manifests: list[Manifest]) -> None:
+async def _check_references(conn: AsyncConnection, manifests: list[Manifest], policy: OutboundPolicy) -> None:
     known_cells = {r.name: r.zone for r in (await conn.execute(select(cells.c.name, cells.c.zone))).all()}
     problems: list[FieldProblem] = []
     for index, m in enumerate(manifests):
@@ -104,8 +105,33 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest]) ->
                     problems.append(FieldProblem(f"items[{index}].spec.cells.{cell}", cell,
                                                  "an existing cell (one of: " + (", ".join(sorted(known_cells)) or "none defined") + ")"))
     problems.extend(await _route_conflicts(conn, manifests))
+    problems.extend(await _unknown_artifacts(conn, manifests))
+    problems.extend(_outbound_problems(manifests, policy))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
+
+
+async def _unknown_artifacts(conn: AsyncConnection, manifests: list[Manifest]) -> list[FieldProblem]:
+    """A template must run a package the store holds: an agent could never fetch any other."""
+    wanted = {index: m.spec.template.artifact for index, m in enumerate(manifests)
+              if isinstance(m, AppServiceManifest) and m.spec.template.artifact is not None}
+    have = await artifacts.held(conn, wanted.values())
+    return [FieldProblem(f"items[{index}].spec.template.artifact", digest,
+                         "an artifact the store holds (push it with 'ballast artifact push DIR')")
+            for index, digest in wanted.items() if digest not in have]
+
+
+def _outbound_problems(manifests: list[Manifest], policy: OutboundPolicy) -> list[FieldProblem]:
+    """Verification URLs (an app's strategy, an order's overrides) the platform may not call."""
+    problems = []
+    for index, m in enumerate(manifests):
+        if isinstance(m, AppServiceManifest):
+            problems += outbound.verify_problems(policy, m.spec.strategy.verify, f"items[{index}].spec.strategy.verify")
+        elif isinstance(m, ReleaseOrderManifest):
+            for k, r in enumerate(m.spec.releases):
+                problems += outbound.verify_problems(policy, getattr(r.strategy, "verify", None),
+                                                     f"items[{index}].spec.releases[{k}].strategy.verify")
+    return problems
 
 
 async def _refuse_guarded_changes(tx: Tx, manifests: list[Manifest]) -> None:

@@ -1,17 +1,23 @@
 """Artifacts: the packages (.tar.gz) instances run, stored under their sha256 digest.
 
-A push of content already stored changes nothing but is still audited (who pushed what, and that it was
-not new); agents fetch the content by digest.
+A push is checked before it is stored (`check`: an archive within the server's limits, whose members stay
+inside it; see core/archive.py). A push of content already stored changes nothing but is still audited (who
+pushed what, and that it was not new); agents fetch the content by digest. Who may fetch one depends on the
+apps whose templates run it (`referencing_apps`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass
+from typing import Iterable
 
-from sqlalchemy import insert, select
+from sqlalchemy import String, cast, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast import archive
+from ballast.core.archive import ArchiveLimits
 from ballast.store.engine import Tx
 from ballast.store.schema import artifacts, instances, revisions
 
@@ -32,6 +38,12 @@ class Pushed:
 
 def digest_of(content: bytes) -> str:
     return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+async def check(content: bytes, limits: ArchiveLimits) -> None:
+    """InvalidInput naming the first member (or property of the archive) that breaks the rules. Runs in a
+    thread: reading a large archive must not stall the control plane's event loop."""
+    await asyncio.to_thread(archive.walk, content, limits)
 
 
 async def push(tx: Tx, content: bytes, actor: str) -> Pushed:
@@ -68,3 +80,17 @@ async def assigned_to(conn: AsyncConnection, node: str, digest: str) -> bool:
         if row is not None and (row.template or {}).get("artifact") == digest:
             return True
     return False
+async def held(conn: AsyncConnection, digests: Iterable[str]) -> set[str]:
+    """Those of `digests` the store holds."""
+    wanted = sorted(set(digests))
+    if not wanted:
+        return set()
+    return set((await conn.execute(select(artifacts.c.digest).where(artifacts.c.digest.in_(wanted)))).scalars())
+
+
+async def referencing_apps(conn: AsyncConnection, digest: str) -> tuple[str, ...]:
+    """The apps whose template, at any revision, runs the artifact `digest`."""
+    # The text match narrows the rows in the database; the template's own field decides.
+    rows = (await conn.execute(select(revisions.c.app, revisions.c.template)
+                               .where(cast(revisions.c.template, String).contains(digest)))).all()
+    return tuple(sorted({r.app for r in rows if isinstance(r.template, dict) and r.template.get("artifact") == digest}))

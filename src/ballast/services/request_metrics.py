@@ -6,7 +6,9 @@ counts what it sent to each instance. Both answer `/v1/request-metrics` with
 cumulative totals and, on request, the last N seconds. This module finds the
 sources of an app (the nodes that host its instances, the gateways), reads
 them concurrently with a short timeout, and says which could not be read:
-a missing source is reported, never silently left out.
+a missing source is reported, never silently left out. A source is read only
+at its registered telemetry address on its own IP (`core.outbound`), without
+any credential of ours.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.endpoints import GATEWAY
+from ballast.core.outbound import OutboundPolicy, gateway_home, telemetry_refusal
 from ballast.core.request_metrics import GROUPINGS, Counts, Series, group, summarize
+from ballast.services import outbound
 from ballast.store.schema import components, instances, nodes
 
 SIDECAR, GATEWAY_SOURCE = "sidecar", "gateway"
@@ -32,6 +36,7 @@ class Source:
     name: str                  # a node, or gateway/NAME
     kind: str                  # sidecar | gateway
     address: str | None        # its telemetry endpoint; None: it serves none
+    home: str = ""             # the IP it registered as its own (a node's IP, a gateway's listening address)
 
 
 @dataclass(frozen=True)
@@ -58,33 +63,41 @@ class Reading:
 async def sources(conn: AsyncConnection, app: str, kind: str = SIDECAR) -> list[Source]:
     """Sidecar sources: every node that hosts (or hosted) an instance of `app`. Gateway sources: every gateway."""
     if kind == GATEWAY_SOURCE:
-        rows = (await conn.execute(select(components.c.name, components.c.metrics_address)
+        rows = (await conn.execute(select(components.c.name, components.c.metrics_address, components.c.address)
                                    .where(components.c.kind == GATEWAY).order_by(components.c.name))).all()
-        return [Source(f"gateway/{r.name}", GATEWAY_SOURCE, r.metrics_address) for r in rows]
+        return [Source(f"gateway/{r.name}", GATEWAY_SOURCE, r.metrics_address,
+                       gateway_home(r.address, r.metrics_address)) for r in rows]
     hosting = select(instances.c.node).where(instances.c.app == app).distinct()
-    rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address).where(nodes.c.name.in_(hosting))
-                               .order_by(nodes.c.name))).all()
-    return [Source(r.name, SIDECAR, r.metrics_address) for r in rows]
+    rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address, nodes.c.ip)
+                               .where(nodes.c.name.in_(hosting)).order_by(nodes.c.name))).all()
+    return [Source(r.name, SIDECAR, r.metrics_address, r.ip) for r in rows]
 
 
 async def all_sidecar_sources(conn: AsyncConnection) -> list[Source]:
-    rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address).order_by(nodes.c.name))).all()
-    return [Source(r.name, SIDECAR, r.metrics_address) for r in rows]
+    rows = (await conn.execute(select(nodes.c.name, nodes.c.metrics_address, nodes.c.ip).order_by(nodes.c.name))).all()
+    return [Source(r.name, SIDECAR, r.metrics_address, r.ip) for r in rows]
 
 
 async def read(sources_: Iterable[Source], app: str | None, window_seconds: float | None = None, *,
-               fresh: bool = False, timeout: float = READ_TIMEOUT,
+               fresh: bool = False, timeout: float = READ_TIMEOUT, policy: OutboundPolicy,
                transport: httpx.AsyncBaseTransport | None = None) -> list[Reading]:
     """Read every source at once; each answers within `timeout` or is reported as unreadable. `fresh`: the
     sources read their proxies first (the counts of this moment rather than of their last reading)."""
-    async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
-        return list(await asyncio.gather(*(_read_one(http, s, app, window_seconds, fresh) for s in sources_)))
+    # Our credentials stay home: no headers of ours, nothing from the environment (.netrc, proxies).
+    async with httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False,
+                                 follow_redirects=False) as http:
+        return list(await asyncio.gather(*(_read_one(http, s, app, window_seconds, fresh, policy)
+                                           for s in sources_)))
 
 
 async def _read_one(http: httpx.AsyncClient, source: Source, app: str | None, window_seconds: float | None,
-                    fresh: bool) -> Reading:
+                    fresh: bool, policy: OutboundPolicy) -> Reading:
     if not source.address:
         return Reading(source, error=f"{source.name} serves no request metrics (its metrics endpoint is off)")
+    expected = telemetry_refusal(policy, source.home, source.address,
+                                 outbound.is_this_host(source.address.rpartition(":")[0].strip("[]")))
+    if expected is not None:
+        return Reading(source, error=f"{source.name}: telemetry address {source.address} refused; expected {expected}")
     params: dict[str, Any] = {"app": app} if app else {}
     if fresh:
         params["fresh"] = 1
