@@ -38,6 +38,8 @@ def test_a_directory_the_apps_user_cannot_enter_is_named() -> None:
         base.chmod(0o711)
         closed, inner = base / "closed", base / "closed" / "open" / "data"
         inner.mkdir(parents=True)
+        for directory in (closed / "open", inner):   # whatever umask an earlier test of this process left
+            directory.chmod(0o755)
         closed.chmod(0o700)
         assert blocked_ancestor(inner, user) == closed
         closed.chmod(0o711)
