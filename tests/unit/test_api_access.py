@@ -259,12 +259,14 @@ async def test_user_create_bind_unbind_delete(api: Api) -> None:
 BAD_USER_REQUESTS = [
     ("POST", "/v1/users", {"name": "Bad Name", "role": "viewer"}, 422, "name"),
     ("POST", "/v1/users", {"name": "dave", "role": "root"}, 422, "role"),
-    ("POST", "/v1/users", {"name": "dave", "role": "viewer", "apps": ["Not_An_App"]}, 422, "apps"),
+    ("POST", "/v1/users", {"name": "dave", "role": "viewer", "apps": ["Not_An_App"]}, 422, "apps[0]"),
     ("POST", "/v1/users", {"name": "admin", "role": "viewer"}, 409, "user 'admin' already exists"),
     ("POST", "/v1/users/ghost/bindings", {"role": "viewer"}, 404, "user 'ghost' not found"),
     ("DELETE", "/v1/users/ghost/bindings/viewer", None, 404, "user 'ghost' not found"),
     ("DELETE", "/v1/users/admin/bindings/wizard", None, 422, "role"),
     ("DELETE", "/v1/users/admin", None, 409, "you cannot delete your own user"),
+    ("DELETE", "/v1/users/admin/bindings/admin", None, 409, "unbinding 'admin' from 'admin' would leave no admin (a "
+     "user with the admin role for all apps); make another admin first"),
 ]
 
 

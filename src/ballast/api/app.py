@@ -56,7 +56,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> Fa
         problems = []
         for err in exc.errors():
             loc = list(err.get("loc", ()))
-            if loc and loc[0] == "body":  # the request body is the document the user wrote: paths start inside it
+            if loc and loc[0] in ("body", "path", "query"):  # paths start inside the body, or at the URL's own name
                 loc = loc[1:]
             path = ""
             for part in loc:  # the manifests' notation: items[0].spec.cells

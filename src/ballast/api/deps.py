@@ -3,9 +3,9 @@ the one item a read by name found."""
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Annotated, Awaitable, Callable, Sequence, TypeVar
 
-from fastapi import Request
+from fastapi import Path, Request
 
 from ballast.core.authz import Action, allowed, explain_denial
 from ballast.errors import Conflict, Forbidden, NotFound, RetryableConflict
@@ -14,6 +14,12 @@ from ballast.store.engine import Store, Tx
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 5
+
+# Names in paths, bounded by the columns that hold them: a longer one names nothing (422, not a store error).
+AppName = Annotated[str, Path(max_length=63, description="an app's name")]
+Name = Annotated[str, Path(max_length=63)]
+InstanceId = Annotated[str, Path(max_length=80)]
+TokenId = Annotated[str, Path(max_length=32)]
 
 
 def store_of(request: Request) -> Store:

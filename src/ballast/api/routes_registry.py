@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ballast.api import objects
-from ballast.api.deps import audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
+from ballast.api.deps import AppName, Name, audited_write, one, principal, require, require_topology_read, store_of, telemetry_write
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core.manifests import NAME_PATTERN
@@ -70,7 +70,7 @@ async def list_gateways(request: Request, who: Principal = Depends(principal)) -
 
 
 @router.get("/gateways/{name}", tags=["registry"])
-async def get_gateway(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_gateway(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _gateways(request, who, name), f"gateway {name!r} not found")
 
 
@@ -84,7 +84,7 @@ async def delete_gateway(request: Request, name: str = ComponentName, who: Princ
 
 
 @router.get("/apps/{app}/endpoints", tags=["registry"])
-async def list_endpoints(app: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_endpoints(app: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     """Each endpoint of the service: its state, and which components have acknowledged it."""
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:

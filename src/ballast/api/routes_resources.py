@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_topology_read,
+from ballast.api.deps import (AppName, InstanceId, Name, audited_write, mark_audited, may_read_app, one, principal, require, require_topology_read,
                               retrying, store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
@@ -17,14 +16,14 @@ from ballast.errors import FieldProblem, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
 from ballast.services import apps, artifacts, audit_trail, instances, registry, topology
 from ballast.services.access import Principal
+from ballast.wire.text import INT32_MAX
 
 router = APIRouter()
 MAX_ARTIFACT_BYTES = 200 * 1024 * 1024
-_DIGEST = re.compile(DIGEST_PATTERN)
 
 
 class ApplyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     items: list[Any] = Field(min_length=1, max_length=500)
     dry_run: bool = Field(False, alias="dryRun")
 
@@ -55,12 +54,12 @@ async def list_cells(request: Request, who: Principal = Depends(principal)) -> d
 
 
 @router.get("/cells/{name}", tags=["resources"])
-async def get_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_cell(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _cells(request, who, name), f"cell {name!r} not found")
 
 
 @router.delete("/cells/{name}", tags=["resources"])
-async def delete_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_cell(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
 
     await audited_write(request, lambda tx: registry.delete_cell(tx, name, who.user))
@@ -78,13 +77,13 @@ async def list_apps(request: Request, who: Principal = Depends(principal)) -> di
 
 
 @router.get("/apps/{name}", tags=["resources"])
-async def get_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_app(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ, name)
     return one(await _apps(request, who, name), f"app {name!r} not found")
 
 
 @router.delete("/apps/{name}", tags=["resources"])
-async def delete_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_app(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, name)
 
     stopping = await audited_write(request, lambda tx: registry.delete_app(tx, name, who.user))
@@ -98,12 +97,13 @@ async def _revisions(request: Request, who: Principal, app: str, number: int | N
 
 
 @router.get("/apps/{name}/revisions", tags=["resources"])
-async def list_revisions(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_revisions(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return {"items": await _revisions(request, who, name)}
 
 
 @router.get("/apps/{name}/revisions/{number}", tags=["resources"])
-async def get_revision(name: str, number: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_revision(name: AppName, number: Annotated[int, Path(ge=1, le=INT32_MAX)], request: Request,
+                       who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _revisions(request, who, name, number), f"app {name!r} has no revision {number}")
 
 
@@ -125,7 +125,7 @@ async def list_instances(request: Request, app: str | None = Query(None, max_len
 
 
 @router.get("/instances/{instance_id}", tags=["resources"])
-async def get_instance(instance_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_instance(instance_id: InstanceId, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _instances(request, who, instance_id=instance_id), f"instance {instance_id!r} not found")
 
 
@@ -159,10 +159,9 @@ async def list_artifacts(request: Request, who: Principal = Depends(principal)) 
 
 
 @router.get("/artifacts/{digest}", tags=["artifacts"])
-async def fetch_artifact(digest: str, request: Request, who: Principal = Depends(principal)) -> Response:
+async def fetch_artifact(digest: Annotated[str, Path(pattern=DIGEST_PATTERN)], request: Request,
+                         who: Principal = Depends(principal)) -> Response:
     require_topology_read(who)
-    if not _DIGEST.match(digest):
-        raise InvalidInput("invalid digest", problems=[FieldProblem("digest", digest, "sha256:<64 hex digits>")])
     async with store_of(request).read() as conn:
         content = await artifacts.content(conn, digest)
     if content is None:
@@ -187,13 +186,13 @@ async def verify_audit(request: Request, who: Principal = Depends(principal)) ->
 
 
 class RecordRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     seq: int = Field(ge=1, le=2**63 - 1)
     hash: str = Field(min_length=1, max_length=80)
 
 
 class VerifyRecords(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     records: list[RecordRef] = Field(min_length=1, max_length=100_000)
 
 

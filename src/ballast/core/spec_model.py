@@ -12,4 +12,6 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="lower-case DNS la
 
 
 class SpecModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # strict: `true` is not 1 and `1` not true (lax pydantic would take both); a field that must parse text
+    # (a date-time) says strict=False itself.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, strict=True)

@@ -149,6 +149,7 @@ async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
                                                                  role_bindings.c.role == role.value))).rowcount
     if not removed:
         raise NotFound(f"user {name!r} has no {role.value!r} binding")
+    await _keep_an_admin(tx.conn, f"unbinding {role.value!r} from {name!r}")
     await tx.audit(actor=actor, action="user.unbind", resource=f"User/{name}", detail={"role": role.value})
     return int(removed)
 
@@ -159,6 +160,7 @@ async def delete_user(tx: Tx, name: str, actor: str) -> None:
     if name == actor:
         raise Conflict("you cannot delete your own user")
     await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name))
+    await _keep_an_admin(tx.conn, f"deleting user {name!r}")
     await tx.conn.execute(update(tokens).where(tokens.c.user == name, tokens.c.revoked_at.is_(None)).values(revoked_at=tx.now))
     await tx.conn.execute(delete(users).where(users.c.name == name))
     await tx.audit(actor=actor, action="user.delete", resource=f"User/{name}", detail={"tokens": "revoked"})
@@ -218,6 +220,15 @@ async def bootstrap_admin(store: Store) -> str | None:
             return None
         await create_user(tx, "admin", Role.ADMIN, None, actor="system:bootstrap")
         return str((await create_token(tx, "admin", "bootstrap", None, actor="system:bootstrap"))["token"])
+
+
+async def _keep_an_admin(conn: AsyncConnection, change: str) -> None:
+    """Refuse (inside the change's transaction, so nothing is written) a change that leaves no user holding an
+    unscoped admin binding: nobody could manage access again, and the platform would be locked out."""
+    admins = (await conn.execute(select(role_bindings.c.apps).where(role_bindings.c.role == Role.ADMIN.value))).all()
+    if not any(row.apps is None for row in admins):  # JSON null and SQL NULL both read back as None
+        raise Conflict(f"{change} would leave no admin (a user with the admin role for all apps); "
+                       f"make another admin first")
 
 
 async def _require_user(conn: AsyncConnection, name: str) -> None:

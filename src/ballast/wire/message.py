@@ -19,3 +19,10 @@ class Message(BaseModel):
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Self:
         return cls.model_validate(body)
+
+
+class StrictMessage(Message):
+    """A message whose numbers and booleans are what they say: `true` is no number and `1` no boolean (lax
+    pydantic takes both). Not for messages with tuples, which strict mode takes only as tuples."""
+
+    model_config = ConfigDict(strict=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -41,3 +41,7 @@ def ip_port(value: str) -> str:
 
 # For request fields outside manifests (agent reports, token names): text both stores can hold.
 StoredText = Annotated[str, AfterValidator(require_storable)]
+
+# Labels, on manifests and node registrations: a bounded map of bounded strings (the stores keep them as JSON).
+Labels = Annotated[dict[Annotated[StoredText, Field(max_length=253)], Annotated[StoredText, Field(max_length=1000)]],
+                   Field(max_length=64)]
