@@ -12,17 +12,19 @@ import logging
 from urllib.parse import unquote
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from ballast.api import routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
-from ballast.api.deps import principal, retrying
+from ballast.api import (routes_access, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases,
+                         routes_resources, schemas)
+from ballast.api.deps import principal, require_topology_read, retrying
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
-from ballast.services.access import TokenPolicy
+from ballast.services.access import Principal, TokenPolicy
 from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.api")
@@ -30,14 +32,21 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> FastAPI:
-    app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
-                  redoc_url=None)
+    # No docs page: FastAPI's loads its scripts from a public CDN, which a bank's network does not reach. The API
+    # description is /v1/openapi.json, and like every call but the health probe it needs a token.
+    app = FastAPI(title="Ballast control plane", version="v1", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
+    app.openapi = schemas.describe(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    async def openapi(who: Principal = Depends(principal)) -> JSONResponse:
+        require_topology_read(who)  # any role may read it
+        return JSONResponse(app.openapi())
 
     app.include_router(routes_resources.router, prefix="/v1")
     app.include_router(routes_nodes.router, prefix="/v1")
@@ -70,12 +79,27 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy()) -> Fa
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route whose path matched; a path served by several
+            # routes (GET and DELETE /v1/apps/{name}) has them all.
+            headers["Allow"] = ", ".join(_methods_of(app, request))
+        return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code, headers=headers)
 
     app.add_middleware(AuditAttempts, store=store)
     return app
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods_of(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path: asked of the routes themselves (included routers
+    too), one method at a time."""
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in app.router.routes)]
 
 
 def _printable(text: str) -> str:

@@ -6,9 +6,9 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ballast.api.deps import Name, TokenId, audited_write, principal, require, store_of
+from ballast.api.deps import Name, RequestBody, TokenId, audited_write, principal, require, store_of
 from ballast.core.authz import Action, Role, allowed, explain_denial
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, Forbidden, InvalidInput
@@ -23,21 +23,18 @@ USER_NAME_PATTERN = access.USER_NAME.pattern
 AppNames = list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]]
 
 
-class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class NewUser(RequestBody):
     name: str = Field(pattern=USER_NAME_PATTERN, max_length=63, description="lower-case letters, digits, - _ . @")
     role: Role = Field(strict=False)  # an enum: strict would take only the Python object
     apps: AppNames | None = Field(None, max_length=1000, description="the apps the role is scoped to (null: all)")
 
 
-class NewBinding(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class NewBinding(RequestBody):
     role: Role = Field(strict=False)
     apps: AppNames | None = Field(None, max_length=1000)
 
 
-class NewToken(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class NewToken(RequestBody):
     user: StoredText | None = Field(None, max_length=63)
     name: StoredText = Field("", max_length=128)
     ttlSeconds: float | None = Field(None, gt=0, le=10 * 365 * 86400)

@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from ballast.api.deps import Name, audited_write, principal, require, store_of
+from ballast.api.deps import Name, RequestBody, audited_write, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import StoredText
 from ballast.core.orders import OrderPhase
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.services import orders
 from ballast.services.access import Principal
+from ballast.wire.text import require_storable
 
 router = APIRouter()
 
 
-class Decision(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Decision(RequestBody):
     comment: StoredText = Field("", max_length=4000)
     emergency: bool = False
 
 
 class Rejection(Decision):
-    comment: StoredText = Field(pattern=r"\S", max_length=4000, description="why: a reason for the author")
+    comment: Annotated[str, AfterValidator(require_storable)] = Field(
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", max_length=4000, description="why: a reason for the author")
 
 
-class StartOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class StartOrder(RequestBody):
     emergency: bool = False
 
 
-class OrderAction(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class OrderAction(RequestBody):
     expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only in this phase")
 
 

@@ -15,13 +15,14 @@ from ballast.core.manifests import NAME_PATTERN
 from ballast.services import endpoints as registry
 from ballast.services.access import Principal
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
+from ballast.wire.text import COUNTER_MAX
 
 router = APIRouter()
 ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
 
 
 @router.get("/registry", tags=["registry"])
-async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=2**62),
+async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=COUNTER_MAX),
                             timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
     """Every service with its routes and endpoints; long-polls while the generation equals `known`."""
     require(who, Action.NODE)

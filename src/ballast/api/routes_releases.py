@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ballast.api.deps import AppName, audited_write, mark_audited, principal, require, retrying, store_of
+from ballast.api.deps import (AppName, RequestBody, audited_write, mark_audited, principal, require, retrying,
+                              store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import StrategyOverride
 from ballast.errors import Conflict
@@ -18,14 +19,12 @@ from ballast.wire.text import INT32_MAX
 router = APIRouter()
 
 
-class StartRelease(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class StartRelease(RequestBody):
     toRevision: int | None = Field(None, ge=1, le=INT32_MAX)
     strategy: StrategyOverride = Field(default_factory=StrategyOverride)
 
 
-class ReleaseAction(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class ReleaseAction(RequestBody):
     fast: bool = False
     expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only if the release is in this phase")
     reverify: bool = Field(False, description="resume: judge a new window instead of accepting the verdict that "

@@ -5,25 +5,25 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ballast.api import objects
-from ballast.api.deps import (AppName, InstanceId, Name, audited_write, mark_audited, may_read_app, one, principal, require, require_topology_read,
-                              retrying, store_of)
+from ballast.api.deps import (AppName, InstanceId, Name, RequestBody, audited_write, mark_audited, may_read_app, one,
+                              principal, require, require_topology_read, retrying, store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
 from ballast.errors import FieldProblem, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
 from ballast.services import apps, artifacts, audit_trail, instances, registry, topology
 from ballast.services.access import Principal
-from ballast.wire.text import INT32_MAX
+from ballast.wire.text import COUNTER_MAX, INT32_MAX
 
 router = APIRouter()
 MAX_ARTIFACT_BYTES = 200 * 1024 * 1024
 
 
-class ApplyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+class ApplyRequest(RequestBody):
+    model_config = ConfigDict(populate_by_name=True)
     items: list[Any] = Field(min_length=1, max_length=500)
     dry_run: bool = Field(False, alias="dryRun")
 
@@ -170,7 +170,7 @@ async def fetch_artifact(digest: Annotated[str, Path(pattern=DIGEST_PATTERN)], r
 
 
 @router.get("/audit", tags=["audit"])
-async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=2**63 - 1),
+async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=COUNTER_MAX),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
@@ -185,14 +185,13 @@ async def verify_audit(request: Request, who: Principal = Depends(principal)) ->
         return objects.chain_check(await audit_trail.check(conn))
 
 
-class RecordRef(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    seq: int = Field(ge=1, le=2**63 - 1)
+class RecordRef(RequestBody):
+    model_config = ConfigDict(extra="ignore")
+    seq: int = Field(ge=1, le=COUNTER_MAX)
     hash: str = Field(min_length=1, max_length=80)
 
 
-class VerifyRecords(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class VerifyRecords(RequestBody):
     records: list[RecordRef] = Field(min_length=1, max_length=100_000)
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ballast.wire.message import StrictMessage
-from ballast.wire.text import INT32_MAX, NAME_PATTERN, Labels, StoredText, ip_port
+from ballast.wire.text import COUNTER_MAX, INT32_MAX, NAME_PATTERN, Labels, StoredText, ip_port
 
 InstancePhase = Literal["Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"]
 
@@ -78,6 +78,6 @@ class StatusReport(StrictMessage):
 
 
 class Acknowledgement(StrictMessage):
-    generation: int = Field(ge=0, le=2**62, description="the registry generation now in effect")
+    generation: int = Field(ge=0, le=COUNTER_MAX, description="the registry generation now in effect")
     applied_hash: StoredText = Field("", max_length=64, description="a digest of the configuration applied")
     error: StoredText = Field("", max_length=4000, description="why the last change could not be applied")
