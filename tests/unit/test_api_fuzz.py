@@ -1,8 +1,8 @@
 """Property: whatever a client sends, the API answers below 500 — bad input is the client's error, never ours.
 
 The properties run on SQLite only (they are about request handling); what only PostgreSQL refuses to store
-(NUL characters, integers wider than a column) is pinned by the tables of hostile inputs at the end, which run
-on both stores. Bodies are encoded here with `json.dumps`, not by httpx, so NaN, Infinity and lone-surrogate
+(NUL characters, integers wider than a column) is pinned by the tables of hostile inputs, which run on both
+stores. Bodies are encoded here with `json.dumps`, not by httpx, so NaN, Infinity and lone-surrogate
 escapes reach the server as a hostile client would send them. BALLAST_FUZZ_EXAMPLES raises the example count
 for a longer hunt.
 """
