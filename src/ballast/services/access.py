@@ -196,6 +196,7 @@ async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
     if row.revoked_at is not None:
         raise Conflict(f"token {token_id!r} is already revoked")
     await tx.conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=tx.now))
+    await _keep_an_admin_token(tx, f"revoking token {token_id!r}")
     await tx.audit(actor=actor, action="token.revoke", resource=f"Token/{token_id}", detail={"user": row.user})
     return {"id": token_id, "user": row.user}
 
@@ -229,6 +230,19 @@ async def _keep_an_admin(conn: AsyncConnection, change: str) -> None:
     if not any(row.apps is None for row in admins):  # JSON null and SQL NULL both read back as None
         raise Conflict(f"{change} would leave no admin (a user with the admin role for all apps); "
                        f"make another admin first")
+
+
+async def _keep_an_admin_token(tx: Tx, change: str) -> None:
+    """Refuse (inside the change's transaction) a revocation that leaves no admin for all apps with a live token:
+    nobody could mint one again, and the platform would be locked out."""
+    admins = {row.user for row in (await tx.conn.execute(select(role_bindings.c.user, role_bindings.c.apps).where(
+        role_bindings.c.role == Role.ADMIN.value))).all() if row.apps is None}
+    live = (await tx.conn.execute(select(tokens.c.id).where(
+        tokens.c.user.in_(admins), tokens.c.revoked_at.is_(None),
+        (tokens.c.expires_at.is_(None)) | (tokens.c.expires_at > tx.now)).limit(1))).first() if admins else None
+    if live is None:
+        raise Conflict(f"{change} would leave no admin (for all apps) with a token that works; mint another admin "
+                       f"token first")
 
 
 async def _require_user(conn: AsyncConnection, name: str) -> None:
