@@ -81,6 +81,20 @@ async def test_revoked_token_is_401_naming_it(api: Api) -> None:
     assert r.status_code == 409 and "already revoked" in r.json()["message"]
 
 
+async def test_the_last_admin_token_cannot_be_revoked(api: Api) -> None:
+    """Revoking the only working token of the only admin would lock the platform out: 409, and it still works;
+    with a second admin token minted, the first may go."""
+    me = (await api.http.get("/v1/whoami")).json()["token"]
+    r = await api.http.delete(f"/v1/tokens/{me}")
+    assert r.status_code == 409, r.text
+    assert r.json()["message"] == (f"revoking token {me!r} would leave no admin (for all apps) with a token that "
+                                   f"works; mint another admin token first")
+    assert (await api.http.get("/v1/whoami")).status_code == 200
+    spare = await new_token(api.http)
+    assert (await api.http.delete(f"/v1/tokens/{me}")).status_code == 200
+    assert (await api.as_(spare["token"]).get("/v1/whoami")).status_code == 200
+
+
 async def test_expired_token_is_401_naming_it(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """A token with a TTL works until the store's clock passes it, then is refused as expired."""
     issued = await new_token(api.http, ttlSeconds=60)
@@ -259,12 +273,14 @@ async def test_user_create_bind_unbind_delete(api: Api) -> None:
 BAD_USER_REQUESTS = [
     ("POST", "/v1/users", {"name": "Bad Name", "role": "viewer"}, 422, "name"),
     ("POST", "/v1/users", {"name": "dave", "role": "root"}, 422, "role"),
-    ("POST", "/v1/users", {"name": "dave", "role": "viewer", "apps": ["Not_An_App"]}, 422, "apps"),
+    ("POST", "/v1/users", {"name": "dave", "role": "viewer", "apps": ["Not_An_App"]}, 422, "apps[0]"),
     ("POST", "/v1/users", {"name": "admin", "role": "viewer"}, 409, "user 'admin' already exists"),
     ("POST", "/v1/users/ghost/bindings", {"role": "viewer"}, 404, "user 'ghost' not found"),
     ("DELETE", "/v1/users/ghost/bindings/viewer", None, 404, "user 'ghost' not found"),
     ("DELETE", "/v1/users/admin/bindings/wizard", None, 422, "role"),
     ("DELETE", "/v1/users/admin", None, 409, "you cannot delete your own user"),
+    ("DELETE", "/v1/users/admin/bindings/admin", None, 409, "unbinding 'admin' from 'admin' would leave no admin (a "
+     "user with the admin role for all apps); make another admin first"),
 ]
 
 

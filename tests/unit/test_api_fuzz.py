@@ -1,8 +1,8 @@
 """Property: whatever a client sends, the API answers below 500 — bad input is the client's error, never ours.
 
 The properties run on SQLite only (they are about request handling); what only PostgreSQL refuses to store
-(NUL characters, integers wider than a column) is pinned by the tables of hostile inputs at the end, which run
-on both stores. Bodies are encoded here with `json.dumps`, not by httpx, so NaN, Infinity and lone-surrogate
+(NUL characters, integers wider than a column) is pinned by the tables of hostile inputs, which run on both
+stores. Bodies are encoded here with `json.dumps`, not by httpx, so NaN, Infinity and lone-surrogate
 escapes reach the server as a hostile client would send them. BALLAST_FUZZ_EXAMPLES raises the example count
 for a longer hunt.
 """
@@ -397,3 +397,135 @@ async def test_impossible_names_are_not_found(world: World) -> None:
     audit = (await world.api.http.get("/v1/audit", params={"limit": 20})).json()["items"]
     refused = [a for a in audit if a["result"] == "refused: HTTP 400" and a["action"].startswith("DELETE")]
     assert len(refused) == 2, audit
+
+
+# --- releases, orders, change windows, audit, metrics ------------------------------------------------------------
+
+edge_revisions = st.sampled_from([0, 1, 2, 3, 2**31 - 1, 2**31, 2**63, 2**70])
+revisions = st.one_of(edge_revisions, edge_revisions, st.integers(min_value=-1, max_value=2**70))
+window_spec = st.fixed_dictionaries({}, optional={
+    "timeZone": mostly(st.sampled_from(["UTC", "Europe/Zurich", "Mars/Base"]) | any_text),
+    "allowed": mostly(st.lists(mostly(st.fixed_dictionaries({
+        "days": mostly(st.lists(st.sampled_from(["mon", "tue", "sun", "xyz"]) | any_text, max_size=3)),
+        "start": mostly(st.sampled_from(["09:00", "24:00", "9"]) | any_text),
+        "end": mostly(st.sampled_from(["16:00", "00:00"]) | any_text)})), max_size=2)),
+    "freezes": mostly(st.lists(mostly(st.fixed_dictionaries({
+        "from": mostly(st.sampled_from(["2026-12-24T00:00", "2026-12-24", "x"]) | any_text),
+        "to": mostly(st.sampled_from(["2026-12-27T00:00", "2026-12-23T00:00"]) | any_text)})), max_size=2)),
+    "apps": mostly(st.lists(names, max_size=3))})
+order_spec = st.fixed_dictionaries({"title": mostly(any_text), "releases": mostly(st.lists(mostly(st.fixed_dictionaries(
+    {"app": names}, optional={"toRevision": mostly(revisions),
+                              "after": mostly(st.lists(names, max_size=2)), "strategy": mostly(strategy_spec)})),
+    max_size=3))}, optional={"approvals": numbers, "maxParallel": numbers, "ticket": any_text, "reason": any_text})
+target_revision = st.fixed_dictionaries({"toRevision": revisions})
+release_bodies = st.one_of(target_revision, target_revision, json_values, mostly(st.fixed_dictionaries(
+    {}, optional={"toRevision": mostly(revisions), "strategy": mostly(strategy_spec)})))
+action_bodies = mostly(st.fixed_dictionaries({}, optional={
+    "fast": mostly(st.booleans()), "reverify": mostly(st.booleans()),
+    "expectPhase": mostly(st.sampled_from(["Running", "Paused", "PendingApproval"]) | any_text)}))
+decision_bodies = mostly(st.fixed_dictionaries({}, optional={"comment": any_text, "emergency": mostly(st.booleans())}))
+record_bodies = mostly(st.fixed_dictionaries({"records": mostly(st.lists(mostly(st.fixed_dictionaries({
+    "seq": mostly(st.integers(min_value=-1, max_value=2**70)), "hash": any_text})), max_size=3))}))
+
+
+@pytest.fixture
+async def order_world(world: World) -> World:
+    """The world with revision 2 of shop, a change window and a release order over shop."""
+    items = [{"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": "shop"},
+              "spec": {"cells": {"cell-a": 1}, "template": {"command": ["python", "-m", "shop", "--v2"]}}},
+             {"apiVersion": API_VERSION, "kind": "ChangeWindow", "metadata": {"name": "always"}, "spec": {}},
+             {"apiVersion": API_VERSION, "kind": "ReleaseOrder", "metadata": {"name": "chg-1"},
+              "spec": {"title": "shop v2", "releases": [{"app": "shop"}]}}]
+    r = await world.api.http.post("/v1/apply", json={"items": items})
+    assert r.status_code == 200, r.text
+    return world
+
+
+apps = st.sampled_from(["shop", "shop", "nope"]) | any_text
+order_names = st.sampled_from(["chg-1", "chg-1", "always", "x"]) | any_text
+
+
+def query(*keys: str) -> st.SearchStrategy[dict[str, str]]:
+    edges = st.sampled_from(["Running", "markdown", "json", "false", "cell", "gateway", "2026-12-01", str(2**31),
+                             str(2**70)])
+    return st.dictionaries(st.sampled_from(keys), query_values | edges, max_size=3)
+
+
+@SQLITE_ONLY
+@FUZZ
+@given(start=st.booleans(), app=st.one_of(st.just("shop"), st.just("shop"), apps), body=release_bodies)
+async def test_release_plans_and_starts_never_fail_with_5xx(order_world: World, start: bool, app: str,
+                                                            body: Any) -> None:
+    """A release planned or started with any target revision and strategy answers 2xx/4xx."""
+    path = f"/v1/apps/{_quote(app)}/releases" + ("" if start else "/plan")
+    assert_not_server_error(await send(order_world.api.http, "POST", path, body))
+
+
+@SQLITE_ONLY
+@FUZZ
+@given(target=st.sampled_from(["status", "status", "history", "pause", "resume", "rollback"]),
+       app=st.one_of(st.just("shop"), st.just("shop"), apps), action=action_bodies,
+       params=st.one_of(st.fixed_dictionaries({"id": revisions.map(str)}), query("id")))
+async def test_release_reads_and_actions_never_fail_with_5xx(order_world: World, target: str, app: str,
+                                                             action: Any, params: dict[str, str]) -> None:
+    """Release status (by any id), history, pause / resume / rollback answer 2xx/4xx whatever they carry."""
+    a = _quote(app)
+    if target != "status":
+        await send(order_world.api.http, "POST", f"/v1/apps/{a}/releases", {"toRevision": 2})  # something to act on
+    method, path, body = {
+        "status": ("GET", f"/v1/apps/{a}/release", None),
+        "history": ("GET", f"/v1/apps/{a}/releases", None),
+        "pause": ("POST", f"/v1/apps/{a}/release/pause", action),
+        "resume": ("POST", f"/v1/apps/{a}/release/resume", action),
+        "rollback": ("POST", f"/v1/apps/{a}/release/rollback", action),
+    }[target]
+    assert_not_server_error(await send(order_world.api.http, method, path, body, params or None))
+
+
+@SQLITE_ONLY
+@FUZZ
+@given(target=st.sampled_from(["orders", "order", "report", "approve", "reject", "start", "pause", "resume",
+                               "rollback", "apply-order", "apply-window", "windows", "delete-window"]),
+       order=order_names, decision=decision_bodies, action=action_bodies,
+       window=manifest("ChangeWindow", window_spec), order_doc=manifest("ReleaseOrder", order_spec),
+       params=query("state", "app", "author", "since", "until", "format"))
+async def test_order_and_window_requests_never_fail_with_5xx(order_world: World, target: str, order: str,
+                                                             decision: Any, action: Any, window: Any, order_doc: Any,
+                                                             params: dict[str, str]) -> None:
+    """Release orders (listed with filters, status, report, approve / reject, start, pause / resume / rollback) and
+    change windows (applied, listed, deleted) answer 2xx/4xx whatever they carry."""
+    o = _quote(order)
+    method, path, body = {
+        "orders": ("GET", "/v1/orders", None),
+        "order": ("GET", f"/v1/orders/{o}", None),
+        "report": ("GET", f"/v1/orders/{o}/report", None),
+        "approve": ("POST", f"/v1/orders/{o}/approve", decision),
+        "reject": ("POST", f"/v1/orders/{o}/reject", decision),
+        "start": ("POST", f"/v1/orders/{o}/start", decision),
+        "pause": ("POST", f"/v1/orders/{o}/pause", action),
+        "resume": ("POST", f"/v1/orders/{o}/resume", action),
+        "rollback": ("POST", f"/v1/orders/{o}/rollback", action),
+        "apply-order": ("POST", "/v1/apply", {"items": [order_doc]}),
+        "apply-window": ("POST", "/v1/apply", {"items": [window]}),
+        "windows": ("GET", "/v1/changewindows", None),
+        "delete-window": ("DELETE", f"/v1/changewindows/{o}", None),
+    }[target]
+    assert_not_server_error(await send(order_world.api.http, method, path, body, params or None))
+
+
+@SQLITE_ONLY
+@FUZZ
+@given(target=st.sampled_from(["audit", "audit-verify", "verify-records", "metrics", "app-metrics"]), app=apps,
+       records=record_bodies, params=query("limit", "after", "traffic", "by", "window", "source"))
+async def test_audit_and_metrics_requests_never_fail_with_5xx(order_world: World, target: str, app: str,
+                                                              records: Any, params: dict[str, str]) -> None:
+    """The audit log (listed from any point, verified, a report's records checked) and metrics (Prometheus text,
+    an app's traffic) answer 2xx/4xx whatever they carry."""
+    method, path, body = {
+        "audit": ("GET", "/v1/audit", None),
+        "audit-verify": ("GET", "/v1/audit/verify", None),
+        "verify-records": ("POST", "/v1/audit/verify", records),
+        "metrics": ("GET", "/metrics", None),
+        "app-metrics": ("GET", f"/v1/apps/{_quote(app)}/metrics", None),
+    }[target]
+    assert_not_server_error(await send(order_world.api.http, method, path, body, params or None))

@@ -12,21 +12,23 @@ import logging
 from urllib.parse import unquote
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ballast.api.admission import Authenticate, BoundBody, Refusals
-from ballast.api import routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry, routes_releases, routes_resources
-from ballast.api.deps import principal, retrying
+from ballast.api import (routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry,
+                         routes_releases, routes_resources, schemas)
+from ballast.api.deps import principal, require_topology_read, retrying
 from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.archive import ArchiveLimits
 from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
-from ballast.services.access import TokenPolicy
+from ballast.services.access import Principal, TokenPolicy
 from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.api")
@@ -36,18 +38,25 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
                audit_anchor: AuditAnchor | None = None, refusals: Refusals | None = None,
                artifact_limits: ArchiveLimits = ArchiveLimits(), outbound: OutboundPolicy = OutboundPolicy()) -> FastAPI:
-    app = FastAPI(title="Ballast control plane", version="v1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
-                  redoc_url=None)
+    # No docs page: FastAPI's loads its scripts from a public CDN, which a bank's network does not reach. The API
+    # description is /v1/openapi.json, and like every call but the health probe it needs a token.
+    app = FastAPI(title="Ballast control plane", version="v1", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.store = store
     app.state.token_policy = token_policy
     app.state.refusals = refusals = refusals or Refusals()
     app.state.audit_anchor = audit_anchor
     app.state.artifact_limits = artifact_limits
     app.state.outbound = outbound          # where calls made on users' behalf may go (core/outbound.py)
+    app.openapi = schemas.describe(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/v1/openapi.json", include_in_schema=False)
+    async def openapi(who: Principal = Depends(principal)) -> JSONResponse:
+        require_topology_read(who)  # any role may read it
+        return JSONResponse(app.openapi())
 
     app.include_router(routes_resources.router, prefix="/v1")
     app.include_router(routes_nodes.router, prefix="/v1")
@@ -67,7 +76,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
         problems = []
         for err in exc.errors():
             loc = list(err.get("loc", ()))
-            if loc and loc[0] == "body":  # the request body is the document the user wrote: paths start inside it
+            if loc and loc[0] in ("body", "path", "query"):  # paths start inside the body, or at the URL's own name
                 loc = loc[1:]
             path = ""
             for part in loc:  # the manifests' notation: items[0].spec.cells
@@ -81,9 +90,14 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
-        return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route whose path matched; a path served by several
+            # routes (GET and DELETE /v1/apps/{name}) has them all.
+            headers["Allow"] = ", ".join(_methods_of(app, request))
+        return JSONResponse({"error": "HTTPError", "message": message}, status_code=exc.status_code, headers=headers)
 
     # Outermost first: strangers are refused before anything else runs; bodies are bounded inside the audit of
     # attempts, so a known principal's oversized request is on the record.
@@ -91,6 +105,16 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.add_middleware(AuditAttempts, store=store, refusals=refusals)
     app.add_middleware(Authenticate, store=store, refusals=refusals)
     return app
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _methods_of(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path: asked of the routes themselves (included routers
+    too), one method at a time."""
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in app.router.routes)]
 
 
 def _printable(text: str) -> str:

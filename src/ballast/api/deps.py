@@ -3,18 +3,37 @@ the one item a read by name found."""
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import Annotated, Any, Awaitable, Callable, Sequence, TypeVar
 
-from fastapi import Request
+from fastapi import Path, Request
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from ballast.core.authz import Action, allowed, explain_denial, may_read
 from ballast.core.identity import acting_as_denial
 from ballast.errors import Conflict, Forbidden, NotFound, RetryableConflict
 from ballast.services.access import Principal, authenticate
 from ballast.store.engine import Store, Tx
+from ballast.wire.message import integral_floats
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 5
+
+# Names in paths, bounded by the columns that hold them: a longer one names nothing (422, not a store error).
+AppName = Annotated[str, Path(max_length=63, description="an app's name")]
+Name = Annotated[str, Path(max_length=63)]
+InstanceId = Annotated[str, Path(max_length=80)]
+TokenId = Annotated[str, Path(max_length=32)]
+
+
+class RequestBody(BaseModel):
+    """A request body: unknown fields refused, and strict, so `true` is no number and `1` no boolean."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        return integral_floats(data)
 
 
 def store_of(request: Request) -> Store:

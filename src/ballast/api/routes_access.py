@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import Field
 
-from ballast.api.deps import audited_write, principal, require, require_person, store_of
-from ballast.core.authz import Action, allowed, explain_denial
+from ballast.api.deps import Name, RequestBody, TokenId, audited_write, principal, require, require_person, store_of
+from ballast.core.authz import Action, Role, allowed, explain_denial
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, Forbidden, InvalidInput
 from ballast.services import access
@@ -19,21 +19,22 @@ from ballast.store.engine import Tx
 router = APIRouter()
 
 
-class NewUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=63)
-    role: str
-    apps: list[str] | None = Field(None, max_length=1000)
+USER_NAME_PATTERN = access.USER_NAME.pattern
+AppNames = list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]]
 
 
-class NewBinding(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: str
-    apps: list[str] | None = Field(None, max_length=1000)
+class NewUser(RequestBody):
+    name: str = Field(pattern=USER_NAME_PATTERN, max_length=63, description="lower-case letters, digits, - _ . @")
+    role: Role = Field(strict=False)  # an enum: strict would take only the Python object
+    apps: AppNames | None = Field(None, max_length=1000, description="the apps the role is scoped to (null: all)")
 
 
-class NewToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class NewBinding(RequestBody):
+    role: Role = Field(strict=False)
+    apps: AppNames | None = Field(None, max_length=1000)
+
+
+class NewToken(RequestBody):
     user: StoredText | None = Field(None, max_length=63)
     name: StoredText = Field("", max_length=128)
     ttlSeconds: float | None = Field(None, gt=0, le=10 * 365 * 86400)
@@ -70,7 +71,7 @@ async def create_user(body: NewUser, request: Request, who: Principal = Depends(
 
 
 @router.delete("/users/{name}", tags=["access"])
-async def delete_user(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_user(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
 
     await audited_write(request, lambda tx: access.delete_user(tx, name, who.user))
@@ -78,7 +79,7 @@ async def delete_user(name: str, request: Request, who: Principal = Depends(prin
 
 
 @router.post("/users/{name}/bindings", tags=["access"], status_code=201)
-async def bind(name: str, body: NewBinding, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def bind(name: Name, body: NewBinding, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
     role, apps = access.validate_role(body.role), _apps(body.apps)
 
@@ -87,7 +88,7 @@ async def bind(name: str, body: NewBinding, request: Request, who: Principal = D
 
 
 @router.delete("/users/{name}/bindings/{role}", tags=["access"])
-async def unbind(name: str, role: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def unbind(name: Name, role: Annotated[Role, Path()], request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
     parsed = access.validate_role(role)
 
@@ -120,7 +121,7 @@ async def create_token(body: NewToken, request: Request, who: Principal = Depend
 
 
 @router.delete("/tokens/{token_id}", tags=["access"])
-async def revoke_token(token_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def revoke_token(token_id: TokenId, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     if not allowed(who.bindings, Action.MANAGE_ACCESS):
         # Without the right to manage access, a token that is not one's own is refused before anything is said
         # of whether it exists.

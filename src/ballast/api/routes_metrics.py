@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ballast.api.deps import one, principal, require, store_of
+from ballast.api.deps import AppName, one, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.orders import OrderPhase
 from ballast.core.outbound import OutboundPolicy
@@ -158,7 +158,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
 
 
 @router.get("/v1/apps/{app}/metrics", tags=["metrics"])
-async def app_request_metrics(app: str, request: Request,
+async def app_request_metrics(app: AppName, request: Request,
                               by: Literal["revision", "cell", "instance"] = Query("revision"),
                               window: float = Query(30.0, gt=0, le=300, description="seconds"),
                               source: Literal["sidecar", "gateway"] = Query("sidecar"),

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, one, principal, require, require_self, require_topology_read, store_of,
-                              telemetry_write)
+from ballast.api.deps import (Name, audited_write, one, principal, require, require_self, require_topology_read,
+                              store_of, telemetry_write)
 from ballast.core.authz import Action
 from ballast.core.identity import NODE
 from ballast.core.manifests import NAME_PATTERN
@@ -33,7 +33,7 @@ async def list_nodes(request: Request, who: Principal = Depends(principal)) -> d
 
 
 @router.get("/nodes/{name}", tags=["nodes"])
-async def get_node(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_node(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _nodes(request, who, name), f"node {name!r} not found")
 
 

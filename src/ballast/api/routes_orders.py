@@ -3,37 +3,44 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from ballast.api.deps import audited_write, principal, require, store_of
+from ballast.api.deps import Name, RequestBody, audited_write, principal, require, store_of
 from ballast.core.authz import Action
 from ballast.core.manifests import StoredText
 from ballast.core.orders import OrderPhase
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.services import orders
 from ballast.services.access import Principal
+from ballast.wire.text import require_storable
 
 router = APIRouter()
 
 
-class Decision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Decision(RequestBody):
     comment: StoredText = Field("", max_length=4000)
     emergency: bool = False
 
 
-class StartOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Rejection(Decision):
+    comment: Annotated[str, AfterValidator(require_storable)] = Field(
+        pattern=r"^[^\x00]*[^\s\x00][^\x00]*$", max_length=4000, description="why: a reason for the author")
+
+
+class StartOrder(RequestBody):
     emergency: bool = False
 
 
-class OrderAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class OrderAction(RequestBody):
     expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only in this phase")
+
+
+# Either an ISO 8601 date or a date-time (fromisoformat's reading of both: without an offset, UTC).
+MOMENT = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
 
 
 async def _read_order(request: Request, who: Principal, name: str) -> Any:
@@ -45,15 +52,14 @@ async def _read_order(request: Request, who: Principal, name: str) -> Any:
 
 
 @router.get("/orders", tags=["orders"])
-async def list_orders(request: Request, state: str | None = Query(None, max_length=16),
+async def list_orders(request: Request, state: OrderPhase | None = Query(None),
                       app: str | None = Query(None, max_length=63), author: str | None = Query(None, max_length=63),
-                      since: str | None = Query(None, max_length=40), until: str | None = Query(None, max_length=40),
+                      since: str | None = Query(None, max_length=40, json_schema_extra=MOMENT),
+                      until: str | None = Query(None, max_length=40, json_schema_extra=MOMENT),
                       who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
-    if state is not None and state not in {p.value for p in OrderPhase}:
-        raise InvalidInput("invalid filter", problems=[FieldProblem("state", state, "one of " + ", ".join(p.value for p in OrderPhase))])
     async with store_of(request).read() as conn:
-        rows = await orders.list_orders(conn, phase=state, app=app, author=author, since=_moment("since", since),
+        rows = await orders.list_orders(conn, phase=state.value if state else None, app=app, author=author, since=_moment("since", since),
                                         until=_moment("until", until))
     return {"items": [orders.summary(r) for r in rows], "stats": orders.order_stats(rows)}
 
@@ -72,14 +78,14 @@ def _moment(field: str, text: str | None) -> float | None:
 
 
 @router.get("/orders/{name}", tags=["orders"])
-async def order_status(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def order_status(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     await _read_order(request, who, name)
     async with store_of(request).read() as conn:
         return await orders.status(conn, name)
 
 
 @router.get("/orders/{name}/report", tags=["orders"])
-async def order_report(name: str, request: Request, format: Literal["json", "markdown"] = "json",
+async def order_report(name: Name, request: Request, format: Literal["json", "markdown"] = "json",
                        who: Principal = Depends(principal)) -> Any:
     await _read_order(request, who, name)
     async with store_of(request).read() as conn:
@@ -96,16 +102,14 @@ async def _decide(name: str, request: Request, who: Principal, *, approve: bool,
 
 
 @router.post("/orders/{name}/approve", tags=["orders"])
-async def approve(name: str, request: Request, body: Decision = Decision(),
+async def approve(name: Name, request: Request, body: Decision = Decision(),
                   who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _decide(name, request, who, approve=True, body=body)
 
 
 @router.post("/orders/{name}/reject", tags=["orders"])
-async def reject(name: str, request: Request, body: Decision = Decision(),
+async def reject(name: Name, body: Rejection, request: Request,
                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    if not body.comment.strip():
-        raise InvalidInput("a rejection says why", problems=[FieldProblem("comment", body.comment, "a reason for the author")])
     return await _decide(name, request, who, approve=False, body=body)
 
 
@@ -116,7 +120,7 @@ async def _may_change(request: Request, who: Principal, name: str) -> None:
 
 
 @router.post("/orders/{name}/start", tags=["orders"])
-async def start(name: str, request: Request, body: StartOrder = StartOrder(),
+async def start(name: Name, request: Request, body: StartOrder = StartOrder(),
                 who: Principal = Depends(principal)) -> dict[str, Any]:
     await _may_change(request, who, name)
     return await audited_write(request, lambda tx: orders.start(tx, name, who, emergency=body.emergency))
@@ -128,19 +132,19 @@ async def _act(name: str, action: str, request: Request, who: Principal, body: O
 
 
 @router.post("/orders/{name}/pause", tags=["orders"])
-async def pause(name: str, request: Request, body: OrderAction = OrderAction(),
+async def pause(name: Name, request: Request, body: OrderAction = OrderAction(),
                 who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _act(name, "pause", request, who, body)
 
 
 @router.post("/orders/{name}/resume", tags=["orders"])
-async def resume(name: str, request: Request, body: OrderAction = OrderAction(),
+async def resume(name: Name, request: Request, body: OrderAction = OrderAction(),
                  who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _act(name, "resume", request, who, body)
 
 
 @router.post("/orders/{name}/rollback", tags=["orders"])
-async def rollback(name: str, request: Request, body: OrderAction = OrderAction(),
+async def rollback(name: Name, request: Request, body: OrderAction = OrderAction(),
                    who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _act(name, "rollback", request, who, body)
 
@@ -154,7 +158,7 @@ async def list_windows(request: Request, who: Principal = Depends(principal)) ->
 
 
 @router.delete("/changewindows/{name}", tags=["orders"])
-async def delete_window(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_window(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_WINDOWS)
     await audited_write(request, lambda tx: orders.delete_window(tx, name, who.user))
     return {"deleted": name}

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, one, principal, require, require_self, require_topology_read, store_of,
-                              telemetry_write)
+from ballast.api.deps import (AppName, Name, audited_write, one, principal, require, require_self, require_topology_read,
+                              store_of, telemetry_write)
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
 from ballast.core import identity
@@ -19,13 +19,14 @@ from ballast.services import endpoints as registry
 from ballast.services import outbound
 from ballast.services.access import Principal
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
+from ballast.wire.text import COUNTER_MAX
 
 router = APIRouter()
 ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
 
 
 @router.get("/registry", tags=["registry"])
-async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=2**62),
+async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=COUNTER_MAX),
                             timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
     """Every service with its routes and endpoints; long-polls while the generation equals `known`."""
     require(who, Action.READ_REGISTRY)
@@ -76,7 +77,7 @@ async def list_gateways(request: Request, who: Principal = Depends(principal)) -
 
 
 @router.get("/gateways/{name}", tags=["registry"])
-async def get_gateway(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_gateway(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _gateways(request, who, name), f"gateway {name!r} not found")
 
 
@@ -90,7 +91,7 @@ async def delete_gateway(request: Request, name: str = ComponentName, who: Princ
 
 
 @router.get("/apps/{app}/endpoints", tags=["registry"])
-async def list_endpoints(app: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_endpoints(app: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     """Each endpoint of the service: its state, and which components have acknowledged it."""
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:

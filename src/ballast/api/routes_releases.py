@@ -5,25 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ballast.api.deps import audited_write, mark_audited, principal, require, retrying, store_of
+from ballast.api.deps import (AppName, RequestBody, audited_write, mark_audited, principal, require, retrying,
+                              store_of)
 from ballast.core.authz import Action
 from ballast.core.manifests import StrategyOverride
 from ballast.services import change_control, outbound, releases
 from ballast.services.access import Principal
+from ballast.wire.text import INT32_MAX
 
 router = APIRouter()
 
 
-class StartRelease(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    toRevision: int | None = Field(None, ge=1)
+class StartRelease(RequestBody):
+    toRevision: int | None = Field(None, ge=1, le=INT32_MAX)
     strategy: StrategyOverride = Field(default_factory=StrategyOverride)
 
 
-class ReleaseAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReleaseAction(RequestBody):
     fast: bool = False
     expectPhase: str | None = Field(None, max_length=16, description="compare-and-set: act only if the release is in this phase")
     reverify: bool = Field(False, description="resume: judge a new window instead of accepting the verdict that "
@@ -31,7 +31,7 @@ class ReleaseAction(BaseModel):
 
 
 @router.post("/apps/{app}/releases/plan", tags=["releases"])
-async def plan_release(app: str, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def plan_release(app: AppName, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     """The groups a release would use, computed without changing anything."""
     require(who, Action.READ, app)
     request.state.audit_exempt = True  # a preview changes nothing
@@ -41,7 +41,7 @@ async def plan_release(app: str, body: StartRelease, request: Request, who: Prin
 
 
 @router.post("/apps/{app}/releases", tags=["releases"], status_code=201)
-async def start_release(app: str, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def start_release(app: AppName, body: StartRelease, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, app)
     outbound.refuse_verify_urls(request.app.state.outbound, getattr(body.strategy, "verify", None), "strategy.verify")
 
@@ -56,14 +56,14 @@ async def start_release(app: str, body: StartRelease, request: Request, who: Pri
 
 
 @router.get("/apps/{app}/releases", tags=["releases"])
-async def release_history(app: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def release_history(app: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ, app)
     async with store_of(request).read() as conn:
         return {"items": await releases.history(conn, app)}
 
 
 @router.get("/apps/{app}/release", tags=["releases"])
-async def release_status(app: str, request: Request, id: int | None = Query(None, ge=1),
+async def release_status(app: AppName, request: Request, id: int | None = Query(None, ge=1, le=INT32_MAX),
                          who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ, app)
     store = store_of(request)
@@ -79,19 +79,19 @@ async def _act(app: str, action: str, body: ReleaseAction, request: Request, who
 
 
 @router.post("/apps/{app}/release/pause", tags=["releases"])
-async def pause(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+async def pause(app: AppName, request: Request, body: ReleaseAction = ReleaseAction(),
                 who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _act(app, "pause", body, request, who)
 
 
 @router.post("/apps/{app}/release/resume", tags=["releases"])
-async def resume(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+async def resume(app: AppName, request: Request, body: ReleaseAction = ReleaseAction(),
                  who: Principal = Depends(principal)) -> dict[str, Any]:
     return await _act(app, "resume", body, request, who)
 
 
 @router.post("/apps/{app}/release/rollback", tags=["releases"])
-async def rollback(app: str, request: Request, body: ReleaseAction = ReleaseAction(),
+async def rollback(app: AppName, request: Request, body: ReleaseAction = ReleaseAction(),
                    who: Principal = Depends(principal)) -> dict[str, Any]:
     """Turn the release in flight round; once it has succeeded, start a new release back to the revision that ran
     before it (the app's strategy, or all at once with `fast`)."""

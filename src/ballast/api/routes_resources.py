@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import ConfigDict, Field
 
 from ballast.api import objects
-from ballast.api.deps import (audited_write, mark_audited, may_read_app, one, principal, require, require_person,
-                              require_topology_read, retrying, store_of)
+from ballast.api.deps import (AppName, InstanceId, Name, RequestBody, audited_write, mark_audited, may_read_app, one,
+                              principal, require, require_person, require_topology_read, retrying, store_of)
 from ballast.core.archive import ArchiveLimits
 from ballast.core.authz import Action, may_fetch_artifact
 from ballast.core.identity import NODE, component_of
@@ -20,13 +19,13 @@ from ballast.errors import FieldProblem, Forbidden, InvalidInput, NotFound, Payl
 from ballast.services import apply as apply_service
 from ballast.services import apps, artifacts, audit_trail, change_control, instances, registry, topology
 from ballast.services.access import Principal
+from ballast.wire.text import COUNTER_MAX, INT32_MAX
 
 router = APIRouter()
-_DIGEST = re.compile(DIGEST_PATTERN)
 
 
-class ApplyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class ApplyRequest(RequestBody):
+    model_config = ConfigDict(populate_by_name=True)
     items: list[Any] = Field(min_length=1, max_length=500)
     dry_run: bool = Field(False, alias="dryRun")
 
@@ -58,12 +57,12 @@ async def list_cells(request: Request, who: Principal = Depends(principal)) -> d
 
 
 @router.get("/cells/{name}", tags=["resources"])
-async def get_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_cell(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _cells(request, who, name), f"cell {name!r} not found")
 
 
 @router.delete("/cells/{name}", tags=["resources"])
-async def delete_cell(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_cell(name: Name, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
 
     await audited_write(request, lambda tx: registry.delete_cell(tx, name, who.user))
@@ -82,13 +81,13 @@ async def list_apps(request: Request, who: Principal = Depends(principal)) -> di
 
 
 @router.get("/apps/{name}", tags=["resources"])
-async def get_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_app(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ, name)
     return one(await _apps(request, who, name), f"app {name!r} not found")
 
 
 @router.delete("/apps/{name}", tags=["resources"])
-async def delete_app(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def delete_app(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.APPLY_APP, name)
 
     stopping = await audited_write(request, lambda tx: change_control.delete_app(tx, name, who.user))
@@ -102,12 +101,13 @@ async def _revisions(request: Request, who: Principal, app: str, number: int | N
 
 
 @router.get("/apps/{name}/revisions", tags=["resources"])
-async def list_revisions(name: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_revisions(name: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return {"items": await _revisions(request, who, name)}
 
 
 @router.get("/apps/{name}/revisions/{number}", tags=["resources"])
-async def get_revision(name: str, number: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_revision(name: AppName, number: Annotated[int, Path(ge=1, le=INT32_MAX)], request: Request,
+                       who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _revisions(request, who, name, number), f"app {name!r} has no revision {number}")
 
 
@@ -131,7 +131,7 @@ async def list_instances(request: Request, app: str | None = Query(None, max_len
 
 
 @router.get("/instances/{instance_id}", tags=["resources"])
-async def get_instance(instance_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def get_instance(instance_id: InstanceId, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     return one(await _instances(request, who, instance_id=instance_id), f"instance {instance_id!r} not found")
 
 
@@ -167,14 +167,13 @@ async def list_artifacts(request: Request, who: Principal = Depends(principal)) 
 
 
 @router.get("/artifacts/{digest}", tags=["artifacts"])
-async def fetch_artifact(digest: str, request: Request, who: Principal = Depends(principal)) -> Response:
+async def fetch_artifact(digest: Annotated[str, Path(pattern=DIGEST_PATTERN)], request: Request,
+                         who: Principal = Depends(principal)) -> Response:
     """The package: to a node whose own granted instances run it, and to people who may read an app that runs
     it (see core.authz.may_fetch_artifact); to anyone else it is not there."""
     component = component_of(who.user, who.bindings)
     if component is None:
         require_topology_read(who)
-    if not _DIGEST.match(digest):
-        raise InvalidInput("invalid digest", problems=[FieldProblem("digest", digest, "sha256:<64 hex digits>")])
     async with store_of(request).read() as conn:
         content = None
         if component is not None:
@@ -189,7 +188,7 @@ async def fetch_artifact(digest: str, request: Request, who: Principal = Depends
 
 
 @router.get("/audit", tags=["audit"])
-async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=2**63 - 1),
+async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=COUNTER_MAX),
                      oldest: bool = Query(False, description="with after=0: the first records, not the newest"),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
@@ -215,14 +214,13 @@ async def verify_audit(request: Request, who: Principal = Depends(principal)) ->
         return objects.chain_check(await audit_trail.check(conn, anchor=anchor))
 
 
-class RecordRef(BaseModel):
+class RecordRef(RequestBody):
     model_config = ConfigDict(extra="ignore")
-    seq: int = Field(ge=1, le=2**63 - 1)
+    seq: int = Field(ge=1, le=COUNTER_MAX)
     hash: str = Field(min_length=1, max_length=80)
 
 
-class VerifyRecords(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VerifyRecords(RequestBody):
     records: list[RecordRef] = Field(min_length=1, max_length=100_000)
 
 

@@ -423,7 +423,8 @@ async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadl
 
 
 def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path) -> None:
-    console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  (API docs: {settings.server}/v1/docs)")
+    console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  "
+                  f"(API description: {settings.server}/v1/openapi.json, with a token)")
     console.print(f"gateway: {settings.gateway_url}")
     if settings.metrics_port:
         console.print(f"metrics: http://NODE-IP:{settings.metrics_port}/metrics (agents), "

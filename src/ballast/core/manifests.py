@@ -29,7 +29,7 @@ from ballast.core.strategy import (StrategyOverride, StrategySpec, VerifyOverrid
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.wire import assignments as wire
 from ballast.wire.assignments import DrainSettings, HealthCheck
-from ballast.wire.text import DIGEST_PATTERN, NAME_PATTERN, StoredText, ip_port, storable
+from ballast.wire.text import DIGEST_PATTERN, INT32_MAX, NAME_PATTERN, Labels, StoredText, ip_port, storable
 
 # Shared with the wire and the strategy's own module; importers of manifests find them here too.
 __all__ = ["DIGEST_PATTERN", "NAME_PATTERN", "StoredText", "HealthCheck", "ip_port", "StrategySpec", "StrategyOverride",
@@ -41,12 +41,12 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class Metadata(_Model):
     name: Name
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
 
 
 class CellSpec(_Model):
     zone: Name
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
 
 
 class ResourcesSpec(wire.Resources):
@@ -165,7 +165,7 @@ class AppServiceSpec(_Model):
 
 class OrderRelease(_Model):
     app: Name
-    to_revision: int | None = Field(None, alias="toRevision", ge=1,
+    to_revision: int | None = Field(None, alias="toRevision", ge=1, le=INT32_MAX,
                                     description="default: the app's newest revision when the order is applied")
     after: list[Name] = Field(default_factory=list, max_length=100)
     strategy: StrategyOverride = Field(default_factory=StrategyOverride)
@@ -184,7 +184,7 @@ HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 
 
 class AllowedRange(_Model):
-    days: list[str] = Field(min_length=1, max_length=7, description="mon, tue, ... sun")
+    days: list[Annotated[str, Field(max_length=16)]] = Field(min_length=1, max_length=7, description="mon, tue, ... sun")
     start: str = Field(pattern=HHMM, description="HH:MM, local time of the window's timeZone")
     end: str = Field(pattern=HHMM, description="HH:MM; at or before start: the range ends the next day")
 
@@ -197,8 +197,10 @@ class AllowedRange(_Model):
 
 
 class FreezeSpec(_Model):
-    start: datetime = Field(alias="from", description="ISO 8601 date-time; without an offset: the window's timeZone")
-    end: datetime = Field(alias="to")
+    # strict=False: a manifest writes a moment as ISO 8601 text, which only lax mode parses
+    start: datetime = Field(alias="from", strict=False,
+                            description="ISO 8601 date-time; without an offset: the window's timeZone")
+    end: datetime = Field(alias="to", strict=False)
     reason: str = Field("", max_length=500)
 
     @model_validator(mode="after")
@@ -211,11 +213,11 @@ class FreezeSpec(_Model):
 
 
 class ChangeWindowSpec(_Model):
-    time_zone: str = Field("UTC", alias="timeZone", description="an IANA time zone, e.g. Europe/Zurich")
+    time_zone: str = Field("UTC", alias="timeZone", max_length=64, description="an IANA time zone, e.g. Europe/Zurich")
     allowed: list[AllowedRange] = Field(default_factory=list, max_length=50,
                                         description="weekly times changes may start (empty: any time not frozen)")
     freezes: list[FreezeSpec] = Field(default_factory=list, max_length=200)
-    apps: list[Name] | None = Field(None, description="the apps it governs (default: every app)")
+    apps: list[Name] | None = Field(None, max_length=1000, description="the apps it governs (default: every app)")
 
     @field_validator("time_zone")
     @classmethod

@@ -188,6 +188,7 @@ async def unbind(tx: Tx, name: str, role: Role, actor: str) -> int:
                                                                  role_bindings.c.role == role.value))).rowcount
     if not removed:
         raise NotFound(f"user {name!r} has no {role.value!r} binding")
+    await _keep_an_admin(tx.conn, f"unbinding {role.value!r} from {name!r}")
     await tx.audit(actor=actor, action="user.unbind", resource=f"User/{name}", before=digest(before),
                    after=digest(await _user_state(tx.conn, name)), detail={"role": role.value})
     return int(removed)
@@ -200,6 +201,7 @@ async def delete_user(tx: Tx, name: str, actor: str) -> None:
         raise Conflict("you cannot delete your own user")
     before = await _user_state(tx.conn, name)
     await tx.conn.execute(delete(role_bindings).where(role_bindings.c.user == name))
+    await _keep_an_admin(tx.conn, f"deleting user {name!r}")
     await tx.conn.execute(update(tokens).where(tokens.c.user == name, tokens.c.revoked_at.is_(None)).values(revoked_at=tx.now))
     await tx.conn.execute(delete(users).where(users.c.name == name))
     await tx.audit(actor=actor, action="user.delete", resource=f"User/{name}", before=digest(before),
@@ -242,6 +244,7 @@ async def revoke_token(tx: Tx, token_id: str, actor: str) -> dict[str, Any]:
     if row.revoked_at is not None:
         raise Conflict(f"token {token_id!r} is already revoked")
     await tx.conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked_at=tx.now))
+    await _keep_an_admin_token(tx, f"revoking token {token_id!r}")
     await tx.audit(actor=actor, action="token.revoke", resource=f"Token/{token_id}",
                    before=digest(_token_state(row.id, row.user, row.name, row.expires_at, None)),
                    after=digest(_token_state(row.id, row.user, row.name, row.expires_at, tx.now)),
@@ -269,6 +272,28 @@ async def bootstrap_admin(store: Store) -> str | None:
             return None
         await create_user(tx, "admin", Role.ADMIN, None, actor="system:bootstrap")
         return str((await create_token(tx, "admin", "bootstrap", None, actor="system:bootstrap"))["token"])
+
+
+async def _keep_an_admin(conn: AsyncConnection, change: str) -> None:
+    """Refuse (inside the change's transaction, so nothing is written) a change that leaves no user holding an
+    unscoped admin binding: nobody could manage access again, and the platform would be locked out."""
+    admins = (await conn.execute(select(role_bindings.c.apps).where(role_bindings.c.role == Role.ADMIN.value))).all()
+    if not any(row.apps is None for row in admins):  # JSON null and SQL NULL both read back as None
+        raise Conflict(f"{change} would leave no admin (a user with the admin role for all apps); "
+                       f"make another admin first")
+
+
+async def _keep_an_admin_token(tx: Tx, change: str) -> None:
+    """Refuse (inside the change's transaction) a revocation that leaves no admin for all apps with a live token:
+    nobody could mint one again, and the platform would be locked out."""
+    admins = {row.user for row in (await tx.conn.execute(select(role_bindings.c.user, role_bindings.c.apps).where(
+        role_bindings.c.role == Role.ADMIN.value))).all() if row.apps is None}
+    live = (await tx.conn.execute(select(tokens.c.id).where(
+        tokens.c.user.in_(admins), tokens.c.revoked_at.is_(None),
+        (tokens.c.expires_at.is_(None)) | (tokens.c.expires_at > tx.now)).limit(1))).first() if admins else None
+    if live is None:
+        raise Conflict(f"{change} would leave no admin (for all apps) with a token that works; mint another admin "
+                       f"token first")
 
 
 async def _require_user(conn: AsyncConnection, name: str) -> None:

@@ -11,18 +11,18 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ballast.wire.message import Message
-from ballast.wire.text import INT32_MAX, NAME_PATTERN, StoredText, ip_port
+from ballast.wire.message import StrictMessage
+from ballast.wire.text import COUNTER_MAX, INT32_MAX, NAME_PATTERN, Labels, StoredText, ip_port
 
 InstancePhase = Literal["Pending", "Starting", "Running", "Unhealthy", "BackOff", "Failed", "Stopping", "Stopped"]
 
 
-class NodeRegistration(Message):
-    cell: str = Field(pattern=NAME_PATTERN)
-    ip: str
+class NodeRegistration(StrictMessage):
+    cell: str = Field(pattern=NAME_PATTERN, max_length=63)
+    ip: str = Field(max_length=64)
     cpu_millis: int = Field(gt=0, le=10_000_000)
     memory_bytes: int = Field(gt=0, le=2**50)
-    labels: dict[StoredText, StoredText] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     agent_version: StoredText = Field("", max_length=64)
     metrics_address: str | None = Field(None, max_length=128, description="IP:PORT of the agent's telemetry "
                                                                             "endpoint (/metrics, request metrics)")
@@ -39,7 +39,7 @@ class NodeRegistration(Message):
         return None if value is None else ip_port(value)
 
 
-class GatewayRegistration(Message):
+class GatewayRegistration(StrictMessage):
     address: str = Field(max_length=128, description="IP:PORT the gateway listens on")
     metrics_address: str | None = Field(None, max_length=128, description="IP:PORT of its telemetry endpoint")
 
@@ -49,7 +49,7 @@ class GatewayRegistration(Message):
         return None if value is None else ip_port(value)
 
 
-class DrainReport(Message):
+class DrainReport(StrictMessage):
     """What waiting for an instance's requests to finish achieved, before it was stopped."""
 
     revision: int = Field(ge=0, le=INT32_MAX)
@@ -59,7 +59,7 @@ class DrainReport(Message):
     at: float = Field(ge=0, le=2**40)
 
 
-class InstanceReport(Message):
+class InstanceReport(StrictMessage):
     id: StoredText = Field(max_length=80)
     phase: InstancePhase
     ready: bool
@@ -73,11 +73,11 @@ class InstanceReport(Message):
     drain: DrainReport | None = Field(None, description="the last wait for in-flight requests before a stop")
 
 
-class StatusReport(Message):
+class StatusReport(StrictMessage):
     instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
 
 
-class Acknowledgement(Message):
-    generation: int = Field(ge=0, le=2**62, description="the registry generation now in effect")
+class Acknowledgement(StrictMessage):
+    generation: int = Field(ge=0, le=COUNTER_MAX, description="the registry generation now in effect")
     applied_hash: StoredText = Field("", max_length=64, description="a digest of the configuration applied")
     error: StoredText = Field("", max_length=4000, description="why the last change could not be applied")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 INT32_MAX = 2**31 - 1     # what an integer column holds on every store
+# The bound of a sequence or generation (64-bit columns): 2**53, the largest integer every JSON reader (a
+# float64) holds exactly, so a client's schema check and ours agree at the edge. No counter gets near it.
+COUNTER_MAX = 2**53
 
 
 def storable(text: str) -> bool:
@@ -39,5 +42,10 @@ def ip_port(value: str) -> str:
     return value
 
 
-# For request fields outside manifests (agent reports, token names): text both stores can hold.
-StoredText = Annotated[str, AfterValidator(require_storable)]
+# For request fields outside manifests (agent reports, token names): text both stores can hold. The schema says
+# "no NUL"; an unpaired surrogate has no JSON Schema spelling (it is no character), the validator refuses it too.
+StoredText = Annotated[str, AfterValidator(require_storable), Field(json_schema_extra={"pattern": "^[^\\x00]*$"})]
+
+# Labels, on manifests and node registrations: a bounded map of bounded strings (the stores keep them as JSON).
+Labels = Annotated[dict[Annotated[StoredText, Field(max_length=253)], Annotated[StoredText, Field(max_length=1000)]],
+                   Field(max_length=64)]
