@@ -12,7 +12,7 @@ import pytest
 
 from ballast.controllers.scheduler import reconcile_once
 from ballast.core.manifests import API_VERSION
-from tests.conftest import Api
+from tests.conftest import Api, Fleet
 
 HUGE = 2**70
 
@@ -23,8 +23,7 @@ async def _shop_with_a_node(api: Api) -> Any:
              {"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": "shop"},
               "spec": {"cells": {"cell-a": 1}, "template": {"command": ["python", "-m", "shop"]}}}]
     assert (await api.http.post("/v1/apply", json={"items": items})).status_code == 200
-    assert (await api.http.post("/v1/users", json={"name": "agent-1", "role": "agent"})).status_code == 201
-    agent = api.as_((await api.http.post("/v1/tokens", json={"user": "agent-1"})).json()["token"])
+    agent = await Fleet(api).client("node", "n1")   # the node's own credential
     r = await agent.put("/v1/nodes/n1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 4000,
                                               "memoryBytes": 2**33})
     assert r.status_code == 200, r.text

@@ -111,3 +111,8 @@ def test_who_may_fetch_an_artifact(bindings: tuple[Binding, ...], referencing: t
                                    expected: bool) -> None:
     """Fetching an artifact needs read access to an app that runs it; agents fetch what any app runs."""
     assert may_fetch_artifact(bindings, referencing) is expected
+
+
+def test_the_roles_a_person_may_hold_are_every_role_but_the_components() -> None:
+    from ballast.core.authz import COMPONENT_ROLES, PersonRole
+    assert {r.value for r in PersonRole} == {r.value for r in Role if r not in COMPONENT_ROLES}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import Field
 
 from ballast.api.deps import Name, RequestBody, TokenId, audited_write, principal, require, require_person, store_of
-from ballast.core.authz import Action, Role, allowed, explain_denial
+from ballast.core.authz import Action, PersonRole, allowed, explain_denial
 from ballast.core.manifests import NAME_PATTERN, StoredText
 from ballast.errors import FieldProblem, Forbidden, InvalidInput
 from ballast.services import access
@@ -25,12 +25,12 @@ AppNames = list[Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]]
 
 class NewUser(RequestBody):
     name: str = Field(pattern=USER_NAME_PATTERN, max_length=63, description="lower-case letters, digits, - _ . @")
-    role: Role = Field(strict=False)  # an enum: strict would take only the Python object
+    role: PersonRole = Field(strict=False)  # an enum: strict would take only the Python object
     apps: AppNames | None = Field(None, max_length=1000, description="the apps the role is scoped to (null: all)")
 
 
 class NewBinding(RequestBody):
-    role: Role = Field(strict=False)
+    role: PersonRole = Field(strict=False)
     apps: AppNames | None = Field(None, max_length=1000)
 
 
@@ -65,7 +65,7 @@ async def list_users(request: Request, who: Principal = Depends(principal)) -> d
 @router.post("/users", tags=["access"], status_code=201)
 async def create_user(body: NewUser, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
-    name, role, apps = access.validate_user_name(body.name), access.validate_role(body.role), _apps(body.apps)
+    name, role, apps = access.validate_user_name(body.name), access.validate_role(body.role.value), _apps(body.apps)
 
     return await audited_write(request, lambda tx: access.create_user(tx, name, role, apps, who.user))
 
@@ -81,16 +81,16 @@ async def delete_user(name: Name, request: Request, who: Principal = Depends(pri
 @router.post("/users/{name}/bindings", tags=["access"], status_code=201)
 async def bind(name: Name, body: NewBinding, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
-    role, apps = access.validate_role(body.role), _apps(body.apps)
+    role, apps = access.validate_role(body.role.value), _apps(body.apps)
 
     await audited_write(request, lambda tx: access.bind(tx, name, role, apps, who.user))
     return {"user": name, "role": role.value, "apps": apps}
 
 
 @router.delete("/users/{name}/bindings/{role}", tags=["access"])
-async def unbind(name: Name, role: Annotated[Role, Path()], request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+async def unbind(name: Name, role: Annotated[PersonRole, Path()], request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_ACCESS)
-    parsed = access.validate_role(role)
+    parsed = access.validate_role(role.value)
 
     removed = await audited_write(request, lambda tx: access.unbind(tx, name, parsed, who.user))
     return {"user": name, "role": parsed.value, "removed": removed}

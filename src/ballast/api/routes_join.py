@@ -3,30 +3,31 @@ component exchanges it once for its credential (services/joining.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from ballast.api.deps import audited_write, principal, require
+from ballast.api.deps import RequestBody, audited_write, principal, require
 from ballast.core.authz import Action
+from ballast.core.manifests import NAME_PATTERN
 from ballast.services import joining
 from ballast.services.access import Principal
 
 router = APIRouter()
+COMPONENT_NAME_MAX = joining.NAME_MAX
 
 
-class NewJoinToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str | None = Field(None, max_length=16)
-    name: str | None = Field(None, max_length=63)
+class NewJoinToken(RequestBody):
+    kind: Literal["node", "gateway"] | None = Field(None, description="with a name: the kind of that component")
+    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=COMPONENT_NAME_MAX,
+                             description="the one component it may join (null: any new one)")
     ttlSeconds: float | None = Field(None, gt=0, le=joining.MAX_JOIN_SECONDS)
 
 
-class JoinRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str = Field(max_length=16)
-    name: str = Field(max_length=63)
+class JoinRequest(RequestBody):
+    kind: Literal["node", "gateway"]
+    name: str = Field(pattern=NAME_PATTERN, max_length=COMPONENT_NAME_MAX)
 
 
 @router.post("/join-tokens", tags=["access"], status_code=201)

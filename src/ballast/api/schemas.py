@@ -402,6 +402,23 @@ class Health(_Body):
     status: str
 
 
+class JoinTokenMade(_Body):
+    id: str
+    token: str
+    kind: str | None
+    name: str | None
+    expiresAt: float
+
+
+class Joined(_Body):
+    kind: str
+    name: str
+    user: str
+    id: str
+    token: str
+    revoked: list[str]
+
+
 # --- every operation: its success status and body ----------------------------------------------------------------------
 
 GZIP = "application/gzip"
@@ -444,6 +461,8 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("GET", "/v1/tokens"): ((200,), Tokens),
     ("POST", "/v1/tokens"): ((201,), MintedToken),
     ("DELETE", "/v1/tokens/{token_id}"): ((200,), Revoked),
+    ("POST", "/v1/join-tokens"): ((201,), JoinTokenMade),
+    ("POST", "/v1/join"): ((200,), Joined),
     ("POST", "/v1/apps/{app}/releases/plan"): ((200,), ReleasePlan),
     ("POST", "/v1/apps/{app}/releases"): ((201,), ReleaseStarted),
     ("GET", "/v1/apps/{app}/releases"): ((200,), ReleaseHistory),

@@ -30,6 +30,16 @@ class Role(str, Enum):
     EMERGENCY_APPROVER = "emergency-approver"
 
 
+class PersonRole(str, Enum):
+    """The roles a person may be bound to: every Role but the components' (tests/unit/test_authz.py keeps the
+    two in step)."""
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    APPROVER = "approver"
+    EMERGENCY_APPROVER = "emergency-approver"
+
+
 class Action(str, Enum):
     READ = "read"              # any GET
     APPLY_APP = "apply-app"    # create/change/delete AppService and its instances

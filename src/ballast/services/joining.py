@@ -22,7 +22,7 @@ from ballast.store.schema import join_tokens, role_bindings, tokens, users
 
 DEFAULT_JOIN_SECONDS = 3600.0
 MAX_JOIN_SECONDS = 7 * 86400.0
-_NAME_MAX = PRINCIPAL_MAX - len("gateway/")   # the principal `gateway/NAME` must fit where user names are kept
+NAME_MAX = PRINCIPAL_MAX - len("gateway/")   # the principal `gateway/NAME` must fit where user names are kept
 
 
 def validate_component(kind: Any, name: Any) -> tuple[str, str]:
@@ -38,9 +38,9 @@ def _kind_problem(kind: Any) -> FieldProblem | None:
 
 
 def _name_problem(name: Any) -> FieldProblem | None:
-    if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= _NAME_MAX:
+    if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= NAME_MAX:
         return None
-    return FieldProblem("name", name, f"a DNS label (lower-case letters, digits, -) of at most {_NAME_MAX} characters")
+    return FieldProblem("name", name, f"a DNS label (lower-case letters, digits, -) of at most {NAME_MAX} characters")
 
 
 async def create_join_token(tx: Tx, kind: str | None, name: str | None, ttl_seconds: float | None,
