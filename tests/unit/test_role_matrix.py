@@ -42,6 +42,8 @@ from sqlalchemy.engine import make_url
 from ballast.api.admission import Refusals
 from ballast.api.app import MUTATING, create_app
 from ballast.cli.packaging import pack
+from ballast.controllers import endpoints as registry_controller
+from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
 from ballast.store import schema
@@ -136,6 +138,7 @@ def order_manifest(name: str, app: str) -> dict[str, Any]:
 
 # Change windows in these rows apply to an app no order touches, so they never close an order's start.
 WINDOW = {"timeZone": "UTC", "allowed": [{"days": ["mon"], "start": "09:00", "end": "10:00"}], "apps": ["nobody"]}
+UNDONE_APP = "rel-undo"   # its release to revision 2 has succeeded: a rollback starts a new release back
 ADMINS = frozenset({ADMIN})
 OPERATORS = frozenset({ADMIN, OPERATOR})
 PUSHERS = frozenset({ADMIN, OPERATOR, SCOPED_OPERATOR})   # any operator binding, scoped or not
@@ -217,6 +220,8 @@ ROWS: list[Row] = [
         audit=("release.resume", "AppService/rel-resume", CHANGED)),
     Row("POST", "/v1/apps/{app}/release/rollback", "/v1/apps/rel-rollback/release/rollback", OPERATORS,
         audit=("release.rollback", "AppService/rel-rollback", CHANGED)),
+    Row("POST", "/v1/apps/{app}/release/rollback", f"/v1/apps/{UNDONE_APP}/release/rollback", OPERATORS,
+        audit=("release.rollback", f"AppService/{UNDONE_APP}", CREATED), variant="after success: a new release"),
     # release orders and change windows
     Row("POST", "/v1/orders/{name}/approve", "/v1/orders/order-approve/approve", frozenset({ADMIN, APPROVER}),
         json={"comment": "checked"}, audit=("order.approve", "ReleaseOrder/order-approve", CHANGED)),
@@ -244,10 +249,10 @@ ROWS: list[Row] = [
         audit=("token.revoke", "Token/tok_", CHANGED), variant="one's own", spends=_revokes_its_only_credential),
 ]
 
+RELEASE_APPS = ["rel-start", "rel-pause", "rel-resume", "rel-rollback"]
 ORDER_APPS = {"order-approve": "app-approve", "order-emergency": "app-emergency", "order-reject": "app-reject",
               "order-start": "app-start", "order-pause": "app-pause", "order-resume": "app-resume",
               "order-rollback": "app-rollback"}
-RELEASE_APPS = ["rel-start", "rel-pause", "rel-resume", "rel-rollback"]
 
 
 def mutating_routes() -> set[tuple[str, str]]:
@@ -307,7 +312,7 @@ async def prepare(api: Api) -> Prepared:
 
     cells = [manifest("Cell", c, {"zone": f"z-{c}"}) for c in ("cell-a", "cell-spare", "cell-del")]
     windows = [manifest("ChangeWindow", "cw-del", WINDOW)]
-    release_apps = [app_manifest(a, count=1) for a in RELEASE_APPS]
+    release_apps = [app_manifest(a, count=1) for a in [*RELEASE_APPS, UNDONE_APP]]
     order_apps = [app_manifest(a) for a in ORDER_APPS.values()]
     await ok(admin.post("/v1/apply", json={"items": [*cells, *windows, *release_apps, *order_apps,
                                                      app_manifest("app-del"), app_manifest("app-order-new")]}))
@@ -316,8 +321,11 @@ async def prepare(api: Api) -> Prepared:
         await ok(fleet.put(f"/v1/nodes/{node}", json={"cell": cell, "ip": ip, "cpuMillis": 8000,
                                                       "memoryBytes": 16 * 2**30}))
     await ok(admin.post("/v1/nodes/node-cordoned/drain"))
-    assert await scheduler.reconcile_once(api.store) == len(RELEASE_APPS)
+    assert await scheduler.reconcile_once(api.store) == len(RELEASE_APPS) + 1
     await ok(fleet.put("/v1/gateways/gw-del", json={"address": "127.0.0.1:8080"}))
+    await ok(admin.post("/v1/apply", json={"items": [app_manifest(UNDONE_APP, count=1, greeting="v2")]}))
+    await ok(admin.post(f"/v1/apps/{UNDONE_APP}/releases", json={"strategy": {"pause": "none"}}), 201)
+    await release_succeeds(api, fleet, UNDONE_APP)
     # The components behind principals: registered, so that their rows change a registration.
     for who, (kind, name) in COMPONENTS.items():
         tokens[who] = await join_component(api, kind, name)
@@ -339,6 +347,25 @@ async def prepare(api: Api) -> Prepared:
         await ok(author.post(f"/v1/orders/{name}/start", json={}))
     await ok(author.post("/v1/orders/order-resume/pause", json={}))
     return Prepared("", api.admin_token, tokens, other_token["id"])
+
+
+async def release_succeeds(api: Api, fleet: Fleet, app: str) -> None:
+    """The data plane runs what `app`'s one instance is granted and every node and gateway acknowledges the
+    registry, until the release engine has finished `app`'s release (a bounded number of passes)."""
+    for _ in range(10):
+        await registry_controller.reconcile_once(api.store)
+        [inst] = (await ok(api.http.get("/v1/instances", params={"app": app})))["items"]
+        await ok(fleet.post(f"/v1/nodes/{inst['spec']['node']}/status", json={"instances": [
+            {"id": inst["metadata"]["name"], "phase": "Running", "ready": True, "restarts": 0, "port": 20000,
+             "revision": inst["status"]["grantedRevision"]}]}))
+        await registry_controller.reconcile_once(api.store)
+        generation = (await ok(fleet.get("/v1/registry")))["generation"]
+        for kind, name in fleet.clients:
+            await ok(fleet.post(f"/v1/{kind}s/{name}/ack", json={"generation": generation}))
+        await release_engine.reconcile_once(api.store)
+        if (await ok(api.http.get(f"/v1/apps/{app}/release")))["phase"] == "Succeeded":
+            return
+    raise AssertionError(f"the release of {app} did not succeed")
 
 
 async def caller_for(api: Api, prepared: Prepared, principal: str) -> Caller:
