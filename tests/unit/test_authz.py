@@ -49,7 +49,8 @@ def test_unscoped_binding_grants_exactly_the_roles_actions(role: Role, action: A
     (Role.OPERATOR, A.PUSH_ARTIFACT, None, True),
     (Role.OPERATOR, A.PUSH_ARTIFACT, "pay", True),
     (Role.VIEWER, A.PUSH_ARTIFACT, None, False),
-    (Role.AGENT, A.PUSH_ARTIFACT, None, False),
+    (Role.NODE, A.PUSH_ARTIFACT, None, False),
+    (Role.GATEWAY, A.PUSH_ARTIFACT, None, False),
     # Scope never widens a role.
     (Role.VIEWER, A.APPLY_APP, "shop", False),
     (Role.OPERATOR, A.MANAGE_CELLS, "shop", False),
@@ -101,12 +102,13 @@ def test_denial_names_user_roles_action_and_app(bindings: tuple[Binding, ...], a
     ((Binding(Role.OPERATOR, apps=("shop",)),), ("pay",), False),
     ((Binding(Role.OPERATOR, apps=("shop",)),), (), False),
     ((Binding(Role.APPROVER),), ("pay",), True),
-    # Node agents: any artifact some app runs, none that no app runs.
-    ((Binding(Role.AGENT),), ("pay",), True),
-    ((Binding(Role.AGENT),), (), False),
+    # Components read no app: a node fetches what its own granted instances run (the route asks the store, not
+    # this rule), a gateway nothing.
+    ((Binding(Role.NODE),), ("pay",), False),
+    ((Binding(Role.GATEWAY),), ("pay",), False),
     ((), ("shop",), False),
 ])
 def test_who_may_fetch_an_artifact(bindings: tuple[Binding, ...], referencing: tuple[str, ...],
                                    expected: bool) -> None:
-    """Fetching an artifact needs read access to an app that runs it; agents fetch what any app runs."""
+    """Fetching an artifact needs read access to an app that runs it (or an unscoped admin)."""
     assert may_fetch_artifact(bindings, referencing) is expected
