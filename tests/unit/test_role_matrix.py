@@ -16,7 +16,9 @@ Nodes and gateways act with their own joined credentials, each only as itself; n
 as a component, and a join token does nothing but join.
 
 Each principal gets its own copy of one prepared store (a file copy, a PostgreSQL template) and runs every row
-against it in order; rows touch disjoint objects, so an allowed row never disturbs a later one.
+against it in order; rows touch disjoint objects, so an allowed row never disturbs a later one. The last rows may
+use up the caller's own credential (a join consumes its join token; a component's only token is its credential,
+which it may revoke): from then on that caller is refused like any request without a valid token.
 """
 
 from __future__ import annotations
