@@ -10,11 +10,12 @@ from typing import Any, AsyncIterator
 import httpx
 
 from ballast.api.app import create_app
+from ballast.controllers import scheduler
 from ballast.core.archive import ArchiveLimits
 from ballast.core.manifests import API_VERSION
 from ballast.core.outbound import OutboundPolicy
 from tests.archives import Entry, app_package, targz
-from tests.conftest import Api, Fleet
+from tests.conftest import Api, join_component
 from tests.unit.test_api_access import client_for
 
 CELL = {"apiVersion": API_VERSION, "kind": "Cell", "metadata": {"name": "cell-a"}, "spec": {"zone": "zone-a"}}
@@ -29,11 +30,12 @@ def digest_of(blob: bytes) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-async def platform(api: Api, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """An admin client of the same store under other server settings (limits, outbound ranges)."""
+async def platform(api: Api, token: str | None = None, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the same store under other server settings (limits, outbound ranges): the admin's, or the
+    holder of `token`'s."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(api.store, **settings)),
                                  base_url="http://ballast",
-                                 headers={"Authorization": f"Bearer {api.admin_token}"}) as http:
+                                 headers={"Authorization": f"Bearer {token or api.admin_token}"}) as http:
         yield http
 
 
@@ -80,10 +82,16 @@ async def test_an_artifact_is_fetched_by_readers_of_an_app_that_runs_it(api: Api
     assert r.status_code == 200, r.text
     shop_reader = await client_for(api, "sam", "viewer", ["shop"])
     pay_operator = await client_for(api, "pat", "operator", ["pay"])
-    expected = {  # (who, digest): status; a refusal looks like absence (nodes: test_api_component_identity)
+    node = api.as_((await join_component(api, "node", "n1"))["token"])
+    r = await node.put("/v1/nodes/n1", json={"cell": "cell-a", "ip": "10.0.0.1", "cpuMillis": 1000,
+                                             "memoryBytes": 2**30})
+    assert r.status_code == 200, r.text
+    assert await scheduler.reconcile_once(api.store) == 1   # shop's instance, granted to n1
+    expected = {  # (who, digest): status; to a person a refusal looks like absence, a node is told
         (api.http, shop): 200, (api.http, loose): 200,
         (shop_reader, shop): 200, (shop_reader, loose): 404,
         (pay_operator, shop): 404, (pay_operator, loose): 404,
+        (node, shop): 200, (node, loose): 403,
     }
     for (client, digest), status in expected.items():
         r = await client.get(f"/v1/artifacts/{digest}")
@@ -146,26 +154,26 @@ async def test_verification_urls_aiming_inside_are_refused_unless_the_platform_a
 
 async def test_a_node_registers_telemetry_on_its_own_ip_only(api: Api) -> None:
     assert (await api.http.post("/v1/apply", json={"items": [CELL]})).status_code == 200
-    agent = await Fleet(api).client("node", "n1")
+    credential = (await join_component(api, "node", "n1"))["token"]
+    agent = api.as_(credential)
     node = {"cell": "cell-a", "ip": "127.0.161.5", "cpuMillis": 1000, "memoryBytes": 2**30}
     r = await agent.put("/v1/nodes/n1", json={**node, "metricsAddress": "127.0.161.6:9464"})
     assert r.status_code == 422, r.text
     assert r.json()["problems"][0]["path"] == "metricsAddress"
     assert (await api.http.get("/v1/nodes")).json()["items"] == []
-    async for http in platform(api, outbound=OutboundPolicy(own_ports=frozenset({7700}))):
-        http.headers["Authorization"] = agent.headers["Authorization"]   # node n1 itself, under these settings
+    async for http in platform(api, credential, outbound=OutboundPolicy(own_ports=frozenset({7700}))):
         r = await http.put("/v1/nodes/n1", json={**node, "ip": "127.0.0.1", "metricsAddress": "127.0.0.1:7700"})
-        assert r.status_code == 422 and "own API" in r.json()["problems"][0]["expected"], r.text
+        assert r.status_code == 422 and "own API" in r.json()["problems"][0]["expected"]
     r = await agent.put("/v1/nodes/n1", json={**node, "metricsAddress": "127.0.161.5:9464"})
     assert r.status_code == 200, r.text
 
 
 async def test_a_gateway_registers_telemetry_on_its_own_ip_only(api: Api) -> None:
-    agent = await Fleet(api).client("gateway", "edge")
+    credential = (await join_component(api, "gateway", "edge"))["token"]
+    agent = api.as_(credential)
     r = await agent.put("/v1/gateways/edge", json={"address": "127.0.161.7:8080", "metricsAddress": "127.0.161.8:9465"})
     assert r.status_code == 422 and r.json()["problems"][0]["path"] == "metricsAddress", r.text
-    async for http in platform(api, outbound=OutboundPolicy(own_ports=frozenset({7700}))):
-        http.headers["Authorization"] = agent.headers["Authorization"]
+    async for http in platform(api, credential, outbound=OutboundPolicy(own_ports=frozenset({7700}))):
         r = await http.put("/v1/gateways/edge", json={"address": "0.0.0.0:8080", "metricsAddress": "127.0.0.1:7700"})
         assert r.status_code == 422 and "own API" in r.json()["problems"][0]["expected"], r.text
     for address, metrics in (("127.0.161.7:8080", "127.0.161.7:9465"), ("0.0.0.0:8080", "127.0.161.8:9465")):

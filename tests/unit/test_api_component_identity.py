@@ -164,15 +164,16 @@ async def test_a_component_credential_reads_nothing_people_read(api: Api) -> Non
 async def test_a_node_fetches_only_the_artifacts_its_own_instances_run(api: Api) -> None:
     """A node may download an artifact an instance granted to it runs; not another one, and a gateway none."""
     fleet = await world(api)
-    other = await ok(api.http.post("/v1/artifacts", content=app_package(b"other package")), 201)
-    mine = await ok(api.http.post("/v1/artifacts", content=app_package(b"pay package")), 201)
+    pay_package = app_package(b"pay")
+    other = await ok(api.http.post("/v1/artifacts", content=app_package(b"other")), 201)
+    mine = await ok(api.http.post("/v1/artifacts", content=pay_package), 201)
     pay = {**shop(), "metadata": {"name": "pay"}}
     pay["spec"] = {"cells": {"cell-a": 1}, "template": {"command": ["python", "-m", "pay"], "artifact": mine["digest"]}}
     await ok(api.http.post("/v1/apply", json={"items": [pay]}))
     assert await scheduler.reconcile_once(api.store) == 1   # on n-a1, cell-a's one node
     n_a1, n_b1 = await fleet.client("node", "n-a1"), await fleet.client("node", "n-b1")
     r = await n_a1.get(f"/v1/artifacts/{mine['digest']}")
-    assert r.status_code == 200 and r.content == app_package(b"pay package"), r.text
+    assert r.status_code == 200 and r.content == pay_package, r.text
     refused_naming(await n_b1.get(f"/v1/artifacts/{mine['digest']}"), "node/n-b1", mine["digest"])
     refused_naming(await n_a1.get(f"/v1/artifacts/{other['digest']}"), "node/n-a1", other["digest"])
     refused_naming(await (await fleet.client("gateway", "edge")).get(f"/v1/artifacts/{mine['digest']}"), "gateway/edge")

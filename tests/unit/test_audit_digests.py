@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -17,9 +16,9 @@ from ballast.controllers import orders as order_engine
 from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.store import schema
-from tests.conftest import Api
+from tests.conftest import Api, Fleet, join_component
 from tests.unit.test_api_releases import NODES, shop_at_revision_1_with_revision_2_recorded
-from tests.unit.test_api_verification import Agents, Clock, _agent_client, beta, step
+from tests.unit.test_api_verification import Agents, Clock, beta, step
 from tests.unit.test_api_verification import start as start_verified
 from tests.unit.test_role_matrix import WINDOW, app_manifest, manifest, new_user, ok, order_manifest
 
@@ -31,6 +30,8 @@ DIGEST_FAMILIES = [
     {"node.register", "node.delete"},
     {"node.drain", "node.uncordon"},
     {"gateway.register", "gateway.delete"},
+    {"join-token.create"},
+    {"node.join", "gateway.join"},       # a component's principal and live credentials
     {"release.start", "release.pause", "release.resume", "release.rollback",   # and the engine's transitions:
      "release.succeeded", "release.rolled-back", "release.failed", "release.paused", "release.group-done",
      "release.auto-rollback"},
@@ -40,7 +41,7 @@ DIGEST_FAMILIES = [
 ]
 
 
-async def engine_finishes_shop_rollback(api: Api, agent: httpx.AsyncClient) -> None:
+async def engine_finishes_shop_rollback(api: Api, agent: Fleet) -> None:
     """The data plane reports shop's one instance running and ready where it was granted, every traffic
     component acknowledges, and the release engine ends the rollback (a bounded number of passes)."""
     for _ in range(10):
@@ -62,11 +63,12 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
     """Before/after digests describe the changed object itself: along the records of one object a change's
     `before` is the previous change's `after`; a creation has no `before`, a deletion no `after`."""
     admin = api.http
-    agent = api.as_((await new_user(api, "agents", "agent"))["token"])
+    agent = Fleet(api)   # each node and gateway joins with its own credential
+    await new_user(api, "ops", "operator")
     author = api.as_((await new_user(api, "author", "operator"))["token"])
     checker = api.as_((await new_user(api, "checker", "approver"))["token"])
-    await ok(admin.post("/v1/users/agents/bindings", json={"role": "viewer"}), 201)
-    await ok(admin.delete("/v1/users/agents/bindings/viewer"))
+    await ok(admin.post("/v1/users/ops/bindings", json={"role": "viewer"}), 201)
+    await ok(admin.delete("/v1/users/ops/bindings/viewer"))
     token = await ok(admin.post("/v1/tokens", json={"user": "checker", "name": "second"}), 201)
     await ok(admin.delete(f"/v1/tokens/{token['id']}"))
     await ok(admin.post("/v1/users", json={"name": "gone", "role": "viewer"}), 201)
@@ -81,6 +83,7 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
     await ok(admin.post("/v1/nodes/n2/drain"))
     await ok(admin.post("/v1/nodes/n2/uncordon"))
     await ok(admin.delete("/v1/nodes/n2"))
+    await join_component(api, "node", "n2")   # re-joining rotates its credential
     for address in ("127.0.0.1:8080", "127.0.0.1:8081"):
         await ok(agent.put("/v1/gateways/edge", json={"address": address}))
     await ok(admin.delete("/v1/gateways/edge"))
@@ -113,8 +116,8 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
         if any(rec.action in f for f in DIGEST_FAMILIES) and rec.result == "ok":
             chains.setdefault((family_of(rec.action), rec.resource), []).append(rec)
     expected = {(family_of(action), resource): n for action, resource, n in [
-        ("user.create", "User/agents", 3), ("user.create", "User/gone", 2), ("token.create", f"Token/{token['id']}", 2),
-        ("node.register", "Node/n2", 3), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
+        ("user.create", "User/ops", 3), ("user.create", "User/gone", 2), ("token.create", f"Token/{token['id']}", 2),
+        ("node.register", "Node/n2", 3), ("node.join", "Node/n2", 2), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
         ("apply", "ChangeWindow/cw", 3), ("apply", "AppService/shop", 2),
         ("release.start", "AppService/shop", 5), ("order.start", "ReleaseOrder/chg", 6)]}
     for (family, resource), chain in chains.items():
@@ -136,12 +139,11 @@ OBSERVATIONS = {"drain.timeout"}
 @pytest.fixture
 async def verified_shop(api: Api) -> Agents:
     """The verification tests' app: 5 + 5 instances at revision 1, revision 2 recorded, agents with telemetry."""
-    await shop_at_revision_1_with_revision_2_recorded(api)
-    agent = await _agent_client(api)
+    agent = await shop_at_revision_1_with_revision_2_recorded(api)
     for k, (name, cell) in enumerate(sorted(NODES.items()), start=1):
         await ok(agent.put(f"/v1/nodes/{name}", json={"cell": cell, "ip": f"10.0.0.{k}", "cpuMillis": 8000,
                                                       "memoryBytes": 16 * 2**30, "metricsAddress": f"10.0.0.{k}:9464"}))
-    shop = Agents(api)
+    shop = Agents(api, agent)
     await shop.refresh()
     return shop
 
@@ -162,7 +164,7 @@ async def test_the_engines_records_of_a_verified_release_carry_digests(api: Api,
     await step(api, verified_shop, clock, 11)
     assert (await step(api, verified_shop, clock))["phase"] == "RolledBack"
     # A node whose agent never acknowledges: draining the deleted app's endpoints waits for it until the timeout.
-    await ok((await _agent_client(api)).put("/v1/nodes/n-silent", json={"cell": "cell-a", "ip": "10.0.0.9",
+    await ok(verified_shop.fleet.put("/v1/nodes/n-silent", json={"cell": "cell-a", "ip": "10.0.0.9",
                                                                          "cpuMillis": 1000, "memoryBytes": 2**30}))
     await ok(api.http.delete("/v1/apps/shop"))
     await endpoint_controller.reconcile_once(api.store)

@@ -102,14 +102,15 @@ def test_denial_names_user_roles_action_and_app(bindings: tuple[Binding, ...], a
     ((Binding(Role.OPERATOR, apps=("shop",)),), ("pay",), False),
     ((Binding(Role.OPERATOR, apps=("shop",)),), (), False),
     ((Binding(Role.APPROVER),), ("pay",), True),
-    # Component credentials read no app: what a node fetches is decided by its own instances (the route).
+    # Components read no app: a node fetches what its own granted instances run (the route asks the store, not
+    # this rule), a gateway nothing.
     ((Binding(Role.NODE),), ("pay",), False),
     ((Binding(Role.GATEWAY),), ("pay",), False),
     ((), ("shop",), False),
 ])
 def test_who_may_fetch_an_artifact(bindings: tuple[Binding, ...], referencing: tuple[str, ...],
                                    expected: bool) -> None:
-    """Fetching an artifact needs read access to an app that runs it; agents fetch what any app runs."""
+    """Fetching an artifact needs read access to an app that runs it (or an unscoped admin)."""
     assert may_fetch_artifact(bindings, referencing) is expected
 
 

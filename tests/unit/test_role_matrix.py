@@ -6,11 +6,19 @@ status of success, and exactly which principals may. For every (route, principal
 
 - allowed: the call succeeds and changes what it should; a route that audits itself appends its own record
   (action, resource, actor, before/after digests), never the middleware's generic one;
-- denied: exactly 401 (no valid token) or 403, every table but the audit log is unchanged, and the audit log
-  gained exactly one record: the refusal.
+- denied with 403 (a known caller): every table but the audit log is unchanged, and the audit log gained exactly
+  one record: the refusal;
+- denied with 401 (no valid token: none, malformed, expired, revoked, or a credential an earlier row spent): the
+  admission middleware answers before any route runs, nothing at all changes, the audit log included, and the
+  refusal is only counted (it reaches the audit log later, aggregated).
+
+Nodes and gateways act with their own joined credentials, each only as itself; no person (admins included) acts
+as a component, and a join token does nothing but join.
 
 Each principal gets its own copy of one prepared store (a file copy, a PostgreSQL template) and runs every row
-against it in order; rows touch disjoint objects, so an allowed row never disturbs a later one.
+against it in order; rows touch disjoint objects, so an allowed row never disturbs a later one. The last rows may
+use up the caller's own credential (a join consumes its join token; a component's only token is its credential,
+which it may revoke): from then on that caller is refused like any request without a valid token.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import dataclasses
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 import httpx
@@ -31,24 +41,33 @@ from fastapi.routing import iter_route_contexts
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from ballast.api.admission import Refusals
 from ballast.api.app import MUTATING, create_app
+from ballast.cli.packaging import pack
+from ballast.controllers import endpoints as registry_controller
+from ballast.controllers import releases as release_engine
 from ballast.controllers import scheduler
 from ballast.core.manifests import API_VERSION
 from ballast.store import schema
 from ballast.services.access import bootstrap_admin
 from ballast.store.engine import Store
-from tests.conftest import Api, _drop_database, _pg_admin, _require_pg
+from tests.conftest import Api, Fleet, _drop_database, _pg_admin, _require_pg, join_component
 
 # --- the principals ------------------------------------------------------------------------------------------------
 
 ADMIN, OPERATOR, SCOPED_OPERATOR, VIEWER = "admin", "operator", "operator-of-another-app", "viewer"
-APPROVER, EMERGENCY_APPROVER, AGENT = "approver", "emergency-approver", "agent"
+APPROVER, EMERGENCY_APPROVER = "approver", "emergency-approver"
+NODE, OTHER_NODE, GATEWAY, JOIN_TOKEN = "node-n1", "node-n2", "gateway-gw1", "join-token"
 EXPIRED, REVOKED, MALFORMED, NO_TOKEN = "expired-token", "revoked-token", "malformed-token", "no-token"
-PRINCIPALS = [ADMIN, OPERATOR, SCOPED_OPERATOR, VIEWER, APPROVER, EMERGENCY_APPROVER, AGENT,
-              EXPIRED, REVOKED, MALFORMED, NO_TOKEN]
+PRINCIPALS = [ADMIN, OPERATOR, SCOPED_OPERATOR, VIEWER, APPROVER, EMERGENCY_APPROVER, NODE, OTHER_NODE, GATEWAY,
+              JOIN_TOKEN, EXPIRED, REVOKED, MALFORMED, NO_TOKEN]
 UNAUTHENTICATED = {EXPIRED, REVOKED, MALFORMED, NO_TOKEN}
-EVERY_USER = frozenset(set(PRINCIPALS) - UNAUTHENTICATED)
-READERS = frozenset({ADMIN, OPERATOR, VIEWER, APPROVER, EMERGENCY_APPROVER, AGENT})  # unscoped READ
+PEOPLE = frozenset({ADMIN, OPERATOR, SCOPED_OPERATOR, VIEWER, APPROVER, EMERGENCY_APPROVER})
+READERS = PEOPLE - {SCOPED_OPERATOR}  # unscoped READ
+# principal -> (kind, name) of the component whose own joined credential it is
+COMPONENTS: dict[str, tuple[str, str]] = {NODE: ("node", "n1"), OTHER_NODE: ("node", "n2"),
+                                          GATEWAY: ("gateway", "gw1")}
+JOINING = ("node", "n-join")   # what the join token principal's token was made for
 
 # principal -> (user, role, apps) of the user behind it; the expired and revoked tokens are an admin's, so only
 # the token's state refuses them.
@@ -58,7 +77,6 @@ USERS: dict[str, tuple[str, str, list[str] | None]] = {
     VIEWER: ("watcher", "viewer", None),
     APPROVER: ("checker", "approver", None),
     EMERGENCY_APPROVER: ("e-checker", "emergency-approver", None),
-    AGENT: ("node-agents", "agent", None),
     EXPIRED: ("old-admin", "admin", None),
     REVOKED: ("gone-admin", "admin", None),
 }
@@ -72,8 +90,10 @@ class Caller:
     principal: str
     user: str | None                 # None: no valid token, so no actor but "anonymous"
     headers: dict[str, str]
-    spare_token_id: str              # a token of the caller's own user that a row revokes (without a valid
-                                     # token of its own: another user's)
+    spare_token_id: str              # a token of the caller's own user that a row revokes (a component's only
+                                     # credential is its own; without a valid token of its own: another user's)
+    credential_id: str = ""          # the id of the token in `headers`, if it is valid
+    spent: bool = False              # an allowed row used the credential up: it authenticates no more
 
 
 # --- the rows ------------------------------------------------------------------------------------------------------
@@ -94,6 +114,9 @@ class Row:
     audit: tuple[str, str, str] | None = None    # (action, resource, digests); None: the route audits nothing
     changes: bool = True                         # False: a read sent as POST (plan, verify), changes nothing
     variant: str = ""
+    actor: str | None = None                     # the audit record's actor when not the caller (a join's: the
+                                                 # component it made)
+    spends: Callable[[Caller], bool] | None = None   # whether the allowed call used up the caller's credential
 
     def url(self, caller: Caller) -> str:
         return self.path(caller) if callable(self.path) else self.path
@@ -117,10 +140,26 @@ def order_manifest(name: str, app: str) -> dict[str, Any]:
 
 # Change windows in these rows apply to an app no order touches, so they never close an order's start.
 WINDOW = {"timeZone": "UTC", "allowed": [{"days": ["mon"], "start": "09:00", "end": "10:00"}], "apps": ["nobody"]}
+UNDONE_APP = "rel-undo"   # its release to revision 2 has succeeded: a rollback starts a new release back
 ADMINS = frozenset({ADMIN})
 OPERATORS = frozenset({ADMIN, OPERATOR})
-AGENTS = frozenset({ADMIN, AGENT})
+PUSHERS = frozenset({ADMIN, OPERATOR, SCOPED_OPERATOR})   # any operator binding, scoped or not
 ACK = {"generation": 0}
+
+
+def small_package() -> bytes:
+    """A real artifact, packed the way the CLI packs a directory."""
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / "app.py").write_text("print('hello')\n")
+        return pack(Path(directory))[0]
+
+
+def registration(ip: str, cpu: int = 8000) -> dict[str, Any]:
+    return {"cell": "cell-spare", "ip": ip, "cpuMillis": cpu, "memoryBytes": 2**30}
+
+
+def _revokes_its_only_credential(caller: Caller) -> bool:
+    return caller.spare_token_id == caller.credential_id
 
 ROWS: list[Row] = [
     # declared resources
@@ -134,25 +173,24 @@ ROWS: list[Row] = [
         audit=("order.create", "ReleaseOrder/order-new", CREATED), variant="a release order"),
     Row("DELETE", "/v1/cells/{name}", "/v1/cells/cell-del", ADMINS, audit=("delete", "Cell/cell-del", DELETED)),
     Row("DELETE", "/v1/apps/{name}", "/v1/apps/app-del", OPERATORS, audit=("delete", "AppService/app-del", DELETED)),
-    Row("POST", "/v1/artifacts", "/v1/artifacts", OPERATORS, status=201, content=b"\x1f\x8b not really a package",
+    Row("POST", "/v1/artifacts", "/v1/artifacts", PUSHERS, status=201, content=small_package(),
         audit=("artifact.push", "Artifact/sha256:", CREATED)),
     Row("POST", "/v1/audit/verify", "/v1/audit/verify", READERS, json={"records": [{"seq": 1, "hash": "x"}]},
         changes=False),
-    # nodes
-    Row("PUT", "/v1/nodes/{name}", "/v1/nodes/node-new", AGENTS,
-        json={"cell": "cell-spare", "ip": "10.0.9.1", "cpuMillis": 1000, "memoryBytes": 2**30},
-        audit=("node.register", "Node/node-new", CREATED)),
-    Row("POST", "/v1/nodes/{name}/status", "/v1/nodes/node-a1/status", AGENTS, json={"instances": []}),
-    Row("POST", "/v1/nodes/{name}/ack", "/v1/nodes/node-a1/ack", AGENTS, json=ACK),
+    # nodes: only node n1's own credential acts as n1 (not node n2's, not the gateway's, no person's)
+    Row("PUT", "/v1/nodes/{name}", "/v1/nodes/n1", frozenset({NODE}), json=registration("10.0.2.1", cpu=4000),
+        audit=("node.register", "Node/n1", CHANGED)),
+    Row("POST", "/v1/nodes/{name}/status", "/v1/nodes/n1/status", frozenset({NODE}), json={"instances": []}),
+    Row("POST", "/v1/nodes/{name}/ack", "/v1/nodes/n1/ack", frozenset({NODE}), json=ACK),
     Row("DELETE", "/v1/nodes/{name}", "/v1/nodes/node-del", ADMINS, audit=("node.delete", "Node/node-del", DELETED)),
     Row("POST", "/v1/nodes/{name}/drain", "/v1/nodes/node-drain/drain", ADMINS,
         audit=("node.drain", "Node/node-drain", CHANGED)),
     Row("POST", "/v1/nodes/{name}/uncordon", "/v1/nodes/node-cordoned/uncordon", ADMINS,
         audit=("node.uncordon", "Node/node-cordoned", CHANGED)),
-    # gateways
-    Row("PUT", "/v1/gateways/{name}", "/v1/gateways/gw-new", AGENTS, json={"address": "127.0.0.1:8080"},
-        audit=("gateway.register", "Gateway/gw-new", CREATED)),
-    Row("POST", "/v1/gateways/{name}/ack", "/v1/gateways/gw-ack/ack", AGENTS, json=ACK),
+    # gateways: only gateway gw1's own credential acts as gw1
+    Row("PUT", "/v1/gateways/{name}", "/v1/gateways/gw1", frozenset({GATEWAY}), json={"address": "127.0.0.1:8081"},
+        audit=("gateway.register", "Gateway/gw1", CHANGED)),
+    Row("POST", "/v1/gateways/{name}/ack", "/v1/gateways/gw1/ack", frozenset({GATEWAY}), json=ACK),
     Row("DELETE", "/v1/gateways/{name}", "/v1/gateways/gw-del", ADMINS,
         audit=("gateway.delete", "Gateway/gw-del", DELETED)),
     # users, bindings, tokens
@@ -165,12 +203,14 @@ ROWS: list[Row] = [
         audit=("user.unbind", "User/u-unbind", CHANGED)),
     Row("POST", "/v1/tokens", "/v1/tokens", ADMINS, status=201, json={"user": "u-tok", "name": "for u-tok"},
         audit=("token.create", "Token/tok_", CREATED), variant="for another user"),
-    Row("POST", "/v1/tokens", "/v1/tokens", EVERY_USER, status=201, json={"name": "my own"},
+    Row("POST", "/v1/tokens", "/v1/tokens", PEOPLE, status=201, json={"name": "my own"},
         audit=("token.create", "Token/tok_", CREATED), variant="one's own"),
-    Row("DELETE", "/v1/tokens/{token_id}", lambda c: f"/v1/tokens/{c.spare_token_id}", EVERY_USER,
-        audit=("token.revoke", "Token/tok_", CHANGED), variant="one's own"),
+    Row("POST", "/v1/tokens", "/v1/tokens", frozenset(), status=201, json={"user": "node/n1", "name": "minted"},
+        variant="for a node: no one, it joins"),
     Row("DELETE", "/v1/tokens/{token_id}", "/v1/tokens/{u-tok}", ADMINS,
         audit=("token.revoke", "Token/tok_", CHANGED), variant="another user's"),
+    Row("POST", "/v1/join-tokens", "/v1/join-tokens", ADMINS, status=201, json={"kind": "gateway", "name": "gw-new"},
+        audit=("join-token.create", "JoinToken/jt_", CREATED)),
     # releases
     Row("POST", "/v1/apps/{app}/releases/plan", "/v1/apps/rel-start/releases/plan", READERS, json={},
         changes=False),
@@ -182,6 +222,8 @@ ROWS: list[Row] = [
         audit=("release.resume", "AppService/rel-resume", CHANGED)),
     Row("POST", "/v1/apps/{app}/release/rollback", "/v1/apps/rel-rollback/release/rollback", OPERATORS,
         audit=("release.rollback", "AppService/rel-rollback", CHANGED)),
+    Row("POST", "/v1/apps/{app}/release/rollback", f"/v1/apps/{UNDONE_APP}/release/rollback", OPERATORS,
+        audit=("release.rollback", f"AppService/{UNDONE_APP}", CREATED), variant="after success: a new release"),
     # release orders and change windows
     Row("POST", "/v1/orders/{name}/approve", "/v1/orders/order-approve/approve", frozenset({ADMIN, APPROVER}),
         json={"comment": "checked"}, audit=("order.approve", "ReleaseOrder/order-approve", CHANGED)),
@@ -200,12 +242,19 @@ ROWS: list[Row] = [
         audit=("order.rollback", "ReleaseOrder/order-rollback", CHANGED)),
     Row("DELETE", "/v1/changewindows/{name}", "/v1/changewindows/cw-del", ADMINS,
         audit=("delete", "ChangeWindow/cw-del", DELETED)),
+    # Last, as they may use the caller's credential up: a join consumes its join token, and a component's only
+    # token is its credential (it may revoke it, and then authenticates no more).
+    Row("POST", "/v1/join", "/v1/join", frozenset({JOIN_TOKEN}), json={"kind": JOINING[0], "name": JOINING[1]},
+        audit=("node.join", f"Node/{JOINING[1]}", CREATED), actor=f"{JOINING[0]}/{JOINING[1]}",
+        spends=lambda caller: True),
+    Row("DELETE", "/v1/tokens/{token_id}", lambda c: f"/v1/tokens/{c.spare_token_id}", PEOPLE | set(COMPONENTS),
+        audit=("token.revoke", "Token/tok_", CHANGED), variant="one's own", spends=_revokes_its_only_credential),
 ]
 
+RELEASE_APPS = ["rel-start", "rel-pause", "rel-resume", "rel-rollback"]
 ORDER_APPS = {"order-approve": "app-approve", "order-emergency": "app-emergency", "order-reject": "app-reject",
               "order-start": "app-start", "order-pause": "app-pause", "order-resume": "app-resume",
               "order-rollback": "app-rollback"}
-RELEASE_APPS = ["rel-start", "rel-pause", "rel-resume", "rel-rollback"]
 
 
 def mutating_routes() -> set[tuple[str, str]]:
@@ -247,7 +296,9 @@ class Prepared:
 
 
 async def prepare(api: Api) -> Prepared:
-    """Every object a row acts on, set up by the admin (orders by an operator, so the admin is no author)."""
+    """Every object a row acts on, set up by the admin, nodes and gateways each with its own joined credential.
+    Orders are written by an operator (so the admin is no author) after every approver's binding was made, by the
+    admin: their approvals count (core/maker_checker.py)."""
     admin = api.http
     tokens: dict[str, dict[str, Any]] = {}
     for who, (user, role, apps) in USERS.items():
@@ -259,22 +310,31 @@ async def prepare(api: Api) -> Prepared:
     await ok(admin.delete(f"/v1/tokens/{tokens[REVOKED]['id']}"))
     author = api.as_((await new_user(api, "author", "operator"))["token"])
     setup_approver = api.as_((await new_user(api, "setup-checker", "approver"))["token"])
-    agent = api.as_(tokens[AGENT]["token"])
+    fleet = Fleet(api)   # the objects' nodes and gateways, each joined as itself
 
     cells = [manifest("Cell", c, {"zone": f"z-{c}"}) for c in ("cell-a", "cell-spare", "cell-del")]
     windows = [manifest("ChangeWindow", "cw-del", WINDOW)]
-    release_apps = [app_manifest(a, count=1) for a in RELEASE_APPS]
+    release_apps = [app_manifest(a, count=1) for a in [*RELEASE_APPS, UNDONE_APP]]
     order_apps = [app_manifest(a) for a in ORDER_APPS.values()]
     await ok(admin.post("/v1/apply", json={"items": [*cells, *windows, *release_apps, *order_apps,
                                                      app_manifest("app-del"), app_manifest("app-order-new")]}))
     for node, cell, ip in [("node-a1", "cell-a", "10.0.0.1"), ("node-del", "cell-spare", "10.0.1.1"),
                            ("node-drain", "cell-spare", "10.0.1.2"), ("node-cordoned", "cell-spare", "10.0.1.3")]:
-        await ok(agent.put(f"/v1/nodes/{node}", json={"cell": cell, "ip": ip, "cpuMillis": 8000,
+        await ok(fleet.put(f"/v1/nodes/{node}", json={"cell": cell, "ip": ip, "cpuMillis": 8000,
                                                       "memoryBytes": 16 * 2**30}))
     await ok(admin.post("/v1/nodes/node-cordoned/drain"))
-    assert await scheduler.reconcile_once(api.store) == len(RELEASE_APPS)
-    for gateway in ("gw-ack", "gw-del"):
-        await ok(agent.put(f"/v1/gateways/{gateway}", json={"address": "127.0.0.1:8080"}))
+    assert await scheduler.reconcile_once(api.store) == len(RELEASE_APPS) + 1
+    await ok(fleet.put("/v1/gateways/gw-del", json={"address": "127.0.0.1:8080"}))
+    await ok(admin.post("/v1/apply", json={"items": [app_manifest(UNDONE_APP, count=1, greeting="v2")]}))
+    await ok(admin.post(f"/v1/apps/{UNDONE_APP}/releases", json={"strategy": {"pause": "none"}}), 201)
+    await release_succeeds(api, fleet, UNDONE_APP)
+    # The components behind principals: registered, so that their rows change a registration.
+    for who, (kind, name) in COMPONENTS.items():
+        tokens[who] = await join_component(api, kind, name)
+    async with api.as_(tokens[NODE]["token"]) as n1, api.as_(tokens[GATEWAY]["token"]) as gw1:
+        await ok(n1.put("/v1/nodes/n1", json=registration("10.0.2.1")))
+        await ok(gw1.put("/v1/gateways/gw1", json={"address": "127.0.0.1:8080"}))
+    tokens[JOIN_TOKEN] = await ok(admin.post("/v1/join-tokens", json={"kind": JOINING[0], "name": JOINING[1]}), 201)
     # revision 2 of every app a release or order goes to
     await ok(admin.post("/v1/apply", json={"items": [app_manifest(a, count=1, greeting="v2") for a in RELEASE_APPS]
                                                     + [app_manifest(a, greeting="v2") for a in ORDER_APPS.values()]}))
@@ -291,14 +351,40 @@ async def prepare(api: Api) -> Prepared:
     return Prepared("", api.admin_token, tokens, other_token["id"])
 
 
+async def release_succeeds(api: Api, fleet: Fleet, app: str) -> None:
+    """The data plane runs what `app`'s one instance is granted and every node and gateway acknowledges the
+    registry, until the release engine has finished `app`'s release (a bounded number of passes)."""
+    for _ in range(10):
+        await registry_controller.reconcile_once(api.store)
+        [inst] = (await ok(api.http.get("/v1/instances", params={"app": app})))["items"]
+        await ok(fleet.post(f"/v1/nodes/{inst['spec']['node']}/status", json={"instances": [
+            {"id": inst["metadata"]["name"], "phase": "Running", "ready": True, "restarts": 0, "port": 20000,
+             "revision": inst["status"]["grantedRevision"]}]}))
+        await registry_controller.reconcile_once(api.store)
+        generation = (await ok(fleet.get("/v1/registry")))["generation"]
+        for kind, name in fleet.clients:
+            await ok(fleet.post(f"/v1/{kind}s/{name}/ack", json={"generation": generation}))
+        await release_engine.reconcile_once(api.store)
+        if (await ok(api.http.get(f"/v1/apps/{app}/release")))["phase"] == "Succeeded":
+            return
+    raise AssertionError(f"the release of {app} did not succeed")
+
+
 async def caller_for(api: Api, prepared: Prepared, principal: str) -> Caller:
-    """The principal's credentials on a copy of the prepared store, and a spare token of its own to revoke."""
+    """The principal's credentials on a copy of the prepared store, and a token of its own to revoke (a person's
+    spare one; a component's only credential)."""
     if principal == EXPIRED:  # the server's clock, not the test's, says the token has expired
         api.store.clock = lambda: time.time() + EXPIRY_SECONDS + 1
     if principal in UNAUTHENTICATED:
         token = prepared.tokens[principal]["token"] if principal in USERS else "not a token, not even the shape of one"
         headers = {} if principal == NO_TOKEN else {"Authorization": f"Bearer {token}"}
         return Caller(principal, None, headers, prepared.other_token_id)
+    if principal in COMPONENTS or principal == JOIN_TOKEN:
+        minted = prepared.tokens[principal]
+        headers = {"Authorization": f"Bearer {minted['token']}"}
+        if principal == JOIN_TOKEN:
+            return Caller(principal, f"join-token/{minted['id']}", headers, prepared.other_token_id, minted["id"])
+        return Caller(principal, minted["user"], headers, minted["id"], minted["id"])
     token = prepared.admin_token if principal == ADMIN else prepared.tokens[principal]["token"]
     spare = await ok(api.as_(token).post("/v1/tokens", json={"name": "spare"}), 201)
     return Caller(principal, "admin" if principal == ADMIN else USERS[principal][0],
@@ -412,22 +498,36 @@ def resolve(row: Row, caller: Caller, other_token: str) -> str:
 async def check_row(api: Api, row: Row, caller: Caller, other_token: str,
                     before: dict[str, list[str]]) -> tuple[list[str], dict[str, list[str]]]:
     """The problems of one (route, principal) pair (empty when it held), and the tables after it; `before` is
-    the tables before it."""
+    the tables before it. An allowed call that used up the caller's credential marks the caller spent."""
     store, url = api.store, resolve(row, caller, other_token)
-    seq = await audit_head(store)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api.http._transport.app),  # type: ignore[attr-defined]
-                                 base_url="http://ballast", headers=caller.headers) as client:
+    app = api.http._transport.app  # type: ignore[attr-defined]
+    refusals: Refusals = app.state.refusals
+    seq, counted_before = await audit_head(store), dict(refusals.totals)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ballast",
+                                 headers=caller.headers) as client:
         r = await client.request(row.method, url, json=row.json, content=row.content)
     after, records = await table_digest(store), await audit_since(store, seq)
-    return _problems(row, caller, url, r, before, after, records), after
+    counted = {reason: n - counted_before.get(reason, 0) for reason, n in refusals.totals.items()
+               if n != counted_before.get(reason, 0)}
+    problems = _problems(row, caller, url, r, before, after, records, counted)
+    if allowed_for(row, caller) and r.status_code == row.status and row.spends is not None and row.spends(caller):
+        caller.spent = True
+    return problems, after
+
+
+def allowed_for(row: Row, caller: Caller) -> bool:
+    return caller.principal in row.allowed and not caller.spent
 
 
 def _problems(row: Row, caller: Caller, url: str, r: httpx.Response, before: dict[str, list[str]],
-              after: dict[str, list[str]], records: list[Any]) -> list[str]:
-    where = f"{row.label()} as {caller.principal}"
+              after: dict[str, list[str]], records: list[Any], counted: dict[str, int]) -> list[str]:
+    where = f"{row.label()} as {caller.principal}" + (" (credential spent)" if caller.spent else "")
     problems: list[str] = []
     generic = f"{row.method} {url}"
-    if caller.principal in row.allowed:
+    unauthenticated = caller.principal in UNAUTHENTICATED or caller.spent
+    if counted != ({"unauthenticated": 1} if unauthenticated else {}):
+        problems.append(f"{where}: the admission middleware counted refusals {counted}")
+    if allowed_for(row, caller):
         if r.status_code != row.status:
             return [f"{where}: allowed, expected {row.status}, got {r.status_code} {r.text}"]
         if row.changes and after == before:
@@ -441,9 +541,10 @@ def _problems(row: Row, caller: Caller, url: str, r: httpx.Response, before: dic
                 problems.append(f"{where}: expected no audit record, got {[(x.action, x.resource) for x in records]}")
             return problems
         action, resource, shape = row.audit
-        own = [x for x in records if x.action == action and x.resource.startswith(resource) and x.actor == caller.user]
+        actor = row.actor or caller.user
+        own = [x for x in records if x.action == action and x.resource.startswith(resource) and x.actor == actor]
         if len(own) != 1:
-            return problems + [f"{where}: expected its own audit record ({action}, {resource}…, {caller.user}), got "
+            return problems + [f"{where}: expected its own audit record ({action}, {resource}…, {actor}), got "
                                f"{[(x.action, x.resource, x.actor) for x in records]}"]
         rec = own[0]
         if rec.result != "ok":
@@ -455,23 +556,26 @@ def _problems(row: Row, caller: Caller, url: str, r: httpx.Response, before: dic
             if not (x.before or x.after):
                 problems.append(f"{where}: record {x.action} {x.resource} carries no before/after digest")
         return problems
-    expected_status = 401 if caller.principal in UNAUTHENTICATED else 403
+    expected_status = 401 if unauthenticated else 403
     if r.status_code != expected_status:
-        return [f"{where}: denied, expected {expected_status}, got {r.status_code} {r.text}"]
+        return problems + [f"{where}: denied, expected {expected_status}, got {r.status_code} {r.text}"]
     if after != before:
         changed = sorted(t for t in before if before[t] != after[t])
         problems.append(f"{where}: refused, but changed tables {changed}")
-    refusal = [(x.actor, x.action, x.result) for x in records]
-    if refusal != [(caller.user or "anonymous", generic, f"refused: HTTP {expected_status}")]:
-        problems.append(f"{where}: expected exactly the refusal's audit record, got {refusal}")
+    found = [(x.actor, x.action, x.result) for x in records]
+    if unauthenticated:  # refused before any route ran: not audited one by one, only counted
+        if found:
+            problems.append(f"{where}: refused without a valid token, yet the audit log gained {found}")
+    elif found != [(caller.user, generic, "refused: HTTP 403")]:
+        problems.append(f"{where}: expected exactly the refusal's audit record, got {found}")
     return problems
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
 async def test_each_mutating_route_allows_exactly_its_principals(matrix_api: tuple[Api, Prepared],
                                                                  principal: str) -> None:
-    """Every row, called by `principal`: the allowed change and its own audit record, or the exact refusal
-    with nothing but the refusal's record changed."""
+    """Every row, called by `principal`: the allowed change and its own audit record, or the exact refusal:
+    403 with nothing but the refusal's record changed, or 401 with nothing changed at all."""
     api, prepared = matrix_api
     caller = await caller_for(api, prepared, principal)
     problems: list[str] = []

@@ -73,7 +73,8 @@ async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPoli
 
 async def _record_disruption(store: Store, heard: Hearing) -> None:
     """Say it loudly, once per change, when the control plane stops (or resumes) judging silent nodes."""
-    if store.memo.get("node-disruption", ()) == heard.disrupted:
+    previous = store.memo.get("node-disruption", ())
+    if previous == heard.disrupted:
         return
     if heard.disrupted:
         log.warning("node judgement suspended: %d node(s) silent (%s) in %s; the control plane assumes it cannot "
@@ -84,8 +85,15 @@ async def _record_disruption(store: Store, heard: Hearing) -> None:
     async with store.write() as tx:
         await tx.audit(actor=ACTOR, action="node-disruption.suspend" if heard.disrupted else "node-disruption.resume",
                        resource="Nodes", result="suspended" if heard.disrupted else "ok",
+                       before=_judgement_digest(previous), after=_judgement_digest(heard.disrupted),
                        detail={"scopes": list(heard.disrupted), "silentNodes": sorted(heard.silent)})
     store.memo["node-disruption"] = heard.disrupted
+
+
+def _judgement_digest(disrupted: tuple[str, ...]) -> str:
+    """What a node-disruption record changes: the scopes whose silent nodes the control plane does not judge
+    (none: it judges every node). Kept in memory, so a restarted control plane begins by judging all."""
+    return digest({"suspendedScopes": sorted(disrupted)})
 
 
 async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFacts],

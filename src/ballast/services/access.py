@@ -19,7 +19,7 @@ from ballast.core.authz import COMPONENT_ROLES, Binding, Role
 from ballast.core.identity import JoinGrant
 from ballast.core.digests import digest
 from ballast.core.maker_checker import GrantedBinding
-from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound, Unauthenticated
+from ballast.errors import Conflict, FieldProblem, Forbidden, InvalidInput, NotFound, Unauthenticated
 from ballast.store.engine import ACCESS, Store, Tx
 from ballast.store.schema import join_tokens, role_bindings, tokens, users
 
@@ -221,6 +221,10 @@ async def create_token(tx: Tx, user: str, name: str, expires: float | None, acto
     """A new token for `user`, expiring at `expires` (TokenPolicy.expiry decides it for API callers)."""
     tx.touch(ACCESS)
     await _require_user(tx.conn, user)
+    if any(b.role in COMPONENT_ROLES for b in await bindings_of(tx.conn, user)):
+        # Else an admin could speak for a node or gateway beside its own credential, unseen by it.
+        raise Forbidden(f"user {user!r} is a node's or gateway's principal: its credential is got only by joining "
+                        "with an admin's join token ('ballast node join-token create'), never minted")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = "tok_" + secrets.token_hex(6)
     await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=name, hash=hash_token(secret),

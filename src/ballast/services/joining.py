@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from ballast.core.digests import digest
 from ballast.core.identity import KINDS, PRINCIPAL_MAX, join_denial, principal_name, role_of
 from ballast.core.manifests import NAME_PATTERN
 from ballast.errors import Conflict, FieldProblem, Forbidden, InvalidInput
@@ -61,6 +62,7 @@ async def create_join_token(tx: Tx, kind: str | None, name: str | None, ttl_seco
     await tx.conn.execute(insert(join_tokens).values(id=token_id, hash=hash_token(secret), kind=kind, name=name,
                                                      created_by=actor, created_at=tx.now, expires_at=expires))
     await tx.audit(actor=actor, action="join-token.create", resource=f"JoinToken/{token_id}",
+                   after=digest(_join_token_state(token_id, kind, name, expires)),
                    detail={"kind": kind, "name": name, "expiresAt": expires})
     return {"id": token_id, "token": secret, "kind": kind, "name": name, "expiresAt": expires}
 
@@ -75,6 +77,7 @@ async def join(tx: Tx, who: Principal, kind: str, name: str) -> dict[str, Any]:
     user = principal_name(kind, name)
     tx.touch(ACCESS)
     exists = (await tx.conn.execute(select(users.c.name).where(users.c.name == user))).first() is not None
+    before = digest(await _credentials_state(tx, user)) if exists else ""
     denial = join_denial(grant, kind, name, exists)
     if denial is not None:
         raise Forbidden(denial)
@@ -100,6 +103,21 @@ async def join(tx: Tx, who: Principal, kind: str, name: str) -> dict[str, Any]:
     await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=f"{kind} credential", hash=hash_token(secret),
                                                 created_at=tx.now, expires_at=None, revoked_at=None))
     await tx.audit(actor=user, action=f"{kind}.join", resource=f"{kind.capitalize()}/{name}",
-                   detail={"joinToken": grant.token_id, "joinTokenBy": grant.created_by, "credential": token_id,
+                   before=before, after=digest(await _credentials_state(tx, user)), detail={"joinToken": grant.token_id, "joinTokenBy": grant.created_by, "credential": token_id,
                            "revoked": revoked})
     return {"kind": kind, "name": name, "user": user, "id": token_id, "token": secret, "revoked": revoked}
+
+
+def _join_token_state(token_id: str, kind: str | None, name: str | None, expires: float) -> dict[str, Any]:
+    """What a join token's audit digest covers (never its secret)."""
+    return {"id": token_id, "kind": kind, "name": name, "expiresAt": expires}
+
+
+async def _credentials_state(tx: Tx, user: str) -> dict[str, Any]:
+    """What a join changes of a component, as its audit digests cover it: its principal, roles and live
+    credentials (ids, never secrets); a re-join replaces the credentials."""
+    roles = sorted(str(r.role) for r in (await tx.conn.execute(select(role_bindings.c.role).where(
+        role_bindings.c.user == user))).all())
+    live = sorted(str(r.id) for r in (await tx.conn.execute(select(tokens.c.id).where(
+        tokens.c.user == user, tokens.c.revoked_at.is_(None)))).all())
+    return {"user": user, "roles": roles, "credentials": live}
