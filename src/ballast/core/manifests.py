@@ -67,6 +67,9 @@ class ResourcesSpec(wire.Resources):
         return ResourceRequest(cpu_millis=parse_cpu(self.cpu), memory_bytes=parse_memory(self.memory))
 
 
+EXEC_BYTES_MAX = 1 * 2**20
+
+
 class Template(wire.Template):
     """The template's fields and bounds are the wire's (what an agent runs); these are the manifest's rules."""
 
@@ -89,6 +92,18 @@ class Template(wire.Template):
         if value is not None and (value.startswith("/") or "\x00" in value or ".." in value.replace("\\", "/").split("/")):
             raise ValueError("a relative path inside the artifact (no '..', not absolute)")
         return value
+
+    @model_validator(mode="after")
+    def _fits_one_exec(self) -> "Template":
+        # The kernel takes a new process's arguments and environment together up to a quarter of the stack limit
+        # (2 MiB with the usual 8 MiB): a template that cannot start must be refused here, not stored and then
+        # fail on every node with "Argument list too long".
+        size = (sum(len(a.encode()) + 1 for a in (*self.command, *self.args))
+                + sum(len(k.encode()) + len(v.encode()) + 2 for k, v in self.env.items()))
+        if size > EXEC_BYTES_MAX:
+            raise ValueError(f"command, args and env together take {size:,} bytes; at most {EXEC_BYTES_MAX:,} "
+                             "(what a new process can be given, with room for Ballast's own variables)")
+        return self
 
     @model_validator(mode="after")
     def _working_dir_needs_an_artifact(self) -> "Template":
