@@ -55,7 +55,7 @@ def client() -> Item:
 
 
 class Apps:
-    def __init__(self, platform: Platform, directory: Path, per_cell: int) -> None:
+    def __init__(self, platform: Platform, directory: Path, per_cell: int = 5) -> None:
         self.platform, self.directory, self.api, self.per_cell = platform, directory, Api(platform), per_cell
 
     def apply(self, *docs: Item) -> None:
