@@ -32,10 +32,18 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def work_dir(prefix: str) -> Path:
+    """A fresh temp directory the apps' unprivileged user may pass through (mkdtemp makes it 0700): a platform
+    started below it keeps its nodes' files there, where a benchmark finds its processes."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o711)
+    return work
+
+
 def run_in_workdir(prefix: str, body: Callable[[Path], None]) -> int:
     """A benchmark's entry: `body` in a fresh temp directory (removed after); a `BenchFailed` is exit code 1."""
     exit_on_sigterm()
-    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work = work_dir(prefix)
     try:
         body(work)
     except BenchFailed as exc:

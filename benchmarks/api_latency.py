@@ -62,6 +62,7 @@ from ballast.controllers import releases as releases_controller  # noqa: E402
 from ballast.controllers import scheduler  # noqa: E402
 from ballast.core.manifests import parse_documents  # noqa: E402
 from ballast.services import apply as apply_service  # noqa: E402
+from ballast.services import instances as instances_service  # noqa: E402
 from ballast.services import registry  # noqa: E402
 from ballast.services.access import bootstrap_admin  # noqa: E402
 from ballast.store.engine import Store  # noqa: E402
@@ -204,17 +205,14 @@ async def in_process_timings(store: Store, token: str, one_app: str) -> dict[str
     out["releases pass"], _ = await _median_time(3, lambda: releases_controller.reconcile_once(store))
 
     async def query(app: str | None) -> list[Any]:
-        async with store.read() as conn:
-            q = select(instances).order_by(instances.c.app, instances.c.cell, instances.c.id)
-            if app is not None:
-                q = q.where(instances.c.app == app)
-            return list((await conn.execute(q)).all())
+        async with store.read() as conn:   # what the route calls: the service's frozen records
+            return await instances_service.list_instances(conn, store.clock(), app=app)
 
     asgi = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(store)), base_url="http://in-process",
                              headers={"Authorization": f"Bearer {token}"})
     async with asgi:
         for label, app in (("all", None), ("app", one_app)):
-            out[f"{label}: SQL query + fetch rows"], rows = await _median_time(5, lambda: query(app))
+            out[f"{label}: SQL query + fetch rows + records"], rows = await _median_time(5, lambda: query(app))
             out[f"{label}: rows -> API objects"], items = await _median_time(
                 5, lambda: [objects.instance(r) for r in rows])
             out[f"{label}: json.dumps of the objects"], _ = await _median_time(5, lambda: json.dumps({"items": items}))

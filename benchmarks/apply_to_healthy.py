@@ -54,7 +54,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import (BenchFailed, Child, code_version, cpu_seconds, exit_on_sigterm, free_port, kill_leftovers,  # noqa: E402
+from _harness import (BenchFailed, Child, code_version, cpu_seconds, exit_on_sigterm, free_port, kill_leftovers, work_dir,  # noqa: E402
                       loadavg, machine_busy_seconds, percentile, process_start_wall, processes_referencing, tail)
 
 import ballast  # noqa: E402
@@ -349,7 +349,7 @@ def main() -> int:
     exit_on_sigterm()
     began = time.monotonic()
     deadline = began + args.timeout
-    workdir = Path(tempfile.mkdtemp(prefix="ballast-bench-apply-"))
+    workdir = work_dir("ballast-bench-apply-")
     data_dir = workdir / "data"
     port = free_port()
     up: Child | None = None
