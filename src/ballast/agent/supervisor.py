@@ -24,6 +24,7 @@ from ballast.agent.instance_user import InstanceUser, give_directory
 from ballast.agent.plan import Health, HealthCount
 from ballast.agent.sidecar import Sidecar
 from ballast.agent.state import LocalInstance
+from ballast.client import Unreachable
 from ballast.core.backoff import Backoff
 from ballast.processes import ProcessHandle, launch, renice
 from ballast.wire.assignments import DEFAULT_FAILURE_THRESHOLD, Assignment, DrainSettings, HealthCheck, Template
@@ -157,6 +158,11 @@ class Supervisor:
             if self.proc is None or not self.proc.alive():
                 try:
                     self.proc = await self._launch()
+                except Unreachable as exc:  # a control plane briefly away is no failure of the instance
+                    self._set("Pending", False, f"waiting to start: {exc}")
+                    await self._pause(backoff.delay)
+                    backoff = backoff.failed()
+                    continue
                 except Exception as exc:  # the command, cwd or artifact is unusable: report, back off, retry
                     self._set("Failed", False, f"cannot start: {exc}")
                     await self._pause(backoff.delay)
