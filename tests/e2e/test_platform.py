@@ -277,8 +277,14 @@ def test_only_the_endpoint_faces_another_nodes_address(shop: list[dict[str, Any]
         # Nothing but the endpoint listens on the node's IP.
         assert _refused(s["ip"], app_port, other), f"{inst['metadata']['name']}: app port on the node's IP"
         assert _refused(s["ip"], mesh.port, other), f"{inst['metadata']['name']}: mesh listener on the node's IP"
-        # The mesh listener (loopback) turns away a caller that speaks from another node's address ...
-        assert _first_line(mesh.hostname, mesh.port, "shop", other) == b"", inst["metadata"]["name"]
+        # The app's own port on the node's private address: only the instance's host side reaches it (the fence);
+        # another node's address is refused, and so is a source on the node's own IP (that is the network's side).
+        assert _refused(mesh.hostname, app_port, other), f"{inst['metadata']['name']}: app port from another node"
+        assert _refused(mesh.hostname, app_port, s["ip"]), f"{inst['metadata']['name']}: app port from the node IP"
+        assert _first_line(mesh.hostname, app_port, "shop").startswith(b"HTTP/1.1 200"), "the app answers its host"
+        # The mesh listener (loopback) turns away a caller that speaks from another node's address (the fence
+        # refuses it first; HAProxy's own source check stands behind it where there is no fence) ...
+        assert _refused(mesh.hostname, mesh.port, other), inst["metadata"]["name"]
         # ... and serves the instance's own calls, whose source is the kernel's for loopback.
         assert _first_line(mesh.hostname, mesh.port, "shop").startswith(b"HTTP/1.1 200"), inst["metadata"]["name"]
         assert _first_line(s["ip"], s["port"], "shop", other).startswith(b"HTTP/1.1 200"), "the endpoint answers"

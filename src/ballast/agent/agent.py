@@ -24,6 +24,8 @@ import httpx
 
 from ballast import __version__
 from ballast.agent.artifacts import ArtifactCache
+from ballast.agent import fence
+from ballast.agent.fence import FenceMode
 from ballast.agent.instance_user import InstanceUser, open_the_way
 from ballast.agent.artifacts import NODE_LIMITS, working_dir
 from ballast.agent.mesh import NodeMesh
@@ -67,6 +69,7 @@ class AgentSettings:
     metrics_port: int = 9464          # /metrics and /v1/request-metrics on the node's IP; 0: not served
     metrics_interval: float = 1.0     # how often the sidecars' request statistics are read
     artifact_limits: ArchiveLimits = NODE_LIMITS     # what an artifact may unpack to on this node
+    private_fence: FenceMode = FenceMode.AUTO        # nodes sharing a machine: fence each one's private address
 
 
 class Agent:
@@ -109,6 +112,8 @@ class Agent:
         else:
             log.warning("NOT FOR PRODUCTION: the agent is not root and runs apps as its own user %s; they can read "
                         "everything the agent can, its token included", user.name)
+        # Before any instance starts: its app port must never be reachable around its sidecar.
+        await fence.install(self.private_ip, self.settings.private_fence)
         if self.telemetry is not None:
             await self.telemetry.start()
         await self._register(stop)

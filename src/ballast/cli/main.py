@@ -184,14 +184,19 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
 @click.option("--max-artifact-unpacked-bytes", type=click.IntRange(min=1), default=ArchiveLimits.max_unpacked_bytes,
               show_default=True, envvar="BALLAST_AGENT_MAX_ARTIFACT_UNPACKED_BYTES",
               help="the most bytes an artifact may unpack to on this node")
+@click.option("--private-fence", type=click.Choice(["auto", "require", "off"]), default="auto", show_default=True,
+              help="when nodes share one machine (a loopback node IP), refuse connections to this node's private "
+                   "address (apps' ports, mesh listener) from any source but 127.0.0.1, with nftables; require: "
+                   "do not start without it")
 def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: str, memory: str,
           token_file: Path | None, instance_user: str | None, credential_file: Path | None,
           join_token: str | None, stop_instances_on_exit: bool, haproxy: str | None, instance_nice: int,
           metrics_port: int, metrics_interval: float, max_artifact_files: int,
-          max_artifact_unpacked_bytes: int) -> None:
+          max_artifact_unpacked_bytes: int, private_fence: str) -> None:
     """Run a node agent."""
     from ballast.agent import instance_user as users
     from ballast.agent.agent import Agent, AgentSettings
+    from ballast.agent.fence import FenceMode
     from ballast.dataplane.haproxy import find_binary
     from ballast.core.placement import parse_cpu, parse_memory
     restrict_new_files()
@@ -209,7 +214,8 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
                                  instance_nice=instance_nice, metrics_port=metrics_port,
                                  metrics_interval=metrics_interval,
                                  artifact_limits=ArchiveLimits.for_unpacking(max_artifact_files,
-                                                                             max_artifact_unpacked_bytes))
+                                                                             max_artifact_unpacked_bytes),
+                                 private_fence=FenceMode(private_fence))
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     except BallastError as exc:
