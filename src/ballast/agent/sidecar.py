@@ -26,7 +26,7 @@ from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, re
 from ballast.wire.registry import Snapshot
 from ballast.dataplane.request_stats import StatsHooks
 from ballast.dataplane.runtime import RuntimeApiError
-from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_backends
+from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_tables
 from ballast.wire.reports import DrainReport
 
 log = logging.getLogger("ballast.agent")
@@ -44,8 +44,10 @@ class SidecarPorts:
 
 class Sidecar:
     def __init__(self, instance_id: str, ip: str, private_ip: str, cell: str, ports: SidecarPorts, binary: str,
-                 state_dir: Path, on_change: Callable[[], None], stats: StatsHooks | None = None) -> None:
+                 state_dir: Path, on_change: Callable[[], None], stats: StatsHooks | None = None,
+                 app: str | None = None) -> None:
         self.id = instance_id
+        self.app = app           # whose calls its outbound side makes: the caller TrafficRules scope
         self.stats = stats
         self.ip = ip
         self.private_ip = private_ip
@@ -67,11 +69,12 @@ class Sidecar:
         return f"http://{self.private_ip}:{self.ports.mesh}"
 
     def render(self, snapshot: Snapshot) -> tuple[str, tuple[Backend, ...]]:
-        backends = sidecar_backends(snapshot, self.cell)
+        tables = sidecar_tables(snapshot, self.cell, self.app)
         cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
                             inbound=Address(self.ip, self.ports.endpoint), app=Address(self.private_ip, self.ports.app),
-                            outbound=Address(self.private_ip, self.ports.mesh), backends=backends, stats=self.stats)
-        return render_sidecar(cfg), backends
+                            outbound=Address(self.private_ip, self.ports.mesh), backends=tables.backends,
+                            stats=self.stats, rules=tables.rules, marking=tables.marking)
+        return render_sidecar(cfg), tables.backends
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:

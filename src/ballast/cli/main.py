@@ -7,6 +7,7 @@ errors end as one readable message and a non-zero exit code.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -242,9 +243,13 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
               help="stop HAProxy when this process exits (default: leave it serving for the next one to adopt)")
 @click.option("--metrics-listen", default="127.0.0.1:9465", show_default=True,
               help="IP:PORT for /metrics (Prometheus) and request metrics ('off': not served)")
+@click.option("--trusted-color-network", "trusted_color_networks", multiple=True, metavar="CIDR",
+              help="clients in this network keep the baggage (color) they send; every other client's is removed, "
+                   "so nobody outside steers their calls by color (repeatable; default: none)")
 def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file: Path | None,
             credential_file: Path | None, join_token: str | None, haproxy: str | None,
-            threads: int, stop_proxy_on_exit: bool, metrics_listen: str) -> None:
+            threads: int, stop_proxy_on_exit: bool, metrics_listen: str,
+            trusted_color_networks: tuple[str, ...]) -> None:
     """Run a north-south gateway (HAProxy) for the exposed services."""
     from ballast.dataplane.haproxy import find_binary
     from ballast.dataplane.haproxy_config import Address
@@ -258,10 +263,17 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
         return Address(host, int(port))
 
     metrics = None if metrics_listen == "off" else address("--metrics-listen", metrics_listen)
+    trusted = []
+    for network in trusted_color_networks:
+        try:
+            trusted.append(str(ipaddress.ip_network(network, strict=False)))
+        except ValueError:
+            _fail(f"error: --trusted-color-network {network!r}: expected a network such as 10.0.0.0/8", 2)
     try:
         settings = GatewaySettings(server=server_url, token=token, name=name, listen=address("--listen", listen),
                                    data_dir=data_dir.resolve(), haproxy=find_binary(haproxy), threads=threads,
-                                   stop_proxy_on_exit=stop_proxy_on_exit, metrics_listen=metrics)
+                                   stop_proxy_on_exit=stop_proxy_on_exit, metrics_listen=metrics,
+                                   trusted_color_networks=tuple(trusted))
     except BallastError as exc:
         _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")

@@ -18,43 +18,18 @@ from dataclasses import dataclass
 
 from ballast.core.loopback import HOST_LOOPBACK
 from ballast.core.request_metrics import BOUNDS_MS
+from ballast.wire.traffic import ColoringInEffect, RuleInEffect
+from ballast.dataplane.config_text import Address, Backend, Server, backend_name, safe as _safe
+from ballast.dataplane.rule_config import DESTINATION, render_marking, render_rule, untrusted_baggage
 from ballast.dataplane.request_stats import BUCKET_VARIABLE, SERVICE_PREFIX, START_VARIABLE, TABLE, StatsHooks
 
 SERVER_LINE = re.compile(r"^\s+server\s")
-_SAFE = re.compile(r"^[A-Za-z0-9._:/~-]+$")
 # Only requests a replay cannot harm are retried after a server closed without answering;
 # a connection that never opened is retried for every method (nothing was sent).
 RETRY_POLICY = ("    retries 3\n"
                 "    option redispatch 1\n"
                 "    retry-on conn-failure empty-response\n"
                 "    http-request disable-l7-retry unless METH_GET || METH_OPTIONS\n")
-
-
-@dataclass(frozen=True)
-class Address:
-    ip: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{_safe(self.ip)}:{int(self.port)}"
-
-
-@dataclass(frozen=True)
-class Server:
-    name: str          # the instance id
-    address: Address
-    backup: bool = False
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class Backend:
-    service: str
-    servers: tuple[Server, ...]
-
-    @property
-    def name(self) -> str:
-        return backend_name(self.service)
 
 
 @dataclass(frozen=True)
@@ -71,8 +46,10 @@ class SidecarConfig:
     inbound: Address      # the registered endpoint: the only listener that faces the network
     app: Address          # where the app itself listens (loopback)
     outbound: Address     # BALLAST_MESH_URL (loopback)
-    backends: tuple[Backend, ...]
+    backends: tuple[Backend, ...]     # the services' pools and the subsets their rules name
     stats: StatsHooks | None = None   # time the app's answers (request metrics)
+    rules: tuple[tuple[str, RuleInEffect], ...] = ()   # (service, the rule that governs this app's calls to it)
+    marking: tuple[ColoringInEffect, ...] = ()         # coloring at this app's inbound side
 
 
 @dataclass(frozen=True)
@@ -84,16 +61,9 @@ class GatewayConfig:
     backends: tuple[Backend, ...]
     threads: int = 1
     stats: StatsHooks | None = None
-
-
-def backend_name(service: str) -> str:
-    return f"{SERVICE_PREFIX}{_safe(service)}"
-
-
-def _safe(value: str) -> str:
-    if not _SAFE.match(value):
-        raise ValueError(f"{value!r} cannot be written into an HAProxy configuration")
-    return value
+    rules: tuple[tuple[str, RuleInEffect], ...] = ()   # (service, the rule that governs the gateway's calls to it)
+    marking: tuple[ColoringInEffect, ...] = ()
+    trusted_color_networks: tuple[str, ...] = ()       # clients whose own baggage is kept
 
 
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
@@ -182,6 +152,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            "\nfrontend inbound\n",
            f"    bind {cfg.inbound}\n",
            _STAMP_ARRIVAL if timed else "",
+           render_marking(cfg.marking),
            "    default_backend app\n",
            "\nbackend app\n",
            _count_answer(cfg.stats),
@@ -192,9 +163,13 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            _LOCAL_CALLERS_ONLY,
            _ONE_HOST,
            "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
-    backends = sorted(cfg.backends, key=lambda b: b.service)
+    backends = sorted(cfg.backends, key=lambda b: b.name)
+    out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    if cfg.rules:
+        out.append(DESTINATION)
     for b in backends:
-        out.append(f"    use_backend {b.name} if {{ var(txn.service) -m str {_safe(b.service)} }}\n")
+        if not b.subset:
+            out.append(f"    use_backend {b.name} if {{ var(txn.service) -m str {_safe(b.service)} }}\n")
     out.append("    default_backend no_service\n"
                "\nbackend no_service\n"
                "    http-request return status 503 content-type text/plain "
@@ -204,14 +179,14 @@ def render_sidecar(cfg: SidecarConfig) -> str:
     return "".join(out)
 
 
-def _route_condition(route: GatewayRoute) -> str:
+def _route_alternatives(route: GatewayRoute) -> list[str]:
     host = f"{{ var(txn.host) -m str {_safe(route.host)} }}"
     path = _safe(route.path)
     if path == "/":
-        return host
+        return [host]
     prefix = path.rstrip("/")
     # A prefix matches itself and what lies below it: /api matches /api and /api/x, not /apix.
-    return f"{host} {{ path {prefix} }} || {host} {{ path_beg {prefix}/ }}"
+    return [f"{host} {{ path {prefix} }}", f"{host} {{ path_beg {prefix}/ }}"]
 
 
 def route_order(routes: tuple[GatewayRoute, ...]) -> list[GatewayRoute]:
@@ -227,14 +202,23 @@ def render_gateway(cfg: GatewayConfig) -> str:
            _ONE_HOST,
            "    http-request set-var(txn.host) req.fhdr(host),field(1,:),lower\n",
            _STAMP_ARRIVAL if timed else "",
-           _count_answer(cfg.stats)]
+           _count_answer(cfg.stats),
+           untrusted_baggage(cfg.trusted_color_networks),
+           render_marking(cfg.marking)]
+    unset = "!{ var(txn.service) -m found }"
     for route in route_order(cfg.routes):
-        out.append(f"    use_backend {backend_name(route.service)} if {_route_condition(route)}\n")
+        when = " || ".join(f"{alt} {unset}" for alt in _route_alternatives(route))
+        out.append(f"    http-request set-var(txn.service) str({_safe(route.service)}) if {when}\n")
+    out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    if cfg.rules:
+        out.append(DESTINATION)
+    for service in sorted({r.service for r in cfg.routes}):
+        out.append(f"    use_backend {backend_name(service)} if {{ var(txn.service) -m str {_safe(service)} }}\n")
     out.append("    default_backend no_route\n"
                "\nbackend no_route\n"
                "    http-request return status 404 content-type text/plain "
                "string \"ballast gateway: no route for this host and path\"\n")
-    out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.service))
+    out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.name))
     out.append(_answer_table(cfg.stats))
     return "".join(out)
 

@@ -34,6 +34,7 @@ from ballast.core.request_metrics import BOUNDS_MS, BUCKETS, CLASSES, Counts, es
 
 SIDECAR_PREFIX = "app"          # the sidecar's backend holding the app itself
 SERVICE_PREFIX = "svc_"         # backends of services, in gateways and sidecars alike
+SUBSET_SEPARATOR = ":"          # svc_back:r2, the subset of a service a traffic rule names
 START_VARIABLE = "txn.ballast_t0"
 BUCKET_VARIABLE = "txn.ballast_bucket"
 TABLE = "ballast_latency"
@@ -216,7 +217,9 @@ def gateway_counts(dump: StatsDump, servers: dict[tuple[str, str], ProxyCounters
     for (backend, server), row in servers.items():
         if not backend.startswith(SERVICE_PREFIX):
             continue
-        buckets = dump.latency.get(server, _NO_LATENCY)
+        # Answer times are kept by server, whichever backend sent the request: a rule's subset backend
+        # ("svc_back:r2") repeats a server of the service's pool, whose entry carries them.
+        buckets = _NO_LATENCY if SUBSET_SEPARATOR in backend else dump.latency.get(server, _NO_LATENCY)
         broken = row.econ + row.eresp
         out[(backend, server)] = Counts(requests=row.requests + row.econ, responses=row.responses,
                                         errors=row.responses[_FIVE_XX] + broken, conn_errors=broken,

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ballast.dataplane.haproxy_config import SERVER_OPTIONS, Address, Backend, GatewayRoute, Server
+from ballast.core.routing_rules import rule_for
+from ballast.dataplane.rule_config import subset_backends
 from ballast.wire.registry import Snapshot
+from ballast.wire.traffic import GATEWAY_CALLER, ColoringInEffect, RuleInEffect
 
 FORCED_MAINT = 0x01    # srv_admin_state bit: maintenance set by the CLI (or `disabled` in the file)
 INHERITED_MAINT = 0x02
@@ -32,27 +35,58 @@ class LiveServer:
     enabled: bool
 
 
+@dataclass(frozen=True)
+class RuleTables:
+    """What a proxy routes by besides its service pools: the rules governing its calls and its marking."""
+
+    backends: tuple[Backend, ...]                       # every pool, and every subset a rule names
+    rules: tuple[tuple[str, RuleInEffect], ...] = ()
+    marking: tuple[ColoringInEffect, ...] = ()
+
+
 def sidecar_backends(snapshot: Snapshot, cell: str) -> tuple[Backend, ...]:
-    out = []
+    return sidecar_tables(snapshot, cell, None).backends
+
+
+def sidecar_tables(snapshot: Snapshot, cell: str, app: str | None) -> RuleTables:
+    """The backends, rules and marking of the sidecar of an instance of `app` in `cell`."""
+    backends: list[Backend] = []
+    rules: list[tuple[str, RuleInEffect]] = []
     for service in snapshot.services:
         if not service.mesh:
             continue
         servers = tuple(Server(e.id, Address(e.ip, e.port), backup=e.cell != cell, enabled=e.ready)
                         for e in service.endpoints)
-        out.append(Backend(service.name, servers))
-    return tuple(out)
+        backends.append(Backend(service.name, servers))
+        rule = rule_for(service.rules, app) if app is not None else None
+        if rule is not None:
+            rules.append((service.name, rule))
+            backends.extend(subset_backends(service, rule, cell))
+    marking = tuple(c for c in snapshot.coloring if app is not None and app in c.spec.at.apps)
+    return RuleTables(tuple(backends), tuple(rules), marking)
 
 
 def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[Backend, ...]]:
+    tables = gateway_rule_tables(snapshot)
+    return tables[0], tables[1].backends
+
+
+def gateway_rule_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], RuleTables]:
     routes: list[GatewayRoute] = []
     backends: list[Backend] = []
+    rules: list[tuple[str, RuleInEffect]] = []
     for service in snapshot.services:
         if not service.routes:
             continue
         routes.extend(GatewayRoute(r.host, r.path, service.name) for r in service.routes)
         backends.append(Backend(service.name, tuple(Server(e.id, Address(e.ip, e.port), enabled=e.ready)
                                                      for e in service.endpoints)))
-    return tuple(routes), tuple(backends)
+        rule = rule_for(service.rules, GATEWAY_CALLER)
+        if rule is not None:
+            rules.append((service.name, rule))
+            backends.extend(subset_backends(service, rule, None))
+    marking = tuple(c for c in snapshot.coloring if GATEWAY_CALLER in c.spec.at.apps)
+    return tuple(routes), RuleTables(tuple(backends), tuple(rules), marking)
 
 
 def runtime_commands(desired: tuple[Backend, ...], live: Mapping[str, Mapping[str, LiveServer]]) -> list[str]:

@@ -25,9 +25,9 @@ from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, Prox
 from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
 from ballast.wire.registry import Snapshot
 from ballast.wire.reports import GatewayRegistration
-from ballast.dataplane.request_stats import SERVICE_PREFIX
+from ballast.dataplane.request_stats import SERVICE_PREFIX, SUBSET_SEPARATOR
 from ballast.dataplane.runtime import RuntimeApiError
-from ballast.dataplane.tables import gateway_tables
+from ballast.dataplane.tables import gateway_rule_tables
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 
 log = logging.getLogger("ballast.gateway")
@@ -46,6 +46,7 @@ class GatewaySettings:
     stop_proxy_on_exit: bool = False
     metrics_listen: Address | None = None   # /metrics and /v1/request-metrics; None: not served
     metrics_interval: float = 1.0
+    trusted_color_networks: tuple[str, ...] = ()   # clients whose own baggage (color) is kept; others' is removed
 
 
 class Gateway:
@@ -71,10 +72,11 @@ class Gateway:
             self.telemetry = TelemetryServer(app, settings.metrics_listen.ip, settings.metrics_listen.port)
 
     def render(self, snapshot: Snapshot) -> tuple[str, GatewayConfig]:
-        routes, backends = gateway_tables(snapshot)
+        routes, tables = gateway_rule_tables(snapshot)
         cfg = GatewayConfig(name=self.settings.name, admin_socket=str(self.proxy.files.admin_socket),
-                            listen=self.settings.listen, routes=routes, backends=backends,
-                            threads=self.settings.threads, stats=self.stats_hooks)
+                            listen=self.settings.listen, routes=routes, backends=tables.backends,
+                            threads=self.settings.threads, stats=self.stats_hooks, rules=tables.rules,
+                            marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks)
         return render_gateway(cfg), cfg
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -151,7 +153,7 @@ class Gateway:
 
     def _series_of(self, key: str) -> Series | None:
         backend, _, instance = key.partition(" ")
-        service = backend.removeprefix(SERVICE_PREFIX)
+        service = backend.removeprefix(SERVICE_PREFIX).partition(SUBSET_SEPARATOR)[0]   # a subset is its service's
         known = self._endpoints.get((service, instance))
         if known is None:
             return None

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from ballast.wire.message import Message
+from ballast.wire.traffic import ColoringInEffect, RuleInEffect
 
 
 class Endpoint(Message):
@@ -44,15 +45,18 @@ class ServiceRouting(Message):
 class Service(ServiceRouting):
     name: str
     endpoints: tuple[Endpoint, ...] = ()
+    rules: tuple[RuleInEffect, ...] = ()     # TrafficRules governing calls to it, at most one per caller scope
 
     @classmethod
-    def of(cls, name: str, routing: ServiceRouting, endpoints: tuple[Endpoint, ...]) -> "Service":
-        return cls(name=name, endpoints=endpoints, **dict(routing))
+    def of(cls, name: str, routing: ServiceRouting, endpoints: tuple[Endpoint, ...],
+           rules: tuple[RuleInEffect, ...] = ()) -> "Service":
+        return cls(name=name, endpoints=endpoints, rules=rules, **dict(routing))
 
 
 class Snapshot(Message):
     generation: int = Field(ge=0)
     services: tuple[Service, ...] = ()     # ordered by name
+    coloring: tuple[ColoringInEffect, ...] = ()   # marking rules, ordered by name
 
     @classmethod
     def empty(cls) -> "Snapshot":
