@@ -368,6 +368,46 @@ class WindowDeleted(_Body):
     deleted: str = Field(description="the change window's name")
 
 
+# --- traffic rules -------------------------------------------------------------------------------------------------------
+
+class RuleDeleted(_Body):
+    deleted: str = Field(description="KIND/NAME of the rule removed")
+
+
+class TrafficRuleState(_Body):
+    kind: str
+    name: str
+    spec: Object
+    owner: str | None = Field(description="what created it (a release) when it was not a person's apply")
+    generation: int = Field(description="the registry generation that brought its last change")
+    inEffect: bool = Field(description="every traffic component acknowledged that generation")
+    acknowledged: list[str] = Field(description="components (mesh/NODE, gateway/NAME) that applied it")
+    pending: list[str] = Field(description="components that have not yet")
+    createdAt: float
+    updatedAt: float
+    routes: list[Object] | None = Field(None, description="each route's subsets and their ready endpoints")
+
+
+class TrafficRules(_Body):
+    items: list[TrafficRuleState]
+
+
+class Explanation(_Body):
+    service: str
+    generation: int
+    rule: str | None
+    route: str | None
+    reason: str
+    destinations: list[Object]
+    endpoints: list[str] | None = None
+
+
+class Analysis(_Body):
+    ok: bool
+    refused: list[Object]
+    warnings: list[str]
+
+
 # --- metrics -----------------------------------------------------------------------------------------------------------
 
 class MetricsRow(_Body):
@@ -490,12 +530,21 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("GET", "/v1/changewindows"): ((200,), Items),
     ("DELETE", "/v1/changewindows/{name}"): ((200,), WindowDeleted),
     ("GET", "/v1/apps/{app}/metrics"): ((200,), AppMetrics),
+    ("GET", "/v1/trafficrules"): ((200,), TrafficRules),
+    ("GET", "/v1/trafficrules/{name}"): ((200,), TrafficRuleState),
+    ("DELETE", "/v1/trafficrules/{name}"): ((200,), RuleDeleted),
+    ("GET", "/v1/coloringrules"): ((200,), TrafficRules),
+    ("GET", "/v1/coloringrules/{name}"): ((200,), TrafficRuleState),
+    ("DELETE", "/v1/coloringrules/{name}"): ((200,), RuleDeleted),
+    ("GET", "/v1/traffic/explain"): ((200,), Explanation),
+    ("POST", "/v1/traffic/analyze"): ((200,), Analysis),
 }
 
 # Besides 401/403/422 (every /v1 route) and 400 (any URL): what else a route can answer, by method and path.
 _MUTATING = {"POST", "PUT", "DELETE"}
-_READ_ONLY_POSTS = {"/v1/apps/{app}/releases/plan", "/v1/audit/verify"}
-_NOT_FOUND_WITHOUT_PARAMS = {("POST", "/v1/tokens")}   # a token for a user who does not exist
+_READ_ONLY_POSTS = {"/v1/apps/{app}/releases/plan", "/v1/audit/verify", "/v1/traffic/analyze"}
+_NOT_FOUND_WITHOUT_PARAMS = {("POST", "/v1/tokens"),        # a token for a user who does not exist
+                             ("GET", "/v1/traffic/explain")}  # a service that does not exist
 
 
 def error_statuses(method: str, path: str) -> list[int]:
@@ -517,7 +566,8 @@ def error_statuses(method: str, path: str) -> list[int]:
 # Example names in paths, by the collection they name (the README's): a reader sees what goes there, and a
 # generator of requests (schemathesis' examples phase) tries them first.
 _EXAMPLES = {"apps": "shop", "cells": "cell-a", "nodes": "n1", "gateways": "edge", "users": "vic",
-             "orders": "chg-42", "changewindows": "business-hours"}
+             "orders": "chg-42", "changewindows": "business-hours", "trafficrules": "back-canary",
+             "coloringrules": "replenish"}
 
 
 def _example(path: str, parameter: dict[str, Any]) -> None:

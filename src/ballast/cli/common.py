@@ -38,7 +38,8 @@ KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "
          "endpoints": "endpoints", "ep": "endpoints", "gateway": "gateways", "gateways": "gateways",
          "order": "orders", "orders": "orders", "releaseorder": "orders", "releaseorders": "orders",
          "changewindow": "changewindows", "changewindows": "changewindows", "window": "changewindows",
-         "windows": "changewindows"}
+         "windows": "changewindows", "trafficrule": "trafficrules", "trafficrules": "trafficrules",
+         "tr": "trafficrules", "coloringrule": "coloringrules", "coloringrules": "coloringrules"}
 
 
 def _fail(message: str, code: int = 1) -> None:

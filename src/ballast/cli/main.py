@@ -19,6 +19,7 @@ import click
 import yaml
 
 from ballast.cli import output, packaging
+from ballast.cli.traffic_cmds import traffic
 from ballast.cli.common import KINDS, _fail, command, console
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
@@ -433,7 +434,8 @@ async def describe(client: Client, kind: str, name: str) -> None:
 @click.option("-f", "--filename", "files", multiple=True, help="delete what these manifests declare")
 @command
 async def delete(client: Client, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
-    """Delete an app, cell, node or gateway (deleting an app drains and stops its instances)."""
+    """Delete an app, cell, node, gateway, traffic rule or coloring rule (deleting an app drains and stops its
+    instances)."""
     targets: list[tuple[str, str]] = []
     for f in files:
         for doc in _load_documents(f):
@@ -444,7 +446,7 @@ async def delete(client: Client, kind: str | None, name: str | None, files: tupl
         raise click.UsageError("name KIND NAME or give -f FILE")
     # Apps before cells, so a file holding both deletes cleanly.
     for resolved, target in sorted(targets, key=lambda t: t[0] != "apps"):
-        if resolved not in ("apps", "cells", "nodes", "gateways"):
+        if resolved not in ("apps", "cells", "nodes", "gateways", "trafficrules", "coloringrules"):
             raise click.UsageError(f"cannot delete {resolved}; delete the app instead")
         answer = await client.delete(f"/v1/{resolved}/{target}")
         console.print(f"{answer['deleted']} deleted")
@@ -641,6 +643,7 @@ cli.add_command(release)
 cli.add_command(order)
 cli.add_command(metrics)
 cli.add_command(audit)
+cli.add_command(traffic)
 
 
 def main() -> None:

@@ -75,7 +75,24 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                                  or "any time", str(len(o["spec"]["freezes"])),
                                  "yes" if o["status"]["openNow"] else "no: " + "; ".join(o["status"]["why"])[:60]]),
     "artifacts": (["DIGEST", "SIZE", "CREATED"], lambda o: [o["digest"], str(o["size"]), o["createdAt"]]),
+    "trafficrules": (["NAME", "SERVICE", "FROM", "ROUTES", "GENERATION", "IN EFFECT", "PENDING", "OWNER"],
+                     lambda o: [o["name"], o["spec"]["service"],
+                                ",".join((o["spec"].get("from") or {}).get("apps") or ["*"]),
+                                "; ".join(_route_summary(r) for r in o.get("routes") or []),
+                                str(o["generation"]), "yes" if o["inEffect"] else "no",
+                                ",".join(o["pending"]) or "-", o["owner"] or "-"]),
+    "coloringrules": (["NAME", "AT", "TAGS", "GENERATION", "IN EFFECT", "PENDING"],
+                      lambda o: [o["name"], ",".join(o["spec"]["at"]["apps"]),
+                                 ",".join(f"{k}={v}" for k, v in o["spec"]["tags"].items()), str(o["generation"]),
+                                 "yes" if o["inEffect"] else "no", ",".join(o["pending"]) or "-"]),
 }
+
+
+def _route_summary(route: dict[str, Any]) -> str:
+    """testers -> revision 2 (2 ready); split -> revision 1 x999 (3 ready), revision 2 x1 (0 ready: fallback)"""
+    sides = [f"{d['subset']}" + (f" x{d['weight']}" if len(route["to"]) > 1 else "")
+             + f" ({d['readyEndpoints']} ready" + (": falls back" if d["fallback"] else "") + ")" for d in route["to"]]
+    return f"{route['name']} -> " + ", ".join(sides)
 
 
 def _instance_ready(o: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from ballast.core.release_engine import (ACTIVE_PHASES, CreateReplacement, Decis
 from ballast.core.scheduling import instance_id_for
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.services import verifications
+from ballast.services import traffic_rules, verifications
 from ballast.services.placement import insert_instance, placement_inputs
 from ballast.store.engine import (ACKS, ENDPOINT_NOTES, EVERYTHING, GRANTS, INSTANCE_STATUS, INTENT, REGISTRY,
                                   VERIFICATION, Store, Tx)
@@ -149,6 +149,7 @@ async def _transition(tx: Tx, row: Any, t: Any) -> None:
     if t.phase is Phase.SUCCEEDED:
         await tx.conn.execute(update(apps).where(apps.c.name == row.app).values(deployed_revision=row.to_revision,
                                                                                  resource_version=tx.rv))
+        await traffic_rules.revisions_moved(tx, row.app)   # `stable` now means the new revision
     if t.phase is Phase.ROLLED_BACK and row.kind == "scale":
         # The counts before the scale stand again, and the scheduler must not redo the change on its own.
         app_row = (await tx.conn.execute(select(apps.c.status, apps.c.generation).where(apps.c.name == row.app))).first()

@@ -29,6 +29,7 @@ from ballast.core.strategy import (StrategyOverride, StrategySpec, VerifyOverrid
 from ballast.errors import FieldProblem, InvalidInput
 from ballast.wire import assignments as wire
 from ballast.wire.assignments import DrainSettings, HealthCheck
+from ballast.wire.traffic import ColoringRuleSpec, TrafficRuleSpec
 from ballast.wire.text import DIGEST_PATTERN, INT32_MAX, NAME_PATTERN, Labels, StoredText, ip_port, storable
 
 # Shared with the wire and the strategy's own module; importers of manifests find them here too.
@@ -286,9 +287,25 @@ class ChangeWindowManifest(_Model):
     spec: ChangeWindowSpec
 
 
-Manifest = Union[CellManifest, AppServiceManifest, ReleaseOrderManifest, ChangeWindowManifest]
+class TrafficRuleManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TrafficRule"]
+    metadata: Metadata
+    spec: TrafficRuleSpec
+
+
+class ColoringRuleManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ColoringRule"]
+    metadata: Metadata
+    spec: ColoringRuleSpec
+
+
+Manifest = Union[CellManifest, AppServiceManifest, ReleaseOrderManifest, ChangeWindowManifest, TrafficRuleManifest,
+                 ColoringRuleManifest]
 KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest,
-                                     "ReleaseOrder": ReleaseOrderManifest, "ChangeWindow": ChangeWindowManifest}
+                                     "ReleaseOrder": ReleaseOrderManifest, "ChangeWindow": ChangeWindowManifest,
+                                     "TrafficRule": TrafficRuleManifest, "ColoringRule": ColoringRuleManifest}
 
 
 def parse_documents(documents: list[Any], *, source: str = "items") -> list[Manifest]:
@@ -368,7 +385,7 @@ def problems_from_validation(exc: ValidationError, prefix: str = "") -> list[Fie
         for part in err["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif part in ("function-after", "str", "int", "float", "list[...]") or str(part).startswith(("function-", "literal[")):
+            elif part in ("function-after", "str", "int", "float", "list[...]", "[key]") or str(part).startswith(("function-", "literal[")):
                 continue  # union branch markers say nothing to a user
             else:
                 path += f".{part}" if path else str(part)

@@ -17,11 +17,12 @@ from ballast.core.authz import Action
 from ballast.core.change_control import spec_changes
 from ballast.core.digests import digest
 from ballast.core.outbound import OutboundPolicy
-from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest, Manifest,
-                                    ReleaseOrderManifest, spec_json, stored_spec)
+from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest,
+                                    ColoringRuleManifest, Manifest, ReleaseOrderManifest, TrafficRuleManifest, spec_json,
+                                    stored_spec)
 from ballast.core.traffic import routing
 from ballast.errors import Conflict, FieldProblem, InvalidInput
-from ballast.services import artifacts, change_control, outbound
+from ballast.services import artifacts, change_control, outbound, traffic_rules
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -59,6 +60,9 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
         elif isinstance(m, ReleaseOrderManifest):
             for r in m.spec.releases:  # the author must be allowed to change every app of the order
                 authorize(Action.APPLY_APP, r.app)
+        elif isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
+            for _, app in traffic_rules.governed_apps([m]):
+                authorize(Action.APPLY_APP, app)
         else:
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
@@ -71,6 +75,10 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
                     results.append(await _apply_cell(tx, m, actor))
                 elif isinstance(m, AppServiceManifest):
                     results.append(await _apply_app(tx, m, actor))
+            # Rules after apps: they name apps (and revisions) applied in the same request.
+            for m in manifests:
+                if isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
+                    results.append(ApplyResult(m.kind, m.metadata.name, await traffic_rules.apply(tx, m, actor)))
             # Orders last: they resolve target revisions of apps applied in the same request.
             for index, m in enumerate(manifests):
                 if isinstance(m, ChangeWindowManifest):
@@ -107,6 +115,7 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest], po
     problems.extend(await _route_conflicts(conn, manifests))
     problems.extend(await _unknown_artifacts(conn, manifests))
     problems.extend(_outbound_problems(manifests, policy))
+    problems.extend(await traffic_rules.problems(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
 
@@ -225,6 +234,8 @@ async def _apply_app(tx: Tx, m: AppServiceManifest, actor: str) -> ApplyResult:
         return ApplyResult("AppService", name, "unchanged", row.latest_revision)
     number = await _revision_for(tx, name, spec["template"])
     generation = row.generation + 1
+    if number != row.latest_revision:
+        await traffic_rules.revisions_moved(tx, name)   # `latest` now means another revision
     if routing(AppServiceSpec.model_validate(row.spec)) != routing(m.spec):
         await bump_registry(tx)
     await tx.conn.execute(update(apps).where(apps.c.name == name).values(

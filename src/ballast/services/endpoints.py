@@ -22,6 +22,7 @@ from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
 from ballast.core.manifests import stored_spec
 from ballast.core.traffic import routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
+from ballast.services import rules_in_effect
 from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, nodes
 from ballast.wire.registry import Endpoint as WireEndpoint
@@ -58,9 +59,11 @@ async def _snapshot(conn: AsyncConnection) -> Snapshot:
                                  .order_by(endpoints.c.service, endpoints.c.id))).all():
         eps.setdefault(e.service, []).append(WireEndpoint(id=e.id, ip=e.ip, port=e.port, cell=e.cell, zone=e.zone,
                                                           state=e.state, revision=e.revision))
-    services = [Service.of(row.name, routing(stored_spec(row.spec)), tuple(eps.get(row.name, ())))
+    rules, coloring = await rules_in_effect.in_effect(conn)
+    services = [Service.of(row.name, routing(stored_spec(row.spec)), tuple(eps.get(row.name, ())),
+                           rules.get(row.name, ()))
                 for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all()]
-    return Snapshot(generation=gen, services=tuple(services))
+    return Snapshot(generation=gen, services=tuple(services), coloring=coloring)
 
 
 async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str, Any]:

@@ -336,3 +336,17 @@ verifications = Table(
     Column("resource_version", BigInteger, nullable=False),
     Index("ix_verifications_release", "release_id"),
 )
+
+# Traffic rules (TrafficRule) and marking rules (ColoringRule): what the data plane routes and colors by.
+traffic_rules = Table(
+    "traffic_rules", metadata,
+    Column("kind", String(16), primary_key=True),        # TrafficRule | ColoringRule
+    Column("name", String(63), primary_key=True),
+    Column("service", String(63), nullable=True),        # the service a TrafficRule governs
+    Column("spec", JSON, nullable=False),
+    Column("owner", String(100), nullable=False),        # "" for a user's; "release/<id>" for a release's own
+    Column("generation", BigInteger, nullable=False),    # the registry generation that brought its last change
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
