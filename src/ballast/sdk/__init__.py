@@ -14,10 +14,11 @@ Standard library only, so an app can vendor this package (the demo artifact does
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+# By name: the submodule ballast.sdk.urllib, once imported, is this package's attribute `urllib`.
+from urllib.parse import SplitResult, urlsplit
 
 from ballast.sdk.baggage import EMPTY, MAX_BYTES, MAX_MEMBERS, Color, Member, check_tag, format_baggage, parse_baggage
 
@@ -63,7 +64,7 @@ def with_tags(tags: Mapping[str, str] | None = None, /, **more: str) -> Iterator
 
 def is_mesh_url(url: str, mesh: str) -> bool:
     """Whether `url` goes through the mesh listener at `mesh`: same scheme, host and port, under its path."""
-    target, base = urllib.parse.urlsplit(url), urllib.parse.urlsplit(mesh)
+    target, base = urlsplit(url), urlsplit(mesh)
     try:
         same_origin = ((target.scheme.lower(), target.hostname, _port(target))
                        == (base.scheme.lower(), base.hostname, _port(base)))
@@ -105,5 +106,5 @@ def apply_color(headers: MutableMapping[str, str], url: str, *, mesh: str | None
         del headers[HEADER]
 
 
-def _port(parts: urllib.parse.SplitResult) -> int | None:
+def _port(parts: SplitResult) -> int | None:
     return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
