@@ -5,6 +5,7 @@ import ast
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,8 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from ballast.cli import packaging
 
 APP = Path(__file__).resolve().parents[2] / "src" / "ballast" / "demo" / "app.py"
 HOST = "127.0.0.1"
@@ -43,10 +47,14 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, timeout: float = 5.0,
+        headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.putrequest("GET", path)
+        for name, value in headers:  # a name may repeat
+            conn.putheader(name, value)
+        conn.endheaders()
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
@@ -62,11 +70,11 @@ class App:
 def start_app() -> Iterator[Callable[..., App]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(**env: str) -> App:
+    def start(command: tuple[str, ...] = (sys.executable, str(APP)), **env: str) -> App:
         for _attempt in range(3):  # the free port can be taken before the app binds it
             port = free_port()
             proc = subprocess.Popen(
-                [sys.executable, str(APP)], env=base_env(HOST=HOST, PORT=str(port), **env),
+                command, env=base_env(HOST=HOST, PORT=str(port), **env),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             procs.append(proc)
             deadline = time.monotonic() + 10
@@ -89,13 +97,14 @@ def start_app() -> Iterator[Callable[..., App]]:
             proc.communicate(timeout=5)  # reaps and closes the pipes
 
 
-def test_app_imports_only_the_standard_library() -> None:
+def test_app_imports_only_the_standard_library_and_the_sdk() -> None:
+    """ballast.sdk is standard library only too (tests/unit/test_sdk_core.py), and the artifact carries it."""
     tree = ast.parse(APP.read_text())
-    modules = {alias.name.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, ast.Import) for alias in node.names}
-    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-    assert modules <= sys.stdlib_module_names, modules - sys.stdlib_module_names
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {f"{node.module}.{alias.name}" if node.module == "ballast" else node.module
+                for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                for alias in node.names}
+    assert {m for m in modules if m.split(".")[0] not in sys.stdlib_module_names} == {"ballast.sdk"}
 
 
 def test_identity_and_healthz(start_app: Callable[..., App]) -> None:
@@ -109,7 +118,7 @@ def test_identity_and_healthz(start_app: Callable[..., App]) -> None:
         assert json.loads(body) == {
             "app": "shop", "instance": "inst-7", "revision": "rev-3", "cell": "cell-a",
             "zone": "zone-1", "node": "node-9", "greeting": "hi there", "path": path,
-            "pid": app.proc.pid,
+            "pid": app.proc.pid, "baggage": "",
         }
     status, _, body = get(app.port, "/slow?ms=50")
     assert status == 200 and json.loads(body)["instance"] == "inst-7"
@@ -161,6 +170,52 @@ def test_call_downstream(start_app: Callable[..., App]) -> None:
     broken = start_app(DEMO_CALL=f"http://{HOST}:{free_port()}/")
     status, _, body = get(broken.port, "/call")
     assert status == 502 and "error" in json.loads(body)
+
+
+COLOR = (("baggage", "env = gray ,"), ("baggage", "biz=replenish;p=1, bad key=x"))
+
+
+def call_with_color(start_app: Callable[..., App], command: tuple[str, ...], through_mesh: bool,
+                    cwd: Path | None = None) -> dict[str, Any]:
+    """The caller's /call answer, with the callee's (a real process each) in it."""
+    callee = start_app(BALLAST_APP="db", BALLAST_REVISION="db-2")
+    callee_url = f"http://{HOST}:{callee.port}"
+    env = ({"BALLAST_MESH_URL": callee_url, "DEMO_CALL_SERVICE": "db"} if through_mesh
+           else {"BALLAST_MESH_URL": f"http://{HOST}:{free_port()}", "DEMO_CALL": callee_url + "/"})
+    caller = start_app(command, BALLAST_APP="shop", **env)
+    status, _, body = get(caller.port, "/call", headers=COLOR)
+    assert status == 200, body
+    answer: dict[str, Any] = json.loads(body)
+    assert answer["self"]["baggage"] == "env = gray ,,biz=replenish;p=1, bad key=x"  # the lines, as received
+    assert (answer["downstream"]["app"], answer["downstream"]["revision"]) == ("db", "db-2")
+    return answer
+
+
+def test_call_propagates_the_color_through_the_mesh_with_the_sdk(start_app: Callable[..., App]) -> None:
+    """The downstream sees the caller's inbound baggage, formatted by ballast.sdk (the malformed member dropped)."""
+    answer = call_with_color(start_app, (sys.executable, str(APP)), through_mesh=True)
+    assert answer["downstream"]["baggage"] == "env=gray,biz=replenish;p=1"
+
+
+def test_a_call_not_through_the_mesh_carries_no_color(start_app: Callable[..., App]) -> None:
+    answer = call_with_color(start_app, (sys.executable, str(APP)), through_mesh=False)
+    assert answer["downstream"]["baggage"] == ""
+
+
+def test_the_sample_artifact_carries_the_sdk(start_app: Callable[..., App], tmp_path: Path) -> None:
+    """What `ballast demo` packs runs without an installed Ballast (-S: no site-packages; -E: no PYTHONPATH) and propagates with the
+    SDK; app.py copied alone copies the header as it came."""
+    packaging.stage_demo(tmp_path / "artifact")
+    answer = call_with_color(start_app, (sys.executable, "-E", "-S", str(tmp_path / "artifact" / "app.py")),
+                             through_mesh=True)
+    assert answer["downstream"]["baggage"] == "env=gray,biz=replenish;p=1"
+
+    (tmp_path / "alone").mkdir()
+    shutil.copy(APP, tmp_path / "alone" / "app.py")
+    alone = (sys.executable, "-E", "-S", str(tmp_path / "alone" / "app.py"))
+    answer = call_with_color(start_app, alone, through_mesh=True)
+    assert answer["downstream"]["baggage"] == "env = gray ,,biz=replenish;p=1, bad key=x"
+    assert call_with_color(start_app, alone, through_mesh=False)["downstream"]["baggage"] == ""
 
 
 class AbortingDownstream:

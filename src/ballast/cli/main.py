@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -370,7 +371,8 @@ async def demo(client: Client, replicas: int | None, greeting: str | None) -> No
         docs[0]["spec"]["replicas"] = replicas
     if greeting is not None:
         docs[0]["spec"]["template"]["env"]["GREETING"] = greeting
-    await apply_documents(client, docs, manifest.parent, False)
+    with tempfile.TemporaryDirectory() as staging:  # the artifact carries ballast.sdk beside app.py
+        await apply_documents(client, docs, packaging.stage_demo(Path(staging)), False)
     console.print("watch it come up: ballast get instances shop")
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import shutil
 import tarfile
 from pathlib import Path
+
+import ballast.demo
+import ballast.sdk
 
 SKIP = {"__pycache__", ".git", ".ballast", ".venv", ".hypothesis", ".pytest_cache"}
 
@@ -37,3 +41,16 @@ def pack(directory: Path) -> tuple[bytes, str]:
         gz.write(raw.getvalue())
     data = blob.getvalue()
     return data, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def stage_demo(target: Path) -> Path:
+    """Lay out the sample artifact in `target`: the demo's files and, beside app.py, ballast/sdk (standard library
+    only) under a ballast package of its own, so the demo's `import ballast.sdk` works wherever it runs."""
+    for source in (Path(ballast.demo.__file__).parent, Path(ballast.sdk.__file__).parent):
+        destination = target if source.name == "demo" else target / "ballast" / "sdk"
+        destination.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            if path.is_file() and path.suffix in (".py", ".yaml"):
+                shutil.copyfile(path, destination / path.name)
+    (target / "ballast" / "__init__.py").write_text('"""Only ballast.sdk: what the sample app imports."""\n')
+    return target

@@ -13,6 +13,11 @@ DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
 optional Host header fetched by /call), DEMO_CALL_SERVICE (a service /call
 reaches through the sidecar, BALLAST_MESH_URL, by name), DEMO_GRACE_SECONDS (10).
 
+Identity answers echo the inbound `baggage` header (the request's color). /call
+propagates it with ballast.sdk, which the sample artifact carries beside
+app.py (and which a checkout of Ballast has two directories up); a copy of
+app.py alone copies the header as it came, as an app in any language may.
+
 One asyncio event loop serves every connection (HTTP/1.1, keep-alive): a
 thread per connection costs a busy machine more than the requests do. /call
 keeps idle connections to what it calls and reuses them; like any HTTP
@@ -33,6 +38,27 @@ import sys
 import time
 import urllib.parse
 from types import SimpleNamespace
+
+
+def import_sdk():
+    """ballast.sdk from the artifact (beside app.py) or an installed Ballast, else from a checkout, else None."""
+    try:
+        from ballast import sdk
+        return sdk
+    except ImportError:
+        pass
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(src, "ballast", "sdk", "__init__.py")):
+        sys.path.append(src)  # run from a checkout: src/ballast/demo/app.py
+        try:
+            from ballast import sdk
+            return sdk
+        except ImportError:
+            pass
+    return None
+
+
+sdk = import_sdk()
 
 MAX_SLOW_MS = 10_000
 
@@ -89,6 +115,7 @@ def load_config(env):
         if not mesh:
             fail("DEMO_CALL_SERVICE needs BALLAST_MESH_URL (set by Ballast's agent)")
         cfg.call_url, cfg.call_host = mesh.rstrip("/") + "/", service
+    cfg.via_mesh = bool(service)
     return cfg
 
 
@@ -143,11 +170,13 @@ class App:
             await self.send(writer, 400, b"bad request line", "text/plain", close=True)
             return False
         method, target, version = parts
-        headers = {}
+        headers, baggage = {}, []
         for line in lines[1:]:
             key, sep, value = line.partition(":")
             if sep:
                 headers[key.strip().lower()] = value.strip()
+                if key.strip().lower() == "baggage":
+                    baggage.append(value.strip())  # several lines are one list
         length = headers.get("content-length", "0")
         if not length.isdigit():
             await self.send(writer, 400, b"bad content-length", "text/plain", close=True)
@@ -156,7 +185,7 @@ class App:
             await reader.readexactly(int(length))
         close = (headers.get("connection", "").lower() == "close"
                  or (version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"))
-        status, body, ctype = await self.route(method, target)
+        status, body, ctype = await self.route(method, target, ",".join(baggage))
         close = close or self.draining
         await self.send(writer, status, body, ctype, close=close)
         return not close
@@ -168,19 +197,19 @@ class App:
         writer.write(head.encode("latin-1") + body)
         await writer.drain()
 
-    def identity(self, path):
-        return {**self.cfg.identity, "path": path, "pid": os.getpid()}
+    def identity(self, path, baggage):
+        return {**self.cfg.identity, "path": path, "pid": os.getpid(), "baggage": baggage}
 
     def json(self, status, obj):
         return status, json.dumps(obj).encode() + b"\n", "application/json"
 
-    async def route(self, method, target):
+    async def route(self, method, target, baggage):
         cfg = self.cfg
         url = urllib.parse.urlsplit(target)
         if url.path == "/healthz":
             return (503, b"unhealthy", "text/plain") if cfg.unhealthy else (200, b"ok", "text/plain")
         if url.path == "/call":
-            return await self.call(target)
+            return await self.call(target, baggage)
         if url.path == "/slow":
             try:
                 ms = int(urllib.parse.parse_qs(url.query).get("ms", ["0"])[0])
@@ -190,16 +219,17 @@ class App:
         elif cfg.latency == "realistic" and random.random() < 0.2:
             await asyncio.sleep(random.uniform(0.1, 0.5))
         if random.random() < cfg.fail_rate:
-            return self.json(500, {**self.identity(target), "error": "injected failure"})
-        return self.json(200, self.identity(target))
+            return self.json(500, {**self.identity(target, baggage), "error": "injected failure"})
+        return self.json(200, self.identity(target, baggage))
 
     # --- calling downstream ----------------------------------------------------
-    async def call(self, target):
-        cfg, me = self.cfg, self.identity(target)
+    async def call(self, target, baggage):
+        cfg, me = self.cfg, self.identity(target, baggage)
         if not cfg.call_url:
             return self.json(404, {"self": me, "error": "DEMO_CALL is not set"})
         try:
-            status, raw = await asyncio.wait_for(self.fetch(cfg.call_url, cfg.call_host), 5)
+            headers = self.outbound_headers(baggage)
+            status, raw = await asyncio.wait_for(self.fetch(cfg.call_url, cfg.call_host, headers), 5)
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             return self.json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
         if not 200 <= status < 300:
@@ -210,14 +240,22 @@ class App:
             downstream = raw.decode("utf-8", "replace")
         return self.json(200, {"self": me, "downstream": downstream})
 
-    async def fetch(self, url, host_header):
+    def outbound_headers(self, baggage):
+        """The color for the downstream call: only a call through the mesh carries it."""
+        if sdk is not None:
+            with sdk.use_color(sdk.parse_baggage(baggage)):
+                return sdk.outbound_headers(self.cfg.call_url)
+        return {"baggage": baggage} if baggage and self.cfg.via_mesh else {}
+
+    async def fetch(self, url, host_header, headers=None):
         """GET over a kept-alive connection; once more on a fresh one if the reused one was closed."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"cannot call {url!r}: expected http://HOST[:PORT]/PATH")
         key = (parts.hostname, parts.port or 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or parts.netloc}\r\n\r\n").encode("latin-1")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        request = (f"GET {path} HTTP/1.1\r\nHost: {host_header or parts.netloc}\r\n{extra}\r\n").encode("latin-1")
         idle = self.pool.setdefault(key, [])
         for attempt in (1, 2):
             # The retry takes a new connection: other pooled ones may have been closed by the same event.
