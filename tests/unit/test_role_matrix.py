@@ -173,6 +173,13 @@ ROWS: list[Row] = [
         audit=("order.create", "ReleaseOrder/order-new", CREATED), variant="a release order"),
     Row("DELETE", "/v1/cells/{name}", "/v1/cells/cell-del", ADMINS, audit=("delete", "Cell/cell-del", DELETED)),
     Row("DELETE", "/v1/apps/{name}", "/v1/apps/app-del", OPERATORS, audit=("delete", "AppService/app-del", DELETED)),
+    Row("DELETE", "/v1/trafficrules/{name}", "/v1/trafficrules/tr-del", OPERATORS,
+        audit=("delete", "TrafficRule/tr-del", DELETED)),
+    Row("DELETE", "/v1/coloringrules/{name}", "/v1/coloringrules/cr-del", OPERATORS,
+        audit=("delete", "ColoringRule/cr-del", DELETED)),
+    Row("POST", "/v1/traffic/analyze", "/v1/traffic/analyze", READERS, changes=False,
+        json={"items": [manifest("TrafficRule", "tr-new", {"service": "app-rules",
+                                                             "routes": [{"name": "all", "to": [{"revision": 1}]}]})]}),
     Row("POST", "/v1/artifacts", "/v1/artifacts", PUSHERS, status=201, content=small_package(),
         audit=("artifact.push", "Artifact/sha256:", CREATED)),
     Row("POST", "/v1/audit/verify", "/v1/audit/verify", READERS, json={"records": [{"seq": 1, "hash": "x"}]},
@@ -318,6 +325,10 @@ async def prepare(api: Api) -> Prepared:
     order_apps = [app_manifest(a) for a in ORDER_APPS.values()]
     await ok(admin.post("/v1/apply", json={"items": [*cells, *windows, *release_apps, *order_apps,
                                                      app_manifest("app-del"), app_manifest("app-order-new")]}))
+    await ok(admin.post("/v1/apply", json={"items": [
+        app_manifest("app-rules"),
+        manifest("TrafficRule", "tr-del", {"service": "app-rules", "routes": [{"name": "all", "to": [{"revision": 1}]}]}),
+        manifest("ColoringRule", "cr-del", {"at": {"apps": ["app-rules"]}, "tags": {"env": "gray"}})]}))
     for node, cell, ip in [("node-a1", "cell-a", "10.0.0.1"), ("node-del", "cell-spare", "10.0.1.1"),
                            ("node-drain", "cell-spare", "10.0.1.2"), ("node-cordoned", "cell-spare", "10.0.1.3")]:
         await ok(fleet.put(f"/v1/nodes/{node}", json={"cell": cell, "ip": ip, "cpuMillis": 8000,

@@ -5,14 +5,14 @@ Rules are created and changed by `POST /v1/apply` like every declared resource.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from ballast.api.deps import Name, RequestBody, audited_write, may_read_app, principal, require, store_of
 from ballast.core.authz import Action, allowed
-from ballast.core.manifests import parse_documents
+from ballast.core.manifests import NAME_PATTERN, parse_documents
 from ballast.errors import BallastError, FieldProblem, InvalidInput, NotFound
 from ballast.services import apply as apply_service
 from ballast.services import traffic_analysis, traffic_rules
@@ -23,6 +23,7 @@ from ballast.wire.registry import Snapshot
 from ballast.wire.traffic import GATEWAY_CALLER
 
 router = APIRouter()
+Pair = Annotated[str, StringConstraints(pattern=r"^[^=\x00]+=[^\x00]*$", max_length=1024)]   # NAME=VALUE
 _KINDS = {"trafficrules": traffic_rules.TRAFFIC_RULE, "coloringrules": traffic_rules.COLORING_RULE}
 
 
@@ -105,10 +106,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 
 @router.get("/traffic/explain", tags=["traffic"])
-async def explain(request: Request, service: str = Query(max_length=63),
-                  caller: str = Query(GATEWAY_CALLER, alias="from", max_length=63),
-                  header: list[str] = Query([], max_length=50), tag: list[str] = Query([], max_length=50),
-                  cookie: list[str] = Query([], max_length=50), path: str = Query("/", max_length=2048),
+async def explain(request: Request, service: str = Query(pattern=NAME_PATTERN, max_length=63),
+                  caller: str = Query(GATEWAY_CALLER, alias="from", pattern=NAME_PATTERN, max_length=63),
+                  header: list[Pair] = Query([], max_length=50), tag: list[Pair] = Query([], max_length=50),
+                  cookie: list[Pair] = Query([], max_length=50),
+                  path: str = Query("/", pattern=r"^/[^\x00]*$", max_length=2048),
                   who: Principal = Depends(principal)) -> dict[str, Any]:
     """Which rule and route a call would take and which endpoints its subset holds: the same evaluation the
     data plane compiles, on the registry as components have it now."""
@@ -129,6 +131,7 @@ class AnalyzeRequest(RequestBody):
 async def analyze(body: AnalyzeRequest, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
     """What applying `items` would be refused for, and what it would warn about; nothing is stored."""
     require(who, Action.READ)
+    request.state.audit_exempt = True  # a preview changes nothing
     refused: list[dict[str, Any]] = []
     try:
         manifests = parse_documents(body.items)
