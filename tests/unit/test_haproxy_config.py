@@ -49,6 +49,7 @@ def test_sidecar_configuration_exact_text() -> None:
                 + GLOBAL_AND_DEFAULTS.format(threads=1, socket="/run/s/admin.sock")
                 + "\nfrontend inbound\n"
                 "    bind 10.0.0.1:20010\n"
+                "    use_backend hand_off_inbound if { stopping }\n"
                 "    default_backend app\n"
                 "\nbackend app\n" + RETRIES +
                 "    server app 127.0.0.1:20011 pool-purge-delay 30s\n"
@@ -57,6 +58,7 @@ def test_sidecar_configuration_exact_text() -> None:
                 "    tcp-request connection reject unless { src 127.0.0.1 }\n"
                 "    http-request deny deny_status 400 if { req.fhdr(host) -m sub , }\n"
                 "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"
+                "    use_backend hand_off_outbound if { stopping }\n"
                 "    use_backend svc_back if { var(txn.service) -m str back }\n"
                 "    default_backend no_service\n"
                 "\nbackend no_service\n"
@@ -66,7 +68,15 @@ def test_sidecar_configuration_exact_text() -> None:
                 "    balance roundrobin\n"
                 "    option allbackups\n" + RETRIES +
                 "    server back-1 10.0.0.1:20000 pool-purge-delay 30s disabled\n"
-                "    server back-2 10.0.0.2:20000 pool-purge-delay 30s backup\n")
+                "    server back-2 10.0.0.2:20000 pool-purge-delay 30s backup\n"
+                "\nbackend hand_off_inbound\n"
+                "    retries 3\n"
+                "    retry-on conn-failure empty-response\n"
+                "    server next 10.0.0.1:20010\n"
+                "\nbackend hand_off_outbound\n"
+                "    retries 3\n"
+                "    retry-on conn-failure empty-response\n"
+                "    server next 127.0.0.1:20012\n")
     assert render_sidecar(SIDECAR) == expected
 
 
@@ -88,6 +98,7 @@ def test_gateway_configuration_exact_text() -> None:
                 "!{ var(txn.service) -m found }\n"
                 "    http-request set-var(txn.service) str(shop) if { var(txn.host) -m str shop.local } "
                 "!{ var(txn.service) -m found }\n"
+                "    use_backend hand_off_gateway if { stopping }\n"
                 "    use_backend svc_api if { var(txn.service) -m str api }\n"
                 "    use_backend svc_shop if { var(txn.service) -m str shop }\n"
                 "    default_backend no_route\n"
@@ -99,7 +110,11 @@ def test_gateway_configuration_exact_text() -> None:
                 "    server api-1 10.0.0.3:20000 pool-purge-delay 30s disabled\n"
                 "\nbackend svc_shop\n"
                 "    balance roundrobin\n" + RETRIES +
-                "    server shop-1 10.0.0.1:20000 pool-purge-delay 30s\n")
+                "    server shop-1 10.0.0.1:20000 pool-purge-delay 30s\n"
+                "\nbackend hand_off_gateway\n"
+                "    retries 3\n"
+                "    retry-on conn-failure empty-response\n"
+                "    server next 127.0.0.1:8080\n")
     assert render_gateway(cfg) == expected
 
 

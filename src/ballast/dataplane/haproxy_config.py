@@ -146,6 +146,20 @@ def _answer_table(stats: StatsHooks | None) -> str:
             f"    stick-table type string len 100 size {int(stats.table_size)} expire 1h store gpc0\n")
 
 
+# After a seamless reload the old worker still holds the keep-alive connections of its clients, and answers their
+# next request (then closes them). That request must follow the new configuration (the one acknowledged), so the
+# old worker, now `stopping`, routes nothing itself: it hands the request to the new one, which owns the listener.
+_HAND_OFF = "    use_backend hand_off_{name} if {{ stopping }}\n"
+
+
+def _hand_off_backend(name: str, listener: Address) -> str:
+    target = Address("127.0.0.1" if listener.ip in ("0.0.0.0", "::") else listener.ip, listener.port)
+    return (f"\nbackend hand_off_{name}\n"
+            "    retries 3\n"
+            "    retry-on conn-failure empty-response\n"
+            f"    server next {target}\n")
+
+
 def render_sidecar(cfg: SidecarConfig) -> str:
     timed = cfg.stats is not None
     out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1, cfg.stats),
@@ -153,6 +167,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            f"    bind {cfg.inbound}\n",
            _STAMP_ARRIVAL if timed else "",
            render_marking(cfg.marking),
+           _HAND_OFF.format(name="inbound"),
            "    default_backend app\n",
            "\nbackend app\n",
            _count_answer(cfg.stats),
@@ -165,6 +180,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
     backends = sorted(cfg.backends, key=lambda b: b.name)
     out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    out.append(_HAND_OFF.format(name="outbound"))
     if cfg.rules:
         out.append(DESTINATION)
     for b in backends:
@@ -175,6 +191,8 @@ def render_sidecar(cfg: SidecarConfig) -> str:
                "    http-request return status 503 content-type text/plain "
                "string \"ballast mesh: no service of that name (Host header)\"\n")
     out.extend(_backend(b, locality=True) for b in backends)
+    out.append(_hand_off_backend("inbound", cfg.inbound))
+    out.append(_hand_off_backend("outbound", cfg.outbound))
     out.append(_answer_table(cfg.stats))
     return "".join(out)
 
@@ -210,6 +228,7 @@ def render_gateway(cfg: GatewayConfig) -> str:
         when = " || ".join(f"{alt} {unset}" for alt in _route_alternatives(route))
         out.append(f"    http-request set-var(txn.service) str({_safe(route.service)}) if {when}\n")
     out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    out.append(_HAND_OFF.format(name="gateway"))
     if cfg.rules:
         out.append(DESTINATION)
     for service in sorted({r.service for r in cfg.routes}):
@@ -219,6 +238,7 @@ def render_gateway(cfg: GatewayConfig) -> str:
                "    http-request return status 404 content-type text/plain "
                "string \"ballast gateway: no route for this host and path\"\n")
     out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.name))
+    out.append(_hand_off_backend("gateway", cfg.listen))
     out.append(_answer_table(cfg.stats))
     return "".join(out)
 

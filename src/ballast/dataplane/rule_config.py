@@ -127,7 +127,7 @@ def render_rule(service: str, rule: RuleInEffect) -> str:
         if route.fallback == "fail":
             out.append(f"    http-request return status 503 content-type text/plain hdr {ROUTE_HEADER} "
                        f"{_route_id(rule, route)} string \"ballast: no ready endpoint in the route's subset\" "
-                       f"if {on_route} {{ var(txn.empty) -m found }}\n")
+                       f"if {on_route} {{ var(txn.empty) -m found }} !{{ stopping }}\n")
     out.append(f"    http-request unset-var(txn.dest) if {{ var(txn.service) -m str {svc} }} "
                "{ var(txn.empty) -m found }\n")
     return "".join(out)
@@ -145,7 +145,8 @@ def render_marking(rules: tuple[ColoringInEffect, ...]) -> str:
     for index, rule in enumerate(rules):
         flag = f"txn.mark{index}"
         out.append(f"    # coloring rule {safe(rule.name)}\n")
-        out.extend(f"    http-request set-var({flag}) bool(true) if {alt}\n".replace(" if \n", "\n")
+        # A worker that is `stopping` hands requests to its successor, which marks them by its own rules.
+        out.extend(f"    http-request set-var({flag}) bool(true) if {alt} !{{ stopping }}\n".replace(" if  !", " if !")
                    for alt in match_conditions(rule.spec.match))
         for key in rule.spec.tags:   # the marked value replaces one the call already had
             member = r"^(|.*?,)\s*" + re.escape(key) + r"\s*=[^,]*,?(.*)$"
