@@ -180,3 +180,74 @@ async def test_analyze_reports_refusals_and_warnings_and_stores_nothing(api: Api
     assert not bad["ok"] and bad["refused"][0]["path"] == "items[0].spec.service"
     assert (await ok(api.http.get("/v1/trafficrules")))["items"] == []
     assert (await ok(api.http.get("/v1/registry")))["generation"] == generation
+
+
+# --- a release's own routing (strategy.traffic) ---------------------------------------------------------------
+async def _settle(api: Api, fleet: Any) -> None:
+    from tests.unit.test_api_releases import agents_run_desired
+    from ballast.controllers import releases as release_engine
+    for _ in range(6):
+        await release_engine.reconcile_once(api.store)
+        await agents_run_desired(api, fleet)
+
+
+async def test_a_release_routes_its_beta_share_by_rule_and_restores_routing_before_rolling_back(api: Api) -> None:
+    from ballast.controllers import releases as release_engine
+    from tests.unit.test_api_releases import NODES, release_status
+    fleet = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apps/shop/releases", json={"strategy": {"traffic": {"betaWeight": 5}}}), 201)
+    await _settle(api, fleet)
+    release = await release_status(api)
+    assert release["phase"] == "Paused" and release["completedGroups"] == 1, release
+    owned = await ok(api.http.get("/v1/trafficrules/release-shop"))
+    assert owned["owner"] == f"release/{release['id']}"
+    assert [(d["revision"], d["weight"]) for d in owned["spec"]["routes"][0]["to"]] == [(1, 950_000), (2, 50_000)]
+    # Nobody else may take the every-caller scope, or the rule's name, while it stands.
+    r = await api.http.post("/v1/apply", json={"items": [rule("mine")]})
+    assert r.status_code == 422 and "rule 'release-shop' already governs every caller" in r.text, r.text
+    assert (await api.http.delete("/v1/trafficrules/release-shop")).status_code == 409
+
+    # A rollback removes it first, and changes no instance before every component acknowledged the removal.
+    at_2 = await desired_at_revision(api, 2)
+    assert at_2, "the beta group runs revision 2"
+    await ok(api.http.post("/v1/apps/shop/release/rollback", json={}))
+    await release_engine.reconcile_once(api.store)
+    assert (await api.http.get("/v1/trafficrules/release-shop")).status_code == 404
+    for _ in range(3):
+        await release_engine.reconcile_once(api.store)
+    release = await release_status(api)
+    assert "restoring the routing" in release["waiting"], release
+    assert await desired_at_revision(api, 2) == at_2, "no instance changed before the routing is back"
+    generation = (await ok(fleet.get("/v1/registry")))["generation"]
+    for node in NODES:
+        await ok(fleet.post(f"/v1/nodes/{node}/ack", json={"generation": generation}))
+    await _settle(api, fleet)
+    release = await release_status(api)
+    assert release["phase"] == "RolledBack", release
+    records = [(r["action"], r["actor"]) for r in await audit(api) if r["resource"] == "TrafficRule/release-shop"]
+    assert records == [("apply", "controller/releases"), ("delete", "controller/releases")], records
+
+
+async def test_a_release_goes_past_beta_without_its_rule_and_refuses_to_start_beside_an_every_caller_rule(
+        api: Api) -> None:
+    from tests.unit.test_api_releases import release_status
+    fleet = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apply", json={"items": [rule("everyone")]}))
+    r = await api.http.post("/v1/apps/shop/releases", json={"strategy": {"traffic": {"betaWeight": 5}}})
+    assert r.status_code == 409 and "TrafficRule 'everyone' governs every caller" in r.text, r.text
+    await ok(api.http.delete("/v1/trafficrules/everyone"))
+    match = {"headers": {"x-canary": {"exact": "1"}}}
+    await ok(api.http.post("/v1/apps/shop/releases", json={"strategy": {"traffic": {"betaMatch": match}}}), 201)
+    await _settle(api, fleet)
+    owned = await ok(api.http.get("/v1/trafficrules/release-shop"))
+    assert [r["name"] for r in owned["spec"]["routes"]] == ["beta", "others"]
+    assert owned["spec"]["routes"][0]["match"]["headers"]["x-canary"]["exact"] == "1"
+    await ok(api.http.post("/v1/apps/shop/release/resume", json={}))
+    await _settle(api, fleet)
+    assert (await api.http.get("/v1/trafficrules/release-shop")).status_code == 404
+    assert (await release_status(api))["completedGroups"] >= 2
+
+
+async def desired_at_revision(api: Api, revision: int) -> set[str]:
+    from tests.unit.test_api_releases import desired_at
+    return await desired_at(api, revision)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ballast.controllers.loop import run_passes
+from ballast.core import release_traffic
 from ballast.core.digests import digest
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import place
@@ -57,11 +58,22 @@ async def _reconcile(store: Store, row: Any) -> bool:
         app_row = (await conn.execute(select(apps).where(apps.c.name == row.app))).first()
         views = await release_records.instance_views(conn, row.app)
         checks = verifications.checks(await verifications.rows(conn, row.id)) if rel.strategy.verify is not None else {}
+        routing = release_traffic.wanted(rel) if app_row is not None else None
+        reroute = await traffic_rules.release_rule_differs(conn, row.app, routing)
+        holds_rule = await traffic_rules.release_rule_differs(conn, row.app, None)
+        pending = await traffic_rules.routing_pending(conn, row.id) if rel.direction is Direction.ROLLBACK else []
     if app_row is None:
         decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))
+    elif rel.direction is Direction.ROLLBACK and (reroute or pending):
+        # The routing from before the release comes back first; no instance changes before it is in effect.
+        decision = Decision(waiting="restoring the routing from before the release: waiting for "
+                                    + (", ".join(pending) if pending and not reroute else "its removal")
+                                    + " to acknowledge it")
     else:
         decision = decide(rel, views, now, checks)
-    if not decision.actions and decision.transition is None and decision.waiting == row.waiting:
+    if decision.transition is not None and decision.transition.phase in TERMINAL and holds_rule:
+        routing, reroute = None, True   # a release that ends leaves no routing of its own behind
+    if not decision.actions and decision.transition is None and decision.waiting == row.waiting and not reroute:
         return False
     async with store.write() as tx:
         # A step changes intents (the registry drains, then grants) and the release itself; the scheduler and
@@ -78,6 +90,8 @@ async def _reconcile(store: Store, row: Any) -> bool:
         if done:
             await tx.audit(actor=ACTOR, action="release.step", resource=f"AppService/{row.app}", before=before,
                            after=await _intents_digest(tx, row.app), detail={"release": row.id, "actions": done})
+        if reroute:
+            await traffic_rules.sync_release_rule(tx, row.id, row.app, routing, ACTOR)
         if decision.transition is not None:
             await _transition(tx, row, decision.transition)
     return True

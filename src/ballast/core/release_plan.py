@@ -32,6 +32,15 @@ class UpgradeMode(str, Enum):
 
 
 @dataclass(frozen=True)
+class BetaTraffic:
+    """What the new revision receives while only the first group runs it, independent of instance counts: a share
+    of calls (percent), or only the calls that match (a dark launch; the match as its JSON, a hashable value)."""
+
+    beta_weight: float | None = None
+    beta_match_json: str | None = None
+
+
+@dataclass(frozen=True)
 class Strategy:
     beta_size: int = 1
     groups: int = 3
@@ -42,6 +51,7 @@ class Strategy:
     upgrade: UpgradeMode = UpgradeMode.IN_PLACE
     progress_deadline_seconds: float = 120.0
     verify: Verification | None = None     # judge each group from its traffic before going on
+    traffic: BetaTraffic | None = None     # route the beta group's share by rule, not by its instances
 
 
 class SlotOp(str, Enum):

@@ -9,13 +9,15 @@ stores and answers the strategy in this same spelling (`strategy_json`), and the
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
-from ballast.core.release_plan import PauseMode, Strategy, UpgradeMode
+from ballast.core.release_plan import BetaTraffic, PauseMode, Strategy, UpgradeMode
 from ballast.core.spec_model import Name, SpecModel as _Model
 from ballast.core.verification import OnFailure, PromCheck, Verification, Webhook
+from ballast.wire.traffic import CallMatch
 
 URL_PATTERN = r"^https?://[^\s/?#]+[^\s]*$"
 
@@ -100,6 +102,30 @@ class VerifySpec(_Model):
                    prometheus=prom)
 
 
+class BetaTrafficSpec(_Model):
+    """How much traffic the new revision gets while only the first group runs it (see core/release_traffic.py)."""
+
+    beta_weight: float | None = Field(None, alias="betaWeight", ge=0, le=100, allow_inf_nan=False,
+                                      description="percent of calls to the new revision (0.0001 steps)")
+    beta_match: CallMatch | None = Field(None, alias="betaMatch",
+                                         description="instead: only the calls that match reach the new revision")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BetaTrafficSpec":
+        if (self.beta_weight is None) == (self.beta_match is None):
+            raise ValueError("exactly one of betaWeight, betaMatch")
+        return self
+
+    def to_traffic(self) -> BetaTraffic:
+        return BetaTraffic(self.beta_weight, json.dumps(self.beta_match.to_json(), sort_keys=True)
+                           if self.beta_match is not None else None)
+
+    @classmethod
+    def from_traffic(cls, t: BetaTraffic) -> "BetaTrafficSpec":
+        return cls(beta_weight=t.beta_weight, beta_match=CallMatch.model_validate(json.loads(t.beta_match_json))
+                   if t.beta_match_json is not None else None)
+
+
 class StrategySpec(_Model):
     """How releases of this app proceed; flags of `ballast release start` override each field."""
 
@@ -112,6 +138,8 @@ class StrategySpec(_Model):
     upgrade: Literal["inPlace", "replace", "ordered"] = "inPlace"
     progress_deadline_seconds: float = Field(120.0, alias="progressDeadlineSeconds", gt=0, le=86_400)
     verify: VerifySpec | None = Field(None, description="judge each group from its traffic before going on")
+    traffic: BetaTrafficSpec | None = Field(None, description="the new revision's share of calls while only the "
+                                                              "first group runs it (default: by instances)")
 
     def to_strategy(self) -> Strategy:
         return Strategy(beta_size=self.beta_size, groups=self.groups,
@@ -119,7 +147,8 @@ class StrategySpec(_Model):
                         pause=PauseMode(self.pause), pause_seconds=self.pause_seconds,
                         max_unavailable_per_cell=self.max_unavailable_per_cell, upgrade=UpgradeMode(self.upgrade),
                         progress_deadline_seconds=self.progress_deadline_seconds,
-                        verify=self.verify.to_verification() if self.verify is not None else None)
+                        verify=self.verify.to_verification() if self.verify is not None else None,
+                        traffic=self.traffic.to_traffic() if self.traffic is not None else None)
 
     @classmethod
     def from_strategy(cls, s: Strategy) -> "StrategySpec":
@@ -127,7 +156,8 @@ class StrategySpec(_Model):
                    group_sizes=list(s.group_sizes) if s.group_sizes is not None else None, pause=s.pause.value,
                    pause_seconds=s.pause_seconds, max_unavailable_per_cell=s.max_unavailable_per_cell,
                    upgrade=s.upgrade.value, progress_deadline_seconds=s.progress_deadline_seconds,
-                   verify=VerifySpec.from_verification(s.verify) if s.verify is not None else None)
+                   verify=VerifySpec.from_verification(s.verify) if s.verify is not None else None,
+                   traffic=BetaTrafficSpec.from_traffic(s.traffic) if s.traffic is not None else None)
 
 
 def strategy_json(strategy: Strategy) -> dict[str, Any]:

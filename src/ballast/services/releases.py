@@ -24,7 +24,7 @@ from ballast.core.release_engine import (ACTIVE_PHASES, Direction, InstanceView,
 from ballast.core.release_plan import Group, Slot, SlotOp, Strategy, UpgradeMode, plan, plan_scale
 from ballast.core.release_undo import FAST_UNDO_OVERRIDES, UNDO_KIND, PastRelease, release_to_undo
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
-from ballast.services import verifications
+from ballast.services import traffic_rules, verifications
 from ballast.services.endpoints import acknowledged, endpoint_record
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, endpoints, instances, release_events, releases, revisions
@@ -141,6 +141,8 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
     if target == row.deployed_revision:
         raise Conflict(f"app {app!r} already runs revision {target}")
     strategy = merge_strategy(spec, overrides)
+    if strategy.traffic is not None:
+        await traffic_rules.refuse_release_routing(tx.conn, app)
     groups = plan(await _slots(tx.conn, app, strategy), strategy)
     if not any(g.slots for g in groups):
         raise Conflict(f"app {app!r} has no instances to release")

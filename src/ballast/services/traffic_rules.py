@@ -16,19 +16,21 @@ from typing import Any, Iterable
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.core import release_traffic
 from ballast.core.digests import digest
-from ballast.core.manifests import AppServiceManifest, ColoringRuleManifest, Manifest, TrafficRuleManifest
+from ballast.core.manifests import (API_VERSION, AppServiceManifest, ColoringRuleManifest, Manifest,
+                                    TrafficRuleManifest)
 from ballast.core.routing_rules import Subset
 from ballast.errors import Conflict, FieldProblem, NotFound
 from ballast.services.endpoints import bump_registry
 from ballast.services.rules_in_effect import in_effect
 from ballast.store.engine import Tx
-from ballast.store.schema import apps, cells, components, endpoints, revisions, traffic_rules
+from ballast.store.schema import apps, cells, components, counters, endpoints, revisions, traffic_rules
 from ballast.wire.traffic import GATEWAY_CALLER, RuleInEffect, TrafficRuleSpec
 
 TRAFFIC_RULE = "TrafficRule"
 COLORING_RULE = "ColoringRule"
-RELEASE_OWNER = "release/"
+RELEASE_OWNER = "release/"   # core/release_traffic.owner()
 
 
 def _scope(spec: TrafficRuleSpec) -> str:
@@ -228,3 +230,57 @@ def governed_apps(manifests: Iterable[Manifest]) -> list[tuple[str, str | None]]
         elif isinstance(m, ColoringRuleManifest):
             out += [(m.kind, None if a == GATEWAY_CALLER else a) for a in m.spec.at.apps]
     return out
+
+
+# --- the rule a release owns (core/release_traffic.py decides it) ------------------------------------------------
+def _restored_key(release_id: int) -> str:
+    return f"release-routing/{release_id}"
+
+
+async def release_rule_differs(conn: AsyncConnection, app: str, wanted: dict[str, Any] | None) -> bool:
+    row = (await conn.execute(select(traffic_rules.c.spec, traffic_rules.c.owner).where(
+        traffic_rules.c.kind == TRAFFIC_RULE, traffic_rules.c.name == release_traffic.rule_name(app)))).first()
+    if wanted is None:
+        return row is not None and row.owner.startswith(RELEASE_OWNER)
+    return row is None or row.spec != TrafficRuleSpec.model_validate(wanted).model_dump(mode="json", by_alias=True)
+
+
+async def sync_release_rule(tx: Tx, release_id: int, app: str, wanted: dict[str, Any] | None, actor: str) -> None:
+    """Make the release's rule what it wants now: applied (created or changed), or removed (and the generation
+    of the removal recorded: a rollback waits until every component acknowledged it)."""
+    name, owner = release_traffic.rule_name(app), release_traffic.owner(release_id)
+    row = (await tx.conn.execute(select(traffic_rules.c.owner).where(traffic_rules.c.kind == TRAFFIC_RULE,
+                                                                     traffic_rules.c.name == name))).first()
+    if wanted is not None:
+        if row is not None and row.owner != owner:
+            return   # another release's (or a person's) rule of that name stays; the start refused that case
+        manifest = TrafficRuleManifest.model_validate({"apiVersion": API_VERSION, "kind": TRAFFIC_RULE,
+                                                       "metadata": {"name": name}, "spec": wanted})
+        await apply(tx, manifest, actor, owner=owner)
+    elif row is not None and row.owner.startswith(RELEASE_OWNER):
+        await delete_rule(tx, TRAFFIC_RULE, name, actor, owner=row.owner)
+        key = _restored_key(int(row.owner.removeprefix(RELEASE_OWNER)))
+        moved = await tx.conn.execute(update(counters).where(counters.c.name == key).values(value=tx.rv))
+        if moved.rowcount == 0:
+            await tx.conn.execute(insert(counters).values(name=key, value=tx.rv))
+
+
+async def routing_pending(conn: AsyncConnection, release_id: int) -> list[str]:
+    """Components that have not yet acknowledged the removal of the release's rule (none: it is gone everywhere,
+    or there never was one)."""
+    removed = (await conn.execute(select(counters.c.value).where(
+        counters.c.name == _restored_key(release_id)))).scalar()
+    if removed is None:
+        return []
+    rows = (await conn.execute(select(components.c.kind, components.c.name, components.c.acked_generation))).all()
+    return sorted(f"{r.kind}/{r.name}" for r in rows if r.acked_generation < removed)
+
+
+async def refuse_release_routing(conn: AsyncConnection, app: str) -> None:
+    """A release that routes its beta traffic needs the app's every-caller scope free."""
+    for row in (await conn.execute(select(traffic_rules.c.name, traffic_rules.c.spec, traffic_rules.c.owner).where(
+            traffic_rules.c.kind == TRAFFIC_RULE, traffic_rules.c.service == app))).all():
+        if TrafficRuleSpec.model_validate(row.spec).callers() is None and not row.owner.startswith(RELEASE_OWNER):
+            raise Conflict(f"TrafficRule {row.name!r} governs every caller of {app!r}; a release with "
+                           f"strategy.traffic routes the beta traffic itself: delete the rule or scope it with "
+                           f"'from', or release without strategy.traffic")
