@@ -30,12 +30,19 @@ BACK, FRONT = 4, 2
 Item = dict[str, Any]
 
 
-def app(name: str, replicas: int, greeting: str = "v1", host: str | None = None, **env: str) -> Item:
+GATE_STRATEGY = {"pause": "manual", "traffic": {"betaWeight": 20},
+                 "verify": {"windowSeconds": 4, "minRequests": 50, "maxErrorRate": 1}}
+
+
+def app(name: str, replicas: int, greeting: str = "v1", host: str | None = None, strategy: Item | None = None,
+        **env: str) -> Item:
     spec: Item = {"replicas": replicas,
                   "template": {"artifact": "./", "command": ["python3", "app.py"],
                                "env": {"GREETING": greeting, **env}, "healthCheck": HEALTH, "gracePeriodSeconds": 3}}
     if host:
         spec["expose"] = [{"host": host, "path": "/"}]
+    if strategy:
+        spec["strategy"] = strategy
     return {"apiVersion": "ballast.io/v1alpha1", "kind": "AppService", "metadata": {"name": name}, "spec": spec}
 
 
@@ -81,9 +88,11 @@ def deployed(platform: Platform) -> Deployed:
     """back at revision 1 and 2 (its release paused after beta), front calling it through the mesh."""
     directory = stage_demo(platform.root / "apps")
     d = Deployed(platform, directory)
-    d.apply(app("back", BACK, host="back.local"), app("front", FRONT, host="front.local", DEMO_CALL_SERVICE="back"))
+    d.apply(app("back", BACK, host="back.local"), app("front", FRONT, host="front.local", DEMO_CALL_SERVICE="back"),
+            app("gate", BACK, host="gate.local", strategy=GATE_STRATEGY))
     wait_steady(d.api, "back", BACK, 1, timeout=90)
     wait_steady(d.api, "front", FRONT, 1, timeout=90)
+    wait_steady(d.api, "gate", BACK, 1, timeout=90)
     d.apply(app("back", BACK, greeting="v2", host="back.local"))
     platform.cli("release", "start", "back")
     wait_release(d.api, "back", "paused after the beta group", phase_is("Paused"), timeout=90)
@@ -273,6 +282,89 @@ def test_explain_agrees_with_what_the_data_plane_did(deployed: Deployed) -> None
     table = p.cli("get", "trafficrules").stdout
     assert "back-sticky" in table and "yes" in table, table
     deployed.delete("trafficrule", "back-sticky")
+
+
+class Load:
+    """Keep-alive GETs to one host through the gateway until stopped; every failure is kept."""
+
+    def __init__(self, platform: Platform, host: str, path: str = "/", connections: int = 2) -> None:
+        self.platform, self.host, self.path = platform, host, path
+        self.stop = threading.Event()
+        self.results: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.workers = [threading.Thread(target=self._run) for _ in range(connections)]
+
+    def __enter__(self) -> "Load":
+        for w in self.workers:
+            w.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for w in self.workers:
+            w.join(30)
+
+    def _run(self) -> None:
+        port = self.platform.gateway_port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while not self.stop.is_set():
+            try:
+                conn.request("GET", self.path, headers={"Host": self.host})
+                r = conn.getresponse()
+                r.read()
+                with self.lock:
+                    self.results[str(r.status)] += 1
+                    if r.status != 200:
+                        self.failures.append(f"{r.status}")
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            except Exception as exc:  # noqa: BLE001 - every kind of failure counts
+                with self.lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.close()
+
+
+def test_a_release_with_a_beta_weight_sends_that_share_is_judged_on_it_and_rolls_back_cleanly(
+        deployed: Deployed) -> None:
+    p, api = deployed.platform, deployed.api
+    deployed.apply(app("gate", BACK, greeting="v2", host="gate.local", strategy=GATE_STRATEGY))
+    with Load(p, "gate.local") as load:
+        p.cli("release", "start", "gate")
+        status = wait_release(api, "gate", "the beta group verified, then paused",
+                              lambda s: s["phase"] == "Paused" and s["reason"].startswith("beta done"), timeout=90)
+        owned = deployed.in_effect("trafficrules", "release-gate")
+        assert owned["owner"] == f"release/{status['id']}", owned
+        assert [(d["revision"], d["weight"]) for d in owned["spec"]["routes"][0]["to"]] == [(1, 800_000), (2, 200_000)]
+        beta = next(g for g in status["groups"] if g["instances"])
+        verification = beta["verification"]
+        assert verification["state"] == "passed", verification
+        canary, baseline = verification["canary"]["requests"], verification["baseline"]["requests"]
+        assert abs(canary / (canary + baseline) - 0.20) <= 0.05, (canary, baseline)
+    assert not load.failures, load.failures[:5]
+    measured = revisions(calls(p, "gate.local", "/", 10_000), east_west=False)
+    assert abs(measured[2] / 10_000 - 0.20) <= 0.015, f"revision 2 got {dict(measured)}, betaWeight 20%"
+    with Load(p, "gate.local") as load:
+        p.cli("release", "rollback", "gate")
+        wait_release(api, "gate", "rolled back", phase_is("RolledBack"), timeout=120)
+    assert not load.failures, load.failures[:5]
+    assert sum(load.results.values()) > 0
+    assert "release-gate" not in [r["name"] for r in api.get("/v1/trafficrules")["items"]], "its routing is gone"
+    assert north_south_host(p, "gate.local", 500) == Counter({1: 500})
+    # The routing came back first: the rule's removal is on record before any instance went back.
+    records = p.api("/v1/audit?limit=2000")["items"]
+    rollback = next(r["seq"] for r in records if r["action"] == "release.rollback" and r["resource"] == "AppService/gate")
+    removed = next(r["seq"] for r in records if r["action"] == "delete" and r["resource"] == "TrafficRule/release-gate")
+    steps = [r["seq"] for r in records if r["action"] == "release.step" and r["resource"] == "AppService/gate"
+             and r["seq"] > rollback]
+    assert steps and removed < min(steps), (rollback, removed, steps[:3])
+
+
+def north_south_host(platform: Platform, host: str, count: int) -> Counter[int]:
+    return revisions(calls(platform, host, "/", count), east_west=False)
 
 
 def _more(results: Counter[str], at_least: int) -> None:

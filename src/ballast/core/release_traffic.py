@@ -36,7 +36,8 @@ def wanted(release: ReleaseView) -> dict[str, Any] | None:
         return None
     first = next((i for i, g in enumerate(release.groups) if g.slots), 0)
     done = release.completed_groups
-    if done > first + 1 or (done == first + 1 and release.phase is not Phase.PAUSED):
+    # Past the first group the engine counts the empty groups it skipped too: done is the next group to run.
+    if done > first and (release.phase is not Phase.PAUSED or any(g.slots for g in release.groups[first + 1:done])):
         return None   # resumed past the beta group: traffic follows the instances again
     new, old = release.to_revision, release.from_revision
     if traffic.beta_match_json is not None:
