@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 from ballast.cli.packaging import stage_demo
+from ballast.dataplane.haproxy import socket_dir
 from tests.e2e.conftest import Platform, eventually, start_platform
 from tests.e2e.test_releases import HEALTH, Api, phase_is, wait_release, wait_steady
 
@@ -164,6 +166,17 @@ def east_west(platform: Platform, count: int, **headers: str) -> Counter[int]:
     return revisions(calls(platform, "front.local", "/call", count, headers), east_west=True)
 
 
+def gateway_worker(platform: Platform) -> int:
+    """The pid of the gateway's HAProxy worker (a reload starts a new one)."""
+    sock = socket_dir(platform.data_dir / "gateway" / "haproxy") / "admin.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(sock))
+        s.sendall(b"show info\n")
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    return int(next(line.split(":")[1] for line in answer.decode().splitlines() if line.startswith("Pid:")))
+
+
 def binomial_interval(n: int, p: float, confidence: float = 0.999) -> tuple[int, int]:
     """The central interval of Binomial(n, p) holding `confidence` of its mass (exact, by summing the pmf)."""
     tail = (1 - confidence) / 2
@@ -192,9 +205,11 @@ def test_a_weighted_split_sends_each_revision_its_share(deployed: Deployed) -> N
         share = measured[2] / sum(measured.values())
         assert abs(share - 0.30) <= 0.015, f"{name}: revision 2 got {share:.4f} of {dict(measured)}, weight 30%"
 
+    worker = gateway_worker(p)
     deployed.apply(traffic_rule("back-split", "back", [
         {"name": "split", "to": [{"revision": 1, "weight": 999}, {"revision": 2, "weight": 1}]}]))
     deployed.in_effect("trafficrules", "back-split")
+    assert gateway_worker(p) == worker, "a change of weights alone is made live (set map), without a reload"
     low, high = binomial_interval(10_000, 0.001)
     for name, measured in (("north-south", north_south(p, 10_000)), ("east-west", east_west(p, 10_000))):
         assert sum(measured.values()) == 10_000

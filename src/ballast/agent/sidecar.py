@@ -26,6 +26,7 @@ from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, re
 from ballast.wire.registry import Snapshot
 from ballast.dataplane.request_stats import StatsHooks
 from ballast.dataplane.runtime import RuntimeApiError
+from ballast.dataplane.rule_config import render_weights_map, weight_entries
 from ballast.dataplane.tables import Inflight, inbound_inflight, sidecar_tables
 from ballast.wire.reports import DrainReport
 
@@ -57,6 +58,7 @@ class Sidecar:
         self.on_change = on_change
         self.applied_generation = 0
         self.applied_digest = ""        # sha256 of the configuration the proxy runs, once fully applied
+        self.weights: dict[str, int] = {}   # the weights map the rendered configuration reads
         self.error = ""
         self.restarts = 0
         self.up = False
@@ -73,8 +75,14 @@ class Sidecar:
         cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
                             inbound=Address(self.ip, self.ports.endpoint), app=Address(self.private_ip, self.ports.app),
                             outbound=Address(self.private_ip, self.ports.mesh), backends=tables.backends,
-                            stats=self.stats, rules=tables.rules, marking=tables.marking)
+                            stats=self.stats, rules=tables.rules, marking=tables.marking,
+                            weights_map=str(self.weights_map))
+        self.weights = weight_entries(tables.rules)
         return render_sidecar(cfg), tables.backends
+
+    @property
+    def weights_map(self) -> Path:
+        return self.proxy.files.state_dir / "weights.map"
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:
@@ -88,7 +96,7 @@ class Sidecar:
                 return
             text, backends = self.render(snapshot)
             try:
-                refused = await self.proxy.converge(text, backends)
+                refused = await self.proxy.converge(text, backends, {str(self.weights_map): self.weights})
             except (ConfigRejected, ProxyFailed, RuntimeApiError) as exc:
                 self.error = exc.message
                 log.warning("%s", exc.message)
@@ -99,7 +107,7 @@ class Sidecar:
                 self.error = "; ".join(refused)
                 if not blocking:
                     self.applied_generation = max(self.applied_generation, snapshot.generation)
-                    self.applied_digest = hashlib.sha256(text.encode()).hexdigest()
+                    self.applied_digest = hashlib.sha256((text + render_weights_map(self.weights)).encode()).hexdigest()
             self._set_up(self.proxy.alive())
 
     def adopt(self, pid: int, started: int) -> bool:

@@ -19,12 +19,15 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass
+from typing import Mapping
 from pathlib import Path
 
 from ballast.dataplane import runtime
 from ballast.dataplane.haproxy_config import Backend, structure_digest
 from ballast.dataplane.request_stats import StatsHooks, render_bucket_map, render_script, script_digest
-from ballast.dataplane.tables import LiveServer, parse_servers_state, parse_stat, runtime_commands
+from ballast.dataplane.rule_config import render_weights_map
+from ballast.dataplane.tables import (LiveServer, map_commands, parse_map, parse_servers_state, parse_stat,
+                                     runtime_commands)
 from ballast.errors import BallastError
 from ballast.processes import ProcessHandle, adopt, launch
 
@@ -235,9 +238,22 @@ class HAProxy:
         except TimeoutError:
             await self.handle.stop(1.0)
 
-    async def converge(self, rendered: str, backends: tuple[Backend, ...]) -> list[str]:
+    def write_maps(self, maps: Mapping[str, Mapping[str, int]]) -> None:
+        """Map files as the next start or reload reads them (a running process is told by `set map`)."""
+        for path, entries in maps.items():
+            text = render_weights_map(dict(entries))
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists() or target.read_text() != text:
+                tmp = target.with_suffix(".tmp")
+                tmp.write_text(text)
+                os.replace(tmp, target)
+
+    async def converge(self, rendered: str, backends: tuple[Backend, ...],
+                       maps: Mapping[str, Mapping[str, int]] | None = None) -> list[str]:
         """Make the proxy run `rendered`: start it, reload it when the structure changed, else only
-        runtime commands for the servers. Returns the commands HAProxy refused (retried next time)."""
+        runtime commands for the servers and the maps. Returns the commands HAProxy refused (retried next time)."""
+        self.write_maps(maps or {})
         if not self.alive():
             await self.start(rendered)
         else:
@@ -248,7 +264,11 @@ class HAProxy:
                 await self.reload(rendered)
             # Same structure: only servers differ, and the runtime API changes them. The file is rewritten at
             # the next reload or start, always from a fresh rendering, so it need not follow every change.
-        return await self.run(runtime_commands(backends, await self.servers()))
+        commands = runtime_commands(backends, await self.servers())
+        for path, entries in (maps or {}).items():
+            live = parse_map(await runtime.command(self.files.admin_socket, f"show map {path}"))
+            commands += map_commands(path, entries, live)
+        return await self.run(commands)
 
     # --- runtime API -----------------------------------------------------------------
     async def servers(self) -> dict[str, dict[str, LiveServer]]:

@@ -50,6 +50,7 @@ class SidecarConfig:
     stats: StatsHooks | None = None   # time the app's answers (request metrics)
     rules: tuple[tuple[str, RuleInEffect], ...] = ()   # (service, the rule that governs this app's calls to it)
     marking: tuple[ColoringInEffect, ...] = ()         # coloring at this app's inbound side
+    weights_map: str | None = None                     # the map file weighted routes read their bounds from
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class GatewayConfig:
     rules: tuple[tuple[str, RuleInEffect], ...] = ()   # (service, the rule that governs the gateway's calls to it)
     marking: tuple[ColoringInEffect, ...] = ()
     trusted_color_networks: tuple[str, ...] = ()       # clients whose own baggage is kept
+    weights_map: str | None = None
 
 
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
@@ -179,7 +181,7 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            _ONE_HOST,
            "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
     backends = sorted(cfg.backends, key=lambda b: b.name)
-    out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
     out.append(_HAND_OFF.format(name="outbound"))
     if cfg.rules:
         out.append(DESTINATION)
@@ -227,7 +229,7 @@ def render_gateway(cfg: GatewayConfig) -> str:
     for route in route_order(cfg.routes):
         when = " || ".join(f"{alt} {unset}" for alt in _route_alternatives(route))
         out.append(f"    http-request set-var(txn.service) str({_safe(route.service)}) if {when}\n")
-    out.extend(render_rule(service, rule) for service, rule in cfg.rules)
+    out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
     out.append(_HAND_OFF.format(name="gateway"))
     if cfg.rules:
         out.append(DESTINATION)

@@ -27,6 +27,7 @@ is added. The gateway first removes the baggage of calls from outside
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 from ballast.core.routing_rules import SCALE, Subset, thresholds
 from ballast.dataplane.config_text import quoted, safe
@@ -99,8 +100,29 @@ def _route_id(rule: RuleInEffect, route: TrafficRoute) -> str:
     return f"{safe(rule.name)}/{safe(route.name)}"
 
 
-def render_rule(service: str, rule: RuleInEffect) -> str:
-    """The frontend lines that route calls to `service` (the value of txn.service) by `rule`."""
+def weight_key(rule: RuleInEffect, route: TrafficRoute, index: int) -> str:
+    return f"{_route_id(rule, route)}/{index}"
+
+
+def weight_entries(rules: Iterable[tuple[str, RuleInEffect]]) -> dict[str, int]:
+    """The weights map: each weighted route's cumulative bound of every destination but the last."""
+    out = {}
+    for _, rule in rules:
+        for route in rule.spec.routes:
+            if len(route.to) > 1:
+                for index, bound in enumerate(thresholds(route)[:-1]):
+                    out[weight_key(rule, route, index)] = bound
+    return out
+
+
+def render_weights_map(entries: dict[str, int]) -> str:
+    return "".join(f"{safe(key)} {int(value)}\n" for key, value in sorted(entries.items()))
+
+
+def render_rule(service: str, rule: RuleInEffect, weights_map: str | None = None) -> str:
+    """The frontend lines that route calls to `service` (the value of txn.service) by `rule`. With `weights_map`
+    the bounds of weighted routes are read from that map, which the runtime API changes in the running process
+    (`set map`): a change of weights alone is no change of structure and needs no reload."""
     svc = safe(service)
     out = [f"    # traffic rule {safe(rule.name)} for {svc}\n"]
     for route in rule.spec.routes:
@@ -117,9 +139,15 @@ def render_rule(service: str, rule: RuleInEffect) -> str:
                          else f"req.cook({safe(route.sticky_key.cookie or '')})")
                 out.append(f"    http-request set-var(txn.pick) {fetch},crc32,mod({SCALE}) if {on_route} "
                            f"{{ {fetch} -m found }}\n")
-            for name, bound in zip(names[:-1], thresholds(route)[:-1]):
-                out.append(f"    http-request set-var(txn.dest) str({name}) if {on_route} "
-                           f"{{ var(txn.pick) -m int lt {bound} }} !{{ var(txn.dest) -m found }}\n")
+            for index, (name, bound) in enumerate(zip(names[:-1], thresholds(route)[:-1])):
+                if weights_map is None:
+                    below = f"{{ var(txn.pick) -m int lt {bound} }}"
+                else:
+                    out.append(f"    http-request set-var(txn.bound) str({weight_key(rule, route, index)}),"
+                               f"map_str_int({safe(weights_map)},0) if {on_route}\n")
+                    below = "{ var(txn.pick),sub(txn.bound) -m int lt 0 }"
+                out.append(f"    http-request set-var(txn.dest) str({name}) if {on_route} {below} "
+                           "!{ var(txn.dest) -m found }\n")
         out.append(f"    http-request set-var(txn.dest) str({names[-1]}) if {on_route} !{{ var(txn.dest) -m found }}\n")
         for name in dict.fromkeys(names):
             out.append(f"    http-request set-var(txn.empty) bool(true) if {on_route} "

@@ -43,6 +43,6 @@ def succeeded(line: str, answer: str) -> bool:
         return "Server deleted" in text
     if line.startswith("set server ") and " addr " in line:
         return text.startswith("IP changed") or "no need to change" in text
-    if line.startswith("set server "):
+    if line.startswith(("set server ", "set map ", "add map ", "del map ")):
         return text == ""
     return True

@@ -121,6 +121,29 @@ def runtime_commands(desired: tuple[Backend, ...], live: Mapping[str, Mapping[st
     return commands
 
 
+def map_commands(path: str, desired: Mapping[str, int], live: Mapping[str, str]) -> list[str]:
+    """Commands that make a running map (`show map`) hold `desired`: weights change in place, no reload."""
+    commands = []
+    for key in sorted(desired):
+        value = str(int(desired[key]))
+        if key not in live:
+            commands.append(f"add map {path} {key} {value}")
+        elif live[key] != value:
+            commands.append(f"set map {path} {key} {value}")
+    commands.extend(f"del map {path} {key}" for key in sorted(set(live) - set(desired)))
+    return commands
+
+
+def parse_map(text: str) -> dict[str, str]:
+    """`show map FILE` lines ("0x55d1c0 key value") → {key: value}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("0x"):
+            out[parts[1]] = parts[2]
+    return out
+
+
 def parse_servers_state(text: str) -> dict[str, dict[str, LiveServer]]:
     """`show servers state` → {backend: {server: LiveServer}}."""
     out: dict[str, dict[str, LiveServer]] = {}

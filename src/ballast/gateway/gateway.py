@@ -27,6 +27,7 @@ from ballast.wire.registry import Snapshot
 from ballast.wire.reports import GatewayRegistration
 from ballast.dataplane.request_stats import SERVICE_PREFIX, SUBSET_SEPARATOR
 from ballast.dataplane.runtime import RuntimeApiError
+from ballast.dataplane.rule_config import render_weights_map, weight_entries
 from ballast.dataplane.tables import gateway_rule_tables
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 
@@ -55,6 +56,7 @@ class Gateway:
         self.client = Client(settings.server, settings.token, timeout=40.0)
         self.proxy = HAProxy(settings.haproxy, ProxyFiles(settings.data_dir / "haproxy"),
                              label=f"gateway {settings.name}")
+        self.weights: dict[str, int] = {}   # the weights map the rendered configuration reads
         self.applied = 0
         self.applied_digest = ""
         self.error = ""
@@ -71,12 +73,18 @@ class Gateway:
                                                                          self.request_stats))
             self.telemetry = TelemetryServer(app, settings.metrics_listen.ip, settings.metrics_listen.port)
 
+    @property
+    def weights_map(self) -> Path:
+        return self.proxy.files.state_dir / "weights.map"
+
     def render(self, snapshot: Snapshot) -> tuple[str, GatewayConfig]:
         routes, tables = gateway_rule_tables(snapshot)
         cfg = GatewayConfig(name=self.settings.name, admin_socket=str(self.proxy.files.admin_socket),
                             listen=self.settings.listen, routes=routes, backends=tables.backends,
                             threads=self.settings.threads, stats=self.stats_hooks, rules=tables.rules,
-                            marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks)
+                            marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks,
+                            weights_map=str(self.weights_map))
+        self.weights = weight_entries(tables.rules)
         return render_gateway(cfg), cfg
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -134,7 +142,7 @@ class Gateway:
             self._endpoints = endpoints
         text, cfg = self.render(snapshot)
         try:
-            refused = await self.proxy.converge(text, cfg.backends)
+            refused = await self.proxy.converge(text, cfg.backends, {str(self.weights_map): self.weights})
         except (ConfigRejected, ProxyFailed, RuntimeApiError) as exc:
             self.error = exc.message
             log.error("%s", exc.message)
@@ -142,7 +150,7 @@ class Gateway:
             self.error = "; ".join(refused)
             if not [r for r in refused if not r.startswith("del server")]:
                 self.applied = max(self.applied, snapshot.generation)
-                self.applied_digest = hashlib.sha256(text.encode()).hexdigest()
+                self.applied_digest = hashlib.sha256((text + render_weights_map(self.weights)).encode()).hexdigest()
         self._save()
         return Applied(self.applied, self.applied_digest, self.error)
 
