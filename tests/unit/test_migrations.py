@@ -163,8 +163,10 @@ async def test_0006_stores_old_strategies_in_the_public_spelling_and_back(store_
     upgraded = await Store.open(store_url)
     await upgraded.close()
     verifying, plain = await _strategies(store_url)
-    assert verifying == strategy_json(VERIFYING)
-    assert plain == strategy_json(Strategy())
+    # The spelling of that day: fields added since (with defaults) are not written by that migration.
+    since = {"traffic"}
+    assert verifying == {k: v for k, v in strategy_json(VERIFYING).items() if k not in since}
+    assert plain == {k: v for k, v in strategy_json(Strategy()).items() if k not in since}
     assert (stored_strategy(verifying), stored_strategy(plain)) == (VERIFYING, Strategy())
     assert set(verifying) == {"betaSize", "groups", "groupSizes", "pause", "pauseSeconds", "maxUnavailablePerCell",
                               "upgrade", "progressDeadlineSeconds", "verify"}

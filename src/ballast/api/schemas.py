@@ -590,6 +590,15 @@ def _no_nul(parameter: dict[str, Any]) -> None:
             option["pattern"] = "^[^\\x00]*$"
 
 
+def _shape(schema: Any) -> Any:
+    """A schema without its defaults (FastAPI leaves out a request model's null defaults, pydantic writes them)."""
+    if isinstance(schema, dict):
+        return {k: _shape(v) for k, v in schema.items() if k != "default"}
+    if isinstance(schema, list):
+        return [_shape(v) for v in schema]
+    return schema
+
+
 def describe(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """`app.openapi`: FastAPI's schema with each operation's success body and error statuses described."""
 
@@ -602,8 +611,11 @@ def describe(app: FastAPI) -> Callable[[], dict[str, Any]]:
         refs, definitions = models_json_schema([(m, "serialization") for m in models],
                                                ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        clash = set(components) & set(definitions.get("$defs", {}))
-        if clash:  # a response model named like a request model would silently replace its description
+        defs = definitions.get("$defs", {})
+        # A model both sides use (a rule's match) is described once; one only named like another would silently
+        # replace its description.
+        clash = {name for name in set(components) & set(defs) if _shape(components[name]) != _shape(defs[name])}
+        if clash:
             raise AssertionError(f"response models named like request models: {sorted(clash)}")
         components.update(definitions.get("$defs", {}))
         ref = {m: refs[(m, "serialization")] for m in models}
