@@ -449,8 +449,8 @@ def part_changes(p: Platform, args: argparse.Namespace) -> None:
 
 def stats_row(label: str, values: list[float]) -> str:
     if not values:
-        return f"  {label:<42} -"
-    return (f"  {label:<42} {len(values):>4} {ms(percentile(values, 50)):>9} {ms(percentile(values, 90)):>9} "
+        return f"  {label:<50} -"
+    return (f"  {label:<50} {len(values):>4} {ms(percentile(values, 50)):>9} {ms(percentile(values, 90)):>9} "
             f"{ms(percentile(values, 99)):>9} {ms(max(values)):>9}")
 
 
@@ -460,7 +460,7 @@ def report_changes(p: Platform, rule_times: dict[str, list[dict[str, float]]], b
     print(f"## 2. change -> acknowledged: {len(every_rule)} TrafficRule changes, {len(base_times)} baseline "
           f"applies, interleaved; components: {', '.join(p.components())}; load average {loadavg()}")
     print("ms from the apply's answer (the apply's own round trip on its row); polled every 10 ms\n")
-    print(f"  {'':<42} {'n':>4} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}")
+    print(f"  {'':<50} {'n':>4} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}")
     for title, times in (("rule, weight only", rule_times["weight only"]), ("rule, structure", rule_times["structure"]),
                          ("rule, all", every_rule)):
         print(stats_row(f"{title}: inEffect (GET /v1/trafficrules)", [t["inEffect"] for t in times]))
