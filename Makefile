@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/dataplane.py
 	$(BIN)/python benchmarks/lossless_release.py
 	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/traffic_rules.py
 
 clean:
 	rm -rf $(VENV) .ballast .pytest_cache .hypothesis
