@@ -251,3 +251,14 @@ async def test_a_release_goes_past_beta_without_its_rule_and_refuses_to_start_be
 async def desired_at_revision(api: Api, revision: int) -> set[str]:
     from tests.unit.test_api_releases import desired_at
     return await desired_at(api, revision)
+
+
+async def test_metrics_say_which_routes_fall_back(api: Api) -> None:
+    await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apply", json={"items": [rule()]}))
+    text = (await api.http.get("/metrics", params={"traffic": "false"})).text
+    assert 'ballast_traffic_rule_in_effect{rule="shop-canary",service="shop"} 0.0' in text
+    # Revision 2 is recorded, not released: its subset is empty and its calls take the whole pool.
+    assert 'ballast_traffic_route_fallback{route="testers",rule="shop-canary",subset="revision 2"} 1.0' in text
+    assert 'ballast_traffic_route_fallback{route="split",rule="shop-canary",subset="revision 1"} 0.0' in text
+    assert 'ballast_traffic_route_ready_endpoints{route="split",rule="shop-canary",subset="revision 1"} 10.0' in text

@@ -27,7 +27,7 @@ from ballast.core.outbound import OutboundPolicy
 from ballast.core.release_engine import Phase
 from ballast.core.request_metrics import ZERO, Counts, summarize
 from ballast.core.verification import Verdict
-from ballast.services import apps, control_metrics, request_metrics
+from ballast.services import apps, control_metrics, request_metrics, traffic_rules
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -132,6 +132,29 @@ async def _traffic_families(sources: list[request_metrics.Source], policy: Outbo
     return [rate, ratio, latency, up]
 
 
+def _rule_families(rules: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
+    """Each TrafficRule's state, and each route's subsets: ready endpoints, and whether calls fall back."""
+    effect = GaugeMetricFamily("ballast_traffic_rule_in_effect", "1 once every traffic component acknowledged the "
+                               "rule's generation", labels=["rule", "service"])
+    generation = GaugeMetricFamily("ballast_traffic_rule_generation", "the registry generation of the rule's last "
+                                   "change", labels=["rule", "service"])
+    ready = GaugeMetricFamily("ballast_traffic_route_ready_endpoints", "ready endpoints in a route's subset",
+                              labels=["rule", "route", "subset"])
+    fallback = GaugeMetricFamily("ballast_traffic_route_fallback", "1 where a route's subset has no ready endpoint: "
+                                 "its calls take the service's whole pool (or 503, fallback: fail)",
+                                 labels=["rule", "route", "subset"])
+    for rule in rules:
+        key = [rule["name"], rule["spec"]["service"]]
+        effect.add_metric(key, 1.0 if rule["inEffect"] else 0.0)
+        generation.add_metric(key, float(rule["generation"]))
+        for route in rule.get("routes") or []:
+            for side in route["to"]:
+                labels = [rule["name"], route["name"], side["subset"]]
+                ready.add_metric(labels, float(side["readyEndpoints"]))
+                fallback.add_metric(labels, 1.0 if side["fallback"] else 0.0)
+    return [effect, generation, ready, fallback]
+
+
 @router.get("/metrics", tags=["metrics"], include_in_schema=False)
 async def metrics(request: Request, traffic: bool = Query(True, description="include every app's recent traffic, "
                                                                            "read from the node agents now"),
@@ -139,6 +162,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
     require(who, Action.READ)
     async with store_of(request).read() as conn:
         families = _families(await control_metrics.read(conn))
+        families += _rule_families(await traffic_rules.listing(conn, traffic_rules.TRAFFIC_RULE))
         sources = await request_metrics.all_sidecar_sources(conn)
     if traffic:
         families += await _traffic_families(sources, request.app.state.outbound)
