@@ -382,43 +382,15 @@ def north_south_host(platform: Platform, host: str, count: int) -> Counter[int]:
     return revisions(calls(platform, host, "/", count), east_west=False)
 
 
-def _more(results: Counter[str], at_least: int) -> None:
-    assert sum(results.values()) >= at_least, sum(results.values())
+def _more(loads: list[Load], at_least: int) -> None:
+    served = sum(sum(load.results.values()) for load in loads)
+    assert served >= at_least, served
 
 
 def test_twenty_rule_changes_under_keep_alive_load_lose_no_call(deployed: Deployed) -> None:
     p = deployed.platform
-    stop = threading.Event()
-    results: Counter[str] = Counter()
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def load(host: str, path: str) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", p.gateway_port, timeout=10)
-        while not stop.is_set():
-            try:
-                conn.request("GET", path, headers={"Host": host})
-                r = conn.getresponse()
-                r.read()
-                with lock:
-                    results[str(r.status)] += 1
-                    if r.status != 200:
-                        failures.append(f"{host}{path}: {r.status}")
-                if r.getheader("connection", "").lower() == "close":
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", p.gateway_port, timeout=10)
-            except Exception as exc:  # noqa: BLE001 - every kind of failure counts
-                with lock:
-                    failures.append(f"{host}{path}: {type(exc).__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", p.gateway_port, timeout=10)
-        conn.close()
-
-    workers = [threading.Thread(target=load, args=args) for args in
-               [("back.local", "/"), ("back.local", "/"), ("front.local", "/call"), ("front.local", "/call")]]
-    for w in workers:
-        w.start()
-    try:
+    with Load(p, "back.local") as north_south_load, Load(p, "front.local", "/call") as east_west_load:
+        loads = [north_south_load, east_west_load]
         for change in range(20):
             routes: list[Item] = [{"name": "split", "to": [{"revision": 1, "weight": 100 - 5 * change},
                                                             {"revision": 2, "weight": 5 * change + 1}]}]
@@ -428,11 +400,9 @@ def test_twenty_rule_changes_under_keep_alive_load_lose_no_call(deployed: Deploy
             deployed.apply(traffic_rule("back-churn", "back", routes))
             deployed.in_effect("trafficrules", "back-churn")
         deployed.delete("trafficrule", "back-churn")
-        served = sum(results.values())
-        eventually(lambda: _more(results, served + 400), "load goes on past the rule's removal")
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(30)
-    assert not failures, f"{len(failures)} failed calls of {sum(results.values())}: {failures[:5]}"
-    assert results["200"] > 1000, results
+        served = sum(sum(load.results.values()) for load in loads)
+        eventually(lambda: _more(loads, served + 400), "load goes on past the rule's removal")
+    failures = [f for load in loads for f in load.failures]
+    answered = sum(sum(load.results.values()) for load in loads)
+    assert not failures, f"{len(failures)} failed calls of {answered}: {failures[:5]}"
+    assert answered > 1000, answered

@@ -69,8 +69,11 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 @click.option("--metrics-port", default=9464, show_default=True, type=click.IntRange(0, 65534),
               help="Prometheus /metrics of the agents (on their node IPs; the gateway's one port above, on "
                    "127.0.0.1); 0: off")
+@click.option("--trusted-color-network", "trusted_color_networks", multiple=True, metavar="CIDR",
+              help="clients in this network keep the baggage (color) they send through the gateway (repeatable)")
 def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
-       node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int, metrics_port: int) -> None:
+       node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int, metrics_port: int,
+       trusted_color_networks: tuple[str, ...]) -> None:
     """Start the local platform (control plane, agents in two zones, a gateway) until Ctrl-C."""
     from ballast.cli.up import UpSettings, run
     from ballast.preflight import require_binaries
@@ -81,7 +84,7 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
     settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
                           first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
                           write_user_config=not no_user_config, gateway_port=gateway_port,
-                          metrics_port=metrics_port)
+                          metrics_port=metrics_port, trusted_color_networks=_networks(trusted_color_networks))
     _run_until_signal(lambda stop: run(settings, console, stop))
 
 
@@ -228,6 +231,16 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
     _run_until_signal(lambda stop: Agent(settings).run(stop))
 
 
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for network in values:
+        try:
+            out.append(str(ipaddress.ip_network(network, strict=False)))
+        except ValueError:
+            _fail(f"error: --trusted-color-network {network!r}: expected a network such as 10.0.0.0/8", 2)
+    return tuple(out)
+
+
 @cli.command()
 @click.option("--server", "server_url", required=True)
 @click.option("--name", required=True, help="the gateway's name in the registry")
@@ -265,17 +278,12 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
         return Address(host, int(port))
 
     metrics = None if metrics_listen == "off" else address("--metrics-listen", metrics_listen)
-    trusted = []
-    for network in trusted_color_networks:
-        try:
-            trusted.append(str(ipaddress.ip_network(network, strict=False)))
-        except ValueError:
-            _fail(f"error: --trusted-color-network {network!r}: expected a network such as 10.0.0.0/8", 2)
+    trusted = _networks(trusted_color_networks)
     try:
         settings = GatewaySettings(server=server_url, token=token, name=name, listen=address("--listen", listen),
                                    data_dir=data_dir.resolve(), haproxy=find_binary(haproxy), threads=threads,
                                    stop_proxy_on_exit=stop_proxy_on_exit, metrics_listen=metrics,
-                                   trusted_color_networks=tuple(trusted))
+                                   trusted_color_networks=trusted)
     except BallastError as exc:
         _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")

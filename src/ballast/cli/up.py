@@ -62,6 +62,7 @@ class UpSettings:
     write_user_config: bool = True
     gateway_port: int = 8080
     metrics_port: int = 9464       # agents on their node IPs, the gateway on `host` one above; 0: not served
+    trusted_color_networks: tuple[str, ...] = ()   # clients whose own baggage the gateway keeps
 
     @property
     def gateway_metrics(self) -> str:
@@ -375,7 +376,9 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
-                                                "--metrics-listen", settings.gateway_metrics),
+                                                "--metrics-listen", settings.gateway_metrics,
+                                                *[a for n in settings.trusted_color_networks
+                                                  for a in ("--trusted-color-network", n)]),
                             data_dir / "logs" / "gateway.log",
                             env=await _join_env(admin, settings.server, "gateway", GATEWAY_NAME, data_dir / "gateway"))
             await gateway.start()
