@@ -219,3 +219,23 @@ async def test_two_joins_racing_with_one_token_make_one_credential(api: Api) -> 
     assert sorted(r.status_code for r in answers) in ([200, 401], [200, 409]), [r.text for r in answers]
     users = {u["name"] for u in (await ok(api.http.get("/v1/users")))["items"]}
     assert len(users & {"node/n-x", "node/n-y"}) == 1, users
+
+
+async def test_a_deleted_node_or_gateway_speaks_no_more(api: Api) -> None:
+    """Deleting a node or gateway revokes its own credential (on the audit record); joining again needs an admin's
+    join token."""
+    await api.http.post("/v1/apply", json={"items": [{"apiVersion": "ballast.io/v1alpha1", "kind": "Cell",
+                                                       "metadata": {"name": "cell-a"}, "spec": {"zone": "z"}}]})
+    node = await join_component(api, "node", "n-gone")
+    gateway = await join_component(api, "gateway", "gw-gone")
+    async with api.as_(node["token"]) as n, api.as_(gateway["token"]) as g:
+        assert (await n.put("/v1/nodes/n-gone", json={"cell": "cell-a", "ip": "10.9.0.1", "cpuMillis": 1000,
+                                                        "memoryBytes": 2**30})).status_code == 200
+        assert (await g.put("/v1/gateways/gw-gone", json={"address": "127.0.0.1:8080"})).status_code == 200
+        assert (await api.http.delete("/v1/nodes/n-gone")).status_code == 200
+        assert (await api.http.delete("/v1/gateways/gw-gone")).status_code == 200
+        assert (await n.get("/v1/registry")).status_code == 401
+        assert (await g.get("/v1/registry")).status_code == 401
+    records = {r["action"]: r for r in (await api.http.get("/v1/audit", params={"limit": 1000})).json()["items"]}
+    assert records["node.delete"]["detail"]["credentialsRevoked"] == [node["id"]]
+    assert records["gateway.delete"]["detail"]["credentialsRevoked"] == [gateway["id"]]

@@ -31,7 +31,8 @@ DIGEST_FAMILIES = [
     {"node.drain", "node.uncordon"},
     {"gateway.register", "gateway.delete"},
     {"join-token.create"},
-    {"node.join", "gateway.join"},       # a component's principal and live credentials
+    {"node.join", "gateway.join",        # a component's principal and live credentials
+     "node.credentials-revoke", "gateway.credentials-revoke"},
     {"release.start", "release.pause", "release.resume", "release.rollback",   # and the engine's transitions:
      "release.succeeded", "release.rolled-back", "release.failed", "release.paused", "release.group-done",
      "release.auto-rollback"},
@@ -117,7 +118,7 @@ async def test_each_change_record_begins_where_the_last_one_of_its_object_ended(
             chains.setdefault((family_of(rec.action), rec.resource), []).append(rec)
     expected = {(family_of(action), resource): n for action, resource, n in [
         ("user.create", "User/ops", 3), ("user.create", "User/gone", 2), ("token.create", f"Token/{token['id']}", 2),
-        ("node.register", "Node/n2", 3), ("node.join", "Node/n2", 2), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
+        ("node.register", "Node/n2", 3), ("node.join", "Node/n2", 3), ("node.drain", "Node/n2", 2), ("gateway.register", "Gateway/edge", 3),
         ("apply", "ChangeWindow/cw", 3), ("apply", "AppService/shop", 2),
         ("release.start", "AppService/shop", 5), ("order.start", "ReleaseOrder/chg", 6)]}
     for (family, resource), chain in chains.items():

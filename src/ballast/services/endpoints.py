@@ -22,7 +22,7 @@ from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
 from ballast.core.manifests import stored_spec
 from ballast.core.traffic import routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
-from ballast.services import rules_in_effect
+from ballast.services import component_credentials, rules_in_effect
 from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, nodes
 from ballast.wire.registry import Endpoint as WireEndpoint
@@ -144,8 +144,10 @@ async def delete_component(tx: Tx, kind: str, name: str, actor: str) -> None:
         raise NotFound(f"gateway {name!r} not found")
     if row is not None:
         await tx.conn.execute(delete(components).where(components.c.kind == kind, components.c.name == name))
+        revoked = await component_credentials.revoke(tx, GATEWAY, name, actor) if kind == GATEWAY else []
         await tx.audit(actor=actor, action=f"{kind}.delete", resource=f"{kind.capitalize()}/{name}",
-                       before=_component_digest(row.address, row.metrics_address))
+                       before=_component_digest(row.address, row.metrics_address),
+                       detail={"credentialsRevoked": revoked} if revoked else None)
 
 
 @dataclass(frozen=True)

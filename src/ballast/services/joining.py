@@ -77,7 +77,7 @@ async def join(tx: Tx, who: Principal, kind: str, name: str) -> dict[str, Any]:
     user = principal_name(kind, name)
     tx.touch(ACCESS)
     exists = (await tx.conn.execute(select(users.c.name).where(users.c.name == user))).first() is not None
-    before = digest(await _credentials_state(tx, user)) if exists else ""
+    before = digest(await credentials_state(tx, user)) if exists else ""
     denial = join_denial(grant, kind, name, exists)
     if denial is not None:
         raise Forbidden(denial)
@@ -103,7 +103,7 @@ async def join(tx: Tx, who: Principal, kind: str, name: str) -> dict[str, Any]:
     await tx.conn.execute(insert(tokens).values(id=token_id, user=user, name=f"{kind} credential", hash=hash_token(secret),
                                                 created_at=tx.now, expires_at=None, revoked_at=None))
     await tx.audit(actor=user, action=f"{kind}.join", resource=f"{kind.capitalize()}/{name}",
-                   before=before, after=digest(await _credentials_state(tx, user)), detail={"joinToken": grant.token_id, "joinTokenBy": grant.created_by, "credential": token_id,
+                   before=before, after=digest(await credentials_state(tx, user)), detail={"joinToken": grant.token_id, "joinTokenBy": grant.created_by, "credential": token_id,
                            "revoked": revoked})
     return {"kind": kind, "name": name, "user": user, "id": token_id, "token": secret, "revoked": revoked}
 
@@ -113,7 +113,7 @@ def _join_token_state(token_id: str, kind: str | None, name: str | None, expires
     return {"id": token_id, "kind": kind, "name": name, "expiresAt": expires}
 
 
-async def _credentials_state(tx: Tx, user: str) -> dict[str, Any]:
+async def credentials_state(tx: Tx, user: str) -> dict[str, Any]:
     """What a join changes of a component, as its audit digests cover it: its principal, roles and live
     credentials (ids, never secrets); a re-join replaces the credentials."""
     roles = sorted(str(r.role) for r in (await tx.conn.execute(select(role_bindings.c.role).where(

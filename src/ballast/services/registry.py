@@ -19,6 +19,8 @@ from ballast.core.endpoints import MESH
 from ballast.core.release_engine import ACTIVE_PHASES
 from ballast.core.manifests import stored_spec
 from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
+from ballast.core.identity import NODE
+from ballast.services import component_credentials
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
 from ballast.store.schema import apps, cells, components, instances, nodes, release_events, releases, revisions
@@ -157,8 +159,9 @@ async def delete_node(tx: Tx, name: str, actor: str) -> None:
     gone = (await tx.conn.execute(delete(instances).where(instances.c.node == name))).rowcount
     await tx.conn.execute(delete(nodes).where(nodes.c.name == name))
     await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))
+    revoked = await component_credentials.revoke(tx, NODE, name, actor)
     await tx.audit(actor=actor, action="node.delete", resource=f"Node/{name}", before=_node_digest(row),
-                   detail={"instancesForgotten": gone})
+                   detail={"instancesForgotten": gone, "credentialsRevoked": revoked})
 
 
 async def delete_app(tx: Tx, name: str, actor: str) -> int:
