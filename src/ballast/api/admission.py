@@ -89,7 +89,7 @@ class Refusals:
         return summary if counted else None
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = []) -> None:
+async def _answer(send: Send, status: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
@@ -136,12 +136,12 @@ class Authenticate:
         if token and not self.refusals.allow(source) and not self._vouched(token):
             self.refusals.note(source, "throttled", scope["path"])
             return await _answer(send, 429, {"error": "TooManyRequests", "message": "too many refused requests "
-                                             "from this address; slow down"}, [(b"retry-after", b"5")])
+                                             "from this address; slow down"}, ((b"retry-after", b"5"),))
         try:
             who = await authenticate(self.store, token, self.store.clock())
         except Unauthenticated as exc:
             self.refusals.note(source, "unauthenticated", scope["path"])
-            return await _answer(send, 401, exc.to_dict(), [(b"www-authenticate", b"Bearer")])
+            return await _answer(send, 401, exc.to_dict(), ((b"www-authenticate", b"Bearer"),))
         if token:
             self._vouch(token)
         scope.setdefault("state", {})["principal"] = who
@@ -163,7 +163,7 @@ class BoundBody:
         limit = self.limits.get((scope["method"], scope["path"]), MAX_BODY_BYTES)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _answer(send, 413, _too_large(limit), [(b"connection", b"close")])
+            return await _answer(send, 413, _too_large(limit), ((b"connection", b"close"),))
         seen = 0
         refusal: tuple[int, dict[str, Any]] | None = None
         started = False
@@ -198,7 +198,7 @@ class BoundBody:
             if refusal is None:
                 raise
         if refusal is not None and not started:
-            await _answer(send, *refusal, [(b"connection", b"close")])
+            await _answer(send, *refusal, ((b"connection", b"close"),))
 
 
 def _too_large(limit: int) -> dict[str, Any]:
