@@ -9,11 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 
 from ballast.api.app import create_app
 from ballast.client import Client
 from ballast.core.backoff import Backoff
 from ballast.dataplane.component import Applied, TrafficComponent, combined_digest, register
+from ballast.store.schema import components
 from ballast.wire.registry import Snapshot
 from tests.conftest import Api, join_component
 from tests.unit.test_api_registry import ok, shop
@@ -86,9 +88,20 @@ async def test_it_applies_acknowledges_with_the_digest_and_registers_again_when_
         await until(refused, "a refusal is reported on the acknowledgement")
         recorder.refuse = ""
 
-        await ok(api.http.delete("/v1/gateways/edge"))
+        # A control plane that lost the registration (its credential still good): the gateway registers again.
+        async with api.store.write() as tx:
+            await tx.conn.execute(delete(components).where(components.c.kind == "gateway",
+                                                           components.c.name == "edge"))
+        assert await gateway() == {}
         component.poke()
         await until(lambda: acknowledged(generation), "a forgotten gateway registers again and acknowledges")
+
+        # Deleted by an admin, it is gone for good: its credential was revoked with it.
+        await ok(api.http.delete("/v1/gateways/edge"))
+        component.poke()
+        r = await api.as_(credential).put("/v1/gateways/edge", json={"address": "127.0.0.1:8080"})
+        assert r.status_code == 401, r.text
+        assert await gateway() == {}
     finally:
         stop.set()
         await task
