@@ -32,6 +32,7 @@ class Target:
     host_header: str
     paths: tuple[str, ...] = ("/",)    # taken in turn, so a mix of paths is sent in a fixed ratio
     connections: int = 8
+    headers: tuple[tuple[str, str], ...] = ()   # sent with every request (e.g. a color: baggage)
 
 
 @dataclass
@@ -103,7 +104,8 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 async def _worker(target: Target, tally: Tally, stop: asyncio.Event, offset: int, timeout: float) -> None:
     loop = asyncio.get_running_loop()
-    requests = [f"GET {p} HTTP/1.1\r\nHost: {target.host_header}\r\nUser-Agent: ballast-load\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in target.headers)
+    requests = [f"GET {p} HTTP/1.1\r\nHost: {target.host_header}\r\nUser-Agent: ballast-load\r\n{extra}\r\n".encode()
                 for p in target.paths]
     turn = offset
     conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None

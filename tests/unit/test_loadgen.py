@@ -56,3 +56,41 @@ async def test_every_bad_answer_is_one_failure_and_every_worker_lives_to_the_end
     first, second = load.window(until=middle), load.window(since=middle)
     assert first.requests + second.requests == load.requests and first.failed + second.failed == load.failed
     assert load.window(since=began).requests == load.requests
+
+
+async def test_every_request_carries_the_targets_headers() -> None:
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(ANSWERS[0])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    load = Load([Target("t", "127.0.0.1", port, "shop.local", connections=1,
+                        headers=(("baggage", "stress=true,env=gray"), ("x-a", "1")))], timeout=2)
+    load.start()
+    while load.requests < 20:
+        await asyncio.sleep(0.01)
+    await load.stop()
+    server.close()
+    await server.wait_closed()
+    assert seen and all(b"\r\nHost: shop.local\r\n" in head and b"\r\nbaggage: stress=true,env=gray\r\n" in head
+                        and b"\r\nx-a: 1\r\n" in head for head in seen), seen[:1]
+
+
+def test_the_load_command_refuses_a_tag_or_header_it_cannot_send() -> None:
+    from click.testing import CliRunner
+
+    from ballast.cli.main import cli
+    for args, words in ((["--tag", "bad key=1"], "expected KEY=VALUE"), (["--tag", "k=v v"], "--tag"),
+                        (["--header", "nocolon"], "expected 'NAME: VALUE'")):
+        result = CliRunner().invoke(cli, ["load", "http://127.0.0.1:9/", "--duration", "0.1", *args])
+        assert result.exit_code == 2 and words in result.output, (args, result.output)

@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -470,17 +471,37 @@ async def delete(client: Client, kind: str | None, name: str | None, files: tupl
               help="keep-alive connections, each sending requests back to back")
 @click.option("--duration", default=10.0, show_default=True, type=click.FloatRange(0.1, 86_400))
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 600))
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'", help="a header sent with every request")
+@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+              help="a tag of the requests' color (the W3C baggage header), e.g. --tag stress=true; the gateway "
+                   "keeps it only from a trusted color network")
 def load(url: str, host_header: str | None, paths: tuple[str, ...], connections: int, duration: float,
-         timeout: float) -> None:
+         timeout: float, headers: tuple[str, ...], tags: tuple[str, ...]) -> None:
     """Send continuous GET requests and count every failure (non-2xx, resets, timeouts); exit 1 on any."""
     from urllib.parse import urlsplit
 
     from ballast.loadgen import Load, Target, percentile
+    from ballast.sdk import Color, format_baggage
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         _fail(f"error: URL {url!r}: expected http://HOST[:PORT][/PATH]", 2)
+    sent: list[tuple[str, str]] = []
+    for option, values in (("--header", headers), ("--tag", tags)):
+        for value in values:
+            name, sep, rest = value.partition("=" if option == "--tag" else ":")
+            if not sep or not _TOKEN.match(name.strip()) or any(c in value for c in "\r\n\x00"):
+                _fail(f"error: {option} {value!r}: expected " + ("KEY=VALUE" if option == "--tag" else
+                                                                  "'NAME: VALUE'"), 2)
+            if option == "--header":
+                sent.append((name.strip(), rest.strip()))
+    if tags:
+        try:
+            color = Color().with_tags(dict(t.split("=", 1) for t in tags))
+        except ValueError as exc:
+            _fail(f"error: --tag: {exc}", 2)
+        sent.append(("baggage", format_baggage(color)))
     target = Target("load", str(parts.hostname), parts.port or 80, host_header or parts.netloc,
-                    paths or (parts.path or "/",), connections)
+                    paths or (parts.path or "/",), connections, tuple(sent))
 
     async def go() -> Load:
         run = Load([target], timeout=timeout)
@@ -498,6 +519,9 @@ def load(url: str, host_header: str | None, paths: tuple[str, ...], connections:
         console.print(f"  {count} × {kind.removeprefix('load: ')}")
     if run.failed:
         sys.exit(1)
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")   # an HTTP header name or a baggage key
 
 
 # --- artifacts, access, audit -----------------------------------------------------------
