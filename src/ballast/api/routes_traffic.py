@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ConfigDict, Field, StringConstraints
 
-from ballast.api.deps import Name, RequestBody, audited_write, may_read_app, principal, require, store_of
+from ballast.api.deps import Name, RequestBody, audited_write, principal, require, store_of
 from ballast.core.authz import Action, allowed
 from ballast.core.manifests import NAME_PATTERN, parse_documents
 from ballast.errors import BallastError, FieldProblem, InvalidInput, NotFound
@@ -29,10 +29,7 @@ _KINDS = {"trafficrules": traffic_rules.TRAFFIC_RULE, "coloringrules": traffic_r
 
 def _readable(who: Principal, item: dict[str, Any]) -> bool:
     """A rule is visible to whoever may read every app it governs (the gateway's: unscoped readers)."""
-    spec = item["spec"]
-    apps = [spec["service"]] if "service" in spec else [a for a in spec["at"]["apps"] if a != GATEWAY_CALLER]
-    return all(may_read_app(who, a) for a in apps) and (
-        "service" in spec or GATEWAY_CALLER not in spec["at"]["apps"] or allowed(who.bindings, Action.READ, None))
+    return all(allowed(who.bindings, Action.READ, app) for app in traffic_rules.governed_by(item["spec"]))
 
 
 def _require_reader(who: Principal) -> None:
@@ -74,10 +71,8 @@ async def get_coloring_rule(name: Name, request: Request, who: Principal = Depen
 
 async def _delete(request: Request, who: Principal, kind: str, name: str) -> dict[str, Any]:
     async def change(tx: Tx) -> None:
-        service, spec, _ = await traffic_rules.stored_kind_service(tx, kind, name)
-        apps: list[str | None] = ([service] if service is not None else
-                                  [None if a == GATEWAY_CALLER else a for a in spec["at"]["apps"]])
-        for app in apps:
+        _, spec, _ = await traffic_rules.stored_kind_service(tx, kind, name)
+        for app in traffic_rules.governed_by(spec):
             require(who, Action.APPLY_APP, app)
         await traffic_rules.delete_rule(tx, kind, name, who.user)
     await audited_write(request, change)

@@ -59,8 +59,9 @@ async def _reconcile(store: Store, row: Any) -> bool:
         views = await release_records.instance_views(conn, row.app)
         checks = verifications.checks(await verifications.rows(conn, row.id)) if rel.strategy.verify is not None else {}
         routing = release_traffic.wanted(rel) if app_row is not None else None
-        reroute = await traffic_rules.release_rule_differs(conn, row.app, routing)
-        holds_rule = await traffic_rules.release_rule_differs(conn, row.app, None)
+        held = await traffic_rules.release_rule(conn, row.app)
+        reroute = traffic_rules.release_rule_differs(held, routing)
+        holds_rule = traffic_rules.release_rule_differs(held, None)
         pending = await traffic_rules.routing_pending(conn, row.id) if rel.direction is Direction.ROLLBACK else []
     if app_row is None:
         decision = Decision(transition=_failed(f"app {row.app!r} was deleted during the release"))

@@ -266,6 +266,8 @@ class HAProxy:
             # the next reload or start, always from a fresh rendering, so it need not follow every change.
         commands = runtime_commands(backends, await self.servers())
         for path, entries in (maps or {}).items():
+            if not entries:
+                continue   # no weighted route reads the map; one that stopped reading it went with a reload
             live = parse_map(await runtime.command(self.files.admin_socket, f"show map {path}"))
             commands += map_commands(path, entries, live)
         return await self.run(commands)

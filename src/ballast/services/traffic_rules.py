@@ -54,11 +54,12 @@ async def problems(conn: AsyncConnection, manifests: list[Manifest]) -> list[Fie
     known_apps = set(app_rows) | {m.metadata.name for m in manifests if isinstance(m, AppServiceManifest)}
     known_cells = set((await conn.execute(select(cells.c.name))).scalars().all())
     out: list[FieldProblem] = []
-    stored = {r.name: (r.service, TrafficRuleSpec.model_validate(r.spec), r.owner) for r in (await conn.execute(
-        select(traffic_rules).where(traffic_rules.c.kind == TRAFFIC_RULE))).all()}
+    rows = (await conn.execute(select(traffic_rules.c.kind, traffic_rules.c.name, traffic_rules.c.service,
+                                      traffic_rules.c.spec, traffic_rules.c.owner))).all()
+    owners = {(r.kind, r.name): r.owner for r in rows}
+    stored = {r.name: (r.service, TrafficRuleSpec.model_validate(r.spec), r.owner) for r in rows
+              if r.kind == TRAFFIC_RULE}
     declared = {m.metadata.name: (m.spec.service, m.spec, "") for m in manifests if isinstance(m, TrafficRuleManifest)}
-    owners = {(r.kind, r.name): r.owner for r in (await conn.execute(select(traffic_rules.c.kind, traffic_rules.c.name,
-                                                                              traffic_rules.c.owner))).all()}
     merged = {**stored, **declared}
     for index, m in enumerate(manifests):
         where = f"items[{index}]"
@@ -220,16 +221,18 @@ async def listing(conn: AsyncConnection, kind: str, name: str | None = None) -> 
     return out
 
 
+def governed_by(spec: dict[str, Any]) -> list[str | None]:
+    """The apps a rule (its spec as stored) governs, whose operators may change it: a TrafficRule's service; every
+    marking app of a ColoringRule (None for the gateway, which only an unscoped binding may change)."""
+    if "service" in spec:
+        return [spec["service"]]
+    return [None if a == GATEWAY_CALLER else a for a in spec["at"]["apps"]]
+
+
 def governed_apps(manifests: Iterable[Manifest]) -> list[tuple[str, str | None]]:
-    """(kind, app) pairs an author must be allowed to change: the service of a TrafficRule; every marking
-    app of a ColoringRule (None for the gateway, which only an unscoped binding may change)."""
-    out: list[tuple[str, str | None]] = []
-    for m in manifests:
-        if isinstance(m, TrafficRuleManifest):
-            out.append((m.kind, m.spec.service))
-        elif isinstance(m, ColoringRuleManifest):
-            out += [(m.kind, None if a == GATEWAY_CALLER else a) for a in m.spec.at.apps]
-    return out
+    """(kind, app) pairs an author must be allowed to change (`governed_by` of each rule among `manifests`)."""
+    return [(m.kind, app) for m in manifests if isinstance(m, (TrafficRuleManifest, ColoringRuleManifest))
+            for app in governed_by(m.spec.model_dump(mode="json", by_alias=True))]
 
 
 # --- the rule a release owns (core/release_traffic.py decides it) ------------------------------------------------
@@ -237,12 +240,25 @@ def _restored_key(release_id: int) -> str:
     return f"release-routing/{release_id}"
 
 
-async def release_rule_differs(conn: AsyncConnection, app: str, wanted: dict[str, Any] | None) -> bool:
+@dataclass(frozen=True)
+class StoredRule:
+    spec: dict[str, Any]
+    owner: str
+
+
+async def release_rule(conn: AsyncConnection, app: str) -> StoredRule | None:
+    """The rule stored under the name a release of `app` routes by (whoever owns it)."""
     row = (await conn.execute(select(traffic_rules.c.spec, traffic_rules.c.owner).where(
         traffic_rules.c.kind == TRAFFIC_RULE, traffic_rules.c.name == release_traffic.rule_name(app)))).first()
+    return StoredRule(row.spec, row.owner) if row is not None else None
+
+
+def release_rule_differs(stored: StoredRule | None, wanted: dict[str, Any] | None) -> bool:
+    """Must the release's rule change to be `wanted` (None: no release-owned rule)? Pure."""
     if wanted is None:
-        return row is not None and row.owner.startswith(RELEASE_OWNER)
-    return row is None or row.spec != TrafficRuleSpec.model_validate(wanted).model_dump(mode="json", by_alias=True)
+        return stored is not None and stored.owner.startswith(RELEASE_OWNER)
+    return stored is None or stored.spec != TrafficRuleSpec.model_validate(wanted).model_dump(mode="json",
+                                                                                             by_alias=True)
 
 
 async def sync_release_rule(tx: Tx, release_id: int, app: str, wanted: dict[str, Any] | None, actor: str) -> None:
