@@ -262,3 +262,14 @@ async def test_metrics_say_which_routes_fall_back(api: Api) -> None:
     assert 'ballast_traffic_route_fallback{route="testers",rule="shop-canary",subset="revision 2"} 1.0' in text
     assert 'ballast_traffic_route_fallback{route="split",rule="shop-canary",subset="revision 1"} 0.0' in text
     assert 'ballast_traffic_route_ready_endpoints{route="split",rule="shop-canary",subset="revision 1"} 10.0' in text
+
+
+async def test_a_route_without_a_name_is_named_by_its_place_and_a_bare_sticky_key_is_a_header(api: Api) -> None:
+    await shop_at_revision_1_with_revision_2_recorded(api)
+    doc = rule(routes=[{"match": {"tags": {"biz": "replenish"}}, "to": [{"revision": 2}]},
+                       {"to": [{"revision": 1, "weight": 9}, {"revision": 2, "weight": 1}], "stickyKey": "x-user"}])
+    await ok(api.http.post("/v1/apply", json={"items": [doc]}))
+    spec = (await ok(api.http.get("/v1/trafficrules/shop-canary")))["spec"]
+    assert [r["name"] for r in spec["routes"]] == ["route-1", "route-2"]
+    assert spec["routes"][1]["stickyKey"] == {"header": "x-user", "cookie": None}
+    assert (await ok(api.http.post("/v1/apply", json={"items": [doc]})))["results"][0]["outcome"] == "unchanged"

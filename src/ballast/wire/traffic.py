@@ -15,7 +15,7 @@ words, matched text holds no quote or control character, and a regex compiles.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -87,8 +87,15 @@ class CallMatch(StrictMessage):
 
 
 class StickyKey(StrictMessage):
+    """`{header: NAME}` or `{cookie: NAME}`; a bare name is a header's."""
+
     header: HeaderName | None = None
     cookie: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,100}$")] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_header(cls, data: Any) -> Any:
+        return {"header": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
     def _one(self) -> "StickyKey":
@@ -142,6 +149,16 @@ class TrafficRuleSpec(StrictMessage):
     service: Name
     from_: CallerScope | None = Field(None, alias="from", description="whose calls; default: every caller")
     routes: list[TrafficRoute] = Field(min_length=1, max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_names(cls, data: Any) -> Any:
+        """A route without a name is named by its place: route-1, route-2, ..."""
+        if isinstance(data, dict) and isinstance(data.get("routes"), list):
+            routes = [{"name": f"route-{i + 1}", **r} if isinstance(r, dict) and "name" not in r else r
+                      for i, r in enumerate(data["routes"])]
+            return {**data, "routes": routes}
+        return data
 
     @field_validator("routes")
     @classmethod
