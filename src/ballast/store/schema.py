@@ -97,6 +97,7 @@ instances = Table(
     Column("granted_desired", String(16), nullable=False),
     Column("mesh_port", Integer, nullable=True),              # the sidecar's outbound listener (BALLAST_MESH_URL)
     Column("drain", JSON, nullable=True),                     # the agent's report of the last in-flight wait
+    Column("group_code", String(63), nullable=False, server_default=""),  # its IsolationGroup's code; "": default
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
@@ -230,6 +231,7 @@ endpoints = Table(
     Column("since", Float, nullable=False),
     Column("required", JSON, nullable=False),          # components that must acknowledge this generation
     Column("note", Text, nullable=False),              # why it is stuck (an acknowledgement timed out)
+    Column("group_code", String(63), nullable=False, server_default=""),  # its instance's group; "": default pool
     Index("ix_endpoints_service", "service"),
 )
 
@@ -349,4 +351,18 @@ traffic_rules = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
+)
+
+# Isolation groups (business units): instances of an app set apart for one business flow, in no default pool.
+isolation_groups = Table(
+    "isolation_groups", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("app", String(63), nullable=False),
+    Column("code", String(63), nullable=False),          # the unit's code, shared by the groups of one unit
+    Column("spec", JSON, nullable=False),
+    Column("status", JSON, nullable=False),              # the scheduler's last decision: unplaced counts and reasons
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+    UniqueConstraint("app", "code", name="uq_isolation_groups_app_code"),
 )
