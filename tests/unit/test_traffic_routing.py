@@ -25,8 +25,11 @@ UNRELATED: list[dict[str, Any]] = [{"template": {"command": ["app"], "env": {"V"
                                    {"template": {"command": ["app"]}, "strategy": {"groups": 2}}]
 
 
-def _spec(expose: Any, components: Any, unrelated: dict[str, Any], drain_timeout: float) -> dict[str, Any] | None:
+def _spec(expose: Any, components: Any, unrelated: dict[str, Any], drain_timeout: float,
+          stress: str | None) -> dict[str, Any] | None:
     traffic: dict[str, Any] = {"drainTimeoutSeconds": drain_timeout}
+    if stress is not None:
+        traffic["stress"] = stress
     if components is not None:
         traffic["components"] = components
     spec = {"cells": {"cell-a": 0}, "traffic": traffic, **unrelated}
@@ -39,7 +42,8 @@ def _spec(expose: Any, components: Any, unrelated: dict[str, Any], drain_timeout
     return spec
 
 
-SPECS = [s for s in (_spec(*combo) for combo in itertools.product(EXPOSES, COMPONENTS, UNRELATED, [30.0, 5.0]))
+SPECS = [s for s in (_spec(*combo) for combo in itertools.product(EXPOSES, COMPONENTS, UNRELATED, [30.0, 5.0],
+                                                                   [None, "deny"]))
          if s is not None]
 
 
@@ -74,8 +78,9 @@ async def test_the_generation_moves_exactly_when_what_the_snapshot_sends_changes
         assert r.status_code == 200, r.text
         snap = (await api.http.get("/v1/registry")).json()
         [entry] = [s for s in snap["services"] if s["name"] == "shop"]
-        sent = {k: v for k, v in entry.items() if k not in ("name", "endpoints", "rules")}   # no TrafficRule here
-        assert entry["rules"] == []
+        # No TrafficRule and no IsolationGroup here.
+        sent = {k: v for k, v in entry.items() if k not in ("name", "endpoints", "rules", "groups")}
+        assert entry["rules"] == [] and entry["groups"] == []
         assert sent == routing(AppServiceSpec.model_validate(spec)).to_json(), "the snapshot sends routing()"
         if before is not None:
             generation_moved = snap["generation"] != before[0]

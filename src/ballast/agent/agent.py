@@ -222,14 +222,14 @@ class Agent:
             local.app_port = self._free_port(self.private_ip)
         if not local.mesh_port:
             local.mesh_port = self._free_port(self.private_ip)
-        sidecar = self._sidecar_for(local, a.app)
+        sidecar = self._sidecar_for(local, a.app, a.group)
         sup = Supervisor(a, local, self.node, self._cwd_for, self._poke, self.http, sidecar, adopted=adopted,
                          outdated=outdated)
         self.supervisors[a.id] = sup
         sup.start()
         self.state.save(self.local)
 
-    def _sidecar_for(self, local: LocalInstance, app: str) -> Sidecar:
+    def _sidecar_for(self, local: LocalInstance, app: str, group: str = "") -> Sidecar:
         """The instance's sidecar: the running one, the one a previous agent left (adopted), or a new one."""
         sidecar = self.sidecars.get(local.id)
         if sidecar is not None:
@@ -238,7 +238,7 @@ class Agent:
         sidecar = Sidecar(local.id, self.node.ip, self.private_ip, self.node.cell,
                           SidecarPorts(endpoint=local.port, app=local.app_port, mesh=local.mesh_port),
                           self.settings.haproxy, self.settings.data_dir / "sidecars" / local.id, self._sidecar_changed,
-                          stats=self.stats_hooks, app=app)
+                          stats=self.stats_hooks, app=app, group=group)
         if local.sidecar_pid is not None and local.sidecar_started is not None:
             if sidecar.adopt(local.sidecar_pid, local.sidecar_started):
                 self.mesh.poke()  # it may have missed registry changes while no agent watched

@@ -46,9 +46,10 @@ class SidecarPorts:
 class Sidecar:
     def __init__(self, instance_id: str, ip: str, private_ip: str, cell: str, ports: SidecarPorts, binary: str,
                  state_dir: Path, on_change: Callable[[], None], stats: StatsHooks | None = None,
-                 app: str | None = None) -> None:
+                 app: str | None = None, group: str = "") -> None:
         self.id = instance_id
         self.app = app           # whose calls its outbound side makes: the caller TrafficRules scope
+        self.group = group       # the isolation group it belongs to: its calls stay in that unit
         self.stats = stats
         self.ip = ip
         self.private_ip = private_ip
@@ -71,12 +72,12 @@ class Sidecar:
         return f"http://{self.private_ip}:{self.ports.mesh}"
 
     def render(self, snapshot: Snapshot) -> tuple[str, tuple[Backend, ...]]:
-        tables = sidecar_tables(snapshot, self.cell, self.app)
+        tables = sidecar_tables(snapshot, self.cell, self.app, self.group)
         cfg = SidecarConfig(instance=self.id, admin_socket=str(self.proxy.files.admin_socket),
                             inbound=Address(self.ip, self.ports.endpoint), app=Address(self.private_ip, self.ports.app),
                             outbound=Address(self.private_ip, self.ports.mesh), backends=tables.backends,
                             stats=self.stats, rules=tables.rules, marking=tables.marking,
-                            weights_map=str(self.weights_map))
+                            weights_map=str(self.weights_map), units=tables.units)
         self.weights = weight_entries(tables.rules)
         return render_sidecar(cfg), tables.backends
 

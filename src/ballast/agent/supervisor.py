@@ -128,6 +128,7 @@ class Supervisor:
             "HOST": self.node.private_ip, "PORT": str(self.local.app_port),
             "BALLAST_ENDPOINT": f"{self.node.ip}:{self.local.port}", "BALLAST_MESH_URL": self.sidecar.mesh_url,
             "BALLAST_INSTANCE_ID": self.id, "BALLAST_APP": self.assignment.app,
+            "BALLAST_GROUP": self.assignment.group,
             "BALLAST_CELL": self.node.cell, "BALLAST_ZONE": self.node.zone,
             "BALLAST_REVISION": str(self.assignment.revision), "BALLAST_NODE_IP": self.node.ip,
             "BALLAST_NODE": self.node.name, "BALLAST_DATA_DIR": str(self.data_dir),

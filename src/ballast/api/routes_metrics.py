@@ -141,7 +141,7 @@ def _rule_families(rules: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
     ready = GaugeMetricFamily("ballast_traffic_route_ready_endpoints", "ready endpoints in a route's subset",
                               labels=["rule", "route", "subset"])
     fallback = GaugeMetricFamily("ballast_traffic_route_fallback", "1 where a route's subset has no ready endpoint: "
-                                 "its calls take the service's whole pool (or 503, fallback: fail)",
+                                 "its calls take the service's default pool (or 503, fallback: fail)",
                                  labels=["rule", "route", "subset"])
     for rule in rules:
         key = [rule["name"], rule["spec"]["service"]]

@@ -400,9 +400,16 @@ def _kind(kind: str) -> str:
 @click.option("--node", help="instances: only those on this node")
 @command
 async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
-    """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name."""
+    """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name;
+    `get groups APP` lists the app's isolation groups (or names one group)."""
     resolved = _kind(kind)
-    if resolved == "instances":
+    single = bool(name) and resolved not in ("instances", "revisions", "endpoints")
+    if resolved == "isolationgroups" and name:
+        items = (await client.get("/v1/isolationgroups", app=name))["items"]
+        single = False
+        if not items:
+            items, single = [await client.get(f"/v1/isolationgroups/{name}")], True
+    elif resolved == "instances":
         items = (await client.get("/v1/instances", app=name, node=node))["items"]
         if name and not items:
             await client.get(f"/v1/apps/{name}")  # an unknown app is an error (404), not an empty list
@@ -418,8 +425,7 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
         items = [await client.get(f"/v1/{resolved}/{name}")]
     else:
         items = (await client.get(f"/v1/{resolved}"))["items"]
-    output.render(resolved, items, fmt, console,
-                  single=bool(name) and resolved not in ("instances", "revisions", "endpoints"))
+    output.render(resolved, items, fmt, console, single=single)
 
 
 @cli.command()
@@ -437,6 +443,9 @@ async def describe(client: Client, kind: str, name: str) -> None:
     console.out(yaml.safe_dump(obj, sort_keys=False), highlight=False)
     if resolved == "apps":
         output.render("instances", (await client.get("/v1/instances", app=name))["items"], "table", console)
+    if resolved == "isolationgroups":
+        mine = [i for i in (await client.get("/v1/instances", app=obj["app"]))["items"] if i["spec"].get("group") == obj["code"]]
+        output.render("instances", mine, "table", console)
 
 
 @cli.command()
@@ -445,8 +454,8 @@ async def describe(client: Client, kind: str, name: str) -> None:
 @click.option("-f", "--filename", "files", multiple=True, help="delete what these manifests declare")
 @command
 async def delete(client: Client, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
-    """Delete an app, cell, node, gateway, traffic rule or coloring rule (deleting an app drains and stops its
-    instances)."""
+    """Delete an app, cell, node, gateway, traffic rule, coloring rule or isolation group (deleting an app or a
+    group drains and stops its instances)."""
     targets: list[tuple[str, str]] = []
     for f in files:
         for doc in _load_documents(f):
@@ -457,7 +466,7 @@ async def delete(client: Client, kind: str | None, name: str | None, files: tupl
         raise click.UsageError("name KIND NAME or give -f FILE")
     # Apps before cells, so a file holding both deletes cleanly.
     for resolved, target in sorted(targets, key=lambda t: t[0] != "apps"):
-        if resolved not in ("apps", "cells", "nodes", "gateways", "trafficrules", "coloringrules"):
+        if resolved not in ("apps", "cells", "nodes", "gateways", "trafficrules", "coloringrules", "isolationgroups"):
             raise click.UsageError(f"cannot delete {resolved}; delete the app instead")
         answer = await client.delete(f"/v1/{resolved}/{target}")
         console.print(f"{answer['deleted']} deleted")

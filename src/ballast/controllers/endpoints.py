@@ -44,7 +44,7 @@ async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> 
     facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
                            revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
                            granted_desired=i.granted_desired, running_revision=i.running_revision,
-                           phase=i.phase, ready=i.ready, node_ready=heard.routable(i.node))
+                           phase=i.phase, ready=i.ready, node_ready=heard.routable(i.node), group=i.group_code)
              for i in (await conn.execute(select(instances))).all()]
     eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
     comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)
@@ -106,7 +106,8 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
     if decision.grants:
         tx.touch(GRANTS)
     for put in decision.puts:
-        await _put(tx, put, eps.get(put.id))
+        fact = facts.get(put.id)
+        await _put(tx, put, eps.get(put.id), fact.group if fact is not None else "")
     for note in decision.notes:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == note.id).values(note=note.note))
         if note.note:
@@ -153,12 +154,12 @@ def log_acknowledged(memo: dict[str, Any], eps: dict[str, EndpointRecord], acked
         logged.clear()
 
 
-async def _put(tx: Tx, put: Any, old: EndpointRecord | None) -> None:
+async def _put(tx: Tx, put: Any, old: EndpointRecord | None, group: str) -> None:
     values = dict(service=put.service, node=put.node, cell=put.cell, zone=put.zone, ip=put.ip, port=put.port,
                   revision=put.revision, state=put.state.value, generation=tx.rv, since=tx.now,
                   required=list(put.required), note="")
-    if old is None:
-        await tx.conn.execute(insert(endpoints).values(id=put.id, **values))
+    if old is None:   # an instance's group never changes: its endpoint is of that group from the start
+        await tx.conn.execute(insert(endpoints).values(id=put.id, group_code=group, **values))
     else:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == put.id).values(**values))
 

@@ -134,19 +134,23 @@ async def _create_replacement(tx: Tx, row: Any, app_row: Any, action: CreateRepl
         return None  # already created by an earlier pass
     spec = AppServiceSpec.model_validate(app_row.spec)
     views, placed = await placement_inputs(tx.conn, tx.now)
-    in_cell = sum(1 for i in placed if i.app == row.app and i.cell == action.cell)
-    decision = place(row.app, {action.cell: in_cell + 1}, spec.template.resources.request(), placed, views)
+    old = (await tx.conn.execute(select(instances.c.ordinal, instances.c.group_code)
+                                 .where(instances.c.id == action.replaces))).first()
+    group = old.group_code if old is not None else action.group
+    in_cell = sum(1 for i in placed if i.app == row.app and i.cell == action.cell and i.group == group)
+    decision = place(row.app, {action.cell: in_cell + 1}, spec.template.resources.request(), placed, views,
+                     group=group)
     if not decision.create:
         reason = decision.unplaced[0][2] if decision.unplaced else "no node"
         log.warning("release %s: no room for a surge instance in %s: %s", row.id, action.cell, reason)
         return None
     node = (await tx.conn.execute(select(nodes).where(nodes.c.name == decision.create[0].node))).one()
-    old = (await tx.conn.execute(select(instances.c.ordinal).where(instances.c.id == action.replaces))).first()
     ordinal = old.ordinal if old is not None else action.ordinal
     # A new ordinal keeps its stable name; a replacement of an existing identity gets a fresh id beside it.
-    new_id = instance_id_for(row.app, ordinal if old is None else None)
+    new_id = instance_id_for(f"{row.app}-{group}" if group else row.app, ordinal if old is None else None)
     await insert_instance(tx, instance_id=new_id, app=row.app, revision=action.revision, node=node,
-                          port=spec.template.port, ordinal=ordinal, replaces=action.replaces, created_seq=tx.rv * 10_000)
+                          port=spec.template.port, ordinal=ordinal, replaces=action.replaces, created_seq=tx.rv * 10_000,
+                          group_code=group)
     return {"create": new_id, "replaces": action.replaces, "node": node.name, "revision": action.revision}
 
 

@@ -29,7 +29,9 @@ from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
 from ballast.services.placement import insert_instance, placement_inputs
 from ballast.store.engine import Store, Tx
-from ballast.store.schema import apps, cells, instances, nodes, releases
+from ballast.store.schema import apps, cells, instances, isolation_groups, nodes, releases
+from ballast.services.isolation_groups import wanted as group_wanted
+from ballast.core.manifests import IsolationGroupSpec
 
 log = logging.getLogger("ballast.scheduler")
 ACTOR = "controller/scheduler"
@@ -96,7 +98,68 @@ async def reconcile_once(store: Store) -> int:
         changes += len(created) + len(decision.remove)
         placed = [p for p in placed if p.id not in decision.remove] + created
         placed_by_app, usage = index_placed(placed)
+    return changes + await _place_groups(store, app_rows, cell_names, node_views, placed)
+
+
+async def _place_groups(store: Store, app_rows: list[Any], cell_names: list[str], node_views: list[NodeView],
+                        placed: list[PlacedInstance]) -> int:
+    """Each isolation group to its counts. A group changes size here, not through the grouped engine: a new
+    instance takes calls only once ready and acknowledged, a retired one is drained first, and no default
+    pool ever holds either, so no caller's traffic moves."""
+    async with store.read() as conn:
+        group_rows = (await conn.execute(select(isolation_groups).order_by(isolation_groups.c.name))).all()
+    specs = {a.name: a for a in app_rows}   # apps under release are absent: the release engine owns them
+    changes = 0
+    for group in group_rows:
+        app_row = specs.get(group.app)
+        if app_row is None:
+            continue
+        spec = stored_spec(app_row.spec)
+        placed_by_app, usage = index_placed(placed)
+        view = condensed(group.app, placed_by_app, usage)
+        counts = group_wanted(IsolationGroupSpec.model_validate(group.spec), cell_names)
+        decision = place(group.app, counts, spec.template.resources.request(), view, node_views, group=group.code)
+        decision = enforce_fixed_port(decision, group.app, spec.template.port, view)
+        status = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced]}
+        if not decision.create and not decision.remove and status == group.status:
+            continue
+        try:
+            created = await _write_group(store, group, app_row, decision, status, spec.template.port)
+        except RetryableConflict:
+            continue
+        changes += len(created) + len(decision.remove)
+        placed = [p for p in placed if p.id not in decision.remove] + created
     return changes
+
+
+async def _write_group(store: Store, group: Any, app_row: Any, decision: Placement, status: dict[str, Any],
+                       port: int | None) -> list[PlacedInstance]:
+    async with store.write() as tx:
+        guard = await tx.conn.execute(update(isolation_groups).where(
+            isolation_groups.c.name == group.name, isolation_groups.c.resource_version == group.resource_version)
+            .values(status=status, resource_version=tx.rv))
+        if guard.rowcount != 1:
+            raise RetryableConflict(f"isolation group {group.name!r}")
+        node_rows = {n.name: n for n in (await tx.conn.execute(
+            select(nodes.c.name, nodes.c.cell, nodes.c.ip, nodes.c.zone))).all()}
+        request = stored_spec(app_row.spec).template.resources.request()
+        created: list[PlacedInstance] = []
+        for seq, new in enumerate(decision.create):
+            instance_id = instance_id_for(f"{group.app}-{group.code}", None)
+            await insert_instance(tx, instance_id=instance_id, app=group.app, revision=app_row.deployed_revision,
+                                  node=node_rows[new.node], port=port, ordinal=None, replaces=None,
+                                  created_seq=tx.rv * 10_000 + seq, group_code=group.code)
+            created.append(PlacedInstance(id=instance_id, app=group.app, node=new.node, cell=new.cell,
+                                          request=request, created_seq=tx.rv * 10_000 + seq, group=group.code))
+        if decision.remove:
+            await tx.conn.execute(update(instances).where(instances.c.id.in_(decision.remove))
+                                  .values(desired="deleted", desired_version=tx.rv, resource_version=tx.rv))
+        if decision.create or decision.remove:
+            await tx.audit(actor=ACTOR, action="schedule", resource=f"IsolationGroup/{group.name}",
+                           detail={"app": group.app, "code": group.code,
+                                   "created": [{"id": c.id, "node": c.node, "cell": c.cell} for c in created],
+                                   "removed": list(decision.remove), "unplaced": status["unplaced"]})
+        return created
 
 
 async def _guard_app(tx: Tx, row: Any, status: dict[str, Any]) -> None:

@@ -70,6 +70,7 @@ class InstanceFacts:
     phase: str
     ready: bool
     node_ready: bool
+    group: str = ""                 # its isolation group's code
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,9 @@ class TrafficSpec(DrainSettings):
     components: list[Literal["gateway", "mesh"]] | None = Field(
         None, description="what routes to the app (default: mesh, and gateway when exposed)")
     ack_timeout_seconds: float = Field(DEFAULT_ACK_TIMEOUT_SECONDS, alias="ackTimeoutSeconds", gt=0, le=3600)
+    stress: Literal["allow", "deny"] = Field(
+        "allow", description="whether the app's default instances take stress-test calls (tag stress=true); with "
+                             "deny they reach only an isolation group with stress: true, or fail with 503")
 
 
 class AppServiceSpec(_Model):
@@ -301,11 +304,42 @@ class ColoringRuleManifest(_Model):
     spec: ColoringRuleSpec
 
 
+UNIT_CODE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class IsolationGroupSpec(_Model):
+    """Instances of `app` set apart for one business flow (the unit `code`), in no caller's default pool."""
+
+    app: Name
+    code: str = Field(pattern=UNIT_CODE_PATTERN, max_length=63,
+                      description="the business unit's code, a DNS label; the groups of one unit share it")
+    cells: dict[Name, Annotated[int, Field(ge=0, le=10_000)]] | None = None
+    replicas: int | None = Field(None, ge=0, le=10_000)
+    convergence: Literal["prefer", "strict"] = Field(
+        "prefer", description="the group's own calls stay in the unit where the callee has a group of this code; "
+                              "elsewhere they go to the callee's default pool (prefer) or fail with 503 (strict)")
+    stress: bool = Field(False, description="the group may receive stress-test calls (tag stress=true)")
+
+    @model_validator(mode="after")
+    def _one_spread(self) -> "IsolationGroupSpec":
+        if (self.cells is None) == (self.replicas is None):
+            raise ValueError("give either cells (instances per cell) or replicas (even spread over all cells)")
+        return self
+
+
+class IsolationGroupManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["IsolationGroup"]
+    metadata: Metadata
+    spec: IsolationGroupSpec
+
+
 Manifest = Union[CellManifest, AppServiceManifest, ReleaseOrderManifest, ChangeWindowManifest, TrafficRuleManifest,
-                 ColoringRuleManifest]
+                 ColoringRuleManifest, IsolationGroupManifest]
 KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest,
                                      "ReleaseOrder": ReleaseOrderManifest, "ChangeWindow": ChangeWindowManifest,
-                                     "TrafficRule": TrafficRuleManifest, "ColoringRule": ColoringRuleManifest}
+                                     "TrafficRule": TrafficRuleManifest, "ColoringRule": ColoringRuleManifest,
+                                     "IsolationGroup": IsolationGroupManifest}
 
 
 def parse_documents(documents: list[Any], *, source: str = "items") -> list[Manifest]:

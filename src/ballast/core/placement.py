@@ -45,6 +45,7 @@ class PlacedInstance:
     cell: str
     request: Resources
     created_seq: int  # higher = newer
+    group: str = ""   # its isolation group's code; "": the app's own instances
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ def place(
     request: Resources,
     instances: Sequence[PlacedInstance],
     nodes: Sequence[NodeView],
+    *,
+    group: str = "",
 ) -> Placement:
-    """Decide creations and removals that bring `app` to `wanted` per cell.
+    """Decide creations and removals that bring `app` (its isolation group `group`) to `wanted` per cell.
 
     Capacity counts every instance given, including those removed by this same
     decision: removal may finish after creation, so freed room is not reused
@@ -88,8 +91,9 @@ def place(
     used: dict[str, Resources] = {}
     for inst in instances:
         used[inst.node] = _plus(used.get(inst.node, _ZERO), inst.request)
-    mine = [i for i in instances if i.app == app]
-    per_node = Counter(i.node for i in mine)
+    mine = [i for i in instances if i.app == app and i.group == group]
+    # The spread counts every instance of the app: a group lands beside the app's own, not on top of them.
+    per_node = Counter(i.node for i in instances if i.app == app)
     by_cell: dict[str, list[PlacedInstance]] = {}
     for inst in mine:
         by_cell.setdefault(inst.cell, []).append(inst)

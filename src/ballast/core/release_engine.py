@@ -91,6 +91,7 @@ class CreateReplacement:
     cell: str
     revision: int
     ordinal: int | None = None
+    group: str = ""      # the isolation group of the slot (an existing instance's own group wins)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def slot_state(slot: Slot, target: int, mode: UpgradeMode, instances: Mapping[st
             if keep:
                 # Rolling back a replacement begun but not finished: the original still runs; retire the new one.
                 return SlotState(SlotKind.PROGRESS, keep[-1].id, finish=(Retire(latest.id),))
-            return SlotState(SlotKind.TODO, latest.id, start=(CreateReplacement(latest.id, slot.cell, target),))
+            return SlotState(SlotKind.TODO, latest.id, start=(CreateReplacement(latest.id, slot.cell, target,
+                                                                                       group=slot.group),))
         if _at(latest, target):
             retire = tuple(Retire(m.id) for m in running if m.id != latest.id)
             return SlotState(SlotKind.PROGRESS if retire else SlotKind.DONE, latest.id, finish=retire)
@@ -208,7 +210,8 @@ def _scale_slot_state(slot: Slot, target: int, instances: Mapping[str, InstanceV
         return SlotState(SlotKind.TODO, victims[-1].id, start=tuple(Retire(m.id) for m in victims))
     if latest is None or latest.desired != "running":
         replaces = latest.id if latest is not None else slot.instance
-        return SlotState(SlotKind.TODO, None, start=(CreateReplacement(replaces, slot.cell, target, slot.ordinal),))
+        return SlotState(SlotKind.TODO, None, start=(CreateReplacement(replaces, slot.cell, target, slot.ordinal,
+                                                                                  slot.group),))
     if latest.id == slot.instance or _at(latest, target):
         return SlotState(SlotKind.DONE, latest.id)
     trouble = _trouble(latest, target, now, deadline)

@@ -69,6 +69,7 @@ class Slot:
     cell: str
     ordinal: int | None = None
     op: SlotOp = SlotOp.UPDATE
+    group: str = ""     # the isolation group's code; each group is its own part of every release group
 
 
 @dataclass(frozen=True)
@@ -133,33 +134,41 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def plan(slots: Sequence[Slot], strategy: Strategy) -> list[Group]:
-    """Group the app's instances. Ordered mode takes the highest ordinals first."""
-    by_cell: dict[str, list[Slot]] = {}
+    """Group the app's instances. Ordered mode takes the highest ordinals first.
+
+    The instances of an isolation group are split like a cell of their own, so every release group changes
+    its share of each unit too (a unit is gray-released like the app): beta first, the ramp after.
+    """
+    by_part: dict[tuple[str, str], list[Slot]] = {}
     for s in slots:
-        by_cell.setdefault(s.cell, []).append(s)
-    validate(strategy, {c: len(v) for c, v in by_cell.items()})
-    return _assemble(by_cell, strategy)
+        by_part.setdefault((s.cell, s.group), []).append(s)
+    validate(strategy, {c: len(v) for (c, g), v in by_part.items() if not g})
+    return _assemble(by_part, strategy)
 
 
 def plan_scale(adds: dict[str, int], removes: Sequence[Slot], strategy: Strategy, key: str,
-               ordinals: Sequence[int] = ()) -> list[Group]:
+               ordinals: Sequence[int] = (), group_adds: dict[str, dict[str, int]] | None = None) -> list[Group]:
     """Group a change of instance counts like a release: new instances and retirements per cell.
 
-    `key` makes the ADD slots' ids unique; `ordinals` (ordered apps) are handed to new instances in turn.
+    `key` makes the ADD slots' ids unique; `ordinals` (ordered apps) are handed to new instances in turn;
+    `group_adds` are new instances of isolation groups (code → cell → count).
     A beta size larger than a cell's change is clamped: scaling by one is a beta of one.
     """
     free = iter(ordinals)
-    by_cell: dict[str, list[Slot]] = {}
-    for cell in sorted(adds):
-        for k in range(adds[cell]):
-            by_cell.setdefault(cell, []).append(Slot(f"{key}-{cell}-{k}", cell, next(free, None), SlotOp.ADD))
+    by_part: dict[tuple[str, str], list[Slot]] = {}
+    for group, counts in sorted({"": adds, **(group_adds or {})}.items()):
+        for cell in sorted(counts):
+            for k in range(counts[cell]):
+                slot_key = f"{key}-{cell}-{k}" if not group else f"{key}-{group}-{cell}-{k}"
+                by_part.setdefault((cell, group), []).append(
+                    Slot(slot_key, cell, None if group else next(free, None), SlotOp.ADD, group))
     for r in removes:
-        by_cell.setdefault(r.cell, []).append(Slot(r.instance, r.cell, r.ordinal, SlotOp.REMOVE))
-    validate(strategy, {c: len(v) for c, v in by_cell.items()}, beta_within_cells=False)
-    return _assemble(by_cell, strategy, keep_order=True)
+        by_part.setdefault((r.cell, r.group), []).append(Slot(r.instance, r.cell, r.ordinal, SlotOp.REMOVE, r.group))
+    validate(strategy, {c: len(v) for (c, g), v in by_part.items() if not g}, beta_within_cells=False)
+    return _assemble(by_part, strategy, keep_order=True)
 
 
-def _assemble(by_cell: dict[str, list[Slot]], strategy: Strategy, keep_order: bool = False) -> list[Group]:
+def _assemble(by_cell: dict[tuple[str, str], list[Slot]], strategy: Strategy, keep_order: bool = False) -> list[Group]:
     for members in by_cell.values() if not keep_order else ():
         if strategy.upgrade is UpgradeMode.ORDERED:
             members.sort(key=lambda s: (-(s.ordinal or 0), s.instance))

@@ -5,7 +5,7 @@ release sends the new revision `betaWeight` percent of the calls to the app, or 
 matches (a dark launch), whatever the number of its instances; the old revision takes the rest. Once the
 release goes past that group, or rolls back, the rule goes (the controller removes it, and a rollback changes
 no instance before every traffic component acknowledged the removal). Until the new revision has a ready
-endpoint, the rule's subset is empty and its calls take the whole pool, as any rule's do.
+endpoint, the rule's subset is empty and its calls take the default pool, as any rule's do.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ definition:
   thresholds of the weights. Raising one side's weight only moves the
   boundary, so a key only ever moves towards the side that grew;
 - the subset: the service's endpoints of that revision (and cells); when none
-  of them is ready the call takes the service's whole pool, or gets 503 when
+  of them is ready the call takes the service's default pool, or gets 503 when
   the route says `fallback: fail`.
 """
 
@@ -34,29 +34,35 @@ SCALE = 1_000_000     # the points a weighted route divides; 1/1000 is 1000 of t
 class Subset:
     revision: int | None = None
     cells: tuple[str, ...] | None = None
+    group: str = ""      # an isolation group's code; "": the default pool
 
     @classmethod
     def of(cls, destination: Destination) -> "Subset":
         revision = destination.revision
         if not isinstance(revision, int) and revision is not None:
             raise ValueError(f"revision {revision!r} was not resolved to a number")
-        return cls(revision, tuple(sorted(destination.cells)) if destination.cells else None)
+        return cls(revision, tuple(sorted(destination.cells)) if destination.cells else None,
+                   destination.group or "")
 
     @property
     def key(self) -> str:
-        """A name for it inside a backend name: r2, r2.c.cell-a.cell-b, c.cell-a, or all."""
-        parts = ([f"r{self.revision}"] if self.revision is not None else []) + (
-            ["c", *self.cells] if self.cells else [])
+        """A name for it inside a backend name: r2, r2.c.cell-a.cell-b, c.cell-a, g.vostro.r2, or all."""
+        parts = ([f"g.{self.group}"] if self.group else []) + (
+            [f"r{self.revision}"] if self.revision is not None else []) + (["c", *self.cells] if self.cells else [])
         return ".".join(parts) or "all"
 
     def selects(self, endpoint: Endpoint) -> bool:
-        return ((self.revision is None or endpoint.revision == self.revision)
+        """Only a subset naming a group selects that group's endpoints; others select the default pool's."""
+        return (endpoint.group == self.group
+                and (self.revision is None or endpoint.revision == self.revision)
                 and (self.cells is None or endpoint.cell in self.cells))
 
     def describe(self) -> str:
         words = [f"revision {self.revision}" if self.revision is not None else "any revision"]
         if self.cells:
             words.append("cells " + ", ".join(self.cells))
+        if self.group:
+            words.insert(0, f"group {self.group}")
         return " in ".join(words)
 
 
@@ -175,5 +181,5 @@ def subset_endpoints(endpoints: Iterable[Endpoint], subset: Subset) -> list[Endp
 
 
 def fallback_needed(endpoints: Iterable[Endpoint], subset: Subset) -> bool:
-    """No endpoint of the subset is ready: the route's calls take the whole pool (or fail)."""
+    """No endpoint of the subset is ready: the route's calls take the default pool (or fail)."""
     return not any(e.ready for e in subset_endpoints(endpoints, subset))

@@ -20,7 +20,8 @@ from ballast.core.loopback import HOST_LOOPBACK
 from ballast.core.request_metrics import BOUNDS_MS
 from ballast.wire.traffic import ColoringInEffect, RuleInEffect
 from ballast.dataplane.config_text import Address, Backend, Server, backend_name, safe as _safe
-from ballast.dataplane.rule_config import DESTINATION, render_marking, render_rule, untrusted_baggage
+from ballast.dataplane.rule_config import (DESTINATION, UnitTables, render_marking, render_rule, render_stress_guard,
+                                          render_unit, untrusted_baggage)
 from ballast.dataplane.request_stats import BUCKET_VARIABLE, SERVICE_PREFIX, START_VARIABLE, TABLE, StatsHooks
 
 SERVER_LINE = re.compile(r"^\s+server\s")
@@ -51,6 +52,7 @@ class SidecarConfig:
     rules: tuple[tuple[str, RuleInEffect], ...] = ()   # (service, the rule that governs this app's calls to it)
     marking: tuple[ColoringInEffect, ...] = ()         # coloring at this app's inbound side
     weights_map: str | None = None                     # the map file weighted routes read their bounds from
+    units: UnitTables = UnitTables()                   # the instance's unit (self-convergence), stress confinement
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class GatewayConfig:
     marking: tuple[ColoringInEffect, ...] = ()
     trusted_color_networks: tuple[str, ...] = ()       # clients whose own baggage is kept
     weights_map: str | None = None
+    units: UnitTables = UnitTables()
 
 
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
@@ -181,9 +184,11 @@ def render_sidecar(cfg: SidecarConfig) -> str:
            _ONE_HOST,
            "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"]
     backends = sorted(cfg.backends, key=lambda b: b.name)
+    out.append(render_unit(cfg.units))
     out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
+    out.append(render_stress_guard(cfg.units))
     out.append(_HAND_OFF.format(name="outbound"))
-    if cfg.rules:
+    if cfg.rules or cfg.units.routes:
         out.append(DESTINATION)
     for b in backends:
         if not b.subset:
@@ -229,9 +234,11 @@ def render_gateway(cfg: GatewayConfig) -> str:
     for route in route_order(cfg.routes):
         when = " || ".join(f"{alt} {unset}" for alt in _route_alternatives(route))
         out.append(f"    http-request set-var(txn.service) str({_safe(route.service)}) if {when}\n")
+    out.append(render_unit(cfg.units))
     out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
+    out.append(render_stress_guard(cfg.units))
     out.append(_HAND_OFF.format(name="gateway"))
-    if cfg.rules:
+    if cfg.rules or cfg.units.routes:
         out.append(DESTINATION)
     for service in sorted({r.service for r in cfg.routes}):
         out.append(f"    use_backend {backend_name(service)} if {{ var(txn.service) -m str {_safe(service)} }}\n")

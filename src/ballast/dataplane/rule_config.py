@@ -27,6 +27,7 @@ is added. The gateway first removes the baggage of calls from outside
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterable
 
 from ballast.core.routing_rules import SCALE, Subset, thresholds
@@ -36,6 +37,8 @@ from ballast.wire.registry import Service
 from ballast.wire.traffic import CallMatch, ColoringInEffect, RuleInEffect, StringMatch, TrafficRoute
 
 ROUTE_HEADER = "x-ballast-route"
+UNIT_HEADER = "x-ballast-unit"          # the business unit a call was made in: set by the caller's sidecar only
+STRESS_TAG = ("stress", "true")        # the color of stress-test calls
 DESTINATION = "    use_backend %[var(txn.dest)] if { var(txn.dest) -m found }\n"
 
 
@@ -182,4 +185,96 @@ def render_marking(rules: tuple[ColoringInEffect, ...]) -> str:
                        f"if {{ var({flag}) -m found }}\n")
         tags = ",".join(f"{k}={v}" for k, v in rule.spec.tags.items())
         out.append(f"    http-request add-header baggage {quoted(tags)} if {{ var({flag}) -m found }}\n")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class ServiceUnits:
+    """What the calls to one service need of its isolation groups: the caller's unit, stress-test confinement."""
+
+    service: str
+    own: str | None = None                  # the backend of the caller's unit in this service, if it has one
+    own_strict: bool = False                # that group says its unit's calls never take the default pool
+    stress: str = "allow"                   # whether the default pool takes stress-test calls
+    stress_pool: str | None = None          # the backend of the groups that take them (deny only)
+    takes_stress: tuple[str, ...] = ()      # subset backends of groups with stress: true
+    refuses_stress: tuple[str, ...] = ()    # subset backends of groups without
+
+    def matters(self, unit: str) -> bool:
+        return bool(unit) or self.stress == "deny" or bool(self.refuses_stress)
+
+
+@dataclass(frozen=True)
+class UnitTables:
+    code: str = ""                          # the caller's own unit; "" for the app's own instances and gateways
+    convergence: str = "prefer"             # the caller's group: elsewhere, the default pool (prefer) or 503 (strict)
+    services: tuple[ServiceUnits, ...] = ()
+
+    @property
+    def routes(self) -> bool:
+        """The frontend picks backends by `txn.dest` for these (besides rules)."""
+        return bool(self.code) or any(s.stress == "deny" or s.refuses_stress for s in self.services)
+
+
+def _refuse(status_text: str, header: str, value: str, condition: str) -> str:
+    return (f"    http-request return status 503 content-type text/plain hdr {header} {safe(value)} "
+            f"string \"{status_text}\" if {condition} !{{ stopping }}\n")
+
+
+def render_unit(units: UnitTables) -> str:
+    """Self-convergence, before any rule: a call made in a unit goes to the callee's group of that unit.
+
+    The unit header is the sidecar's alone: set on the calls of a group's instance, removed from any other's,
+    so no app puts its calls into a unit by writing a header.
+    """
+    if not units.code:
+        return f"    http-request del-header {UNIT_HEADER}\n"
+    code = safe(units.code)
+    out = [f"    http-request set-header {UNIT_HEADER} {code}\n"]
+    strict_caller = units.convergence == "strict"
+    missing = []
+    for s in units.services:
+        svc = f"{{ var(txn.service) -m str {safe(s.service)} }}"
+        if s.own is None:
+            missing.append(safe(s.service))
+            continue
+        out.append(f"    http-request set-var(txn.dest) str({s.own}) if {svc} {{ nbsrv({s.own}) gt 0 }}\n")
+        if strict_caller or s.own_strict:
+            out.append(_refuse(f"ballast: no ready instance in the isolation group of unit {code} of "
+                               f"{safe(s.service)} (convergence: strict)", UNIT_HEADER, code,
+                               f"{svc} {{ nbsrv({s.own}) eq 0 }}"))
+    if strict_caller and missing:
+        out.append(_refuse(f"ballast: the called service has no isolation group of unit {code} "
+                           "(convergence: strict)", UNIT_HEADER, code,
+                           f"{{ var(txn.service) -m str {' '.join(missing)} }}"))
+    return "".join(out)
+
+
+def render_stress_guard(units: UnitTables) -> str:
+    """After every rule: a stress-test call never reaches instances that do not take it.
+
+    An app that denies them sends them only to its groups with `stress: true` (503 when none is ready); an app
+    that allows them keeps them off its groups without (its default pool takes them).
+    """
+    guarded = [s for s in units.services if s.stress == "deny" or s.refuses_stress]
+    if not guarded:
+        return ""
+    out = [f"    http-request set-var(txn.stress) bool(true) if {tag_condition(*STRESS_TAG)}\n"]
+    stress = "{ var(txn.stress) -m found }"
+    for s in guarded:
+        svc = f"{{ var(txn.service) -m str {safe(s.service)} }}"
+        if s.stress == "deny":
+            if s.stress_pool is None:
+                out.append(_refuse(f"ballast: {safe(s.service)} takes no stress-test calls: it has no isolation "
+                                   "group with stress: true", "x-ballast-stress", "denied", f"{svc} {stress}"))
+                continue
+            allowed = f" !{{ var(txn.dest) -m str {' '.join(s.takes_stress)} }}" if s.takes_stress else ""
+            out.append(f"    http-request set-var(txn.dest) str({s.stress_pool}) if {svc} {stress}{allowed}\n")
+            out.append(_refuse(f"ballast: {safe(s.service)} takes stress-test calls only in its isolation groups "
+                               "with stress: true; none is ready", "x-ballast-stress", "denied",
+                               f"{svc} {stress} {{ var(txn.dest) -m str {s.stress_pool} }} "
+                               f"{{ nbsrv({s.stress_pool}) eq 0 }}"))
+        else:
+            out.append(f"    http-request unset-var(txn.dest) if {svc} {stress} "
+                       f"{{ var(txn.dest) -m str {' '.join(s.refuses_stress)} }}\n")
     return "".join(out)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ballast.dataplane.haproxy_config import SERVER_OPTIONS, Address, Backend, GatewayRoute, Server
 from ballast.core.routing_rules import rule_for
-from ballast.dataplane.rule_config import subset_backends
-from ballast.wire.registry import Snapshot
+from ballast.dataplane.rule_config import ServiceUnits, UnitTables, subset_backends
+from ballast.wire.registry import Endpoint, Service, Snapshot
 from ballast.wire.traffic import GATEWAY_CALLER, ColoringInEffect, RuleInEffect
 
 FORCED_MAINT = 0x01    # srv_admin_state bit: maintenance set by the CLI (or `disabled` in the file)
@@ -42,28 +42,77 @@ class RuleTables:
     backends: tuple[Backend, ...]                       # every pool, and every subset a rule names
     rules: tuple[tuple[str, RuleInEffect], ...] = ()
     marking: tuple[ColoringInEffect, ...] = ()
+    units: UnitTables = UnitTables()
+
+
+def _servers(service: Service, own_cell: str | None, keep: Callable[[Endpoint], bool]) -> tuple[Server, ...]:
+    """With `own_cell` (a sidecar), other cells' endpoints are backups."""
+    return tuple(Server(e.id, Address(e.ip, e.port), backup=own_cell is not None and e.cell != own_cell,
+                        enabled=e.ready) for e in service.endpoints if keep(e))
+
+
+def _service_tables(service: Service, caller: str | None, own_cell: str | None, unit: str,
+                    backends: dict[str, Backend], rules: list[tuple[str, RuleInEffect]]) -> ServiceUnits | None:
+    """The pool of `service` (its default instances only), the subsets its rule for `caller` names, and what
+    the caller's unit and stress-test calls need of its isolation groups."""
+    pool = Backend(service.name, _servers(service, own_cell, lambda e: e.default))
+    backends[pool.name] = pool
+    rule = rule_for(service.rules, caller) if caller is not None else None
+    if rule is not None:
+        rules.append((service.name, rule))
+        backends.update((b.name, b) for b in subset_backends(service, rule, own_cell))
+    own = service.group(unit) if unit else None
+    if own is not None:
+        b = Backend(service.name, _servers(service, own_cell, lambda e: e.group == unit), subset=f"g.{unit}")
+        backends[b.name] = b
+    stress_groups = {g.code for g in service.groups if g.stress}
+    stress_pool = None
+    if service.stress == "deny" and stress_groups:
+        b = Backend(service.name, _servers(service, own_cell, lambda e: e.group in stress_groups), subset="stress")
+        backends[b.name] = b
+        stress_pool = b.name
+    mine = [b for b in backends.values() if b.service == service.name and b.subset]
+    takes_stress = tuple(sorted(b.name for b in mine if _group_of(b) in stress_groups))
+    refuses_stress = tuple(sorted(b.name for b in mine if _group_of(b) and _group_of(b) not in stress_groups
+                                  and b.subset != "stress"))
+    units = ServiceUnits(service=service.name, own=backends_name(service.name, f"g.{unit}") if own else None,
+                         own_strict=own is not None and own.convergence == "strict", stress=service.stress,
+                         stress_pool=stress_pool, takes_stress=takes_stress, refuses_stress=refuses_stress)
+    return units if units.matters(unit) else None
+
+
+def _group_of(backend: Backend) -> str:
+    """The group code of a subset backend (`g.CODE` or `g.CODE.r2...`); "" for the default pool's subsets."""
+    parts = backend.subset.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "g" else ""
+
+
+def backends_name(service: str, subset: str) -> str:
+    return Backend(service, (), subset=subset).name
 
 
 def sidecar_backends(snapshot: Snapshot, cell: str) -> tuple[Backend, ...]:
     return sidecar_tables(snapshot, cell, None).backends
 
 
-def sidecar_tables(snapshot: Snapshot, cell: str, app: str | None) -> RuleTables:
-    """The backends, rules and marking of the sidecar of an instance of `app` in `cell`."""
-    backends: list[Backend] = []
+def sidecar_tables(snapshot: Snapshot, cell: str, app: str | None, unit: str = "") -> RuleTables:
+    """The backends, rules and marking of the sidecar of an instance of `app` (of isolation group `unit`, if any)
+    in `cell`."""
+    backends: dict[str, Backend] = {}
     rules: list[tuple[str, RuleInEffect]] = []
+    services: list[ServiceUnits] = []
+    convergence = "prefer"
     for service in snapshot.services:
+        if app is not None and service.name == app and service.group(unit) is not None:
+            convergence = service.group(unit).convergence  # type: ignore[union-attr]
         if not service.mesh:
             continue
-        servers = tuple(Server(e.id, Address(e.ip, e.port), backup=e.cell != cell, enabled=e.ready)
-                        for e in service.endpoints)
-        backends.append(Backend(service.name, servers))
-        rule = rule_for(service.rules, app) if app is not None else None
-        if rule is not None:
-            rules.append((service.name, rule))
-            backends.extend(subset_backends(service, rule, cell))
+        found = _service_tables(service, app, cell, unit, backends, rules)
+        if found is not None:
+            services.append(found)
     marking = tuple(c for c in snapshot.coloring if app is not None and app in c.spec.at.apps)
-    return RuleTables(tuple(backends), tuple(rules), marking)
+    units = UnitTables(code=unit, convergence=convergence, services=tuple(services))
+    return RuleTables(tuple(backends.values()), tuple(rules), marking, units)
 
 
 def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[Backend, ...]]:
@@ -73,20 +122,19 @@ def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[
 
 def gateway_rule_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], RuleTables]:
     routes: list[GatewayRoute] = []
-    backends: list[Backend] = []
+    backends: dict[str, Backend] = {}
     rules: list[tuple[str, RuleInEffect]] = []
+    services: list[ServiceUnits] = []
     for service in snapshot.services:
         if not service.routes:
             continue
         routes.extend(GatewayRoute(r.host, r.path, service.name) for r in service.routes)
-        backends.append(Backend(service.name, tuple(Server(e.id, Address(e.ip, e.port), enabled=e.ready)
-                                                     for e in service.endpoints)))
-        rule = rule_for(service.rules, GATEWAY_CALLER)
-        if rule is not None:
-            rules.append((service.name, rule))
-            backends.extend(subset_backends(service, rule, None))
+        found = _service_tables(service, GATEWAY_CALLER, None, "", backends, rules)
+        if found is not None:
+            services.append(found)
     marking = tuple(c for c in snapshot.coloring if GATEWAY_CALLER in c.spec.at.apps)
-    return tuple(routes), RuleTables(tuple(backends), tuple(rules), marking)
+    return tuple(routes), RuleTables(tuple(backends.values()), tuple(rules), marking,
+                                     UnitTables(services=tuple(services)))
 
 
 def runtime_commands(desired: tuple[Backend, ...], live: Mapping[str, Mapping[str, LiveServer]]) -> list[str]:

@@ -98,6 +98,7 @@ def load_config(env):
     identity = {
         "app": env.get("BALLAST_APP"),
         "instance": env.get("BALLAST_INSTANCE_ID"),
+        "group": env.get("BALLAST_GROUP") or "",
         "revision": env.get("BALLAST_REVISION"),
         "cell": env.get("BALLAST_CELL"),
         "zone": env.get("BALLAST_ZONE"),

@@ -83,7 +83,7 @@ class Gateway:
                             listen=self.settings.listen, routes=routes, backends=tables.backends,
                             threads=self.settings.threads, stats=self.stats_hooks, rules=tables.rules,
                             marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks,
-                            weights_map=str(self.weights_map))
+                            weights_map=str(self.weights_map), units=tables.units)
         self.weights = weight_entries(tables.rules)
         return render_gateway(cfg), cfg
 

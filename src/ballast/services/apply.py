@@ -18,11 +18,11 @@ from ballast.core.change_control import spec_changes
 from ballast.core.digests import digest
 from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest,
-                                    ColoringRuleManifest, Manifest, ReleaseOrderManifest, TrafficRuleManifest, spec_json,
-                                    stored_spec)
+                                    ColoringRuleManifest, IsolationGroupManifest, Manifest, ReleaseOrderManifest,
+                                    TrafficRuleManifest, spec_json, stored_spec)
 from ballast.core.traffic import routing
 from ballast.errors import Conflict, FieldProblem, InvalidInput
-from ballast.services import artifacts, change_control, outbound, traffic_rules
+from ballast.services import artifacts, change_control, isolation_groups, outbound, traffic_rules
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -63,6 +63,8 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
         elif isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
             for _, app in traffic_rules.governed_apps([m]):
                 authorize(Action.APPLY_APP, app)
+        elif isinstance(m, IsolationGroupManifest):
+            authorize(Action.APPLY_APP, m.spec.app)
         else:
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
@@ -75,7 +77,10 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
                     results.append(await _apply_cell(tx, m, actor))
                 elif isinstance(m, AppServiceManifest):
                     results.append(await _apply_app(tx, m, actor))
-            # Rules after apps: they name apps (and revisions) applied in the same request.
+            # Groups after apps, rules after groups: each names what the ones before define.
+            for m in manifests:
+                if isinstance(m, IsolationGroupManifest):
+                    results.append(ApplyResult(m.kind, m.metadata.name, await isolation_groups.apply(tx, m, actor)))
             for m in manifests:
                 if isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
                     results.append(ApplyResult(m.kind, m.metadata.name, await traffic_rules.apply(tx, m, actor)))
@@ -116,6 +121,7 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest], po
     problems.extend(await _unknown_artifacts(conn, manifests))
     problems.extend(_outbound_problems(manifests, policy))
     problems.extend(await traffic_rules.problems(conn, manifests))
+    problems.extend(await isolation_groups.problems(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
 

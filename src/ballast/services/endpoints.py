@@ -19,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.digests import digest
 from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
-from ballast.core.manifests import stored_spec
-from ballast.core.traffic import routing
+from ballast.core.manifests import IsolationGroupSpec, stored_spec
+from ballast.core.traffic import group_routing, routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
 from ballast.services import component_credentials, rules_in_effect
 from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
-from ballast.store.schema import apps, components, counters, endpoints, nodes
+from ballast.store.schema import apps, components, counters, endpoints, isolation_groups, nodes
 from ballast.wire.registry import Endpoint as WireEndpoint
-from ballast.wire.registry import Service, Snapshot
+from ballast.wire.registry import GroupInEffect, Service, Snapshot
 
 REGISTRY_COUNTER = "registry"
 SNAPSHOT_TOPICS = frozenset({EVERYTHING, REGISTRY})
@@ -58,10 +58,14 @@ async def _snapshot(conn: AsyncConnection) -> Snapshot:
     for e in (await conn.execute(select(endpoints).where(endpoints.c.state != EndpointState.REMOVED.value)
                                  .order_by(endpoints.c.service, endpoints.c.id))).all():
         eps.setdefault(e.service, []).append(WireEndpoint(id=e.id, ip=e.ip, port=e.port, cell=e.cell, zone=e.zone,
-                                                          state=e.state, revision=e.revision))
+                                                          state=e.state, revision=e.revision, group=e.group_code))
     rules, coloring = await rules_in_effect.in_effect(conn)
+    groups: dict[str, list[GroupInEffect]] = {}
+    for g in (await conn.execute(select(isolation_groups).order_by(isolation_groups.c.app,
+                                                                   isolation_groups.c.code))).all():
+        groups.setdefault(g.app, []).append(group_routing(IsolationGroupSpec.model_validate(g.spec), g.name))
     services = [Service.of(row.name, routing(stored_spec(row.spec)), tuple(eps.get(row.name, ())),
-                           rules.get(row.name, ()))
+                           rules.get(row.name, ()), tuple(groups.get(row.name, ())))
                 for row in (await conn.execute(select(apps.c.name, apps.c.spec).order_by(apps.c.name))).all()]
     return Snapshot(generation=gen, services=tuple(services), coloring=coloring)
 

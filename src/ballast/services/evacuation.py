@@ -58,11 +58,18 @@ async def drain(tx: Tx, name: str, actor: str) -> dict[str, Any]:
     started = []
     for app_row, moving, strategy in plans:
         count = len(moving)
-        strategy = dataclasses.replace(strategy, beta_size=0, groups=2, group_sizes=(count, count),
+        # Two halves of every part (the app's own, each group's, per cell): the new instances, then the old ones.
+        strategy = dataclasses.replace(strategy, beta_size=0, groups=2, group_sizes=None,
                                        pause=PauseMode.NONE, max_unavailable_per_cell=max(count, 1))
+        own = sum(1 for i in moving if not i.group_code)
+        group_adds: dict[str, dict[str, int]] = {}
+        for i in moving:   # an isolation group's instance moves as one of its group
+            if i.group_code:
+                group_adds.setdefault(i.group_code, {node.cell: 0})[node.cell] += 1
         release_id = await releases.start_scale(
-            tx, app_row, {node.cell: count}, [Slot(i.id, i.cell, i.ordinal) for i in moving], secrets.token_hex(4),
-            [], actor, kind="evacuate", strategy=strategy, reason=f"evacuating node {name}")
+            tx, app_row, {node.cell: own} if own else {},
+            [Slot(i.id, i.cell, i.ordinal, group=i.group_code) for i in moving], secrets.token_hex(4),
+            [], actor, kind="evacuate", strategy=strategy, reason=f"evacuating node {name}", group_adds=group_adds)
         started.append({"app": app_row.name, "release": release_id, "instances": [i.id for i in moving]})
     await tx.audit(actor=actor, action="node.drain", resource=f"Node/{name}", before=_cordon_digest(node, node.cordoned),
                    after=_cordon_digest(node, True), detail={"releases": started})

@@ -45,6 +45,7 @@ class InstanceRecord:
     # What the agent has been told: the intent, once the drain protocol allowed it.
     granted_revision: int
     granted_desired: str
+    group: str = ""          # its isolation group's code; "": the app's own instances
 
 
 async def list_instances(conn: AsyncConnection, now: float, *, app: str | None = None, node: str | None = None,
@@ -64,5 +65,6 @@ async def list_instances(conn: AsyncConnection, now: float, *, app: str | None =
                            running_revision=r.running_revision, phase=r.phase, ready=r.ready,
                            readiness=instance_readiness(r.ready, heartbeats.get(r.node), now), restarts=r.restarts,
                            pid=r.pid, message=r.message, mesh_port=r.mesh_port, drain=r.drain,
-                           granted_revision=r.granted_revision, granted_desired=r.granted_desired)
+                           granted_revision=r.granted_revision, granted_desired=r.granted_desired,
+                           group=r.group_code)
             for r in (await conn.execute(query)).all()]

@@ -30,17 +30,18 @@ async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[Node
     requests = {a.name: stored_spec(a.spec).template.resources.request()
                 for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     placed = [PlacedInstance(id=i.id, app=i.app, node=i.node, cell=i.cell,
-                             request=requests.get(i.app, Resources(0, 0)), created_seq=i.created_seq)
+                             request=requests.get(i.app, Resources(0, 0)), created_seq=i.created_seq,
+                             group=i.group_code)
               for i in (await conn.execute(select(instances).where(instances.c.desired == "running"))).all()]
     return node_views, placed
 
 
 async def insert_instance(tx: Tx, *, instance_id: str, app: str, revision: int, node: Any, port: int | None,
-                          ordinal: int | None, replaces: str | None, created_seq: int) -> None:
+                          ordinal: int | None, replaces: str | None, created_seq: int, group_code: str = "") -> None:
     """One new instance record, Pending on `node` (a row with name, cell, zone, ip) until its agent reports."""
     await tx.conn.execute(insert(instances).values(
         id=instance_id, app=app, revision=revision, node=node.name, cell=node.cell, zone=node.zone, ip=node.ip,
-        port=port, desired="running", granted_revision=revision, granted_desired="running",
+        port=port, group_code=group_code, desired="running", granted_revision=revision, granted_desired="running",
         phase="Pending", ready=False, restarts=0, pid=None, message="",
         created_seq=created_seq, desired_version=tx.rv, running_revision=None, replaces=replaces, ordinal=ordinal,
         changed_at=tx.now, created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))

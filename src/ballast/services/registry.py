@@ -148,7 +148,7 @@ async def _assignments(conn: AsyncConnection, rows: Sequence[Any]) -> tuple[Assi
             templates[key] = Template.from_json(rev.template) if rev is not None else None
         out.append(Assignment(id=r.id, app=r.app, revision=r.granted_revision, desired=r.granted_desired, cell=r.cell,
                               zone=r.zone, ip=r.ip, port=r.port, template=templates[key],
-                              traffic=drain.get(r.app, DrainSettings())))
+                              traffic=drain.get(r.app, DrainSettings()), group=r.group_code))
     return tuple(out)
 
 

@@ -34,13 +34,15 @@ ENGINE = "controller/releases"
 
 def plan_to_json(groups: list[Group]) -> list[dict[str, Any]]:
     return [{"index": g.index, "name": g.name,
-             "slots": [{"instance": s.instance, "cell": s.cell, "ordinal": s.ordinal, "op": s.op.value} for s in g.slots]}
+             "slots": [{"instance": s.instance, "cell": s.cell, "ordinal": s.ordinal, "op": s.op.value,
+                        **({"group": s.group} if s.group else {})} for s in g.slots]}
             for g in groups]
 
 
 def plan_from_json(raw: list[dict[str, Any]]) -> tuple[Group, ...]:
     return tuple(Group(g["index"], g["name"], tuple(Slot(s["instance"], s["cell"], s.get("ordinal"),
-                                                         SlotOp(s.get("op", "update"))) for s in g["slots"]))
+                                                         SlotOp(s.get("op", "update")), s.get("group", ""))
+                                                    for s in g["slots"]))
                  for g in raw)
 
 
@@ -112,7 +114,7 @@ async def _app_and_target(conn: AsyncConnection, app: str, to_revision: int | No
 
 async def _slots(conn: AsyncConnection, app: str, strategy: Strategy) -> list[Slot]:
     rows = (await conn.execute(select(instances).where(instances.c.app == app, instances.c.desired == "running"))).all()
-    slots = [Slot(r.id, r.cell, r.ordinal) for r in rows]
+    slots = [Slot(r.id, r.cell, r.ordinal, group=r.group_code) for r in rows]
     if strategy.upgrade is UpgradeMode.ORDERED and any(s.ordinal is None for s in slots):
         raise InvalidInput("ordered upgrade needs ordinal identities", problems=[FieldProblem(
             "strategy.upgrade", "ordered",
@@ -169,11 +171,11 @@ async def start(tx: Tx, app: str, to_revision: int | None, overrides: dict[str, 
 
 async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[Slot], key: str,
                       ordinals: list[int], actor: str, *, kind: str = "scale", strategy: Strategy | None = None,
-                      reason: str = "instance counts changed") -> int:
+                      reason: str = "instance counts changed", group_adds: dict[str, dict[str, int]] | None = None) -> int:
     """Changing instance counts of a running app goes through the grouped engine like a release (and so does
     moving instances off a node: new ones elsewhere in the cell first, then the old ones drained and retired)."""
     strategy = strategy or AppServiceSpec.model_validate(app_row.spec).strategy.to_strategy()
-    groups = plan_scale(adds, removes, strategy, key, ordinals)
+    groups = plan_scale(adds, removes, strategy, key, ordinals, group_adds)
     result = await tx.conn.execute(insert(releases).values(
         app=app_row.name, kind=kind, from_revision=app_row.deployed_revision, to_revision=app_row.deployed_revision,
         strategy=strategy_json(strategy), plan=plan_to_json(groups), phase=Phase.RUNNING.value,
@@ -181,7 +183,7 @@ async def start_scale(tx: Tx, app_row: Any, adds: dict[str, int], removes: list[
         reason=reason, waiting="", created_by=actor, created_at=tx.now, updated_at=tx.now,
         finished_at=None, resource_version=tx.rv))
     release_id = _new_id(result)
-    detail = {"add": adds, "remove": [r.instance for r in removes]}
+    detail = {"add": adds, "remove": [r.instance for r in removes], **({"addGroups": group_adds} if group_adds else {})}
     await event(tx, release_id, actor, "start", Phase.RUNNING, detail)
     await tx.audit(actor=actor, action="release.start", resource=f"AppService/{app_row.name}",
                    after=release_digest(release_id, Phase.RUNNING, Direction.FORWARD, False),

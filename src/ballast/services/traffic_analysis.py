@@ -30,7 +30,7 @@ def explain(snapshot: Snapshot, service: str, caller: str, *, path: str, headers
                               "route": decision.route.name if decision.route else None}
     if decision.route is None:
         why = "no rule governs these calls" if decision.rule is None else "no route of the rule matches"
-        answer.update(reason=f"{why}: the service's whole pool", destinations=[],
+        answer.update(reason=f"{why}: the service's default pool", destinations=[],
                       endpoints=[e.id for e in pool])
         return answer
     destinations = []
@@ -48,7 +48,7 @@ def explain(snapshot: Snapshot, service: str, caller: str, *, path: str, headers
         chosen = destinations[decision.side]
         if chosen["fallback"]:
             answer["reason"] = ("the chosen subset has no ready endpoint: "
-                                + ("503" if decision.route.fallback == "fail" else "the service's whole pool"))
+                                + ("503" if decision.route.fallback == "fail" else "the service's default pool"))
             answer["endpoints"] = [] if decision.route.fallback == "fail" else [e.id for e in pool]
         else:
             answer["reason"] = f"route {decision.route.name!r} sends this call to {chosen['subset']}"
@@ -105,7 +105,7 @@ def warnings(snapshot: Snapshot, manifests: list[Manifest]) -> list[str]:
                 if not members:
                     out.append(f"{where}.routes[{r}].to[{d}]: {subset.describe()} selects no instance of "
                                f"{m.spec.service!r} now; its calls take "
-                               + ("503" if route.fallback == "fail" else "the service's whole pool"))
+                               + ("503" if route.fallback == "fail" else "the service's default pool"))
                 elif not any(e.ready for e in members):
                     out.append(f"{where}.routes[{r}].to[{d}]: {subset.describe()} has no ready endpoint now")
         if service is not None:

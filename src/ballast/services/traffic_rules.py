@@ -25,7 +25,7 @@ from ballast.errors import Conflict, FieldProblem, NotFound
 from ballast.services.endpoints import bump_registry
 from ballast.services.rules_in_effect import in_effect
 from ballast.store.engine import Tx
-from ballast.store.schema import apps, cells, components, counters, endpoints, revisions, traffic_rules
+from ballast.store.schema import apps, cells, components, counters, endpoints, isolation_groups, revisions, traffic_rules
 from ballast.wire.traffic import GATEWAY_CALLER, RuleInEffect, TrafficRuleSpec
 
 TRAFFIC_RULE = "TrafficRule"
@@ -173,19 +173,24 @@ class SubsetState:
     subset: Subset
     ready: int
     total: int
+    group_missing: bool = False    # it names an isolation group the service does not have
 
 
 async def _subset_states(conn: AsyncConnection, rule: RuleInEffect) -> list[list[SubsetState]]:
-    rows = (await conn.execute(select(endpoints.c.revision, endpoints.c.cell, endpoints.c.state).where(
+    rows = (await conn.execute(select(endpoints.c.revision, endpoints.c.cell, endpoints.c.state,
+                                      endpoints.c.group_code).where(
         endpoints.c.service == rule.spec.service, endpoints.c.state != "removed"))).all()
+    codes = set((await conn.execute(select(isolation_groups.c.code).where(
+        isolation_groups.c.app == rule.spec.service))).scalars())
     out = []
     for route in rule.spec.routes:
         states = []
         for d in route.to:
             s = Subset.of(d)
-            chosen = [r for r in rows if (s.revision is None or r.revision == s.revision)
+            chosen = [r for r in rows if r.group_code == s.group and (s.revision is None or r.revision == s.revision)
                       and (s.cells is None or r.cell in s.cells)]
-            states.append(SubsetState(s, sum(1 for r in chosen if r.state == "ready"), len(chosen)))
+            states.append(SubsetState(s, sum(1 for r in chosen if r.state == "ready"), len(chosen),
+                                      group_missing=bool(s.group) and s.group not in codes))
         out.append(states)
     return out
 
@@ -214,8 +219,11 @@ async def listing(conn: AsyncConnection, kind: str, name: str | None = None) -> 
                 item["routes"] = [
                     {"name": route.name, "to": [
                         {"subset": st.subset.describe(), "weight": d.weight, "readyEndpoints": st.ready,
-                         "endpoints": st.total, "fallback": st.ready == 0} for d, st in zip(route.to, states)],
-                     "fallbackTo": "the service's whole pool" if route.fallback == "default" else "503"}
+                         "endpoints": st.total, "fallback": st.ready == 0,
+                         **({"status": f"no such group: {rule.spec.service} has no isolation group of code "
+                                       f"{st.subset.group}"} if st.group_missing else {})}
+                        for d, st in zip(route.to, states)],
+                     "fallbackTo": "the service's default pool" if route.fallback == "default" else "503"}
                     for route, states in zip(rule.spec.routes, await _subset_states(conn, rule))]
         out.append(item)
     return out

@@ -63,6 +63,7 @@ class Assignment(Message):
     port: int | None                                # the endpoint port, None: the agent picks one
     template: Template | None                       # None: the revision is gone (the instance only stops)
     traffic: DrainSettings = Field(default_factory=DrainSettings)
+    group: str = ""                                 # its isolation group's code; "": the app's own
 
 
 class Assignments(Message):

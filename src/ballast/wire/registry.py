@@ -24,6 +24,12 @@ class Endpoint(Message):
     zone: str
     state: Literal["ready", "draining"]   # ready: route to it; draining: keep it known but send nothing
     revision: int = 0                      # the revision it serves (changes only while it is drained)
+    group: str = ""                        # its isolation group's code; "": the app's default pool
+
+    @property
+    def default(self) -> bool:
+        """In the default pool: callers reach it without a rule naming a group."""
+        return not self.group
 
     @property
     def ready(self) -> bool:
@@ -35,22 +41,36 @@ class Route(Message):
     path: str     # a path prefix
 
 
+class GroupInEffect(Message):
+    """An isolation group as components route by it: its unit's code and what its instances accept."""
+
+    name: str
+    code: str
+    convergence: Literal["prefer", "strict"] = "prefer"   # of the group's own calls: stay in the unit, or fail
+    stress: bool = False                                  # it may receive stress-test calls
+
+
 class ServiceRouting(Message):
     """What traffic components apply of one service, besides its endpoints."""
 
     mesh: bool = True                           # sidecars route to it by name
     routes: tuple[Route, ...] = ()              # the gateway routes these (host, path prefix) to it
+    stress: Literal["allow", "deny"] = "allow"  # whether its default pool takes stress-test calls
 
 
 class Service(ServiceRouting):
     name: str
     endpoints: tuple[Endpoint, ...] = ()
     rules: tuple[RuleInEffect, ...] = ()     # TrafficRules governing calls to it, at most one per caller scope
+    groups: tuple[GroupInEffect, ...] = ()   # its isolation groups, ordered by code
 
     @classmethod
     def of(cls, name: str, routing: ServiceRouting, endpoints: tuple[Endpoint, ...],
-           rules: tuple[RuleInEffect, ...] = ()) -> "Service":
-        return cls(name=name, endpoints=endpoints, rules=rules, **dict(routing))
+           rules: tuple[RuleInEffect, ...] = (), groups: tuple[GroupInEffect, ...] = ()) -> "Service":
+        return cls(name=name, endpoints=endpoints, rules=rules, groups=groups, **dict(routing))
+
+    def group(self, code: str) -> GroupInEffect | None:
+        return next((g for g in self.groups if g.code == code), None)
 
 
 class Snapshot(Message):

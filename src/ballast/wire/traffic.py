@@ -108,6 +108,8 @@ class Destination(StrictMessage):
     revision: Annotated[int, Field(ge=1, le=2**31 - 1)] | Literal["stable", "latest"] | None = Field(
         None, description="a revision number, stable (the app's deployed revision) or latest; default: any")
     cells: Annotated[list[Name], Field(min_length=1, max_length=50)] | None = None
+    group: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] | None = Field(
+        None, description="an isolation group's code: its instances; default: the app's default pool")
     weight: int = Field(1, ge=0, le=WEIGHT_MAX, description="relative to the route's other destinations")
 
     @field_validator("cells")
@@ -124,7 +126,7 @@ class TrafficRoute(StrictMessage):
     to: list[Destination] = Field(min_length=1, max_length=20)
     sticky_key: StickyKey | None = Field(None, description="a caller with the same key lands on the same side")
     fallback: Literal["default", "fail"] = Field("default", description="when the chosen subset has no ready "
-                                                 "endpoint: the service's whole pool, or 503")
+                                                 "endpoint: the service's default pool, or 503")
 
     @field_validator("to")
     @classmethod
