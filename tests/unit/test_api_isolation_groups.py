@@ -77,9 +77,9 @@ async def test_a_group_is_placed_beside_the_app_and_no_default_pool_holds_it(api
     await agents_run_desired(api, fleet)
     items = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
     grouped = sorted((i["spec"]["cell"], i["metadata"]["name"].startswith("shop-vostro-"))
-                     for i in items if i["spec"]["group"] == "vostro")
+                     for i in items if i["spec"].get("group") == "vostro")
     assert grouped == [("cell-a", True), ("cell-b", True)]
-    assert sum(1 for i in items if i["spec"]["group"] is None) == 10, "the app's own counts are untouched"
+    assert sum(1 for i in items if i["spec"].get("group") is None) == 10, "the app's own counts are untouched"
     [listed] = (await ok(api.http.get("/v1/isolationgroups", params={"app": "shop"})))["items"]
     assert (listed["ready"], listed["wanted"], listed["convergence"]) == (2, 2, "strict")
 
@@ -104,7 +104,7 @@ async def test_a_group_is_placed_beside_the_app_and_no_default_pool_holds_it(api
     await agents_run_desired(api, fleet)
     assert (await ok(api.http.get("/v1/isolationgroups")))["items"] == []
     left = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
-    assert all(i["spec"]["desired"] == "deleted" for i in left if i["spec"]["group"] == "vostro")
+    assert all(i["spec"]["desired"] == "deleted" for i in left if i["spec"].get("group") == "vostro")
     actions = [(a["action"], a["resource"]) for a in await audit(api)]
     assert ("apply", "IsolationGroup/shop-vostro") in actions and ("delete", "IsolationGroup/shop-vostro") in actions
     assert ("schedule", "IsolationGroup/shop-vostro") in actions
@@ -128,9 +128,9 @@ async def test_a_release_changes_each_groups_share_in_every_release_group(api: A
     assert (await ok(api.http.get("/v1/apps/shop/release")))["phase"] == "Succeeded"
     running = [i for i in (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
                if i["spec"]["desired"] == "running"]
-    assert sorted({(i["spec"]["group"], i["spec"]["revision"]) for i in running}, key=str) == \
+    assert sorted({(i["spec"].get("group"), i["spec"]["revision"]) for i in running}, key=str) == \
         sorted({(None, 2), ("vostro", 2)}, key=str)
-    assert sum(1 for i in running if i["spec"]["group"] == "vostro") == 4
+    assert sum(1 for i in running if i["spec"].get("group") == "vostro") == 4
 
 
 async def test_an_evacuated_group_instance_comes_back_in_its_group(api: Api) -> None:
@@ -139,7 +139,7 @@ async def test_an_evacuated_group_instance_comes_back_in_its_group(api: Api) -> 
     await scheduler.reconcile_once(api.store)
     await agents_run_desired(api, fleet)
     items = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
-    node = next(i["spec"]["node"] for i in items if i["spec"]["group"] == "vostro" and i["spec"]["cell"] == "cell-a")
+    node = next(i["spec"]["node"] for i in items if i["spec"].get("group") == "vostro" and i["spec"]["cell"] == "cell-a")
     drained = await ok(api.http.post(f"/v1/nodes/{node}/drain"))
     assert drained["releases"], drained
     for _ in range(30):
@@ -150,8 +150,8 @@ async def test_an_evacuated_group_instance_comes_back_in_its_group(api: Api) -> 
     running = [i for i in (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
                if i["spec"]["desired"] == "running"]
     assert all(i["spec"]["node"] != node for i in running)
-    assert sorted(i["spec"]["cell"] for i in running if i["spec"]["group"] == "vostro") == ["cell-a", "cell-b"]
-    assert sum(1 for i in running if i["spec"]["group"] is None) == 10
+    assert sorted(i["spec"]["cell"] for i in running if i["spec"].get("group") == "vostro") == ["cell-a", "cell-b"]
+    assert sum(1 for i in running if i["spec"].get("group") is None) == 10
 
 
 async def test_a_rule_may_name_a_group_before_it_exists_and_says_so(api: Api) -> None:

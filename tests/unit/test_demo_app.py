@@ -116,7 +116,7 @@ def test_identity_and_healthz(start_app: Callable[..., App]) -> None:
         assert headers["Content-Type"] == "application/json"
         assert int(headers["Content-Length"]) == len(body)
         assert json.loads(body) == {
-            "app": "shop", "instance": "inst-7", "revision": "rev-3", "cell": "cell-a",
+            "app": "shop", "instance": "inst-7", "group": "", "revision": "rev-3", "cell": "cell-a",
             "zone": "zone-1", "node": "node-9", "greeting": "hi there", "path": path,
             "pid": app.proc.pid, "baggage": "",
         }

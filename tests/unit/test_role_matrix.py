@@ -177,6 +177,11 @@ ROWS: list[Row] = [
         audit=("delete", "TrafficRule/tr-del", DELETED)),
     Row("DELETE", "/v1/coloringrules/{name}", "/v1/coloringrules/cr-del", OPERATORS,
         audit=("delete", "ColoringRule/cr-del", DELETED)),
+    Row("DELETE", "/v1/isolationgroups/{name}", "/v1/isolationgroups/ig-del", OPERATORS,
+        audit=("delete", "IsolationGroup/ig-del", DELETED)),
+    Row("POST", "/v1/apply", "/v1/apply", OPERATORS,
+        json={"items": [manifest("IsolationGroup", "ig-new", {"app": "app-rules", "code": "fresh", "replicas": 0})]},
+        audit=("apply", "IsolationGroup/ig-new", CREATED), variant="an isolation group"),
     Row("POST", "/v1/traffic/analyze", "/v1/traffic/analyze", READERS, changes=False,
         json={"items": [manifest("TrafficRule", "tr-new", {"service": "app-rules",
                                                              "routes": [{"name": "all", "to": [{"revision": 1}]}]})]}),
@@ -328,7 +333,8 @@ async def prepare(api: Api) -> Prepared:
     await ok(admin.post("/v1/apply", json={"items": [
         app_manifest("app-rules"),
         manifest("TrafficRule", "tr-del", {"service": "app-rules", "routes": [{"name": "all", "to": [{"revision": 1}]}]}),
-        manifest("ColoringRule", "cr-del", {"at": {"apps": ["app-rules"]}, "tags": {"env": "gray"}})]}))
+        manifest("ColoringRule", "cr-del", {"at": {"apps": ["app-rules"]}, "tags": {"env": "gray"}}),
+        manifest("IsolationGroup", "ig-del", {"app": "app-rules", "code": "del", "replicas": 0})]}))
     for node, cell, ip in [("node-a1", "cell-a", "10.0.0.1"), ("node-del", "cell-spare", "10.0.1.1"),
                            ("node-drain", "cell-spare", "10.0.1.2"), ("node-cordoned", "cell-spare", "10.0.1.3")]:
         await ok(fleet.put(f"/v1/nodes/{node}", json={"cell": cell, "ip": ip, "cpuMillis": 8000,

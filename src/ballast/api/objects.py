@@ -76,7 +76,7 @@ def instance(i: InstanceRecord) -> dict[str, Any]:
     return _obj("Instance", i.id, {"app": i.app, "creationTimestamp": iso(i.created_at),
                                    "resourceVersion": i.resource_version},
                 {"app": i.app, "revision": i.revision, "node": i.node, "cell": i.cell, "desired": i.desired,
-                 "group": i.group or None},
+                 **({"group": i.group} if i.group else {})},
                 {"node": i.node, "cell": i.cell, "zone": i.zone, "ip": i.ip, "port": i.port,
                  # what the agent reports running (the desired revision until it first reports); spec has the desired
                  "revision": i.running_revision if i.running_revision is not None else i.revision,

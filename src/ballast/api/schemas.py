@@ -392,6 +392,34 @@ class TrafficRules(_Body):
     items: list[TrafficRuleState]
 
 
+class IsolationGroupState(_Body):
+    name: str
+    app: str
+    code: str = Field(description="the business unit's code")
+    convergence: str = Field(description="prefer | strict: where the group's own calls go when the callee has no "
+                                         "group of this code")
+    stress: bool = Field(description="it may receive stress-test calls")
+    spec: Object
+    cells: dict[str, Object] = Field(description="per cell: wanted, instances, ready (endpoints ready to route)")
+    wanted: int
+    instances: int
+    ready: int
+    status: Object = Field(description="the scheduler's last decision: unplaced counts and reasons")
+    createdAt: float
+    updatedAt: float
+    resourceVersion: int
+
+
+class IsolationGroups(_Body):
+    items: list[IsolationGroupState]
+
+
+class GroupDeleted(_Body):
+    deleted: str = Field(description="IsolationGroup/NAME")
+    name: str
+    retired: list[str] = Field(description="its instances, drained and then stopped")
+
+
 class Explanation(_Body):
     service: str
     generation: int
@@ -536,6 +564,9 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("GET", "/v1/coloringrules"): ((200,), TrafficRules),
     ("GET", "/v1/coloringrules/{name}"): ((200,), TrafficRuleState),
     ("DELETE", "/v1/coloringrules/{name}"): ((200,), RuleDeleted),
+    ("GET", "/v1/isolationgroups"): ((200,), IsolationGroups),
+    ("GET", "/v1/isolationgroups/{name}"): ((200,), IsolationGroupState),
+    ("DELETE", "/v1/isolationgroups/{name}"): ((200,), GroupDeleted),
     ("GET", "/v1/traffic/explain"): ((200,), Explanation),
     ("POST", "/v1/traffic/analyze"): ((200,), Analysis),
 }
@@ -567,7 +598,7 @@ def error_statuses(method: str, path: str) -> list[int]:
 # generator of requests (schemathesis' examples phase) tries them first.
 _EXAMPLES = {"apps": "shop", "cells": "cell-a", "nodes": "n1", "gateways": "edge", "users": "vic",
              "orders": "chg-42", "changewindows": "business-hours", "trafficrules": "back-canary",
-             "coloringrules": "replenish"}
+             "coloringrules": "replenish", "isolationgroups": "back-vostro"}
 
 
 def _example(path: str, parameter: dict[str, Any]) -> None:
