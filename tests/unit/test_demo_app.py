@@ -172,6 +172,23 @@ def test_call_downstream(start_app: Callable[..., App]) -> None:
     assert status == 502 and "error" in json.loads(body)
 
 
+def test_a_chain_forwards_the_path_of_its_call_paths_and_says_what_failed_below(start_app: Callable[..., App]) -> None:
+    last = start_app(BALLAST_APP="b", DEMO_FAIL_RATE="0")
+    middle = start_app(BALLAST_APP="a", DEMO_CALL=f"http://{HOST}:{last.port}/", DEMO_CALL_PATHS="/replenish, /pay")
+    first = start_app(BALLAST_APP="u", DEMO_CALL=f"http://{HOST}:{middle.port}/", DEMO_CALL_PATHS="/replenish")
+    status, _, body = get(first.port, "/replenish/batch?n=3")
+    answer = json.loads(body)
+    assert status == 200, answer
+    assert [answer["self"]["app"], answer["downstream"]["self"]["app"], answer["downstream"]["downstream"]["app"]] \
+        == ["u", "a", "b"]
+    assert answer["downstream"]["downstream"]["path"] == "/replenish/batch?n=3"
+    assert json.loads(get(first.port, "/replenishment")[2])["app"] == "u", "a prefix by segments"
+    failing = start_app(BALLAST_APP="f", DEMO_FAIL_RATE="1")
+    caller = start_app(BALLAST_APP="c", DEMO_CALL=f"http://{HOST}:{failing.port}/", DEMO_CALL_PATHS="/pay")
+    status, _, body = get(caller.port, "/pay")
+    assert status == 502 and "injected failure" in json.loads(body)["downstreamAnswer"]
+
+
 COLOR = (("baggage", "env = gray ,"), ("baggage", "biz=replenish;p=1, bad key=x"))
 
 

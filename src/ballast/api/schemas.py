@@ -404,6 +404,9 @@ class IsolationGroupState(_Body):
     wanted: int
     instances: int
     ready: int
+    generation: int = Field(description="the registry generation that brought its last change of routing")
+    inEffect: bool = Field(description="every traffic component acknowledged that generation")
+    pending: list[str] = Field(description="components that have not yet")
     status: Object = Field(description="the scheduler's last decision: unplaced counts and reasons")
     createdAt: float
     updatedAt: float

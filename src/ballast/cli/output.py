@@ -81,10 +81,10 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                                 "; ".join(_route_summary(r) for r in o.get("routes") or []),
                                 str(o["generation"]), "yes" if o["inEffect"] else "no",
                                 ",".join(o["pending"]) or "-", o["owner"] or "-"]),
-    "isolationgroups": (["NAME", "APP", "CODE", "READY", "CELLS", "CONVERGENCE", "STRESS", "UNPLACED"],
+    "isolationgroups": (["NAME", "APP", "CODE", "READY", "CELLS", "CONVERGENCE", "STRESS", "IN EFFECT", "UNPLACED"],
                         lambda o: [o["name"], o["app"], o["code"], f"{o['ready']}/{o['wanted']}",
                                    " ".join(f"{c}:{v['ready']}/{v['wanted']}" for c, v in o["cells"].items()),
-                                   o["convergence"], "yes" if o["stress"] else "no",
+                                   o["convergence"], "yes" if o["stress"] else "no", "yes" if o["inEffect"] else "no",
                                    "; ".join(f"{u['cell']}: {u['count']} ({u['reason']})"
                                              for u in (o["status"] or {}).get("unplaced", []))[:80] or "-"]),
     "coloringrules": (["NAME", "AT", "TAGS", "GENERATION", "IN EFFECT", "PENDING"],

@@ -11,7 +11,9 @@ GET path answers the identity JSON. Environment knobs: PORT (required), HOST
 requests take 100-500 ms), DEMO_FAIL_RATE (0..1 of identity answers are 500),
 DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
 optional Host header fetched by /call), DEMO_CALL_SERVICE (a service /call
-reaches through the sidecar, BALLAST_MESH_URL, by name), DEMO_GRACE_SECONDS (10).
+reaches through the sidecar, BALLAST_MESH_URL, by name), DEMO_CALL_PATHS
+(path prefixes, comma-separated, whose requests call downstream with the same
+path and query: a chain of apps), DEMO_GRACE_SECONDS (10).
 
 Identity answers echo the inbound `baggage` header (the request's color). /call
 propagates it with ballast.sdk, which the sample artifact carries beside
@@ -109,7 +111,8 @@ def load_config(env):
         host=env.get("HOST", "").strip() or "127.0.0.1", port=port, identity=identity,
         latency=latency, fail_rate=fail_rate, grace=grace,
         unhealthy=env.get("DEMO_UNHEALTHY", "").strip().lower() in ("1", "true", "yes", "on"),
-        call_url=env.get("DEMO_CALL", "").strip(), call_host=env.get("DEMO_CALL_HOST", "").strip())
+        call_url=env.get("DEMO_CALL", "").strip(), call_host=env.get("DEMO_CALL_HOST", "").strip(),
+        call_paths=[p.strip() for p in env.get("DEMO_CALL_PATHS", "").split(",") if p.strip().startswith("/")])
     service = env.get("DEMO_CALL_SERVICE", "").strip()
     if service:
         mesh = env.get("BALLAST_MESH_URL", "").strip()
@@ -211,6 +214,8 @@ class App:
             return (503, b"unhealthy", "text/plain") if cfg.unhealthy else (200, b"ok", "text/plain")
         if url.path == "/call":
             return await self.call(target, baggage)
+        if any(url.path == p or url.path.startswith(p.rstrip("/") + "/") for p in cfg.call_paths):
+            return await self.call(target, baggage, forward=True)
         if url.path == "/slow":
             try:
                 ms = int(urllib.parse.parse_qs(url.query).get("ms", ["0"])[0])
@@ -224,17 +229,23 @@ class App:
         return self.json(200, self.identity(target, baggage))
 
     # --- calling downstream ----------------------------------------------------
-    async def call(self, target, baggage):
+    async def call(self, target, baggage, forward=False):
+        """GET the downstream URL; with `forward`, the same path and query there (a chain of calls)."""
         cfg, me = self.cfg, self.identity(target, baggage)
         if not cfg.call_url:
             return self.json(404, {"self": me, "error": "DEMO_CALL is not set"})
+        url = cfg.call_url
+        if forward:
+            parts = urllib.parse.urlsplit(cfg.call_url)
+            url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, *urllib.parse.urlsplit(target)[2:4], ""))
         try:
             headers = self.outbound_headers(baggage)
-            status, raw = await asyncio.wait_for(self.fetch(cfg.call_url, cfg.call_host, headers), 5)
+            status, raw = await asyncio.wait_for(self.fetch(url, cfg.call_host, headers), 5)
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             return self.json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
         if not 200 <= status < 300:
-            return self.json(502, {"self": me, "error": f"downstream answered {status}"})
+            return self.json(502, {"self": me, "error": f"downstream answered {status}",
+                                   "downstreamAnswer": raw[:300].decode("utf-8", "replace")})
         try:
             downstream = json.loads(raw)
         except ValueError:

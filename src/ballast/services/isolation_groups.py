@@ -26,7 +26,7 @@ from ballast.errors import Conflict, FieldProblem, NotFound
 from ballast.services.endpoints import bump_registry
 from ballast.services.placement import placement_inputs
 from ballast.store.engine import Tx
-from ballast.store.schema import apps, cells, endpoints, instances, isolation_groups
+from ballast.store.schema import apps, cells, components, endpoints, instances, isolation_groups
 
 KIND = "IsolationGroup"
 
@@ -105,16 +105,19 @@ async def apply(tx: Tx, m: IsolationGroupManifest, actor: str) -> str:
         await tx.audit(actor=actor, action="apply", resource=resource, before=_group_digest(row.spec),
                        after=_group_digest(spec), detail={"outcome": "unchanged"})
         return "unchanged"
-    if row is None or group_routing(IsolationGroupSpec.model_validate(row.spec), name) != group_routing(m.spec, name):
+    routing_changed = (row is None or group_routing(IsolationGroupSpec.model_validate(row.spec), name)
+                       != group_routing(m.spec, name))
+    if routing_changed:
         await bump_registry(tx)
+    generation = tx.rv if routing_changed or row is None else row.generation
     if row is None:
         await tx.conn.execute(insert(isolation_groups).values(
-            name=name, app=m.spec.app, code=m.spec.code, spec=spec, status={}, created_at=tx.now, updated_at=tx.now,
-            resource_version=tx.rv))
+            name=name, app=m.spec.app, code=m.spec.code, spec=spec, status={}, generation=generation,
+            created_at=tx.now, updated_at=tx.now, resource_version=tx.rv))
         outcome = "created"
     else:
         await tx.conn.execute(update(isolation_groups).where(isolation_groups.c.name == name).values(
-            spec=spec, updated_at=tx.now, resource_version=tx.rv))
+            spec=spec, generation=generation, updated_at=tx.now, resource_version=tx.rv))
         outcome = "configured"
     await tx.audit(actor=actor, action="apply", resource=resource,
                    before=_group_digest(row.spec) if row is not None else "", after=_group_digest(spec),
@@ -164,6 +167,8 @@ async def listing(conn: AsyncConnection, app: str | None = None) -> list[dict[st
                                .where(instances.c.app.in_(apps_named), instances.c.desired == "running"))).all()
     ready_eps = (await conn.execute(select(endpoints.c.service, endpoints.c.group_code, endpoints.c.cell).where(
         endpoints.c.service.in_(apps_named), endpoints.c.state == "ready"))).all()
+    acks = {f"{c.kind}/{c.name}": int(c.acked_generation) for c in (await conn.execute(
+        select(components.c.kind, components.c.name, components.c.acked_generation))).all()}
     out = []
     for r in rows:
         spec = IsolationGroupSpec.model_validate(r.spec)
@@ -175,6 +180,8 @@ async def listing(conn: AsyncConnection, app: str | None = None) -> list[dict[st
                     "cells": {c: {"wanted": want.get(c, 0), "instances": have.get(c, 0), "ready": routable.get(c, 0)}
                               for c in sorted(set(want) | set(have))},
                     "wanted": sum(want.values()), "instances": sum(have.values()), "ready": sum(routable.values()),
+                    "generation": r.generation, "inEffect": all(g >= r.generation for g in acks.values()),
+                    "pending": sorted(k for k, g in acks.items() if g < r.generation),
                     "status": r.status, "createdAt": r.created_at, "updatedAt": r.updated_at,
                     "resourceVersion": r.resource_version})
     return out

@@ -361,6 +361,7 @@ isolation_groups = Table(
     Column("code", String(63), nullable=False),          # the unit's code, shared by the groups of one unit
     Column("spec", JSON, nullable=False),
     Column("status", JSON, nullable=False),              # the scheduler's last decision: unplaced counts and reasons
+    Column("generation", BigInteger, nullable=False),    # the registry generation that brought its last routing change
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),

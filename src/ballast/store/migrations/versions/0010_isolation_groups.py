@@ -20,6 +20,7 @@ def upgrade() -> None:
     sa.Column('code', sa.String(length=63), nullable=False),
     sa.Column('spec', sa.JSON(), nullable=False),
     sa.Column('status', sa.JSON(), nullable=False),
+    sa.Column('generation', sa.BigInteger(), nullable=False),
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.Column('resource_version', sa.BigInteger(), nullable=False),
