@@ -245,7 +245,7 @@ class App:
             return self.json(502, {"self": me, "error": f"{type(e).__name__}: {e}"})
         if not 200 <= status < 300:
             return self.json(502, {"self": me, "error": f"downstream answered {status}",
-                                   "downstreamAnswer": raw[:300].decode("utf-8", "replace")})
+                                   "downstreamAnswer": raw[:2000].decode("utf-8", "replace")})
         try:
             downstream = json.loads(raw)
         except ValueError:
