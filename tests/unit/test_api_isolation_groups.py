@@ -185,3 +185,34 @@ async def test_only_who_may_change_the_app_may_change_its_groups(api: Api) -> No
     async with httpx.AsyncClient(transport=api.http._transport, base_url=str(api.http.base_url),
                                  headers={"Authorization": f"Bearer {other['token']}"}) as as_other:
         assert (await ok(as_other.get("/v1/isolationgroups")))["items"] == []
+
+
+async def test_explain_follows_a_unit_and_confines_stress_calls(api: Api) -> None:
+    fleet = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apply", json={"items": [group()]}))
+    await scheduler.reconcile_once(api.store)
+    await agents_run_desired(api, fleet)
+    items = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
+    unit_ids = sorted(i["metadata"]["name"] for i in items if i["spec"].get("group") == "vostro")
+
+    def explain(**params: Any) -> Any:
+        return api.http.get("/v1/traffic/explain", params={"service": "shop", **params})
+    converged = await ok(explain(**{"from": "shop", "unit": "vostro"}))
+    assert "self-convergence" in converged["reason"] and sorted(converged["endpoints"]) == unit_ids
+    assert converged["group"] == "vostro"
+    r = await explain(**{"from": "shop", "unit": "tiger"})
+    assert r.status_code == 422 and r.json()["problems"][0]["path"] == "unit", r.text
+    plain = await ok(explain(tag=["stress=true"]))
+    assert len(plain["endpoints"]) == 10 and not set(plain["endpoints"]) & set(unit_ids)
+    stressed = await ok(explain(**{"from": "shop", "unit": "vostro", "tag": ["stress=true"]}))
+    assert "does not take them" in stressed["reason"] and not set(stressed["endpoints"]) & set(unit_ids)
+
+    spec = (await ok(api.http.get("/v1/apps/shop")))["spec"]
+    app = {"apiVersion": API_VERSION, "kind": "AppService", "metadata": {"name": "shop"},
+           "spec": {**spec, "traffic": {**spec.get("traffic", {}), "stress": "deny"}}}
+    await ok(api.http.post("/v1/apply", json={"items": [app]}))
+    denied = await ok(explain(tag=["stress=true"]))
+    assert denied["endpoints"] == [] and "503" in denied["reason"]
+    await ok(api.http.post("/v1/apply", json={"items": [group(stress=True)]}))
+    taken = await ok(explain(tag=["stress=true"]))
+    assert sorted(taken["endpoints"]) == unit_ids

@@ -106,6 +106,8 @@ async def explain(request: Request, service: str = Query(pattern=NAME_PATTERN, m
                   header: list[Pair] = Query([], max_length=50), tag: list[Pair] = Query([], max_length=50),
                   cookie: list[Pair] = Query([], max_length=50),
                   path: str = Query("/", pattern=r"^/[^\x00]*$", max_length=2048),
+                  unit: str = Query("", pattern=r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$", max_length=63,
+                                    description="the caller is an instance of its isolation group of this code"),
                   who: Principal = Depends(principal)) -> dict[str, Any]:
     """Which rule and route a call would take and which endpoints its subset holds: the same evaluation the
     data plane compiles, on the registry as components have it now."""
@@ -114,7 +116,7 @@ async def explain(request: Request, service: str = Query(pattern=NAME_PATTERN, m
     snapshot = Snapshot.from_json(await registry.snapshot(store, None, 0.0))
     headers = {k.lower(): v for k, v in _pairs(header, "header").items()}
     return traffic_analysis.explain(snapshot, service, caller, path=path, headers=headers,
-                                    tags=_pairs(tag, "tag"), cookies=_pairs(cookie, "cookie"))
+                                    tags=_pairs(tag, "tag"), cookies=_pairs(cookie, "cookie"), unit=unit)
 
 
 class AnalyzeRequest(RequestBody):

@@ -431,6 +431,8 @@ class Explanation(_Body):
     reason: str
     destinations: list[Object]
     endpoints: list[str] | None = None
+    unit: str | None = Field(None, description="the caller's unit (its isolation group's code), when given")
+    group: str | None = Field(None, description="the isolation group the call lands in, if any")
 
 
 class Analysis(_Body):

@@ -20,7 +20,8 @@ def traffic() -> None:
 
 
 def _explained(e: dict[str, Any]) -> RenderGroup:
-    lines: list[Any] = [Text(escape_controls(f"service {e['service']} from {e['from']} (registry generation {e['generation']})")),
+    caller = e["from"] + (f" (unit {e['unit']})" if e.get("unit") else "")
+    lines: list[Any] = [Text(escape_controls(f"service {e['service']} from {caller} (registry generation {e['generation']})")),
              Text(escape_controls(f"rule: {e['rule'] or '-'}   route: {e['route'] or '-'}")),
              Text(escape_controls(f"→ {e['reason']}"))]
     if e["destinations"]:
@@ -44,10 +45,11 @@ def _explained(e: dict[str, Any]) -> RenderGroup:
 @click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="a tag of the call's color (baggage)")
 @click.option("--cookie", "cookies", multiple=True, metavar="NAME=VALUE")
 @click.option("--path", default="/", show_default=True)
+@click.option("--unit", default="", help="the caller is an instance of its isolation group of this code")
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
 @command
 async def explain(client: Client, service: str, caller: str, headers: tuple[str, ...], tags: tuple[str, ...],
-                  cookies: tuple[str, ...], path: str, fmt: str) -> None:
+                  cookies: tuple[str, ...], path: str, unit: str, fmt: str) -> None:
     """Which rule and route a call would take, and which endpoints are in that subset."""
     for option, values in (("--header", headers), ("--tag", tags), ("--cookie", cookies)):
         for v in values:
@@ -55,7 +57,7 @@ async def explain(client: Client, service: str, caller: str, headers: tuple[str,
                 _fail(f"error: {option} {v!r}: expected NAME=VALUE", 2)
     answer = await client.request("GET", "/v1/traffic/explain", params={
         "service": service, "from": caller, "header": list(headers), "tag": list(tags), "cookie": list(cookies),
-        "path": path})
+        "path": path, "unit": unit})
     print_as(answer, fmt, _explained)
 
 

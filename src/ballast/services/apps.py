@@ -49,10 +49,11 @@ class RevisionRecord:
 
 
 async def list_apps(conn: AsyncConnection, name: str | None = None) -> list[AppRecord]:
-    """Every app (or the one named) with its instance counts per cell, in name order."""
+    """Every app (or the one named) with its own instance counts per cell (its isolation groups' are theirs), in
+    name order."""
     query = select(apps).order_by(apps.c.name)
     counts_query = (select(instances.c.app, instances.c.cell, instances.c.ready, func.count())
-                    .where(instances.c.desired == "running")
+                    .where(instances.c.desired == "running", instances.c.group_code == "")
                     .group_by(instances.c.app, instances.c.cell, instances.c.ready))
     if name is not None:
         query, counts_query = query.where(apps.c.name == name), counts_query.where(instances.c.app == name)
