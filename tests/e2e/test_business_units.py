@@ -239,6 +239,15 @@ def test_a_unit_keeps_its_calls_and_no_other_call_reaches_it_through_a_release_a
         # A scale-out of A's group under the same load.
         deployed.apply(group("a-vostro", "a", "vostro", 3, stress=True))
         deployed.settled({"a-vostro": 3, "b-vostro": 2}, timeout=180)
+        # A group created and deleted under the same load: not one call of either kind reaches it.
+        deployed.apply(group("a-night", "a", "night", 2))
+        deployed.settled({"a-vostro": 3, "a-night": 2})
+        p.cli("delete", "group", "a-night")
+
+        def night_stopped() -> None:
+            night = [i for i in api.instances("a") if i["spec"].get("group") == "night"]
+            assert all(i["status"]["phase"] == "Stopped" for i in night), [i["status"]["phase"] for i in night]
+        eventually(night_stopped, "a-night's instances drained and stopped", 120)
         eventually(lambda: load.reached(20_000), "at least 20,000 calls", 600)
     finally:
         load.finish()

@@ -216,3 +216,15 @@ async def test_explain_follows_a_unit_and_confines_stress_calls(api: Api) -> Non
     await ok(api.http.post("/v1/apply", json={"items": [group(stress=True)]}))
     taken = await ok(explain(tag=["stress=true"]))
     assert sorted(taken["endpoints"]) == unit_ids
+
+
+async def test_deleting_the_app_deletes_its_groups_on_the_record(api: Api) -> None:
+    await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apply", json={"items": [group()]}))
+    await scheduler.reconcile_once(api.store)
+    await ok(api.http.delete("/v1/apps/shop"))
+    assert (await ok(api.http.get("/v1/isolationgroups")))["items"] == []
+    left = (await ok(api.http.get("/v1/instances", params={"app": "shop"})))["items"]
+    assert left and all(i["spec"]["desired"] == "deleted" for i in left)
+    assert ("delete", "IsolationGroup/shop-vostro") in [(a["action"], a["resource"]) for a in await audit(api)]
+    assert await scheduler.reconcile_once(api.store) == 0, "nothing places a deleted app's group again"

@@ -23,7 +23,7 @@ from ballast.core.identity import NODE
 from ballast.services import component_credentials
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
-from ballast.store.schema import apps, cells, components, instances, nodes, release_events, releases, revisions
+from ballast.store.schema import apps, cells, components, instances, isolation_groups, nodes, release_events, releases, revisions
 from ballast.wire.assignments import Assignment, Assignments, DrainSettings, Template
 from ballast.wire.reports import InstanceReport, NodeRegistration
 
@@ -171,9 +171,16 @@ async def delete_app(tx: Tx, name: str, actor: str) -> int:
     stopping = (await tx.conn.execute(update(instances).where(instances.c.app == name, instances.c.desired != "deleted")
                                       .values(desired="deleted", desired_version=tx.rv, resource_version=tx.rv))).rowcount
     await tx.conn.execute(delete(apps).where(apps.c.name == name))
+    # Its isolation groups go with it (their instances are among those stopping), each on the record.
+    groups = (await tx.conn.execute(select(isolation_groups.c.name, isolation_groups.c.spec).where(
+        isolation_groups.c.app == name))).all()
+    await tx.conn.execute(delete(isolation_groups).where(isolation_groups.c.app == name))
+    for g in groups:
+        await tx.audit(actor=actor, action="delete", resource=f"IsolationGroup/{g.name}", before=digest(g.spec),
+                       detail={"reason": f"its app {name} was deleted"})
     await bump_registry(tx)  # its routes leave every component
     await tx.audit(actor=actor, action="delete", resource=f"AppService/{name}", before=digest(row.spec),
-                   detail={"instancesStopping": stopping})
+                   detail={"instancesStopping": stopping, "groupsDeleted": [g.name for g in groups]})
     return int(stopping)
 
 
