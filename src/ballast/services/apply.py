@@ -18,11 +18,11 @@ from ballast.core.change_control import spec_changes
 from ballast.core.digests import digest
 from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest,
-                                    ColoringRuleManifest, Manifest, ReleaseOrderManifest, TrafficRuleManifest, spec_json,
-                                    stored_spec)
+                                    ColoringRuleManifest, Manifest, ReleaseOrderManifest, ScheduledTaskManifest,
+                                    TrafficRuleManifest, spec_json, stored_spec)
 from ballast.core.traffic import routing
 from ballast.errors import Conflict, FieldProblem, InvalidInput
-from ballast.services import artifacts, change_control, outbound, traffic_rules
+from ballast.services import artifacts, change_control, outbound, scheduled_tasks, traffic_rules
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -63,6 +63,9 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
         elif isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
             for _, app in traffic_rules.governed_apps([m]):
                 authorize(Action.APPLY_APP, app)
+        elif isinstance(m, ScheduledTaskManifest):
+            for app in scheduled_tasks.governed_apps([m]):   # the target app's operators manage its tasks
+                authorize(Action.APPLY_APP, app)
         else:
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
@@ -75,10 +78,13 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
                     results.append(await _apply_cell(tx, m, actor))
                 elif isinstance(m, AppServiceManifest):
                     results.append(await _apply_app(tx, m, actor))
-            # Rules after apps: they name apps (and revisions) applied in the same request.
+            # Rules and tasks after apps: they name apps (and revisions) applied in the same request.
             for m in manifests:
                 if isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
                     results.append(ApplyResult(m.kind, m.metadata.name, await traffic_rules.apply(tx, m, actor)))
+                elif isinstance(m, ScheduledTaskManifest):
+                    results.append(ApplyResult(m.kind, m.metadata.name,
+                                               await scheduled_tasks.apply(tx, m, actor, authorize)))
             # Orders last: they resolve target revisions of apps applied in the same request.
             for index, m in enumerate(manifests):
                 if isinstance(m, ChangeWindowManifest):
@@ -116,6 +122,7 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest], po
     problems.extend(await _unknown_artifacts(conn, manifests))
     problems.extend(_outbound_problems(manifests, policy))
     problems.extend(await traffic_rules.problems(conn, manifests))
+    problems.extend(await scheduled_tasks.problems(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
 
