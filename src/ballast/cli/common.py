@@ -39,7 +39,9 @@ KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "
          "order": "orders", "orders": "orders", "releaseorder": "orders", "releaseorders": "orders",
          "changewindow": "changewindows", "changewindows": "changewindows", "window": "changewindows",
          "windows": "changewindows", "trafficrule": "trafficrules", "trafficrules": "trafficrules",
-         "tr": "trafficrules", "coloringrule": "coloringrules", "coloringrules": "coloringrules"}
+         "tr": "trafficrules", "coloringrule": "coloringrules", "coloringrules": "coloringrules",
+         "scheduledtask": "scheduledtasks", "scheduledtasks": "scheduledtasks", "task": "scheduledtasks",
+         "tasks": "scheduledtasks", "taskrun": "taskruns", "taskruns": "taskruns"}
 
 
 def _fail(message: str, code: int = 1) -> None:

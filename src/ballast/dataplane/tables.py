@@ -71,12 +71,15 @@ def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[
     return tables[0], tables[1].backends
 
 
-def gateway_rule_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], RuleTables]:
+def gateway_rule_tables(snapshot: Snapshot, *, every_mesh_service: bool = False) -> tuple[tuple[GatewayRoute, ...],
+                                                                                         RuleTables]:
+    """The gateway's routes, backends, rules and marking; with `every_mesh_service` also the pool and rules of
+    each mesh service it does not expose (its scheduled-task frontend calls any of them)."""
     routes: list[GatewayRoute] = []
     backends: list[Backend] = []
     rules: list[tuple[str, RuleInEffect]] = []
     for service in snapshot.services:
-        if not service.routes:
+        if not service.routes and not (every_mesh_service and service.mesh):
             continue
         routes.extend(GatewayRoute(r.host, r.path, service.name) for r in service.routes)
         backends.append(Backend(service.name, tuple(Server(e.id, Address(e.ip, e.port), enabled=e.ready)
