@@ -8,7 +8,8 @@ BALLAST_CELL, BALLAST_ZONE, BALLAST_REVISION, BALLAST_NODE / BALLAST_NODE_IP).
 Endpoints: GET /healthz, GET /slow?ms=N (cap 10000), GET /call, and any other
 GET path answers the identity JSON. A request under /tasks/ (a scheduled task's
 shard, any method) answers it too, after DEMO_TASK_MS milliseconds (0), and
-counts its `idempotency-key`; GET /tasks-seen answers those counts. Environment knobs: PORT (required), HOST
+counts its `idempotency-key`; GET /tasks-seen answers those counts (with the
+first call's target, baggage and shard headers). Environment knobs: PORT (required), HOST
 (127.0.0.1), GREETING (hello), DEMO_LATENCY_PROFILE (none | realistic: 20% of
 requests take 100-500 ms), DEMO_FAIL_RATE (0..1 of identity answers are 500),
 DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
@@ -143,7 +144,7 @@ class App:
         self.draining = False
         self.connections = set()
         self.pool = {}        # (host, port) -> idle downstream connections
-        self.tasks_seen = {}  # idempotency-key of each task shard call -> how often it arrived
+        self.tasks_seen = {}  # idempotency-key of each task shard call -> how often it arrived, and what it carried
 
     # --- serving ---------------------------------------------------------------
     async def handle(self, reader, writer):
@@ -193,7 +194,10 @@ class App:
                  or (version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"))
         if target.startswith("/tasks/"):
             key = headers.get("idempotency-key", "")
-            self.tasks_seen[key] = self.tasks_seen.get(key, 0) + 1
+            seen = self.tasks_seen.setdefault(key, {"count": 0, "target": target, "baggage": ",".join(baggage),
+                                                    "shard": headers.get("x-ballast-shard"),
+                                                    "shards": headers.get("x-ballast-shards")})
+            seen["count"] += 1
             await asyncio.sleep(self.cfg.task_ms / 1000)
         status, body, ctype = await self.route(method, target, ",".join(baggage))
         close = close or self.draining
