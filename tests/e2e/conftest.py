@@ -319,9 +319,10 @@ def postgres_database() -> Iterator[str]:
 
 
 def start_platform(root: Path, first_node_ip: str, store: str | None = None,
-                   settings: dict[str, str] | None = None) -> Iterator[Platform]:
-    """Body of a platform fixture: start `ballast up`, yield it, then always stop it and check for orphans."""
-    platform = Platform(root=root, first_node_ip=first_node_ip, store=store, settings=settings or {})
+                   settings: dict[str, str] | None = None, **fields: Any) -> Iterator[Platform]:
+    """Body of a platform fixture: start `ballast up`, yield it, then always stop it and check for orphans.
+    `fields` set the Platform's own (fixed ports, a data dir's parent)."""
+    platform = Platform(root=root, first_node_ip=first_node_ip, store=store, settings=settings or {}, **fields)
     try:
         platform.start()
         yield platform

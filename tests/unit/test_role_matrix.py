@@ -145,6 +145,7 @@ ADMINS = frozenset({ADMIN})
 OPERATORS = frozenset({ADMIN, OPERATOR})
 PUSHERS = frozenset({ADMIN, OPERATOR, SCOPED_OPERATOR})   # any operator binding, scoped or not
 ACK = {"generation": 0}
+TASK = {"schedule": "0 3 * * *", "target": {"service": "app-rules", "path": "/tasks/x"}, "shards": 2}
 
 
 def small_package() -> bytes:
@@ -182,6 +183,12 @@ ROWS: list[Row] = [
     Row("POST", "/v1/apply", "/v1/apply", OPERATORS,
         json={"items": [manifest("IsolationGroup", "ig-new", {"app": "app-rules", "code": "fresh", "replicas": 0})]},
         audit=("apply", "IsolationGroup/ig-new", CREATED), variant="an isolation group"),
+    Row("POST", "/v1/apply", "/v1/apply", OPERATORS, json={"items": [manifest("ScheduledTask", "st-new", TASK)]},
+        audit=("apply", "ScheduledTask/st-new", CREATED), variant="a scheduled task"),
+    Row("DELETE", "/v1/scheduledtasks/{name}", "/v1/scheduledtasks/st-del", OPERATORS,
+        audit=("delete", "ScheduledTask/st-del", DELETED)),
+    Row("POST", "/v1/scheduledtasks/{name}/runs", "/v1/scheduledtasks/st-run/runs", OPERATORS,
+        audit=("task.run", "ScheduledTask/st-run", CREATED)),
     Row("POST", "/v1/traffic/analyze", "/v1/traffic/analyze", READERS, changes=False,
         json={"items": [manifest("TrafficRule", "tr-new", {"service": "app-rules",
                                                              "routes": [{"name": "all", "to": [{"revision": 1}]}]})]}),
@@ -203,6 +210,10 @@ ROWS: list[Row] = [
     Row("PUT", "/v1/gateways/{name}", "/v1/gateways/gw1", frozenset({GATEWAY}), json={"address": "127.0.0.1:8081"},
         audit=("gateway.register", "Gateway/gw1", CHANGED)),
     Row("POST", "/v1/gateways/{name}/ack", "/v1/gateways/gw1/ack", frozenset({GATEWAY}), json=ACK),
+    Row("POST", "/v1/gateways/{name}/task-shards/claim", "/v1/gateways/gw1/task-shards/claim", frozenset({GATEWAY}),
+        json={"max": 1}),
+    Row("POST", "/v1/gateways/{name}/task-shards/report", "/v1/gateways/gw1/task-shards/report",
+        frozenset({GATEWAY}), json={"runId": 1, "index": 0, "outcome": "succeeded", "durationMs": 5, "attempts": 1}),
     Row("DELETE", "/v1/gateways/{name}", "/v1/gateways/gw-del", ADMINS,
         audit=("gateway.delete", "Gateway/gw-del", DELETED)),
     # users, bindings, tokens
@@ -348,9 +359,14 @@ async def prepare(api: Api) -> Prepared:
     # The components behind principals: registered, so that their rows change a registration.
     for who, (kind, name) in COMPONENTS.items():
         tokens[who] = await join_component(api, kind, name)
+    await ok(admin.post("/v1/apply", json={"items": [manifest("ScheduledTask", name, TASK)
+                                                     for name in ("st-claimed", "st-del", "st-run")]}))
+    assert (await ok(admin.post("/v1/scheduledtasks/st-claimed/runs")))["run"] == 1   # the report row's run
     async with api.as_(tokens[NODE]["token"]) as n1, api.as_(tokens[GATEWAY]["token"]) as gw1:
         await ok(n1.put("/v1/nodes/n1", json=registration("10.0.2.1")))
         await ok(gw1.put("/v1/gateways/gw1", json={"address": "127.0.0.1:8080"}))
+        claimed = await ok(gw1.post("/v1/gateways/gw1/task-shards/claim", json={"max": 1}))
+        assert [(c["runId"], c["index"]) for c in claimed["items"]] == [(1, 0)]   # shard 1 is left for the claim row
     tokens[JOIN_TOKEN] = await ok(admin.post("/v1/join-tokens", json={"kind": JOINING[0], "name": JOINING[1]}), 201)
     # revision 2 of every app a release or order goes to
     await ok(admin.post("/v1/apply", json={"items": [app_manifest(a, count=1, greeting="v2") for a in RELEASE_APPS]

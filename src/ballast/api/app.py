@@ -21,7 +21,8 @@ from starlette.routing import Match
 
 from ballast.api.admission import Authenticate, BoundBody, Refusals
 from ballast.api import (routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry,
-                         routes_groups, routes_releases, routes_resources, routes_traffic, schemas)
+                         routes_groups, routes_releases, routes_resources, routes_tasks, routes_traffic,
+                         schemas)
 from ballast.api.deps import principal, require_topology_read, retrying
 from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.archive import ArchiveLimits
@@ -67,6 +68,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.include_router(routes_orders.router, prefix="/v1")
     app.include_router(routes_traffic.router, prefix="/v1")
     app.include_router(routes_groups.router, prefix="/v1")
+    app.include_router(routes_tasks.router, prefix="/v1")
     app.include_router(routes_metrics.router)  # /metrics, where Prometheus looks by default
 
     @app.exception_handler(BallastError)

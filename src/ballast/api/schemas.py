@@ -441,6 +441,60 @@ class Analysis(_Body):
     warnings: list[str]
 
 
+# --- scheduled tasks ---------------------------------------------------------------------------------------------------
+
+class TaskRunStarted(_Body):
+    task: str
+    run: int = Field(description="the id of the run, persisted with all its shards")
+
+
+class TaskShard(_Body):
+    index: int
+    state: str = Field(description="pending | claimed | succeeded | failed | cancelled")
+    attempts: int
+    claims: int = Field(description="how often a gateway claimed it (more than once: a lease ran out)")
+    statusCode: int | None
+    durationMs: float | None
+    instance: str | None = Field(description="the instance that served the call")
+    group: str | None = Field(description="its isolation group; \"\" the default pool")
+    gateway: str | None
+    error: str
+    leaseUntil: str | None
+    finishedAt: str | None
+
+
+class TaskRun(_Body):
+    id: int
+    task: str
+    trigger: str = Field(description="schedule | manual")
+    scheduledFor: str | None
+    state: str = Field(description="pending | running | succeeded | failed | skipped | missed")
+    reason: str
+    actor: str
+    shards: int
+    shardStates: dict[str, int]
+    createdAt: str | None
+    finishedAt: str | None
+    service: str | None
+    items: list[TaskShard]
+
+
+class TaskRuns(_Body):
+    items: list[TaskRun]
+
+
+class ClaimedShards(_Body):
+    items: list[Object] = Field(description="each shard's call: service, path, method, tags, shard index and count, "
+                                "idempotency key, lease")
+
+
+class ShardRecorded(_Body):
+    runId: int
+    index: int
+    recorded: bool = Field(description="false: the shard had an outcome already, which stays")
+    state: str
+
+
 # --- metrics -----------------------------------------------------------------------------------------------------------
 
 class MetricsRow(_Body):
@@ -574,6 +628,14 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("DELETE", "/v1/isolationgroups/{name}"): ((200,), GroupDeleted),
     ("GET", "/v1/traffic/explain"): ((200,), Explanation),
     ("POST", "/v1/traffic/analyze"): ((200,), Analysis),
+    ("GET", "/v1/scheduledtasks"): ((200,), Items),
+    ("GET", "/v1/scheduledtasks/{name}"): ((200,), ApiObject),
+    ("DELETE", "/v1/scheduledtasks/{name}"): ((200,), Deleted),
+    ("POST", "/v1/scheduledtasks/{name}/runs"): ((200,), TaskRunStarted),
+    ("GET", "/v1/scheduledtasks/{name}/runs"): ((200,), TaskRuns),
+    ("GET", "/v1/taskruns/{run_id}"): ((200,), TaskRun),
+    ("POST", "/v1/gateways/{name}/task-shards/claim"): ((200,), ClaimedShards),
+    ("POST", "/v1/gateways/{name}/task-shards/report"): ((200,), ShardRecorded),
 }
 
 # Besides 401/403/422 (every /v1 route) and 400 (any URL): what else a route can answer, by method and path.
@@ -603,7 +665,7 @@ def error_statuses(method: str, path: str) -> list[int]:
 # generator of requests (schemathesis' examples phase) tries them first.
 _EXAMPLES = {"apps": "shop", "cells": "cell-a", "nodes": "n1", "gateways": "edge", "users": "vic",
              "orders": "chg-42", "changewindows": "business-hours", "trafficrules": "back-canary",
-             "coloringrules": "replenish", "isolationgroups": "back-vostro"}
+             "coloringrules": "replenish", "isolationgroups": "back-vostro", "scheduledtasks": "replenish-batch"}
 
 
 def _example(path: str, parameter: dict[str, Any]) -> None:

@@ -41,7 +41,9 @@ KINDS = {"cell": "cells", "cells": "cells", "node": "nodes", "nodes": "nodes", "
          "windows": "changewindows", "trafficrule": "trafficrules", "trafficrules": "trafficrules",
          "tr": "trafficrules", "coloringrule": "coloringrules", "coloringrules": "coloringrules",
          "group": "isolationgroups", "groups": "isolationgroups", "isolationgroup": "isolationgroups",
-         "isolationgroups": "isolationgroups", "ig": "isolationgroups"}
+         "isolationgroups": "isolationgroups", "ig": "isolationgroups",
+         "scheduledtask": "scheduledtasks", "scheduledtasks": "scheduledtasks", "task": "scheduledtasks",
+         "tasks": "scheduledtasks", "taskrun": "taskruns", "taskruns": "taskruns"}
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -21,6 +21,7 @@ import click
 import yaml
 
 from ballast.cli import output, packaging
+from ballast.cli.task_cmds import task
 from ballast.cli.traffic_cmds import traffic
 from ballast.cli.common import KINDS, _fail, command, console
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
@@ -396,13 +397,25 @@ def _kind(kind: str) -> str:
 @cli.command()
 @click.argument("kind")
 @click.argument("name", required=False)
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "yaml", "json"]), default="table")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "wide", "yaml", "json"]), default="table",
+              help="wide: taskruns also list every shard")
 @click.option("--node", help="instances: only those on this node")
 @command
 async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
     """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name;
-    `get groups APP` lists the app's isolation groups (or names one group)."""
+    `get groups APP` lists the app's isolation groups (or names one group); `get taskruns TASK` a scheduled
+    task's (with -o wide: each shard's status, attempts, duration, instance and group)."""
     resolved = _kind(kind)
+    if resolved == "taskruns":
+        if not name:
+            raise click.UsageError("get taskruns TASK: name the scheduled task")
+        runs = (await client.get(f"/v1/scheduledtasks/{name}/runs"))["items"]
+        output.render("taskruns", runs, "table" if fmt == "wide" else fmt, console)
+        if fmt == "wide":
+            console.print()
+            output.render("taskshards", output.shard_rows(runs), "table", console)
+        return
+    fmt = "table" if fmt == "wide" else fmt
     single = bool(name) and resolved not in ("instances", "revisions", "endpoints")
     if resolved == "isolationgroups" and name:
         items = (await client.get("/v1/isolationgroups", app=name))["items"]
@@ -435,6 +448,11 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
 async def describe(client: Client, kind: str, name: str) -> None:
     """Show one resource in full (and, for apps, its instances)."""
     resolved = _kind(kind)
+    if resolved == "taskruns":
+        run = await client.get(f"/v1/taskruns/{name}")
+        console.out(yaml.safe_dump({k: v for k, v in run.items() if k != "items"}, sort_keys=False), highlight=False)
+        output.render("taskshards", output.shard_rows([run]), "table", console)
+        return
     path = {"instances": f"/v1/instances/{name}", "revisions": None}.get(resolved, f"/v1/{resolved}/{name}")
     if path is None:
         app, _, number = name.rpartition("-")
@@ -454,8 +472,8 @@ async def describe(client: Client, kind: str, name: str) -> None:
 @click.option("-f", "--filename", "files", multiple=True, help="delete what these manifests declare")
 @command
 async def delete(client: Client, kind: str | None, name: str | None, files: tuple[str, ...]) -> None:
-    """Delete an app, cell, node, gateway, traffic rule, coloring rule or isolation group (deleting an app or a
-    group drains and stops its instances)."""
+    """Delete an app, cell, node, gateway, traffic rule, coloring rule, isolation group or scheduled task (deleting
+    an app or a group drains and stops its instances)."""
     targets: list[tuple[str, str]] = []
     for f in files:
         for doc in _load_documents(f):
@@ -466,7 +484,8 @@ async def delete(client: Client, kind: str | None, name: str | None, files: tupl
         raise click.UsageError("name KIND NAME or give -f FILE")
     # Apps before cells, so a file holding both deletes cleanly.
     for resolved, target in sorted(targets, key=lambda t: t[0] != "apps"):
-        if resolved not in ("apps", "cells", "nodes", "gateways", "trafficrules", "coloringrules", "isolationgroups"):
+        if resolved not in ("apps", "cells", "nodes", "gateways", "trafficrules", "coloringrules", "isolationgroups",
+                            "scheduledtasks"):
             raise click.UsageError(f"cannot delete {resolved}; delete the app instead")
         answer = await client.delete(f"/v1/{resolved}/{target}")
         console.print(f"{answer['deleted']} deleted")
@@ -687,6 +706,7 @@ cli.add_command(order)
 cli.add_command(metrics)
 cli.add_command(audit)
 cli.add_command(traffic)
+cli.add_command(task)
 
 
 def main() -> None:

@@ -91,7 +91,33 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                       lambda o: [o["name"], ",".join(o["spec"]["at"]["apps"]),
                                  ",".join(f"{k}={v}" for k, v in o["spec"]["tags"].items()), str(o["generation"]),
                                  "yes" if o["inEffect"] else "no", ",".join(o["pending"]) or "-"]),
+    "scheduledtasks": (["NAME", "SCHEDULE", "TIME ZONE", "TARGET", "SHARDS", "POLICY", "SUSPENDED", "ACTIVE", "NEXT",
+                        "LAST RUN"],
+                       lambda o: [o["metadata"]["name"], o["spec"]["schedule"], o["spec"]["timeZone"],
+                                  f"{o['spec']['target']['method']} {o['spec']['target']['service']}"
+                                  f"{o['spec']['target']['path']}", str(o["spec"]["shards"]),
+                                  o["spec"]["concurrencyPolicy"], "yes" if o["spec"]["suspend"] else "no",
+                                  str(o["status"]["activeRuns"]), o["status"]["nextScheduleTime"] or "-",
+                                  _last_run(o["status"]["lastRun"])]),
+    "taskruns": (["RUN", "TRIGGER", "SCHEDULED FOR", "STATE", "SHARDS", "BY", "FINISHED", "REASON"],
+                 lambda o: [str(o["id"]), o["trigger"], o["scheduledFor"] or "-", o["state"],
+                            " ".join(f"{k}:{v}" for k, v in sorted(o["shardStates"].items())) or "-", o["actor"],
+                            o["finishedAt"] or "-", o["reason"][:70]]),
+    "taskshards": (["RUN", "SHARD", "STATE", "ATTEMPTS", "STATUS", "DURATION", "INSTANCE", "GROUP", "ERROR"],
+                   lambda o: [str(o["run"]), str(o["index"]), o["state"], str(o["attempts"]),
+                              str(o["statusCode"] or "-"),
+                              "-" if o["durationMs"] is None else f"{o['durationMs']:.0f} ms", o["instance"] or "-",
+                              "-" if o["group"] is None else (o["group"] or "default"), o["error"][:60]]),
 }
+
+
+def _last_run(run: dict[str, Any] | None) -> str:
+    return "-" if run is None else f"{run['id']} ({run['trigger']}, {run['state']})"
+
+
+def shard_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run's shards, one row each, for `get taskruns -o wide` and `describe taskrun`."""
+    return [{"run": r["id"], **s} for r in runs for s in r["items"]]
 
 
 def _route_summary(route: dict[str, Any]) -> str:

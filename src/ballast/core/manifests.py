@@ -23,6 +23,7 @@ from ballast.core.endpoints import DEFAULT_ACK_TIMEOUT_SECONDS, GATEWAY, MESH, T
 from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, parse_day
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
+from ballast.core.scheduled_tasks import ScheduledTaskSpec
 from ballast.core.spec_model import Name, SpecModel as _Model
 from ballast.core.strategy import (StrategyOverride, StrategySpec, VerifyOverride, VerifySpec, stored_strategy,
                                    strategy_json)
@@ -334,12 +335,19 @@ class IsolationGroupManifest(_Model):
     spec: IsolationGroupSpec
 
 
+class ScheduledTaskManifest(_Model):
+    api_version: Literal["ballast.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ScheduledTask"]
+    metadata: Metadata
+    spec: ScheduledTaskSpec
+
+
 Manifest = Union[CellManifest, AppServiceManifest, ReleaseOrderManifest, ChangeWindowManifest, TrafficRuleManifest,
-                 ColoringRuleManifest, IsolationGroupManifest]
+                 ColoringRuleManifest, IsolationGroupManifest, ScheduledTaskManifest]
 KINDS: dict[str, type[BaseModel]] = {"Cell": CellManifest, "AppService": AppServiceManifest,
                                      "ReleaseOrder": ReleaseOrderManifest, "ChangeWindow": ChangeWindowManifest,
                                      "TrafficRule": TrafficRuleManifest, "ColoringRule": ColoringRuleManifest,
-                                     "IsolationGroup": IsolationGroupManifest}
+                                     "IsolationGroup": IsolationGroupManifest, "ScheduledTask": ScheduledTaskManifest}
 
 
 def parse_documents(documents: list[Any], *, source: str = "items") -> list[Manifest]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ballast.core.loopback import HOST_LOOPBACK
 from ballast.core.request_metrics import BOUNDS_MS
@@ -69,6 +69,7 @@ class GatewayConfig:
     trusted_color_networks: tuple[str, ...] = ()       # clients whose own baggage is kept
     weights_map: str | None = None
     units: UnitTables = UnitTables()
+    task_socket: str | None = None                     # the scheduled-task executor's way into the mesh
 
 
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
@@ -234,11 +235,14 @@ def render_gateway(cfg: GatewayConfig) -> str:
     for route in route_order(cfg.routes):
         when = " || ".join(f"{alt} {unset}" for alt in _route_alternatives(route))
         out.append(f"    http-request set-var(txn.service) str({_safe(route.service)}) if {when}\n")
-    out.append(render_unit(cfg.units))
-    out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
-    out.append(render_stress_guard(cfg.units))
+    routed = {r.service for r in cfg.routes}
+    rules = [(service, rule) for service, rule in cfg.rules if service in routed]   # the task frontend has all
+    units = replace(cfg.units, services=tuple(u for u in cfg.units.services if u.service in routed))
+    out.append(render_unit(units))
+    out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in rules)
+    out.append(render_stress_guard(units))
     out.append(_HAND_OFF.format(name="gateway"))
-    if cfg.rules or cfg.units.routes:
+    if rules or units.routes:
         out.append(DESTINATION)
     for service in sorted({r.service for r in cfg.routes}):
         out.append(f"    use_backend {backend_name(service)} if {{ var(txn.service) -m str {_safe(service)} }}\n")
@@ -246,9 +250,39 @@ def render_gateway(cfg: GatewayConfig) -> str:
                "\nbackend no_route\n"
                "    http-request return status 404 content-type text/plain "
                "string \"ballast gateway: no route for this host and path\"\n")
+    if cfg.task_socket is not None:
+        out.append(_task_frontend(cfg))
     out.extend(_backend(b, locality=False) for b in sorted(cfg.backends, key=lambda b: b.name))
     out.append(_hand_off_backend("gateway", cfg.listen))
     out.append(_answer_table(cfg.stats))
+    return "".join(out)
+
+
+SERVED_BY = "x-ballast-served-by"
+
+
+def _task_frontend(cfg: GatewayConfig) -> str:
+    """Where the gateway's scheduled-task executor makes its calls: a UNIX socket only the gateway's user can open
+    (so the baggage it sets is kept: nobody else speaks here), routing by Host to ANY mesh service like a sidecar's
+    outbound side, by the TrafficRules whose caller is the gateway. The answer names the instance that served it.
+    The executor opens a connection per call, so no old worker of a reload ever routes one (no hand-off)."""
+    out = ["\nfrontend tasks\n",
+           f"    bind unix@{_safe(cfg.task_socket or '')} mode 600\n",
+           _ONE_HOST,
+           "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n",
+           render_unit(cfg.units)]
+    out.extend(render_rule(service, rule, cfg.weights_map) for service, rule in cfg.rules)
+    out.append(render_stress_guard(cfg.units))
+    if cfg.rules or cfg.units.routes:
+        out.append(DESTINATION)
+    for b in sorted(cfg.backends, key=lambda b: b.name):
+        if not b.subset:
+            out.append(f"    use_backend {b.name} if {{ var(txn.service) -m str {_safe(b.service)} }}\n")
+    out.append(f"    http-response set-header {SERVED_BY} %[srv_name]\n"
+               "    default_backend no_task_service\n"
+               "\nbackend no_task_service\n"
+               "    http-request return status 503 content-type text/plain "
+               "string \"ballast gateway: no service of that name (Host header)\"\n")
     return "".join(out)
 
 

@@ -120,13 +120,16 @@ def gateway_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], tuple[
     return tables[0], tables[1].backends
 
 
-def gateway_rule_tables(snapshot: Snapshot) -> tuple[tuple[GatewayRoute, ...], RuleTables]:
+def gateway_rule_tables(snapshot: Snapshot, *, every_mesh_service: bool = False) -> tuple[tuple[GatewayRoute, ...],
+                                                                                         RuleTables]:
+    """The gateway's routes, backends, rules and marking; with `every_mesh_service` also the pool and rules of
+    each mesh service it does not expose (its scheduled-task frontend calls any of them)."""
     routes: list[GatewayRoute] = []
     backends: dict[str, Backend] = {}
     rules: list[tuple[str, RuleInEffect]] = []
     services: list[ServiceUnits] = []
     for service in snapshot.services:
-        if not service.routes:
+        if not service.routes and not (every_mesh_service and service.mesh):
             continue
         routes.extend(GatewayRoute(r.host, r.path, service.name) for r in service.routes)
         found = _service_tables(service, GATEWAY_CALLER, None, "", backends, rules)

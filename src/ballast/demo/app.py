@@ -6,7 +6,10 @@ report the identity Ballast injects (BALLAST_INSTANCE_ID, BALLAST_APP,
 BALLAST_CELL, BALLAST_ZONE, BALLAST_REVISION, BALLAST_NODE / BALLAST_NODE_IP).
 
 Endpoints: GET /healthz, GET /slow?ms=N (cap 10000), GET /call, and any other
-GET path answers the identity JSON. Environment knobs: PORT (required), HOST
+GET path answers the identity JSON. A request under /tasks/ (a scheduled task's
+shard, any method) answers it too, after DEMO_TASK_MS milliseconds (0), and
+counts its `idempotency-key`; GET /tasks-seen answers those counts (with the
+first call's target, baggage and shard headers). Environment knobs: PORT (required), HOST
 (127.0.0.1), GREETING (hello), DEMO_LATENCY_PROFILE (none | realistic: 20% of
 requests take 100-500 ms), DEMO_FAIL_RATE (0..1 of identity answers are 500),
 DEMO_UNHEALTHY=1 (/healthz answers 503), DEMO_CALL / DEMO_CALL_HOST (URL and
@@ -91,6 +94,9 @@ def load_config(env):
     fail_rate = env_float(env, "DEMO_FAIL_RATE", 0.0)
     if not 0.0 <= fail_rate <= 1.0:
         fail(f"DEMO_FAIL_RATE must be between 0 and 1, got {fail_rate}")
+    task_ms = env_float(env, "DEMO_TASK_MS", 0.0)
+    if not 0 <= task_ms <= MAX_SLOW_MS:
+        fail(f"DEMO_TASK_MS must be between 0 and {MAX_SLOW_MS}, got {task_ms}")
     grace = env_float(env, "DEMO_GRACE_SECONDS", 10.0)
     if not grace >= 0:
         fail(f"DEMO_GRACE_SECONDS must be >= 0, got {grace}")
@@ -109,7 +115,7 @@ def load_config(env):
     }
     cfg = SimpleNamespace(
         host=env.get("HOST", "").strip() or "127.0.0.1", port=port, identity=identity,
-        latency=latency, fail_rate=fail_rate, grace=grace,
+        latency=latency, fail_rate=fail_rate, grace=grace, task_ms=task_ms,
         unhealthy=env.get("DEMO_UNHEALTHY", "").strip().lower() in ("1", "true", "yes", "on"),
         call_url=env.get("DEMO_CALL", "").strip(), call_host=env.get("DEMO_CALL_HOST", "").strip(),
         call_paths=[p.strip() for p in env.get("DEMO_CALL_PATHS", "").split(",") if p.strip().startswith("/")])
@@ -142,6 +148,7 @@ class App:
         self.draining = False
         self.connections = set()
         self.pool = {}        # (host, port) -> idle downstream connections
+        self.tasks_seen = {}  # idempotency-key of each task shard call -> how often it arrived, and what it carried
 
     # --- serving ---------------------------------------------------------------
     async def handle(self, reader, writer):
@@ -189,6 +196,13 @@ class App:
             await reader.readexactly(int(length))
         close = (headers.get("connection", "").lower() == "close"
                  or (version == "HTTP/1.0" and headers.get("connection", "").lower() != "keep-alive"))
+        if target.startswith("/tasks/"):
+            key = headers.get("idempotency-key", "")
+            seen = self.tasks_seen.setdefault(key, {"count": 0, "target": target, "baggage": ",".join(baggage),
+                                                    "shard": headers.get("x-ballast-shard"),
+                                                    "shards": headers.get("x-ballast-shards")})
+            seen["count"] += 1
+            await asyncio.sleep(self.cfg.task_ms / 1000)
         status, body, ctype = await self.route(method, target, ",".join(baggage))
         close = close or self.draining
         await self.send(writer, status, body, ctype, close=close)
@@ -214,6 +228,8 @@ class App:
             return (503, b"unhealthy", "text/plain") if cfg.unhealthy else (200, b"ok", "text/plain")
         if url.path == "/call":
             return await self.call(target, baggage)
+        if url.path == "/tasks-seen":
+            return self.json(200, {"instance": cfg.identity["instance"], "seen": self.tasks_seen})
         if any(url.path == p or url.path.startswith(p.rstrip("/") + "/") for p in cfg.call_paths):
             return await self.call(target, baggage, forward=True)
         if url.path == "/slow":

@@ -30,6 +30,7 @@ from ballast.dataplane.runtime import RuntimeApiError
 from ballast.dataplane.rule_config import render_weights_map, weight_entries
 from ballast.dataplane.tables import gateway_rule_tables
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
+from ballast.gateway.tasks import ExecutorSettings, TaskExecutor
 
 log = logging.getLogger("ballast.gateway")
 PROBE = "gateway"
@@ -60,6 +61,7 @@ class Gateway:
         self.applied = 0
         self.applied_digest = ""
         self.error = ""
+        self.executor = TaskExecutor(self.client, ExecutorSettings(settings.name, str(self.task_socket)))
         self.component = TrafficComponent(self.client, self, ack_path=f"/v1/gateways/{settings.name}/ack",
                                           label=f"gateway {settings.name}", reregister=self._register)
         self._state = settings.data_dir / "state.json"
@@ -77,13 +79,19 @@ class Gateway:
     def weights_map(self) -> Path:
         return self.proxy.files.state_dir / "weights.map"
 
+    @property
+    def task_socket(self) -> Path:
+        """The HAProxy frontend the task executor calls through (mode 600: the gateway's user only)."""
+        return self.proxy.files.sockets / "tasks.sock"
+
     def render(self, snapshot: Snapshot) -> tuple[str, GatewayConfig]:
-        routes, tables = gateway_rule_tables(snapshot)
+        routes, tables = gateway_rule_tables(snapshot, every_mesh_service=True)
         cfg = GatewayConfig(name=self.settings.name, admin_socket=str(self.proxy.files.admin_socket),
                             listen=self.settings.listen, routes=routes, backends=tables.backends,
                             threads=self.settings.threads, stats=self.stats_hooks, rules=tables.rules,
                             marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks,
-                            weights_map=str(self.weights_map), units=tables.units)
+                            weights_map=str(self.weights_map), units=tables.units,
+                            task_socket=str(self.task_socket))
         self.weights = weight_entries(tables.rules)
         return render_gateway(cfg), cfg
 
@@ -94,7 +102,7 @@ class Gateway:
         try:
             await self._register(stop)
             tasks = [asyncio.create_task(self.component.run(stop)), asyncio.create_task(self._watch(stop)),
-                     asyncio.create_task(self.request_stats.run(stop))]
+                     asyncio.create_task(self.request_stats.run(stop)), asyncio.create_task(self._execute_tasks(stop))]
             await stop.wait()
             for t in tasks:
                 t.cancel()
@@ -168,6 +176,11 @@ class Gateway:
         revision, cell = known
         return Series(app=service, instance=instance, revision=revision, cell=cell,
                       source=f"gateway/{self.settings.name}")
+
+    async def _execute_tasks(self, stop: asyncio.Event) -> None:
+        """Scheduled tasks' shards, once this gateway's HAProxy runs the task frontend (the first apply)."""
+        await self.component.received.wait()
+        await self.executor.run(stop)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """A HAProxy that died is started again by the next apply: ask for one at once."""

@@ -19,10 +19,10 @@ from ballast.core.digests import digest
 from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import (AppServiceManifest, AppServiceSpec, CellManifest, ChangeWindowManifest,
                                     ColoringRuleManifest, IsolationGroupManifest, Manifest, ReleaseOrderManifest,
-                                    TrafficRuleManifest, spec_json, stored_spec)
+                                    ScheduledTaskManifest, TrafficRuleManifest, spec_json, stored_spec)
 from ballast.core.traffic import routing
 from ballast.errors import Conflict, FieldProblem, InvalidInput
-from ballast.services import artifacts, change_control, isolation_groups, outbound, traffic_rules
+from ballast.services import artifacts, change_control, isolation_groups, outbound, scheduled_tasks, traffic_rules
 from ballast.services import orders as order_records
 from ballast.services.endpoints import bump_registry
 from ballast.store.engine import Store, Tx
@@ -65,6 +65,9 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
                 authorize(Action.APPLY_APP, app)
         elif isinstance(m, IsolationGroupManifest):
             authorize(Action.APPLY_APP, m.spec.app)
+        elif isinstance(m, ScheduledTaskManifest):
+            for app in scheduled_tasks.governed_apps([m]):   # the target app's operators manage its tasks
+                authorize(Action.APPLY_APP, app)
         else:
             authorize(Action.APPLY_APP, m.metadata.name)
     try:
@@ -77,13 +80,16 @@ async def apply(store: Store, manifests: list[Manifest], *, actor: str, authoriz
                     results.append(await _apply_cell(tx, m, actor))
                 elif isinstance(m, AppServiceManifest):
                     results.append(await _apply_app(tx, m, actor))
-            # Groups after apps, rules after groups: each names what the ones before define.
+            # Groups after apps, rules and tasks after groups: each names what the ones before define.
             for m in manifests:
                 if isinstance(m, IsolationGroupManifest):
                     results.append(ApplyResult(m.kind, m.metadata.name, await isolation_groups.apply(tx, m, actor)))
             for m in manifests:
                 if isinstance(m, (TrafficRuleManifest, ColoringRuleManifest)):
                     results.append(ApplyResult(m.kind, m.metadata.name, await traffic_rules.apply(tx, m, actor)))
+                elif isinstance(m, ScheduledTaskManifest):
+                    results.append(ApplyResult(m.kind, m.metadata.name,
+                                               await scheduled_tasks.apply(tx, m, actor, authorize)))
             # Orders last: they resolve target revisions of apps applied in the same request.
             for index, m in enumerate(manifests):
                 if isinstance(m, ChangeWindowManifest):
@@ -122,6 +128,7 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest], po
     problems.extend(_outbound_problems(manifests, policy))
     problems.extend(await traffic_rules.problems(conn, manifests))
     problems.extend(await isolation_groups.problems(conn, manifests))
+    problems.extend(await scheduled_tasks.problems(conn, manifests))
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in manifests; nothing was applied", problems=problems)
 

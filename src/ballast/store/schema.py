@@ -367,3 +367,54 @@ isolation_groups = Table(
     Column("resource_version", BigInteger, nullable=False),
     UniqueConstraint("app", "code", name="uq_isolation_groups_app_code"),
 )
+
+# Scheduled tasks: a batch split into shards, each an ordinary call the gateway makes through the data plane.
+scheduled_tasks = Table(
+    "scheduled_tasks", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("service", String(63), nullable=False),       # the target app (whose operators manage the task)
+    Column("spec", JSON, nullable=False),
+    Column("considered_until", Float, nullable=False),   # every scheduled time up to here is decided
+    Column("status", JSON, nullable=False),              # the controller's last decision: missed counts, next time
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("resource_version", BigInteger, nullable=False),
+)
+
+# One row per run (and per scheduled time skipped or missed): at most one per scheduled time, even across a crash.
+task_runs = Table(
+    "task_runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task", String(63), nullable=False),
+    Column("trigger", String(16), nullable=False),       # schedule | manual
+    Column("scheduled_for", Float, nullable=False),      # the scheduled time (a manual run: when it was asked for)
+    Column("state", String(16), nullable=False),         # pending | running | succeeded | failed | skipped | missed
+    Column("reason", Text, nullable=False),
+    Column("actor", String(63), nullable=False),         # system, or the user of a manual run
+    Column("spec", JSON, nullable=False),                # the task's spec when the run was made: its shards call this
+    Column("shards", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("task", "trigger", "scheduled_for", name="uq_task_runs_task_trigger_time"),
+    Index("ix_task_runs_task", "task"),
+)
+
+task_shards = Table(
+    "task_shards", metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=False),
+    Column("index", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),         # pending | claimed | succeeded | failed | cancelled
+    Column("claims", Integer, nullable=False),           # how often a gateway claimed it (a lease ran out: again)
+    Column("attempts", Integer, nullable=False),         # calls made, as the executor reported with the outcome
+    Column("claimed_by", String(63), nullable=True),     # the gateway holding (or last holding) it
+    Column("lease_until", Float, nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("instance", String(80), nullable=True),       # the instance that served the call (x-ballast-served-by)
+    Column("group_code", String(63), nullable=True),     # its isolation group ("" the default pool), from endpoints
+    Column("error", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("claimed_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_task_shards_state", "state"),
+)
