@@ -40,8 +40,10 @@ def acked(generation: int) -> list[Component]:
 
 
 def test_required_components_are_the_registered_ones_of_the_routing_kinds() -> None:
-    assert required_components(MESH_ONLY, COMPONENTS) == ("mesh/n1", "mesh/n2")
+    # A gateway calls every mesh service (scheduled tasks), so it acknowledges their endpoints too.
+    assert required_components(MESH_ONLY, COMPONENTS) == ("gateway/edge", "mesh/n1", "mesh/n2")
     assert required_components(EXPOSED, COMPONENTS) == ("gateway/edge", "mesh/n1", "mesh/n2")
+    assert required_components(TrafficPolicy(components=frozenset({GATEWAY})), COMPONENTS) == ("gateway/edge",)
     assert required_components(NOTHING_ROUTES, COMPONENTS) == ()
 
 
@@ -78,7 +80,7 @@ def test_a_ready_endpoint_starts_draining_when_its_instance_must_not_get_traffic
                                                                                  why: str) -> None:
     d = decide([facts], {"shop-1": endpoint()}, COMPONENTS, {"shop": MESH_ONLY}, NOW)
     [put] = d.puts
-    assert (put.state, put.required) == (EndpointState.DRAINING, ("mesh/n1", "mesh/n2")), why
+    assert (put.state, put.required) == (EndpointState.DRAINING, ("gateway/edge", "mesh/n1", "mesh/n2")), why
     assert not d.grants, "the drain begins: nothing may stop yet"
 
 
@@ -140,7 +142,7 @@ def test_back_in_traffic_after_the_change_and_serving_once_acknowledged() -> Non
     upgraded = running(revision=2, granted_revision=2, running_revision=2)
     draining = endpoint(EndpointState.DRAINING, generation=20)
     [put] = decide([upgraded], {"shop-1": draining}, acked(20), {"shop": MESH_ONLY}, NOW).puts
-    assert (put.state, put.revision, put.required) == (EndpointState.READY, 2, ("mesh/n1", "mesh/n2"))
+    assert (put.state, put.revision, put.required) == (EndpointState.READY, 2, ("gateway/edge", "mesh/n1", "mesh/n2"))
     ready = endpoint(EndpointState.READY, generation=30, revision=2, required=put.required)
     assert not serving(ready, {c.key: c.acked_generation for c in acked(20)})
     assert serving(ready, {c.key: c.acked_generation for c in acked(30)})

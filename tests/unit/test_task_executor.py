@@ -38,6 +38,7 @@ def test_the_task_frontend_reaches_every_mesh_service_and_names_the_server_that_
         f"    bind unix@{tmp_path}/tasks.sock mode 600\n"
         "    http-request deny deny_status 400 if { req.fhdr(host) -m sub , }\n"
         "    http-request set-var(txn.service) req.fhdr(host),field(1,:),lower\n"
+        "    http-request del-header x-ballast-unit\n"
         "    use_backend svc_back if { var(txn.service) -m str back }\n"
         "    use_backend svc_front if { var(txn.service) -m str front }\n"
         "    http-response set-header x-ballast-served-by %[srv_name]\n"

@@ -150,8 +150,10 @@ class RegistryDecision:
 
 
 def required_components(policy: TrafficPolicy, components: Iterable[Component]) -> tuple[str, ...]:
-    """Every registered component of a kind that routes to the service must acknowledge."""
-    return tuple(sorted(c.key for c in components if c.kind in policy.components))
+    """Every registered component of a kind that routes to the service must acknowledge. A gateway routes to
+    every mesh service too (its scheduled-task calls), so it acknowledges their endpoints as well."""
+    kinds = policy.components | ({GATEWAY} if MESH in policy.components else set())
+    return tuple(sorted(c.key for c in components if c.kind in kinds))
 
 
 def pending_acks(ep: EndpointRecord, acked: Mapping[str, int]) -> tuple[str, ...]:
