@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import threading
+import urllib.error
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +27,16 @@ import pytest
 import yaml
 
 from ballast.cli.packaging import stage_demo
-from tests.e2e.conftest import Platform, eventually, start_platform
+from tests.e2e.conftest import Platform, eventually, http_get_json, start_platform
 from tests.e2e.test_releases import HEALTH, Api, phase_is, wait_release
+from tests.e2e.test_scheduled_tasks import _server_pid
 from tests.e2e.test_traffic_rules import binomial_interval
 
 pytestmark = pytest.mark.e2e
 FIRST_IP = "127.0.173.2"
 CHAIN_PATHS = "/pay,/replenish,/stress"
+TASK_MS = "2000"   # a task call takes this long at A: a kill of the control plane lands while calls are in flight
+SHARDS = 8
 Item = dict[str, Any]
 
 
@@ -56,11 +62,11 @@ def coloring(name: str, prefix: str, tags: dict[str, str]) -> Item:
             "spec": {"at": {"apps": ["u"]}, "match": {"pathPrefix": prefix}, "tags": tags}}
 
 
-def replenish_rule(*extra_routes: Item) -> Item:
+def replenish_rule(*extra_routes: Item, callers: tuple[str, ...] = ("u",)) -> Item:
     routes = [{"name": "replenish", "match": {"tags": {"biz": "replenish"}}, "to": [{"group": "vostro"}]},
               *extra_routes]
     return {"apiVersion": "ballast.io/v1alpha1", "kind": "TrafficRule", "metadata": {"name": "a-replenish"},
-            "spec": {"service": "a", "from": {"apps": ["u"]}, "routes": routes}}
+            "spec": {"service": "a", "from": {"apps": list(callers)}, "routes": routes}}
 
 
 class Deployed:
@@ -106,7 +112,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 def deployed(platform: Platform) -> Deployed:
     d = Deployed(platform, stage_demo(platform.root / "apps"))
     d.apply(app("u", 2, expose=[{"host": "u.local", "path": "/"}], env={"DEMO_CALL_SERVICE": "a"}),
-            app("a", 2, env={"DEMO_CALL_SERVICE": "b"}),
+            app("a", 2, env={"DEMO_CALL_SERVICE": "b", "DEMO_TASK_MS": TASK_MS}),
             app("b", 2, traffic={"stress": "deny"}),
             group("a-vostro", "a", "vostro", 2, stress=True),
             group("b-vostro", "b", "vostro", 2),
@@ -229,7 +235,7 @@ def test_a_unit_keeps_its_calls_and_no_other_call_reaches_it_through_a_release_a
     try:
         eventually(lambda: load.reached(2000), "load under way", 120)
         # A release of A, its group's instances included, under both kinds of load.
-        deployed.apply(app("a", 2, greeting="v2", env={"DEMO_CALL_SERVICE": "b"}))
+        deployed.apply(app("a", 2, greeting="v2", env={"DEMO_CALL_SERVICE": "b", "DEMO_TASK_MS": TASK_MS}))
         p.cli("release", "start", "a")
         done = wait_release(api, "a", "released", phase_is("Succeeded"), timeout=240)
         assert done["toRevision"] == 2
@@ -311,3 +317,59 @@ def test_strict_convergence_fails_closed_where_the_unit_has_no_group(deployed: D
     deployed.settled({"a-vostro": 3})
     served = calls(p, "/replenish", 200)
     assert all(s.status == 200 and s.a and s.a[0] == "vostro" and s.b and s.b[0] == "" for s in served), served[:3]
+
+
+def test_a_scheduled_batch_lands_in_the_unit_and_a_control_plane_kill_loses_or_repeats_no_shard(
+        deployed: Deployed) -> None:
+    """The seeds' streaming task: the batch is colored biz=replenish, and the rule that routes U's replenishment
+    into the unit routes the gateway's task calls there too."""
+    p, api = deployed.platform, deployed.api
+    task = {"apiVersion": "ballast.io/v1alpha1", "kind": "ScheduledTask", "metadata": {"name": "replenish-batch"},
+            "spec": {"schedule": "0 3 * * *", "timeZone": "Asia/Shanghai",
+                     "target": {"service": "a", "path": "/tasks/replenish", "method": "POST"}, "shards": SHARDS,
+                     "tags": {"biz": "replenish"}, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 60,
+                     "timeoutSeconds": 20, "retries": 2}}
+    deployed.apply(replenish_rule(callers=("u", "gateway")), task)
+    deployed.settled({"a-vostro": 3}, (("trafficrules", "a-replenish"),))
+    out = p.cli("task", "run", "replenish-batch").stdout
+    run_id = int(out.split("run ", 1)[1].split()[0])
+
+    def get(path: str) -> Any:
+        try:
+            return api.get(path)
+        except (OSError, urllib.error.URLError) as exc:   # the control plane is down: not yet, not an error
+            raise AssertionError(f"GET {path}: {exc!r}") from None
+
+    def in_flight() -> None:
+        states = get(f"/v1/taskruns/{run_id}")["shardStates"]
+        assert states.get("claimed") == SHARDS, states
+    eventually(in_flight, "every shard claimed, its call in flight", timeout=20)
+    pid = _server_pid(p)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> None:
+        assert _server_pid(p) not in (None, pid), "no new control plane yet"
+    eventually(restarted, "ballast up restarts the control plane", timeout=30)
+
+    def done() -> Item:
+        run = get(f"/v1/taskruns/{run_id}")
+        assert run["state"] in ("succeeded", "failed"), (run["state"], run["shardStates"])
+        return dict(run)
+    run = eventually(done, f"task run {run_id} finished", timeout=90)
+    assert run["state"] == "succeeded", run
+    shards = run["items"]
+    assert sorted(s["index"] for s in shards) == list(range(SHARDS))
+    assert all(s["statusCode"] == 200 and s["group"] == "vostro" for s in shards), shards
+    assert all(s["claims"] == 1 and s["attempts"] == 1 for s in shards), shards
+    unit = {i["metadata"]["name"] for i in api.instances("a") if i["spec"].get("group") == "vostro"}
+    assert {s["instance"] for s in shards} <= unit
+    seen: Counter[str] = Counter()
+    for inst in api.instances("a"):
+        if inst["spec"]["desired"] == "running":
+            answer = http_get_json(inst["status"]["ip"], inst["status"]["port"], "/tasks-seen")
+            seen.update({k: v["count"] for k, v in answer["seen"].items() if k.startswith(f"replenish-batch/{run_id}/")})
+    assert seen == {f"replenish-batch/{run_id}/{i}": 1 for i in range(SHARDS)}, "A saw each shard exactly once"
+    finishes = [a for a in get("/v1/audit?limit=10000")["items"]
+                if a["action"] == "task.run-finish" and a["detail"].get("run") == run_id]
+    assert len(finishes) == 1, finishes
