@@ -228,3 +228,15 @@ async def test_deleting_the_app_deletes_its_groups_on_the_record(api: Api) -> No
     assert left and all(i["spec"]["desired"] == "deleted" for i in left)
     assert ("delete", "IsolationGroup/shop-vostro") in [(a["action"], a["resource"]) for a in await audit(api)]
     assert await scheduler.reconcile_once(api.store) == 0, "nothing places a deleted app's group again"
+
+
+async def test_metrics_show_each_groups_size_and_whether_it_is_in_effect(api: Api) -> None:
+    fleet = await shop_at_revision_1_with_revision_2_recorded(api)
+    await ok(api.http.post("/v1/apply", json={"items": [group()]}))
+    await scheduler.reconcile_once(api.store)
+    await agents_run_desired(api, fleet)
+    text = (await api.http.get("/metrics", params={"traffic": "false"})).text
+    labels = 'group="shop-vostro",unit="vostro"'
+    assert f'ballast_isolation_group_ready_endpoints{{app="shop",cell="cell-a",{labels}}} 1.0' in text, text
+    assert f'ballast_isolation_group_wanted_instances{{app="shop",cell="cell-b",{labels}}} 1.0' in text
+    assert f'ballast_isolation_group_in_effect{{app="shop",{labels}}} 1.0' in text

@@ -27,7 +27,7 @@ from ballast.core.outbound import OutboundPolicy
 from ballast.core.release_engine import Phase
 from ballast.core.request_metrics import ZERO, Counts, summarize
 from ballast.core.verification import Verdict
-from ballast.services import apps, control_metrics, request_metrics, traffic_rules
+from ballast.services import apps, control_metrics, isolation_groups, request_metrics, traffic_rules
 from ballast.services.access import Principal
 
 router = APIRouter()
@@ -155,6 +155,23 @@ def _rule_families(rules: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
     return [effect, generation, ready, fallback]
 
 
+def _group_families(groups: list[dict[str, Any]]) -> list[GaugeMetricFamily]:
+    """Each isolation group's size: wanted, ready (routable) instances per cell, and whether it is in effect."""
+    wanted = GaugeMetricFamily("ballast_isolation_group_wanted_instances", "instances the group declares per cell",
+                               labels=["group", "app", "unit", "cell"])
+    ready = GaugeMetricFamily("ballast_isolation_group_ready_endpoints", "the group's endpoints ready to route per "
+                              "cell", labels=["group", "app", "unit", "cell"])
+    effect = GaugeMetricFamily("ballast_isolation_group_in_effect", "1 once every traffic component acknowledged "
+                               "the group's last change of routing", labels=["group", "app", "unit"])
+    for g in groups:
+        key = [g["name"], g["app"], g["code"]]
+        effect.add_metric(key, 1.0 if g["inEffect"] else 0.0)
+        for cell, counts in g["cells"].items():
+            wanted.add_metric([*key, cell], float(counts["wanted"]))
+            ready.add_metric([*key, cell], float(counts["ready"]))
+    return [wanted, ready, effect]
+
+
 @router.get("/metrics", tags=["metrics"], include_in_schema=False)
 async def metrics(request: Request, traffic: bool = Query(True, description="include every app's recent traffic, "
                                                                            "read from the node agents now"),
@@ -163,6 +180,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
     async with store_of(request).read() as conn:
         families = _families(await control_metrics.read(conn))
         families += _rule_families(await traffic_rules.listing(conn, traffic_rules.TRAFFIC_RULE))
+        families += _group_families(await isolation_groups.listing(conn))
         sources = await request_metrics.all_sidecar_sources(conn)
     if traffic:
         families += await _traffic_families(sources, request.app.state.outbound)
