@@ -20,16 +20,15 @@ import threading
 import urllib.error
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from ballast.cli.packaging import stage_demo
 from tests.e2e.conftest import Platform, eventually, http_get_json, start_platform
-from tests.e2e.test_releases import HEALTH, Api, phase_is, wait_release
+from tests.e2e.test_releases import HEALTH, phase_is, wait_release
 from tests.e2e.test_scheduled_tasks import _server_pid
+from tests.e2e.test_traffic_rules import Deployed as RulesDeployed
 from tests.e2e.test_traffic_rules import binomial_interval
 
 pytestmark = pytest.mark.e2e
@@ -69,18 +68,8 @@ def replenish_rule(*extra_routes: Item, callers: tuple[str, ...] = ("u",)) -> It
             "spec": {"service": "a", "from": {"apps": list(callers)}, "routes": routes}}
 
 
-class Deployed:
-    def __init__(self, platform: Platform, directory: Path) -> None:
-        self.platform = platform
-        self.directory = directory
-        self.api = Api(platform)
-        self.applied = 0
-
-    def apply(self, *docs: Item) -> None:
-        self.applied += 1
-        path = self.directory / f"units-{self.applied}.yaml"
-        path.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
-        self.platform.cli("apply", "-f", str(path))
+class Deployed(RulesDeployed):
+    """The traffic-rules module's applier (CLI `apply -f`), and what a change of units waits for."""
 
     def settled(self, groups: dict[str, int], rules: tuple[tuple[str, str], ...] = (), timeout: float = 120) -> None:
         """Each group has its size in ready endpoints and is in effect everywhere, every rule is in effect, and

@@ -14,7 +14,7 @@ import json
 import re
 from datetime import datetime
 from datetime import time as dtime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -24,7 +24,7 @@ from ballast.core.orders import Freeze, WeeklyRange, Window, graph_problems, par
 from ballast.core.placement import Resources as ResourceRequest
 from ballast.core.placement import parse_cpu, parse_memory
 from ballast.core.scheduled_tasks import ScheduledTaskSpec
-from ballast.core.spec_model import Name, SpecModel as _Model
+from ballast.core.spec_model import Name, SpecModel as _Model, iana_zone
 from ballast.core.strategy import (StrategyOverride, StrategySpec, VerifyOverride, VerifySpec, stored_strategy,
                                    strategy_json)
 from ballast.errors import FieldProblem, InvalidInput
@@ -242,11 +242,7 @@ class ChangeWindowSpec(_Model):
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"an IANA time zone such as UTC or Europe/Zurich, not {value!r}") from None
-        return value
+        return iana_zone(value)
 
     def to_window(self, name: str) -> Window:
         zone = ZoneInfo(self.time_zone)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 from pydantic import Field, field_validator
 
-from ballast.core.spec_model import Name, SpecModel
+from ballast.core.spec_model import Name, SpecModel, iana_zone
 from ballast.wire.traffic import PATH_PREFIX_PATTERN, Tags
 
 SHARDS_MAX = 1000
@@ -95,11 +95,7 @@ class ScheduledTaskSpec(SpecModel):
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"an IANA time zone such as UTC or Asia/Shanghai, not {value!r}") from None
-        return value
+        return iana_zone(value)
 
     def lease_seconds(self) -> float:
         """How long a gateway holds a claimed shard: every attempt at its timeout, the pauses between them, and a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,3 +22,12 @@ class SpecModel(BaseModel):
     @classmethod
     def _integral_floats(cls, data: Any) -> Any:
         return integral_floats(data)
+
+
+def iana_zone(value: str) -> str:
+    """A time zone field's check: an IANA name the system's zone database knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"an IANA time zone such as UTC or Asia/Shanghai, not {value!r}") from None
+    return value
