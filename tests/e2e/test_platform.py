@@ -33,7 +33,7 @@ NODES = {  # node -> (cell, zone, ip)
 # Each node's loopback address for its apps and mesh listeners (on one machine: one per node, not its IP).
 PRIVATE = {"node-a1": "127.128.21.2", "node-a2": "127.128.21.3", "node-b1": "127.128.21.4", "node-b2": "127.128.21.5"}
 ALLOWED_ENV = {"PATH", "LANG", "HOME", "HOST", "PORT", "GREETING", "DEMO_LATENCY_PROFILE", "BALLAST_ENDPOINT",
-               "BALLAST_MESH_URL", "BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_CELL", "BALLAST_ZONE",
+               "BALLAST_MESH_URL", "BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_GROUP", "BALLAST_CELL", "BALLAST_ZONE",
                "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "BALLAST_DATA_DIR"}
 AS_ROOT = os.geteuid() == 0   # CI runs as root: only then can apps run as another user than the agents
 
@@ -130,7 +130,7 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
     for inst in shop:
         s = inst["status"]
         env = proc_environ(s["pid"])
-        assert {k: env.get(k) for k in ("BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_CELL", "BALLAST_ZONE",
+        assert {k: env.get(k) for k in ("BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_GROUP", "BALLAST_CELL", "BALLAST_ZONE",
                                         "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "HOST",
                                         "BALLAST_ENDPOINT", "BALLAST_MESH_URL")} == {
             "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_CELL": s["cell"],
