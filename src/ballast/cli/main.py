@@ -404,16 +404,18 @@ def _kind(kind: str) -> str:
 async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
     """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name;
     `get groups APP` lists the app's isolation groups (or names one group); `get taskruns TASK` a scheduled
-    task's (with -o wide: each shard's status, attempts, duration, instance and group)."""
+    task's, with each shard of the newest run (-o wide: of every run): status, attempts, duration, instance and
+    its isolation group."""
     resolved = _kind(kind)
     if resolved == "taskruns":
         if not name:
             raise click.UsageError("get taskruns TASK: name the scheduled task")
         runs = (await client.get(f"/v1/scheduledtasks/{name}/runs"))["items"]
         output.render("taskruns", runs, "table" if fmt == "wide" else fmt, console)
-        if fmt == "wide":
+        if fmt in ("table", "wide") and runs:
+            # Each shard of the newest run (of every run with -o wide): status, duration, instance, group.
             console.print()
-            output.render("taskshards", output.shard_rows(runs), "table", console)
+            output.render("taskshards", output.shard_rows(runs if fmt == "wide" else runs[:1]), "table", console)
         return
     fmt = "table" if fmt == "wide" else fmt
     single = bool(name) and resolved not in ("instances", "revisions", "endpoints")

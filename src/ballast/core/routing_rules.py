@@ -58,11 +58,13 @@ class Subset:
                 and (self.cells is None or endpoint.cell in self.cells))
 
     def describe(self) -> str:
-        words = [f"revision {self.revision}" if self.revision is not None else "any revision"]
+        """revision 2 in cells cell-a; group vostro; group vostro at revision 2; any revision"""
+        if self.group:
+            words = [f"group {self.group}" + (f" at revision {self.revision}" if self.revision is not None else "")]
+        else:
+            words = [f"revision {self.revision}" if self.revision is not None else "any revision"]
         if self.cells:
             words.append("cells " + ", ".join(self.cells))
-        if self.group:
-            words.insert(0, f"group {self.group}")
         return " in ".join(words)
 
 
