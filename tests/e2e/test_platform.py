@@ -133,7 +133,8 @@ def test_instance_processes_carry_ballast_identity(shop: list[dict[str, Any]], p
         assert {k: env.get(k) for k in ("BALLAST_INSTANCE_ID", "BALLAST_APP", "BALLAST_GROUP", "BALLAST_CELL", "BALLAST_ZONE",
                                         "BALLAST_REVISION", "BALLAST_NODE", "BALLAST_NODE_IP", "HOST",
                                         "BALLAST_ENDPOINT", "BALLAST_MESH_URL")} == {
-            "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_CELL": s["cell"],
+            "BALLAST_INSTANCE_ID": inst["metadata"]["name"], "BALLAST_APP": "shop", "BALLAST_GROUP": "",
+            "BALLAST_CELL": s["cell"],
             "BALLAST_ZONE": s["zone"], "BALLAST_REVISION": "1", "BALLAST_NODE": s["node"],
             "BALLAST_NODE_IP": s["ip"], "HOST": PRIVATE[s["node"]], "BALLAST_ENDPOINT": f"{s['ip']}:{s['port']}",
             "BALLAST_MESH_URL": s["meshUrl"]}
