@@ -14,6 +14,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -51,21 +52,39 @@ def eventually(check: Callable[[], T], what: str, timeout: float = DEADLINE) -> 
         time.sleep(POLL)
 
 
+# Above the kernel's ephemeral range (32768-60999 here), so no outgoing connection of another
+# process takes a port between our check and the platform binding it.
+_TEST_PORTS = range(61000, 65500)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.choice(_TEST_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_TEST_PORTS.start}-{_TEST_PORTS.stop - 1}")
 
 
 def free_port_pair(host: str = "127.0.0.1") -> int:
     """A port p such that p and p + 1 are free (`ballast up --metrics-port p` puts the gateway's on p + 1)."""
     for _ in range(50):
         port = free_port(host)
+        if port + 1 in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port + 1))
             except OSError:
                 continue
+        _handed_out.add(port + 1)
         return port
     raise RuntimeError("no two adjacent free ports")
 
