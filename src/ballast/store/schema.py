@@ -44,6 +44,22 @@ nodes = Table(
     # Cordoned: no new instances land here; `ballast node drain` moves the running ones away.
     Column("cordoned", Boolean, nullable=False, server_default=false()),
     Column("metrics_address", String(128), nullable=True),   # IP:PORT of the agent's telemetry endpoint
+    # The node lifecycle controller's judgement (Ready | NotReady | Degraded), when and why it was made.
+    Column("lifecycle", String(16), nullable=False, server_default="Ready"),
+    Column("lifecycle_since", Float, nullable=True),
+    Column("lifecycle_reason", Text, nullable=False, server_default=""),
+    Column("conditions", JSON, nullable=True),   # the agent's last report of its own health (core/node_health.py)
+)
+
+# Control-plane leadership: one row per lease; `epoch` grows with every new holder and fences its writes.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 
 apps = Table(
