@@ -28,6 +28,8 @@ A1, A2 = assigned("a", 1), assigned("a", 2)
     ([assigned("a", template=False)], {}, set(), set(), []),                        # its revision is gone
     ([assigned("a", desired="deleted")], {"a": 1}, set(), {"a"}, [Retire("a")]),   # granted deletion
     ([assigned("a", desired="deleted")], {}, set(), set(), [ReportStopped("a")]),  # deleted, nothing runs
+    # deleted while the node was away (fenced): the earlier agent's process is stopped, never adopted
+    ([assigned("a", desired="deleted")], {}, set(), {"a"}, [StopOrphan("a"), ReportStopped("a")]),
     ([assigned("a", desired="deleted")], {}, {"a"}, set(), []),                     # deleted, stopping now
     ([], {"a": 1}, set(), {"a"}, [Retire("a")]),                                    # no longer assigned here
     ([], {}, set(), {"a"}, [StopOrphan("a")]),                                      # remembered, unwanted

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from ballast.dataplane.telemetry import TelemetryServer, build_app, request_fami
 from ballast.owner_only import make_private
 from ballast.processes import adopt
 from ballast.wire.assignments import Assignment, Assignments, Template
-from ballast.wire.reports import InstanceReport, NodeRegistration, StatusReport
+from ballast.wire.reports import FailingSidecar, InstanceReport, NodeConditions, NodeRegistration, StatusReport
 
 log = logging.getLogger("ballast.agent")
 FIRST_SNAPSHOT_SECONDS = 10.0
@@ -63,7 +65,7 @@ class AgentSettings:
     haproxy: str                     # the HAProxy binary sidecars run
     instance_user: InstanceUser      # who apps run as (instance_user.py)
     port_range: tuple[int, int] = (20000, 29999)
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = 1.0     # the control plane judges a node NotReady after nodeGraceSeconds (4 s) of silence
     stop_instances_on_exit: bool = False
     instance_nice: int = 0            # > 0: apps yield the CPU to the agent and the sidecars under load
     metrics_port: int = 9464          # /metrics and /v1/request-metrics on the node's IP; 0: not served
@@ -350,8 +352,17 @@ class Agent:
         reports += [s.report() for i, s in self.stopping.items() if i not in self.supervisors]
         reports += [InstanceReport(id=i, phase="Stopped", ready=False, restarts=0, message="stopped")
                     for i in self.stopped_ids if i not in self.supervisors]
-        await self.client.post(f"/v1/nodes/{self.settings.name}/status", StatusReport(instances=reports).to_json())
+        await self.client.post(f"/v1/nodes/{self.settings.name}/status",
+                               StatusReport(instances=reports, conditions=self._conditions()).to_json())
         self.stopped_ids -= {r.id for r in reports if r.phase == "Stopped"}
+
+    def _conditions(self) -> NodeConditions:
+        """The node's own health, for the control plane's judgement (core/node_lifecycle.py)."""
+        disk = os.statvfs(self.settings.data_dir)
+        failing = [FailingSidecar(instance=i, restarts=n) for i, c in sorted(self.sidecars.items())
+                   if (n := c.recent_restarts()) > 0]
+        return NodeConditions(clock=time.time(), data_dir_free_bytes=disk.f_bavail * disk.f_frsize,
+                              data_dir_total_bytes=disk.f_blocks * disk.f_frsize, failing_sidecars=failing)
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -68,6 +68,9 @@ def plan(wanted: Sequence[Assignment], supervised: Mapping[str, int], stopping: 
             if running is not None:
                 out.append(Retire(instance))
             elif instance not in stopping:
+                if instance in remembered:
+                    # An earlier agent's process, fenced while this node was away: stop it, never adopt it.
+                    out.append(StopOrphan(instance))
                 out.append(ReportStopped(instance))
         elif running is None:
             if a.template is not None and instance not in stopping:

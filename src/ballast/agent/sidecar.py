@@ -62,10 +62,14 @@ class Sidecar:
         self.weights: dict[str, int] = {}   # the weights map the rendered configuration reads
         self.error = ""
         self.restarts = 0
+        self.restarted_at: list[float] = []   # monotonic times of the last minute's restarts
         self.up = False
         self._lock = asyncio.Lock()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+
+    def recent_restarts(self) -> int:
+        return sum(1 for t in self.restarted_at if time.monotonic() - t < 60.0)
 
     @property
     def mesh_url(self) -> str:
@@ -136,6 +140,7 @@ class Sidecar:
             if self._closing:
                 return
             self.restarts += 1
+            self.restarted_at = [t for t in self.restarted_at if time.monotonic() - t < 60.0] + [time.monotonic()]
             self._set_up(False)  # the instance is not ready until its sidecar is back
             backoff = backoff.after_run(time.monotonic() - began)
             log.warning("sidecar of %s exited; restarting in %gs", self.id, backoff.delay)

@@ -44,9 +44,11 @@ def node(n: NodeRecord) -> dict[str, Any]:
                 {"cell": n.cell, "zone": n.zone, "ip": n.ip,
                  "capacity": {"cpu": format_cpu(n.cpu_millis), "memory": format_memory(n.memory_bytes)},
                  "metricsAddress": n.metrics_address},
-                {"ready": n.ready, "lastHeartbeat": iso(n.last_heartbeat),
+                {"ready": n.ready, "state": n.lifecycle,
+                 "stateSince": iso(n.lifecycle_since) if n.lifecycle_since is not None else None,
+                 "stateReason": n.lifecycle_reason, "lastHeartbeat": iso(n.last_heartbeat),
                  "secondsSinceHeartbeat": round(n.seconds_since_heartbeat, 1), "instances": n.instances,
-                 "agentVersion": n.agent_version, "cordoned": n.cordoned})
+                 "agentVersion": n.agent_version, "cordoned": n.cordoned, "conditions": n.conditions})
 
 
 def app(a: AppRecord) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import Field
 
 from ballast.api import objects
 from ballast.api.deps import (Name, audited_write, one, principal, require, require_self, require_topology_read,
@@ -14,6 +15,7 @@ from ballast.core.identity import NODE
 from ballast.core.manifests import NAME_PATTERN
 from ballast.services import evacuation, outbound, registry, topology
 from ballast.services.access import Principal
+from ballast.wire.message import StrictMessage
 from ballast.wire.reports import NodeRegistration, StatusReport
 
 router = APIRouter()
@@ -24,7 +26,7 @@ async def _nodes(request: Request, who: Principal, name: str | None = None) -> l
     require_topology_read(who)
     store = store_of(request)
     async with store.read() as conn:
-        return [objects.node(n) for n in await topology.list_nodes(conn, store.clock(), name)]
+        return [objects.node(n) for n in await topology.list_nodes(conn, store.clock(), name, store.node_grace_seconds)]
 
 
 @router.get("/nodes", tags=["nodes"])
@@ -52,7 +54,7 @@ async def report_status(body: StatusReport, request: Request, name: str = NodeNa
     require_self(who, NODE, name)
     reports = body.instances
 
-    await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports))
+    await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports, body.conditions))
     return {"ok": True}
 
 
@@ -82,3 +84,17 @@ async def drain_node(request: Request, name: str = NodeName, who: Principal = De
 async def uncordon_node(request: Request, name: str = NodeName, who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.MANAGE_CELLS)
     return await audited_write(request, lambda tx: evacuation.uncordon(tx, name, who.user))
+
+
+class MoveRequest(StrictMessage):
+    node: str | None = Field(None, pattern=NAME_PATTERN, max_length=63,
+                             description="the ready node of its cell to move to (default: placement chooses)")
+
+
+@router.post("/instances/{instance_id}/move", tags=["nodes"])
+async def move_instance(body: MoveRequest, request: Request, instance_id: str = Path(max_length=80),
+                        who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Move an instance off a NotReady node to a ready node of its cell, without its data (ordered instances wait
+    for their node otherwise)."""
+    require(who, Action.MANAGE_CELLS)
+    return await audited_write(request, lambda tx: evacuation.move_instance(tx, instance_id, body.node, who.user))

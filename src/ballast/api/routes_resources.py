@@ -117,7 +117,8 @@ async def _instances(request: Request, who: Principal, *, app: str | None = None
     require_person(who)
     store = store_of(request)
     async with store.read() as conn:
-        found = await instances.list_instances(conn, store.clock(), app=app, node=node, instance_id=instance_id)
+        found = await instances.list_instances(conn, store.clock(), app=app, node=node, instance_id=instance_id,
+                                                 grace=store.node_grace_seconds)
     return [objects.instance(i) for i in found if may_read_app(who, i.app)]
 
 
@@ -190,10 +191,12 @@ async def fetch_artifact(digest: Annotated[str, Path(pattern=DIGEST_PATTERN)], r
 @router.get("/audit", tags=["audit"])
 async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000), after: int = Query(0, ge=0, le=COUNTER_MAX),
                      oldest: bool = Query(False, description="with after=0: the first records, not the newest"),
+                     resource: str | None = Query(None, max_length=200, description="only records of this resource, "
+                                                  "e.g. Node/node-a1"),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
     async with store_of(request).read() as conn:
-        recs = await audit_trail.recent(conn, after=after, limit=limit, oldest=oldest)
+        recs = await audit_trail.recent(conn, after=after, limit=limit, oldest=oldest, resource=resource)
     return {"items": [objects.audit_record(r) for r in recs]}
 
 

@@ -15,7 +15,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
-from ballast.controllers import checkpoints, endpoints, orders, releases, scheduler, tasks, verification
+from ballast.controllers import (checkpoints, endpoints, hearing, node_lifecycle, orders, releases, scheduler, tasks,
+                                 verification)
 from ballast.controllers.checkpoints import AuditAnchor
 from ballast.core.archive import ArchiveLimits
 from ballast.core.nodes import DisruptionPolicy
@@ -99,6 +100,7 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     else:
         anchor.file.open_for_append()   # before anything else: a second writer is refused at once
     store = await Store.open(store_url)
+    store.node_grace_seconds = disruption.grace_seconds
     token = await bootstrap_admin(store)
     if token is not None:
         if bootstrap_token_file is None:
@@ -119,7 +121,9 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
                    asyncio.create_task(endpoints.run(store, stop, policy=disruption), name="registry"),
                    asyncio.create_task(orders.run(store, stop), name="orders"),
                    asyncio.create_task(verification.run(store, stop, policy=outbound), name="verification"),
-                   asyncio.create_task(tasks.run(store, stop), name="tasks")]
+                   asyncio.create_task(tasks.run(store, stop), name="tasks"),
+                   asyncio.create_task(node_lifecycle.run(store, stop, policy=disruption), name="node-lifecycle"),
+                   asyncio.create_task(hearing.run(store, stop), name="hearing")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
     signing = asyncio.Event()   # set last: the final checkpoint signs every record written before it
     writer = asyncio.create_task(checkpoints.run(store, signing, anchor), name="checkpoints") if anchor else None

@@ -73,9 +73,11 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
                    "127.0.0.1); 0: off")
 @click.option("--trusted-color-network", "trusted_color_networks", multiple=True, metavar="CIDR",
               help="clients in this network keep the baggage (color) they send through the gateway (repeatable)")
+@click.option("--node-grace-seconds", type=click.FloatRange(min=2, max=3600), default=4.0, show_default=True,
+              help="nodeGraceSeconds: a node silent this long is NotReady; its instances are replaced in its cell")
 def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
        node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int, metrics_port: int,
-       trusted_color_networks: tuple[str, ...]) -> None:
+       trusted_color_networks: tuple[str, ...], node_grace_seconds: float) -> None:
     """Start the local platform (control plane, agents in two zones, a gateway) until Ctrl-C."""
     from ballast.cli.up import UpSettings, run
     from ballast.preflight import require_binaries
@@ -86,7 +88,8 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
     settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
                           first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
                           write_user_config=not no_user_config, gateway_port=gateway_port,
-                          metrics_port=metrics_port, trusted_color_networks=_networks(trusted_color_networks))
+                          metrics_port=metrics_port, trusted_color_networks=_networks(trusted_color_networks),
+                          node_grace_seconds=node_grace_seconds)
     _run_until_signal(lambda stop: run(settings, console, stop))
 
 
@@ -102,6 +105,9 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
                    "cannot hear them and drains none of them until heartbeats flow again")
 @click.option("--node-disruption-min", type=click.IntRange(min=1, max=100_000), default=2, show_default=True,
               help="...and at least this many nodes")
+@click.option("--node-grace-seconds", type=click.FloatRange(min=2, max=3600), default=4.0, show_default=True,
+              help="nodeGraceSeconds: a node silent this long is NotReady — its endpoints leave routing and its "
+                   "instances are replaced in its cell (agents heartbeat every second)")
 @click.option("--audit-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Ed25519 private key (PEM) that signs audit checkpoints (`ballast audit keygen`); keep it off "
                    "the database host. Without it the audit chain is not anchored")
@@ -120,7 +126,7 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
               help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
                    "aim at (refused by default; the control plane's own API port never)")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
-           node_disruption_share: float, node_disruption_min: int,
+           node_disruption_share: float, node_disruption_min: int, node_grace_seconds: float,
            audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float,
            max_artifact_bytes: int, max_artifact_files: int, max_artifact_unpacked_bytes: int,
            allow_outbound: tuple[str, ...]) -> None:
@@ -154,7 +160,8 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
             anchor = AuditAnchor(load_signer(audit_key), CheckpointFile(directory), audit_checkpoint_interval)
         asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
                           TokenPolicy(max_seconds=max_token_ttl), anchor,
-                          DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min),
+                          DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min,
+                                           grace_seconds=node_grace_seconds),
                           artifact_limits=limits, outbound=outbound))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
@@ -466,6 +473,15 @@ async def describe(client: Client, kind: str, name: str) -> None:
     if resolved == "isolationgroups":
         mine = [i for i in (await client.get("/v1/instances", app=obj["app"]))["items"] if i["spec"].get("group") == obj["code"]]
         output.render("instances", mine, "table", console)
+    if resolved == "nodes":
+        output.render("instances", (await client.get("/v1/instances", node=name))["items"], "table", console)
+        decisions = (await client.get("/v1/audit", resource=f"Node/{name}", limit=50))["items"]
+        console.out("decisions (audit log, newest last):", highlight=False)
+        for d in decisions:
+            detail = d.get("detail") or {}
+            said = detail.get("reason") or ", ".join(i["instance"] for i in detail.get("instances", ())) or ""
+            console.out(f"  {d['seq']:>6}  {d['ts'][:19]}  {d['action']:<24} {d['result']:<10} {said}",
+                        highlight=False)
 
 
 @cli.command()
@@ -698,6 +714,23 @@ async def node_uncordon(client: Client, name: str) -> None:
     """Let new instances land on NAME again."""
     await client.post(f"/v1/nodes/{name}/uncordon")
     console.print(f"node {name} uncordoned")
+
+
+@cli.group()
+def instance() -> None:
+    """Instance operations: move (an instance of a NotReady node, without its data)."""
+
+
+@instance.command("move")
+@click.argument("instance_id", metavar="ID")
+@click.option("--to", "to_node", help="a ready node of its cell (default: placement chooses)")
+@command
+async def instance_move(client: Client, instance_id: str, to_node: str | None) -> None:
+    """Move instance ID off its NotReady node to a ready node of its cell, WITHOUT its data. Ordered instances wait
+    for their node otherwise; the old node stops the old process when it returns."""
+    answer = await client.post(f"/v1/instances/{instance_id}/move", {"node": to_node} if to_node else {})
+    console.print(f"instance {answer['instance']} moved from {answer['from']} to {answer['to']} (without its data)")
+
 
 from ballast.cli.join_cmds import join, join_token  # noqa: E402
 

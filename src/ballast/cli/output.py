@@ -32,9 +32,11 @@ def escape_controls(text: str) -> str:
 COLUMNS: dict[str, tuple[list[str], Row]] = {
     "cells": (["NAME", "ZONE", "NODES"],
               lambda o: [o["metadata"]["name"], o["spec"]["zone"], ",".join(o["status"]["nodes"]) or "-"]),
-    "nodes": (["NAME", "CELL", "ZONE", "IP", "READY", "INSTANCES", "CPU", "MEMORY", "HEARTBEAT"],
+    "nodes": (["NAME", "CELL", "ZONE", "IP", "READY", "STATE", "INSTANCES", "CPU", "MEMORY", "HEARTBEAT"],
               lambda o: [o["metadata"]["name"], o["spec"]["cell"], o["spec"]["zone"], o["spec"]["ip"],
-                         str(o["status"]["ready"]), str(o["status"]["instances"]), o["spec"]["capacity"]["cpu"],
+                         str(o["status"]["ready"]),
+                         o["status"].get("state", "Ready") + (",Cordoned" if o["status"].get("cordoned") else ""),
+                         str(o["status"]["instances"]), o["spec"]["capacity"]["cpu"],
                          o["spec"]["capacity"]["memory"], f"{o['status']['secondsSinceHeartbeat']}s ago"]),
     "apps": (["NAME", "READY", "REVISION", "LATEST", "CELLS", "MESSAGE"],
              lambda o: [o["metadata"]["name"], f"{o['status']['readyInstances']}/{o['status']['instances']}",

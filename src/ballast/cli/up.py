@@ -63,6 +63,7 @@ class UpSettings:
     gateway_port: int = 8080
     metrics_port: int = 9464       # agents on their node IPs, the gateway on `host` one above; 0: not served
     trusted_color_networks: tuple[str, ...] = ()   # clients whose own baggage the gateway keeps
+    node_grace_seconds: float = 4.0
 
     @property
     def gateway_metrics(self) -> str:
@@ -336,7 +337,8 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                                              "--audit-checkpoints", str(data_dir / AUDIT_CHECKPOINTS),
                                              # the whole local platform lives on loopback, its webhooks and
                                              # Prometheus too: calls there are what it is for
-                                             "--allow-outbound", "127.0.0.0/8"),
+                                             "--allow-outbound", "127.0.0.0/8",
+                                             "--node-grace-seconds", str(settings.node_grace_seconds)),
                    data_dir / "logs" / "server.log")
     agents: list[Child] = []
     loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.loop import run_passes
 from ballast.core.digests import digest
-from ballast.core.endpoints import (Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
+from ballast.core.endpoints import (MESH, Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
                                     pending_acks)
 from ballast.core.manifests import stored_spec
 from ballast.core.nodes import DisruptionPolicy, Hearing, NodeHeartbeat, hearing
@@ -34,21 +34,27 @@ ACTOR = "controller/registry"
 State = tuple[list[InstanceFacts], dict[str, EndpointRecord], list[Component], dict[str, TrafficPolicy]]
 
 
-async def _hearing(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> Hearing:
+async def heard_nodes(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float) -> Hearing:
+    """Which nodes are silent. Silence counts only from `hearing_since`, the moment this process last began to
+    hear (it started, or its event loop stalled): a stalled control plane judges nobody by the heartbeats it
+    could not process."""
     rows = (await conn.execute(select(nodes.c.name, nodes.c.cell, nodes.c.last_heartbeat))).all()
-    return hearing([NodeHeartbeat(r.name, r.cell, r.last_heartbeat) for r in rows], now, policy)
+    return hearing([NodeHeartbeat(r.name, r.cell, max(r.last_heartbeat, hearing_since)) for r in rows], now, policy)
 
 
-async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> State:
-    heard = await _hearing(conn, now, policy)
+async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float) -> State:
+    heard = await heard_nodes(conn, now, policy, hearing_since)
     facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
                            revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
                            granted_desired=i.granted_desired, running_revision=i.running_revision,
                            phase=i.phase, ready=i.ready, node_ready=heard.routable(i.node), group=i.group_code)
              for i in (await conn.execute(select(instances))).all()]
     eps = {r.id: registry_records.endpoint_record(r) for r in (await conn.execute(select(endpoints))).all()}
+    # A NotReady node's mesh routes nothing any more: nobody waits for its acknowledgement (when it returns it
+    # starts from a whole snapshot, and is waited for again from its first heartbeat).
     comps = [Component(f"{c.kind}/{c.name}", c.kind, c.acked_generation)
-             for c in (await conn.execute(select(components))).all()]
+             for c in (await conn.execute(select(components))).all()
+             if c.kind != MESH or heard.routable(c.name)]
     policies = {a.name: stored_spec(a.spec).traffic_policy()
                 for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     return facts, eps, comps, policies
@@ -56,8 +62,8 @@ async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy) -> 
 
 async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPolicy()) -> int:
     async with store.read() as conn:
-        state = await _read(conn, store.clock(), policy)
-        heard = await _hearing(conn, store.clock(), policy)
+        state = await _read(conn, store.clock(), policy, store.hearing_since)
+        heard = await heard_nodes(conn, store.clock(), policy, store.hearing_since)
     await _record_disruption(store, heard)
     _, eps, comps, _ = state
     log_acknowledged(store.memo, eps, {c.key: c.acked_generation for c in comps}, store.clock())
@@ -65,7 +71,7 @@ async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPoli
         return 0  # the common pass: nothing to do, nothing written
     async with store.write() as tx:
         # Decide again inside the write: what is written follows from exactly what this transaction sees.
-        facts, eps, comps, policies = await _read(tx.conn, tx.now, policy)
+        facts, eps, comps, policies = await _read(tx.conn, tx.now, policy, store.hearing_since)
         decision = decide(facts, eps, comps, policies, tx.now)
         await _write(tx, decision, {f.id: f for f in facts}, eps)
     return len(decision.puts) + len(decision.notes) + len(decision.drops) + len(decision.grants)

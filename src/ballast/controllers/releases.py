@@ -133,7 +133,7 @@ async def _create_replacement(tx: Tx, row: Any, app_row: Any, action: CreateRepl
     if exists is not None:
         return None  # already created by an earlier pass
     spec = AppServiceSpec.model_validate(app_row.spec)
-    views, placed = await placement_inputs(tx.conn, tx.now)
+    views, placed = await placement_inputs(tx.conn, tx.now, tx.node_grace_seconds)
     old = (await tx.conn.execute(select(instances.c.ordinal, instances.c.group_code)
                                  .where(instances.c.id == action.replaces))).first()
     group = old.group_code if old is not None else action.group

@@ -37,20 +37,20 @@ log = logging.getLogger("ballast.scheduler")
 ACTOR = "controller/scheduler"
 
 
-async def _snapshot(conn: AsyncConnection, now: float) -> tuple[list[Any], list[str], list[NodeView], list[PlacedInstance]]:
+async def _snapshot(conn: AsyncConnection, now: float, grace: float) -> tuple[list[Any], list[str], list[NodeView], list[PlacedInstance]]:
     releasing = set((await conn.execute(select(releases.c.app).where(
         releases.c.phase.in_([p.value for p in ACTIVE_PHASES])))).scalars())
     # An app under release belongs to the release engine (surge instances, replacements) until it ends.
     app_rows = [a for a in (await conn.execute(select(apps).order_by(apps.c.name))).all() if a.name not in releasing]
     cell_names = list((await conn.execute(select(cells.c.name))).scalars())
-    node_views, placed = await placement_inputs(conn, now)
+    node_views, placed = await placement_inputs(conn, now, grace)
     return app_rows, cell_names, node_views, placed
 
 
 async def reconcile_once(store: Store) -> int:
     """One pass over every app; returns how many instance records it created or retired."""
     async with store.read() as conn:
-        app_rows, cell_names, node_views, placed = await _snapshot(conn, store.clock())
+        app_rows, cell_names, node_views, placed = await _snapshot(conn, store.clock(), store.node_grace_seconds)
         live = (await conn.execute(select(instances.c.id, instances.c.app, instances.c.cell, instances.c.ordinal)
                                    .where(instances.c.desired == "running"))).all()
     live_by_app: dict[str, list[Any]] = {}

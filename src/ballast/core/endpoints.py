@@ -197,6 +197,10 @@ def decide(instances: Sequence[InstanceFacts], endpoints: Mapping[str, EndpointR
             if fresh:
                 put = PutEndpoint(inst.id, inst.app, inst.node, inst.cell, inst.zone, inst.ip, inst.port,
                                   inst.running_revision, EndpointState.READY, required)
+        elif ep is not None and not inst.node_ready and ep.state is not EndpointState.REMOVED:
+            # Its node is NotReady: out of every routing table at once; nothing there can finish a drain.
+            put = PutEndpoint(ep.id, ep.service, ep.node, ep.cell, ep.zone, ep.ip, ep.port, ep.revision,
+                              EndpointState.REMOVED, required)
         elif ep is not None and ep.state is EndpointState.READY:
             put = PutEndpoint(ep.id, ep.service, ep.node, ep.cell, ep.zone, ep.ip, ep.port, ep.revision,
                               EndpointState.DRAINING, required)

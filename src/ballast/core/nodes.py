@@ -13,15 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-NODE_TIMEOUT_SECONDS = 10.0  # agents report every few seconds; silence this long means the node is gone
+# `nodeGraceSeconds`: agents report every second; silence this long means the node is gone (NotReady).
+DEFAULT_NODE_GRACE_SECONDS = 4.0
+NODE_TIMEOUT_SECONDS = DEFAULT_NODE_GRACE_SECONDS
 
 
-def node_ready(last_heartbeat: float, now: float) -> bool:
-    return now - last_heartbeat < NODE_TIMEOUT_SECONDS
+def node_ready(last_heartbeat: float, now: float, grace: float = DEFAULT_NODE_GRACE_SECONDS) -> bool:
+    return now - last_heartbeat < grace
 
 
-def schedulable(last_heartbeat: float, cordoned: bool, now: float) -> bool:
-    return node_ready(last_heartbeat, now) and not cordoned
+def schedulable(last_heartbeat: float, cordoned: bool, now: float, grace: float = DEFAULT_NODE_GRACE_SECONDS) -> bool:
+    return node_ready(last_heartbeat, now, grace) and not cordoned
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class DisruptionPolicy:
 
     max_silent_share: float = 0.5
     min_silent: int = 2
+    grace_seconds: float = DEFAULT_NODE_GRACE_SECONDS   # nodeGraceSeconds: silence before a node is NotReady
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Hearing:
 def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = DisruptionPolicy()) -> Hearing:
     """Pure: silent nodes, and the scopes where their number means the control plane cannot hear (the
     zone-disruption rule: a control plane cut off from its nodes must not drain the fleet it cannot see)."""
-    silent = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now))
+    silent = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now, policy.grace_seconds))
     scopes: dict[str, list[NodeHeartbeat]] = {"platform": list(nodes)}
     for n in nodes:
         scopes.setdefault(f"cell/{n.cell}", []).append(n)
@@ -84,9 +87,10 @@ class InstanceReadiness:
     since: float | None = None   # Unknown: the node's last heartbeat, the last moment anything was known
 
 
-def instance_readiness(reported_ready: bool, node_last_heartbeat: float | None, now: float) -> InstanceReadiness:
+def instance_readiness(reported_ready: bool, node_last_heartbeat: float | None, now: float,
+                       grace: float = DEFAULT_NODE_GRACE_SECONDS) -> InstanceReadiness:
     """What is known of an instance's readiness: its agent's last report while the node is ready, Unknown once the
     node stops heartbeating. `node_last_heartbeat` is None when the instance has no registered node (not placed)."""
-    if node_last_heartbeat is not None and not node_ready(node_last_heartbeat, now):
+    if node_last_heartbeat is not None and not node_ready(node_last_heartbeat, now, grace):
         return InstanceReadiness(Readiness.UNKNOWN, since=node_last_heartbeat)
     return InstanceReadiness(Readiness.TRUE if reported_ready else Readiness.FALSE)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.errors import NotFound
-from ballast.store.schema import apps, instances, revisions
+from ballast.store.schema import apps, instances, nodes, revisions
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ async def list_apps(conn: AsyncConnection, name: str | None = None) -> list[AppR
     if name is not None:
         query, counts_query = query.where(apps.c.name == name), counts_query.where(instances.c.app == name)
     rows = (await conn.execute(query)).all()
+    stranded_query = (select(instances.c.app, instances.c.id, instances.c.node)
+                      .join(nodes, nodes.c.name == instances.c.node)
+                      .where(instances.c.desired == "running", nodes.c.lifecycle == "NotReady")
+                      .order_by(instances.c.id))
+    if name is not None:
+        stranded_query = stranded_query.where(instances.c.app == name)
+    stranded: dict[str, list[str]] = {}
+    for s in (await conn.execute(stranded_query)).all():
+        stranded.setdefault(s.app, []).append(f"{s.id} waits for node {s.node} (NotReady)")
     per_app: dict[str, dict[str, tuple[int, int]]] = {}
     for app_name, cell, ready, count in (await conn.execute(counts_query)).all():
         total, ready_count = per_app.setdefault(app_name, {}).get(cell, (0, 0))
@@ -65,9 +74,20 @@ async def list_apps(conn: AsyncConnection, name: str | None = None) -> list[AppR
     return [AppRecord(name=r.name, labels=r.labels, generation=r.generation, created_at=r.created_at,
                       resource_version=r.resource_version, spec=r.spec, latest_revision=r.latest_revision,
                       deployed_revision=r.deployed_revision, unplaced=r.status.get("unplaced"),
-                      message=r.status.get("message"),
+                      message=_waiting(stranded.get(r.name), r.spec) or r.status.get("message"),
                       cells={c: InstanceCounts(t, k) for c, (t, k) in per_app.get(r.name, {}).items()})
             for r in rows]
+
+
+def _waiting(stranded: list[str] | None, spec: dict[str, Any]) -> str | None:
+    """Instances of a NotReady node that are not replaced, and why: an ordered instance keeps its data on its
+    node; any other waits because a release holds the app."""
+    if not stranded:
+        return None
+    if ((spec.get("strategy") or {}).get("upgrade")) == "ordered":
+        return ("; ".join(stranded) + ": ordered instances keep their data on their node, so they wait for it; "
+                "`ballast instance move ID` moves one to another node of its cell without its data")
+    return "; ".join(stranded) + ": replaced once the app's release ends"
 
 
 async def list_revisions(conn: AsyncConnection, app: str, number: int | None = None) -> list[RevisionRecord]:

@@ -40,10 +40,12 @@ class Anchor:
     key: PublicKey
 
 
-async def recent(conn: AsyncConnection, *, after: int, limit: int, oldest: bool = False) -> list[AuditRecord]:
-    """Up to `limit` records after seq `after`, oldest first; `after=0`: the newest `limit` (the first with
-    `oldest`, where a reader of the whole chain starts)."""
-    recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0 and not oldest)
+async def recent(conn: AsyncConnection, *, after: int, limit: int, oldest: bool = False,
+                 resource: str | None = None) -> list[AuditRecord]:
+    """Up to `limit` records after seq `after` (of one `resource`, when given), oldest first; `after=0`: the newest
+    `limit` (the first with `oldest`, where a reader of the whole chain starts)."""
+    recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0 and not oldest,
+                                   resource=resource)
     return sorted(recs, key=lambda r: r.seq)
 
 

@@ -17,8 +17,10 @@ from sqlalchemy import select, update
 from ballast.core.digests import digest
 from ballast.core.manifests import stored_spec
 from ballast.core.release_plan import PauseMode, Slot, UpgradeMode
-from ballast.errors import Conflict, NotFound
+from ballast.core.placement import place
+from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.services import releases
+from ballast.services.placement import placement_inputs
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, instances, nodes
 
@@ -82,3 +84,44 @@ async def uncordon(tx: Tx, name: str, actor: str) -> dict[str, Any]:
     await tx.audit(actor=actor, action="node.uncordon", resource=f"Node/{name}",
                    before=_cordon_digest(node, node.cordoned), after=_cordon_digest(node, False))
     return {"node": name, "cordoned": False}
+
+
+async def move_instance(tx: Tx, instance_id: str, to_node: str | None, actor: str) -> dict[str, Any]:
+    """Move an instance of a NotReady node to a ready node of its cell, without its data: the way out for an
+    ordered instance, whose data directory stays on the node it cannot leave otherwise. The record keeps its
+    identity; the node it leaves stops the old process when it returns (it is no longer assigned there)."""
+    row = (await tx.conn.execute(select(instances).where(instances.c.id == instance_id))).first()
+    if row is None:
+        raise NotFound(f"instance {instance_id!r} not found")
+    if row.desired != "running":
+        raise Conflict(f"instance {instance_id!r} is being deleted; there is nothing to move")
+    old = await _node(tx, row.node)
+    if old.lifecycle != "NotReady":
+        raise Conflict(f"instance {instance_id!r} is on node {old.name!r}, which is {old.lifecycle}: drain the node "
+                       f"instead (`ballast node drain {old.name}`), which moves instances without losing requests")
+    if await releases.active_release(tx.conn, row.app) is not None:
+        raise Conflict(f"app {row.app!r} is being released; move the instance when its release has ended")
+    views, placed = await placement_inputs(tx.conn, tx.now, tx.node_grace_seconds)
+    views = [v for v in views if v.cell == row.cell and (to_node is None or v.name == to_node)]
+    if to_node is not None and not views:
+        raise InvalidInput(f"node {to_node!r} is not a node of cell {row.cell!r}",
+                           problems=[FieldProblem("node", to_node, f"a ready node of cell {row.cell}")])
+    app_row = (await tx.conn.execute(select(apps).where(apps.c.name == row.app))).one()
+    request = stored_spec(app_row.spec).template.resources.request()
+    others = [p for p in placed if p.id != row.id]
+    mine = sum(1 for p in others if p.app == row.app and p.cell == row.cell and p.group == row.group_code)
+    decision = place(row.app, {row.cell: mine + 1}, request, others, views, group=row.group_code)
+    if not decision.create:
+        why = decision.unplaced[0][2] if decision.unplaced else "no ready node"
+        raise Conflict(f"instance {instance_id!r} cannot move within cell {row.cell!r}: {why}")
+    target = (await tx.conn.execute(select(nodes).where(nodes.c.name == decision.create[0].node))).one()
+    before = digest({"instance": row.id, "node": row.node})
+    await tx.conn.execute(update(instances).where(instances.c.id == row.id).values(
+        node=target.name, zone=target.zone, ip=target.ip, port=None, mesh_port=None, phase="Pending", ready=False,
+        pid=None, running_revision=None, drain=None, granted_revision=row.revision, granted_desired="running",
+        message=f"moved from node {row.node} without its data", desired_version=tx.rv, changed_at=tx.now,
+        updated_at=tx.now, resource_version=tx.rv))
+    await tx.audit(actor=actor, action="instance.move", resource=f"Instance/{row.id}", before=before,
+                   after=digest({"instance": row.id, "node": target.name}),
+                   detail={"app": row.app, "from": row.node, "to": target.name, "withData": False})
+    return {"instance": row.id, "from": row.node, "to": target.name}

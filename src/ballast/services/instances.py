@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.nodes import InstanceReadiness, instance_readiness
+from ballast.core.nodes import DEFAULT_NODE_GRACE_SECONDS, InstanceReadiness, instance_readiness
 from ballast.store.schema import instances, nodes
 
 
@@ -49,7 +49,8 @@ class InstanceRecord:
 
 
 async def list_instances(conn: AsyncConnection, now: float, *, app: str | None = None, node: str | None = None,
-                         instance_id: str | None = None) -> list[InstanceRecord]:
+                         instance_id: str | None = None,
+                         grace: float = DEFAULT_NODE_GRACE_SECONDS) -> list[InstanceRecord]:
     """Instances matching every filter given, by app, cell and id, with their readiness as known at `now`."""
     query = select(instances).order_by(instances.c.app, instances.c.cell, instances.c.id)
     if app is not None:
@@ -63,7 +64,7 @@ async def list_instances(conn: AsyncConnection, now: float, *, app: str | None =
                            resource_version=r.resource_version, revision=r.revision, desired=r.desired,
                            node=r.node, cell=r.cell, zone=r.zone, ip=r.ip, port=r.port,
                            running_revision=r.running_revision, phase=r.phase, ready=r.ready,
-                           readiness=instance_readiness(r.ready, heartbeats.get(r.node), now), restarts=r.restarts,
+                           readiness=instance_readiness(r.ready, heartbeats.get(r.node), now, grace), restarts=r.restarts,
                            pid=r.pid, message=r.message, mesh_port=r.mesh_port, drain=r.drain,
                            granted_revision=r.granted_revision, granted_desired=r.granted_desired,
                            group=r.group_code)

@@ -12,19 +12,20 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.manifests import stored_spec
-from ballast.core.nodes import schedulable
+from ballast.core.nodes import DEFAULT_NODE_GRACE_SECONDS, schedulable
 from ballast.core.placement import NodeView, PlacedInstance, Resources
 from ballast.store.engine import Tx
 from ballast.store.schema import apps, instances, nodes
 
 
-async def placement_inputs(conn: AsyncConnection, now: float) -> tuple[list[NodeView], list[PlacedInstance]]:
+async def placement_inputs(conn: AsyncConnection, now: float, grace: float = DEFAULT_NODE_GRACE_SECONDS
+                           ) -> tuple[list[NodeView], list[PlacedInstance]]:
     """Nodes and every live instance with its app's request: what `place()` needs, for any caller.
 
     Requests come from every app, those under release included: their instances occupy capacity too.
     """
     node_views = [NodeView(name=n.name, cell=n.cell,
-                           ready=schedulable(n.last_heartbeat, n.cordoned, now),
+                           ready=schedulable(n.last_heartbeat, n.cordoned, now, grace),
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
     requests = {a.name: stored_spec(a.spec).template.resources.request()

@@ -25,7 +25,7 @@ from ballast.services.endpoints import bump_registry
 from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
 from ballast.store.schema import apps, cells, components, instances, isolation_groups, nodes, release_events, releases, revisions
 from ballast.wire.assignments import Assignment, Assignments, DrainSettings, Template
-from ballast.wire.reports import InstanceReport, NodeRegistration
+from ballast.wire.reports import InstanceReport, NodeConditions, NodeRegistration
 
 ACTIVE = tuple(p.value for p in ACTIVE_PHASES)
 ASSIGNMENT_TOPICS = frozenset({EVERYTHING, GRANTS})
@@ -71,8 +71,20 @@ async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -
     return {"name": name, "outcome": outcome, "cell": cell.name, "zone": cell.zone}
 
 
-async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport]) -> None:
-    moved = await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(last_heartbeat=tx.now))
+def conditions_record(conditions: NodeConditions, now: float) -> dict[str, Any]:
+    """What is kept of an agent's health report: its figures, and its clock's offset to the control plane's."""
+    return {"clockOffsetSeconds": round(conditions.clock - now, 3), "dataDirFreeBytes": conditions.data_dir_free_bytes,
+            "dataDirTotalBytes": conditions.data_dir_total_bytes,
+            "failingSidecars": [{"instance": f.instance, "restarts": f.restarts} for f in conditions.failing_sidecars],
+            "reportedAt": now}
+
+
+async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport],
+                        conditions: NodeConditions | None = None) -> None:
+    heard: dict[str, Any] = {"last_heartbeat": tx.now}
+    if conditions is not None:
+        heard["conditions"] = conditions_record(conditions, tx.now)
+    moved = await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(**heard))
     if moved.rowcount != 1:
         raise NotFound(f"node {name!r} is not registered")
     rows = {r.id: r for r in (await tx.conn.execute(select(instances).where(instances.c.node == name))).all()}

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ballast.core.nodes import node_ready
+from ballast.core.nodes import DEFAULT_NODE_GRACE_SECONDS, node_ready
 from ballast.store.schema import cells, instances, nodes
 
 
@@ -46,6 +46,10 @@ class NodeRecord:
     instances: int                   # instances desired running on it
     agent_version: str
     cordoned: bool
+    lifecycle: str = "Ready"          # the node lifecycle controller's judgement: Ready | NotReady | Degraded
+    lifecycle_since: float | None = None
+    lifecycle_reason: str = ""
+    conditions: dict[str, Any] | None = None   # the agent's last report of its own health
 
 
 async def list_cells(conn: AsyncConnection, name: str | None = None) -> list[CellRecord]:
@@ -62,7 +66,8 @@ async def list_cells(conn: AsyncConnection, name: str | None = None) -> list[Cel
             for r in (await conn.execute(query)).all()]
 
 
-async def list_nodes(conn: AsyncConnection, now: float, name: str | None = None) -> list[NodeRecord]:
+async def list_nodes(conn: AsyncConnection, now: float, name: str | None = None,
+                     grace: float = DEFAULT_NODE_GRACE_SECONDS) -> list[NodeRecord]:
     """Every node (or the one named) as of `now`, with how many instances are desired running on it, in name
     order."""
     query = select(nodes).order_by(nodes.c.name)
@@ -75,7 +80,8 @@ async def list_nodes(conn: AsyncConnection, now: float, name: str | None = None)
                        resource_version=r.resource_version, cell=r.cell, zone=r.zone, ip=r.ip,
                        cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes, metrics_address=r.metrics_address,
                        last_heartbeat=r.last_heartbeat, seconds_since_heartbeat=now - r.last_heartbeat,
-                       ready=node_ready(r.last_heartbeat, now), instances=counts[r.name],
-                       agent_version=r.agent_version,
-                       cordoned=r.cordoned)
+                       ready=node_ready(r.last_heartbeat, now, grace), instances=counts[r.name],
+                       agent_version=r.agent_version, cordoned=r.cordoned, lifecycle=r.lifecycle,
+                       lifecycle_since=r.lifecycle_since, lifecycle_reason=r.lifecycle_reason,
+                       conditions=r.conditions)
             for r in rows]

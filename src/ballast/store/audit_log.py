@@ -48,8 +48,10 @@ def _record(row: Any) -> AuditRecord:
 
 
 async def records(conn: AsyncConnection, *, after_seq: int = 0, limit: int | None = None,
-                  newest_first: bool = False) -> list[AuditRecord]:
+                  newest_first: bool = False, resource: str | None = None) -> list[AuditRecord]:
     query = select(audit).where(audit.c.seq > after_seq)
+    if resource is not None:
+        query = query.where(audit.c.resource == resource)
     query = query.order_by(audit.c.seq.desc() if newest_first else audit.c.seq)
     if limit is not None:
         query = query.limit(limit)

@@ -68,6 +68,7 @@ class Tx:
     rv: int
     now: float
     topics: set[str] = field(default_factory=lambda: {EVERYTHING})
+    node_grace_seconds: float = 4.0
 
     def only(self, *topics: str) -> None:
         """This write changes no more than `topics` (and what it `touch`es later): wake only their watchers."""
@@ -138,6 +139,8 @@ class Store:
         self._topic_seq: dict[str, int] = {}     # topic -> seq of the last local write touching it
         self._local_rv = 0                       # rv of the newest local write (a newer one is another replica's)
         self.memo: dict[str, Any] = {}           # values derived from the store, each keyed by what it derives from
+        self.node_grace_seconds = 4.0            # nodeGraceSeconds: the platform's setting (core/nodes.py)
+        self.hearing_since = 0.0                 # silence counts from here (controllers/hearing.py)
 
     @classmethod
     async def open(cls, url: str, *, migrate_schema: bool = True) -> "Store":
@@ -188,7 +191,7 @@ class Store:
                 # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
                 rv = (await conn.execute(update(counters).where(counters.c.name == "rv")
                                          .values(value=counters.c.value + 1).returning(counters.c.value))).scalar_one()
-                tx = Tx(conn=conn, rv=int(rv), now=self.clock())
+                tx = Tx(conn=conn, rv=int(rv), now=self.clock(), node_grace_seconds=self.node_grace_seconds)
                 yield tx
             self._seq += 1
             self._local_rv = max(self._local_rv, tx.rv)

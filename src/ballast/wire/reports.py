@@ -73,8 +73,23 @@ class InstanceReport(StrictMessage):
     drain: DrainReport | None = Field(None, description="the last wait for in-flight requests before a stop")
 
 
+class FailingSidecar(StrictMessage):
+    instance: StoredText = Field(max_length=80)
+    restarts: int = Field(ge=0, le=INT32_MAX, description="restarts within the agent's last minute")
+
+
+class NodeConditions(StrictMessage):
+    """The agent's report of its own health: what the node lifecycle controller judges degradation from."""
+
+    clock: float = Field(ge=0, le=2**40, description="the agent's wall clock when it sent the report (epoch seconds)")
+    data_dir_free_bytes: int = Field(ge=0, le=2**60)
+    data_dir_total_bytes: int = Field(ge=0, le=2**60)
+    failing_sidecars: list[FailingSidecar] = Field(default_factory=list, max_length=5000)
+
+
 class StatusReport(StrictMessage):
     instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
+    conditions: NodeConditions | None = None
 
 
 class Acknowledgement(StrictMessage):
