@@ -57,7 +57,31 @@ def api(platform: Platform) -> Api:
     api = Api(platform)
     wait_steady(api, "back", 4, 1, timeout=120)
     wait_steady(api, "front", 4, 1, timeout=120)
+    eventually(lambda: _routed(platform), "every front and back instance is routed", timeout=60)
     return api
+
+
+def _routed(platform: Platform) -> None:
+    """Calls through the gateway reach all four back instances (every component has applied the routes)."""
+    seen = set()
+    for _ in range(40):
+        conn = http.client.HTTPConnection("127.0.0.1", platform.gateway_port, timeout=10)
+        try:
+            conn.request("GET", "/call", headers={"Host": "front.local"})
+            r = conn.getresponse()
+            body = r.read()
+        finally:
+            conn.close()
+        assert r.status == 200, (r.status, body[:200])
+        seen.add(json.loads(body)["downstream"]["instance"])
+    assert len(seen) == 4, seen
+
+
+def _answers(api: Api) -> None:
+    try:
+        api.get("/v1/nodes")
+    except OSError as exc:
+        raise AssertionError(f"the control plane does not answer: {exc}") from None
 
 
 # --- load: north-south (gateway → front) and east-west (front → back through its sidecar) ------------------
@@ -270,7 +294,7 @@ def test_the_data_plane_keeps_serving_while_no_control_plane_answers(platform: P
         assert not load.first_failures, f"calls failed while the control plane was away: {load.first_failures[:5]}"
     finally:
         os.kill(platform.proc.pid, signal.SIGCONT)   # `ballast up` starts the control plane again
-    eventually(lambda: api.get("/v1/nodes"), "the control plane answers again", timeout=60)
+    eventually(lambda: _answers(api), "the control plane answers again", timeout=60)
     time.sleep(8)   # past nodeGraceSeconds: a control plane judging by stale heartbeats would have acted by now
     load.finish()
     assert not load.first_failures and not load.lost, load.first_failures[:5]

@@ -74,7 +74,6 @@ def test_no_ready_endpoint_for_an_instance_that_should_not_get_traffic(facts: In
     (running(revision=2), "a new revision is intended"),
     (running(desired="deleted"), "it is being retired"),
     (running(phase="Unhealthy", ready=False), "its health check fails"),
-    (running(node_ready=False), "its node is silent"),
 ])
 def test_a_ready_endpoint_starts_draining_when_its_instance_must_not_get_traffic(facts: InstanceFacts,
                                                                                  why: str) -> None:
@@ -82,6 +81,16 @@ def test_a_ready_endpoint_starts_draining_when_its_instance_must_not_get_traffic
     [put] = d.puts
     assert (put.state, put.required) == (EndpointState.DRAINING, ("gateway/edge", "mesh/n1", "mesh/n2")), why
     assert not d.grants, "the drain begins: nothing may stop yet"
+
+
+@pytest.mark.parametrize("state", [EndpointState.READY, EndpointState.DRAINING])
+def test_the_endpoint_of_an_instance_on_a_not_ready_node_is_removed_at_once(state: EndpointState) -> None:
+    """Nothing on a dead node can finish a drain: its endpoints leave every routing table in one step."""
+    d = decide([running(node_ready=False)], {"shop-1": endpoint(state)}, COMPONENTS, {"shop": MESH_ONLY}, NOW)
+    [put] = d.puts
+    assert put.state is EndpointState.REMOVED
+    removed = endpoint(EndpointState.REMOVED)
+    assert not decide([running(node_ready=False)], {"shop-1": removed}, COMPONENTS, {"shop": MESH_ONLY}, NOW).puts
 
 
 def test_the_grant_waits_for_every_acknowledgement_of_the_draining_generation() -> None:

@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 from fastapi.routing import iter_route_contexts
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from ballast.api.admission import Refusals
@@ -206,6 +206,8 @@ ROWS: list[Row] = [
         audit=("node.drain", "Node/node-drain", CHANGED)),
     Row("POST", "/v1/nodes/{name}/uncordon", "/v1/nodes/node-cordoned/uncordon", ADMINS,
         audit=("node.uncordon", "Node/node-cordoned", CHANGED)),
+    Row("POST", "/v1/instances/{instance_id}/move", "/v1/instances/app-move-0/move", ADMINS, json={},
+        audit=("instance.move", "Instance/app-move-0", CHANGED)),
     # gateways: only gateway gw1's own credential acts as gw1
     Row("PUT", "/v1/gateways/{name}", "/v1/gateways/gw1", frozenset({GATEWAY}), json={"address": "127.0.0.1:8081"},
         audit=("gateway.register", "Gateway/gw1", CHANGED)),
@@ -335,7 +337,7 @@ async def prepare(api: Api) -> Prepared:
     setup_approver = api.as_((await new_user(api, "setup-checker", "approver"))["token"])
     fleet = Fleet(api)   # the objects' nodes and gateways, each joined as itself
 
-    cells = [manifest("Cell", c, {"zone": f"z-{c}"}) for c in ("cell-a", "cell-spare", "cell-del")]
+    cells = [manifest("Cell", c, {"zone": f"z-{c}"}) for c in ("cell-a", "cell-spare", "cell-del", "cell-lost")]
     windows = [manifest("ChangeWindow", "cw-del", WINDOW)]
     release_apps = [app_manifest(a, count=1) for a in [*RELEASE_APPS, UNDONE_APP]]
     order_apps = [app_manifest(a) for a in ORDER_APPS.values()]
@@ -353,6 +355,20 @@ async def prepare(api: Api) -> Prepared:
     await ok(admin.post("/v1/nodes/node-cordoned/drain"))
     assert await scheduler.reconcile_once(api.store) == len(RELEASE_APPS) + 1
     await ok(fleet.put("/v1/gateways/gw-del", json={"address": "127.0.0.1:8080"}))
+    # An ordered instance on a node that went NotReady, and a ready node of its cell to move it to.
+    await ok(fleet.put("/v1/nodes/node-lost", json={"cell": "cell-lost", "ip": "10.0.3.1", "cpuMillis": 8000,
+                                                    "memoryBytes": 16 * 2**30}))
+    await ok(admin.post("/v1/apply", json={"items": [manifest("AppService", "app-move", {
+        "cells": {"cell-lost": 1}, "strategy": {"upgrade": "ordered"},
+        "template": {"command": ["python3", "app.py"]}})]}))
+    assert await scheduler.reconcile_once(api.store) == 1
+    async with api.store.write() as tx:
+        await tx.conn.execute(update(schema.nodes).where(schema.nodes.c.name == "node-lost").values(lifecycle="NotReady"))
+    await ok(fleet.put("/v1/nodes/node-new", json={"cell": "cell-lost", "ip": "10.0.3.2", "cpuMillis": 8000,
+                                                   "memoryBytes": 16 * 2**30}))
+    async with api.store.write() as tx:   # heard from for the whole test, however long it takes
+        await tx.conn.execute(update(schema.nodes).where(schema.nodes.c.name == "node-new").values(
+            last_heartbeat=time.time() + 86_400))
     await ok(admin.post("/v1/apply", json={"items": [app_manifest(UNDONE_APP, count=1, greeting="v2")]}))
     await ok(admin.post(f"/v1/apps/{UNDONE_APP}/releases", json={"strategy": {"pause": "none"}}), 201)
     await release_succeeds(api, fleet, UNDONE_APP)

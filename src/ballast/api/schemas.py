@@ -163,6 +163,12 @@ class Acknowledged(_Body):
     acknowledged: int
 
 
+class Moved(_Body):
+    instance: str
+    from_: str = Field(alias="from")
+    to: str
+
+
 class Drained(_Body):
     node: str
     cordoned: bool
@@ -579,6 +585,7 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("GET", "/v1/nodes/{name}/assignments"): ((200,), Assignments),
     ("POST", "/v1/nodes/{name}/drain"): ((200,), Drained),
     ("POST", "/v1/nodes/{name}/uncordon"): ((200,), Drained),
+    ("POST", "/v1/instances/{instance_id}/move"): ((200,), Moved),
     ("GET", "/v1/whoami"): ((200,), WhoAmI),
     ("GET", "/v1/users"): ((200,), Users),
     ("POST", "/v1/users"): ((201,), UserView),

@@ -76,10 +76,9 @@ async def _record(store: Store, change: Judgement) -> None:
 
 
 async def _fence(tx: Tx, node: str) -> None:
-    """The node is back: the instances replaced while it was away are no longer its own."""
+    """The node is back: the instances retired while it was away (replaced elsewhere) are no longer its own."""
     stale = (await tx.conn.execute(select(instances.c.id, instances.c.app).where(
-        instances.c.node == node, instances.c.desired == "deleted",
-        instances.c.message == REPLACED.format(node=node)).order_by(instances.c.id))).all()
+        instances.c.node == node, instances.c.desired == "deleted").order_by(instances.c.id))).all()
     if not stale:
         return
     await tx.audit(actor=ACTOR, action="node.fence", resource=f"Node/{node}", result="fenced",

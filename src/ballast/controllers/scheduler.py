@@ -24,7 +24,7 @@ from ballast.core.placement import NodeView, PlacedInstance, Placement, place
 from ballast.core.release_engine import ACTIVE_PHASES
 from ballast.core.release_plan import Slot
 from ballast.core.scheduling import (condensed, enforce_fixed_port, highest_ordinals_first, index_placed,
-                                     instance_id_for, ordinals_for, wanted_per_cell)
+                                     instance_id_for, ordinals_for, spill_to_failover, wanted_per_cell)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
 from ballast.services.placement import insert_instance, placement_inputs
@@ -67,12 +67,21 @@ async def reconcile_once(store: Store) -> int:
         wanted = committed if held else declared
         view = condensed(row.name, placed_by_app, usage)
         decision = place(row.name, wanted, spec.template.resources.request(), view, node_views)
+        spilled: dict[str, int] | None = None
+        if spec.failover is not None and decision.unplaced:
+            # The app allows it: what its own cell cannot hold goes to a failover cell, until the cell can again.
+            spilled = spill_to_failover(wanted, decision.unplaced, spec.failover.cells)
+            decision = place(row.name, spilled, spec.template.resources.request(), view, node_views)
         decision = enforce_fixed_port(decision, row.name, spec.template.port, view)
         ordered = spec.strategy.upgrade == "ordered"
         if ordered:
             decision = highest_ordinals_first(decision, live_by_app.get(row.name, []))
         status: dict[str, Any] = {"unplaced": [{"cell": c, "count": n, "reason": r} for c, n, r in decision.unplaced],
                                   "placedCounts": wanted}
+        if spilled is not None and spilled != wanted:
+            status["failover"] = {c: n - wanted.get(c, 0) for c, n in spilled.items() if n != wanted.get(c, 0)}
+            status["message"] = "cells short of capacity run instances in failover cells: " + ", ".join(
+                f"{c} {n:+d}" for c, n in sorted(status["failover"].items()))
         if held:
             status["heldGeneration"] = row.generation
             if declared != wanted:

@@ -144,6 +144,20 @@ class TrafficSpec(DrainSettings):
                              "deny they reach only an isolation group with stress: true, or fail with 503")
 
 
+class FailoverSpec(_Model):
+    """Where a cell's instances may go when their cell cannot hold them (its nodes dead or full), in order.
+    Without it nothing leaves its cell: a cell is a failure domain."""
+
+    cells: list[Name] = Field(min_length=1, max_length=100)
+
+    @field_validator("cells")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(value) != len(set(value)):
+            raise ValueError("names a cell twice")
+        return value
+
+
 class AppServiceSpec(_Model):
     cells: dict[Name, Annotated[int, Field(ge=0, le=10_000)]] | None = None
     replicas: int | None = Field(None, ge=0, le=10_000)
@@ -151,6 +165,7 @@ class AppServiceSpec(_Model):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     expose: list[ExposeSpec] | None = Field(None, max_length=50)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+    failover: FailoverSpec | None = None
 
     @field_validator("expose", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ places a surge instance) fetch, call these, and write; `services/placement.py` i
 from __future__ import annotations
 
 import secrets
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from ballast.core.manifests import AppServiceSpec
 from ballast.core.placement import PlacedInstance, Placement, Resources, even_spread
@@ -63,6 +63,21 @@ def wanted_per_cell(spec: AppServiceSpec, all_cells: list[str]) -> dict[str, int
     if spec.cells is not None:
         return dict(spec.cells)
     return even_spread(spec.replicas or 0, sorted(all_cells)) if all_cells else {}
+
+
+def spill_to_failover(wanted: Mapping[str, int], unplaced: Sequence[tuple[str, int, str]],
+                      failover_cells: Sequence[str]) -> dict[str, int]:
+    """Counts with what a cell could not place moved to the first failover cell (`spec.failover.cells`) that is
+    not itself short. Pure; the next placement decides where in that cell, or leaves it unplaced there too."""
+    short = {cell: count for cell, count, _ in unplaced}
+    out = dict(wanted)
+    for cell, count in short.items():
+        target = next((c for c in failover_cells if c != cell and c not in short), None)
+        if target is None:
+            continue
+        out[cell] = out.get(cell, 0) - count
+        out[target] = out.get(target, 0) + count
+    return out
 
 
 def enforce_fixed_port(placement: Placement, app: str, port: int | None,

@@ -123,6 +123,11 @@ async def _check_references(conn: AsyncConnection, manifests: list[Manifest], po
                 if cell not in known_cells:
                     problems.append(FieldProblem(f"items[{index}].spec.cells.{cell}", cell,
                                                  "an existing cell (one of: " + (", ".join(sorted(known_cells)) or "none defined") + ")"))
+        if isinstance(m, AppServiceManifest) and m.spec.failover is not None:
+            for k, cell in enumerate(m.spec.failover.cells):
+                if cell not in known_cells:
+                    problems.append(FieldProblem(f"items[{index}].spec.failover.cells[{k}]", cell,
+                                                 "an existing cell (one of: " + (", ".join(sorted(known_cells)) or "none defined") + ")"))
     problems.extend(await _route_conflicts(conn, manifests))
     problems.extend(await _unknown_artifacts(conn, manifests))
     problems.extend(_outbound_problems(manifests, policy))

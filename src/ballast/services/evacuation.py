@@ -102,7 +102,7 @@ async def move_instance(tx: Tx, instance_id: str, to_node: str | None, actor: st
     if await releases.active_release(tx.conn, row.app) is not None:
         raise Conflict(f"app {row.app!r} is being released; move the instance when its release has ended")
     views, placed = await placement_inputs(tx.conn, tx.now, tx.node_grace_seconds)
-    views = [v for v in views if v.cell == row.cell and (to_node is None or v.name == to_node)]
+    views = [v for v in views if v.cell == row.cell and v.name != row.node and (to_node is None or v.name == to_node)]
     if to_node is not None and not views:
         raise InvalidInput(f"node {to_node!r} is not a node of cell {row.cell!r}",
                            problems=[FieldProblem("node", to_node, f"a ready node of cell {row.cell}")])

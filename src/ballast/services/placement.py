@@ -25,7 +25,7 @@ async def placement_inputs(conn: AsyncConnection, now: float, grace: float = DEF
     Requests come from every app, those under release included: their instances occupy capacity too.
     """
     node_views = [NodeView(name=n.name, cell=n.cell,
-                           ready=schedulable(n.last_heartbeat, n.cordoned, now, grace),
+                           ready=schedulable(n.last_heartbeat, n.cordoned, now, grace) and n.lifecycle != "NotReady",
                            capacity=Resources(n.cpu_millis, n.memory_bytes))
                   for n in (await conn.execute(select(nodes))).all()]
     requests = {a.name: stored_spec(a.spec).template.resources.request()

@@ -82,8 +82,8 @@ class NodeConditions(StrictMessage):
     """The agent's report of its own health: what the node lifecycle controller judges degradation from."""
 
     clock: float = Field(ge=0, le=2**40, description="the agent's wall clock when it sent the report (epoch seconds)")
-    data_dir_free_bytes: int = Field(ge=0, le=2**60)
-    data_dir_total_bytes: int = Field(ge=0, le=2**60)
+    data_dir_free_bytes: int = Field(ge=0, le=2**53)
+    data_dir_total_bytes: int = Field(ge=0, le=2**53)
     failing_sidecars: list[FailingSidecar] = Field(default_factory=list, max_length=5000)
 
 
