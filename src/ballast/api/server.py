@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,7 @@ from ballast.api.admission import record_refusals
 from ballast.api.app import create_app
 from ballast.controllers import checkpoints, endpoints, orders, releases, scheduler, tasks, verification
 from ballast.controllers.checkpoints import AuditAnchor
+from ballast.controllers.leadership import LeaseSettings, lead
 from ballast.core.archive import ArchiveLimits
 from ballast.core.nodes import DisruptionPolicy
 from ballast.core.outbound import OutboundPolicy
@@ -89,16 +91,26 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def replica_name(host: str, port: int) -> str:
+    """How this replica names itself as a lease holder: where it listens, and its process."""
+    where = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"{where}:{port}/{os.getpid()}"
+
+
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
                 token_policy: TokenPolicy = TokenPolicy(), anchor: AuditAnchor | None = None,
                 disruption: DisruptionPolicy = DisruptionPolicy(), *, artifact_limits: ArchiveLimits = ArchiveLimits(),
-                outbound: OutboundPolicy = OutboundPolicy()) -> None:
+                outbound: OutboundPolicy = OutboundPolicy(), lease_settings: LeaseSettings = LeaseSettings()) -> None:
+    """Serve the API until a signal; run the controllers only while this replica holds the controllers lease
+    (controllers/leadership.py): any number of replicas may share one PostgreSQL store."""
     if anchor is None:
         log.warning("the audit log is NOT anchored: without --audit-key no checkpoint is signed, and whoever can "
                     "write the database can rewrite the audit chain undetected")
     else:
         anchor.file.open_for_append()   # before anything else: a second writer is refused at once
-    store = await Store.open(store_url)
+    holder = replica_name(host, port)
+    store = await Store.open(store_url, name=f"ballast-server {holder}")
+    log.info("replica %s of store %s", holder, store.store_id)
     token = await bootstrap_admin(store)
     if token is not None:
         if bootstrap_token_file is None:
@@ -109,24 +121,30 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     if outbound.allowed:
         log.warning("calls on users' behalf (webhooks, PromQL) may aim at %s", ", ".join(map(str, outbound.allowed)))
     app = create_app(store, token_policy=token_policy, audit_anchor=anchor, artifact_limits=artifact_limits,
-                     outbound=outbound)
+                     outbound=outbound, replica=holder)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off", http=_HeadTimeoutH11)
     server = _Server(config, store)
-    controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
-                   asyncio.create_task(releases.run(store, stop), name="releases"),
-                   asyncio.create_task(endpoints.run(store, stop, policy=disruption), name="registry"),
-                   asyncio.create_task(orders.run(store, stop), name="orders"),
-                   asyncio.create_task(verification.run(store, stop, policy=outbound), name="verification"),
-                   asyncio.create_task(tasks.run(store, stop), name="tasks")]
+
+    def start_controllers(halt: asyncio.Event) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(scheduler.run(store, halt), name="scheduler"),
+                asyncio.create_task(releases.run(store, halt), name="releases"),
+                asyncio.create_task(endpoints.run(store, halt, policy=disruption), name="registry"),
+                asyncio.create_task(orders.run(store, halt), name="orders"),
+                asyncio.create_task(verification.run(store, halt, policy=outbound), name="verification"),
+                asyncio.create_task(tasks.run(store, halt), name="tasks")]
+
+    controllers = [asyncio.create_task(lead(store, stop, holder, start_controllers, lease_settings),
+                                       name="leadership")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
     signing = asyncio.Event()   # set last: the final checkpoint signs every record written before it
     writer = asyncio.create_task(checkpoints.run(store, signing, anchor), name="checkpoints") if anchor else None
     try:
         await server.serve()
     finally:
-        stop.set()
+        stop.set()   # the leadership stops its controllers, then lets its lease expire for a standby to take
+        await asyncio.wait(controllers, timeout=10)
         for task in controllers:
             task.cancel()
         await asyncio.gather(*controllers, return_exceptions=True)

@@ -119,15 +119,21 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
 @click.option("--allow-outbound", "allow_outbound", multiple=True, metavar="CIDR",
               help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
                    "aim at (refused by default; the control plane's own API port never)")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+              help="how long the controllers lease lasts without renewal: replicas sharing one PostgreSQL store run "
+                   "the controllers on one of them (the leader); a standby takes over once it expires")
+@click.option("--renew-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="how often the leader renews its lease (the lease must be at least twice as long, plus a margin)")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
            node_disruption_share: float, node_disruption_min: int,
            audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float,
            max_artifact_bytes: int, max_artifact_files: int, max_artifact_unpacked_bytes: int,
-           allow_outbound: tuple[str, ...]) -> None:
-    """Run the control plane."""
+           allow_outbound: tuple[str, ...], lease_seconds: float, renew_seconds: float) -> None:
+    """Run the control plane (one replica of it: several may share a PostgreSQL store)."""
     from ballast.api.server import serve
     from ballast.cli.audit_cmds import load_signer
     from ballast.controllers.checkpoints import AuditAnchor
+    from ballast.controllers.leadership import LeaseSettings
     from ballast.core.nodes import DisruptionPolicy
     from ballast.services.access import TokenPolicy
     from ballast.store.checkpoint_file import CheckpointFile
@@ -141,6 +147,11 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     limits = ArchiveLimits(max_artifact_bytes, max_artifact_files, max_artifact_unpacked_bytes)
+    try:
+        leases = LeaseSettings(seconds=lease_seconds, renew_seconds=renew_seconds,
+                               retry_seconds=min(0.5, renew_seconds)).check()
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The store holds environment values in clear, the bootstrap file an admin token: the owner's alone.
     restrict_new_files()
@@ -155,7 +166,7 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
         asyncio.run(serve(store, host or "127.0.0.1", int(port), bootstrap_token_file,
                           TokenPolicy(max_seconds=max_token_ttl), anchor,
                           DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min),
-                          artifact_limits=limits, outbound=outbound))
+                          artifact_limits=limits, outbound=outbound, lease_settings=leases))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
 
