@@ -33,7 +33,7 @@ from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
-from ballast.client import ApiError, Client, Unreachable
+from ballast.client import ANSWER_SECONDS, ApiError, Client, Unreachable
 from ballast.core.loopback import private_address
 from ballast.core.archive import ArchiveLimits
 from ballast.core.request_metrics import Series
@@ -81,7 +81,7 @@ class Agent:
             open_the_way(directory, settings.instance_user)
         # The rest is the agent's alone (an earlier version left it to the umask): apps' logs, sidecars, state.
         make_private(settings.data_dir / "logs", settings.data_dir / "sidecars", settings.data_dir / "state.json")
-        self.client = Client(settings.server, settings.token, timeout=40.0)
+        self.client = Client(settings.server, settings.token, timeout=40.0, answer_seconds=ANSWER_SECONDS)
         self.http = httpx.AsyncClient()
         self.state = StateFile(settings.data_dir / "state.json")
         self.local: dict[str, LocalInstance] = self.state.load()

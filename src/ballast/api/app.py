@@ -30,7 +30,7 @@ from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.services.access import Principal, TokenPolicy
-from ballast.store.engine import Store
+from ballast.store.engine import Store, StoreUnavailable, is_unavailable
 
 log = logging.getLogger("ballast.api")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -121,7 +121,9 @@ REPLICA_HEADER = "X-Ballast-Replica"
 
 
 class StoreHeader:
-    """ASGI middleware, outermost: every response, refusals included, says which store and replica answered."""
+    """ASGI middleware, outermost: every response, refusals included, says which store and replica answered; a
+    store that cannot be reached (even to authenticate) is a 503 StoreUnavailable, on which clients try another
+    replica."""
 
     def __init__(self, app: Any, store: Store, replica: str) -> None:
         self.app = app
@@ -132,14 +134,25 @@ class StoreHeader:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        started = False
+
         async def send_with_headers(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []),
                                       (STORE_HEADER.lower().encode(), self.store.store_id.encode()),
                                       (REPLICA_HEADER.lower().encode(), self.replica)]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started or not is_unavailable(exc):
+                raise
+            log.warning("store unavailable: %r", exc)
+            await JSONResponse(StoreUnavailable(f"the store is unavailable: {exc}"[:500]).to_dict(),
+                               status_code=503)(scope, receive, send_with_headers)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -202,10 +215,17 @@ class AuditAttempts:
 
             try:
                 await self.app(scope, receive, send_and_note)
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.url.path)
+            except Exception as exc:
                 if started:
+                    log.exception("unhandled error in %s %s", request.method, request.url.path)
                     raise
+                if is_unavailable(exc):   # another replica may reach it: clients try the next URL on this 503
+                    log.warning("store unavailable in %s %s: %r", request.method, request.url.path, exc)
+                    status = 503
+                    await JSONResponse(StoreUnavailable(f"the store is unavailable: {exc}"[:500]).to_dict(),
+                                       status_code=503)(scope, receive, send)
+                    return
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
                 status = 500
                 await JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
                                    status_code=500)(scope, receive, send)

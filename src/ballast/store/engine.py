@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Iterable
 
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ballast.errors import BallastError
@@ -40,6 +40,12 @@ IDLE_IN_TRANSACTION_MS = 10_000
 
 class StoreUnavailable(BallastError):
     status = 503
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the store cannot be reached (not that a statement was wrong): the API answers 503
+    StoreUnavailable, and a client with several replicas' URLs tries another."""
+    return isinstance(exc, (StoreUnavailable, OperationalError, InterfaceError, OSError, ConnectionError))
 
 
 def normalize_url(url: str) -> str:
