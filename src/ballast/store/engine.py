@@ -228,14 +228,14 @@ class Store:
                     if lead is not None:
                         await lease.check_fence(conn, lead, tx.now)
                     yield tx
+                self._seq += 1
+                self._local_rv = max(self._local_rv, tx.rv)
+                for topic in tx.topics:
+                    self._topic_seq[topic] = self._seq
         except lease.Fenced as exc:
             if lead is not None:
                 self._note_fenced(lead, exc)
             raise
-            self._seq += 1
-            self._local_rv = max(self._local_rv, tx.rv)
-            for topic in tx.topics:
-                self._topic_seq[topic] = self._seq
         async with self._changed:
             self._changed.notify_all()
 
