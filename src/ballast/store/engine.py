@@ -236,6 +236,12 @@ class Store:
             if lead is not None:
                 self._note_fenced(lead, exc)
             raise
+        except asyncio.CancelledError:
+            if lead is not None:   # the leadership ended while this write was under way: nothing of it committed
+                task = asyncio.current_task()
+                log.info("a write of controller %s was abandoned: its leadership (epoch %d) ended",
+                         task.get_name() if task else "?", lead.epoch)
+            raise
         async with self._changed:
             self._changed.notify_all()
 
