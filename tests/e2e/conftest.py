@@ -195,6 +195,7 @@ class Platform:
     proc: subprocess.Popen[bytes] | None = None
     data_parent: Path = field(default_factory=_enterable_dir)
     settings: dict[str, str] = field(default_factory=dict)   # environment of `ballast up` (options read from it)
+    args: tuple[str, ...] = ()    # more options of `ballast up` (e.g. --replicas 3)
 
     @property
     def data_dir(self) -> Path:
@@ -244,6 +245,7 @@ class Platform:
                 "--metrics-port", str(self.metrics_port)]
         if self.store:
             argv += ["--store", self.store]
+        argv += list(self.args)
         offset = self.log.stat().st_size if self.log.exists() else 0   # a restart: only what this run says counts
         with open(self.log, "ab") as out:
             # Its own session, like a terminal job: signals meant for pytest do not reach it, and ours only reach it.

@@ -59,7 +59,8 @@ async def test_requests_without_a_token_are_401_but_healthz_is_open(api: Api) ->
     r = await anonymous.get("/v1/apps", headers={"Authorization": f"Basic {api.admin_token}"})
     assert r.status_code == 401, "only the Bearer scheme authenticates"
     r = await anonymous.get("/healthz")
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "store": api.store.store_id, "replica": ""}
+    assert r.headers["X-Ballast-Store"] == api.store.store_id, "which store answered, for clients to pin"
 
 
 async def test_unknown_token_is_401(api: Api) -> None:

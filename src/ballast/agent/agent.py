@@ -35,7 +35,7 @@ from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
 from ballast.agent.sidecar import Sidecar, SidecarPorts
 from ballast.agent.state import LocalInstance, StateFile
 from ballast.agent.supervisor import NodeIdentity, Supervisor
-from ballast.client import ApiError, Client, Unreachable
+from ballast.client import ANSWER_SECONDS, ApiError, Client, Unreachable
 from ballast.core.loopback import private_address
 from ballast.core.archive import ArchiveLimits
 from ballast.core.request_metrics import Series
@@ -50,6 +50,7 @@ from ballast.wire.reports import FailingSidecar, InstanceReport, NodeConditions,
 
 log = logging.getLogger("ballast.agent")
 FIRST_SNAPSHOT_SECONDS = 10.0
+REPORT_SECONDS = 2.0   # a status report (the heartbeat) that takes longer is given up; the next goes elsewhere
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class Agent:
             open_the_way(directory, settings.instance_user)
         # The rest is the agent's alone (an earlier version left it to the umask): apps' logs, sidecars, state.
         make_private(settings.data_dir / "logs", settings.data_dir / "sidecars", settings.data_dir / "state.json")
-        self.client = Client(settings.server, settings.token, timeout=40.0)
+        self.client = Client(settings.server, settings.token, timeout=40.0, answer_seconds=ANSWER_SECONDS)
         self.http = httpx.AsyncClient()
         self.state = StateFile(settings.data_dir / "state.json")
         self.local: dict[str, LocalInstance] = self.state.load()
@@ -352,8 +353,11 @@ class Agent:
         reports += [s.report() for i, s in self.stopping.items() if i not in self.supervisors]
         reports += [InstanceReport(id=i, phase="Stopped", ready=False, restarts=0, message="stopped")
                     for i in self.stopped_ids if i not in self.supervisors]
-        await self.client.post(f"/v1/nodes/{self.settings.name}/status",
-                               StatusReport(instances=reports, conditions=self._conditions()).to_json())
+        # Bounded: a replica that hangs (paused, partitioned) must not hold heartbeats back past nodeGraceSeconds;
+        # the next report, a second later, goes to the next replica.
+        await self.client.request("POST", f"/v1/nodes/{self.settings.name}/status",
+                                  json=StatusReport(instances=reports, conditions=self._conditions()).to_json(),
+                                  timeout=REPORT_SECONDS)
         self.stopped_ids -= {r.id for r in reports if r.phase == "Stopped"}
 
     def _conditions(self) -> NodeConditions:

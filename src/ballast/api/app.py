@@ -21,7 +21,7 @@ from starlette.routing import Match
 
 from ballast.api.admission import Authenticate, BoundBody, Refusals
 from ballast.api import (routes_access, routes_join, routes_metrics, routes_nodes, routes_orders, routes_registry,
-                         routes_groups, routes_releases, routes_resources, routes_tasks, routes_traffic,
+                         routes_groups, routes_leader, routes_releases, routes_resources, routes_tasks, routes_traffic,
                          schemas)
 from ballast.api.deps import principal, require_topology_read, retrying
 from ballast.controllers.checkpoints import AuditAnchor
@@ -30,7 +30,7 @@ from ballast.core.outbound import OutboundPolicy
 from ballast.core.manifests import problems_from_validation
 from ballast.errors import BallastError, FieldProblem, InvalidInput
 from ballast.services.access import Principal, TokenPolicy
-from ballast.store.engine import Store
+from ballast.store.engine import Store, StoreUnavailable, is_unavailable
 
 log = logging.getLogger("ballast.api")
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -38,7 +38,8 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
                audit_anchor: AuditAnchor | None = None, refusals: Refusals | None = None,
-               artifact_limits: ArchiveLimits = ArchiveLimits(), outbound: OutboundPolicy = OutboundPolicy()) -> FastAPI:
+               artifact_limits: ArchiveLimits = ArchiveLimits(), outbound: OutboundPolicy = OutboundPolicy(),
+               replica: str = "") -> FastAPI:
     # No docs page: FastAPI's loads its scripts from a public CDN, which a bank's network does not reach. The API
     # description is /v1/openapi.json, and like every call but the health probe it needs a token.
     app = FastAPI(title="Ballast control plane", version="v1", openapi_url=None, docs_url=None, redoc_url=None)
@@ -48,11 +49,13 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.state.audit_anchor = audit_anchor
     app.state.artifact_limits = artifact_limits
     app.state.outbound = outbound          # where calls made on users' behalf may go (core/outbound.py)
+    app.state.replica = replica            # this server's name as a lease holder (api/server.py)
     app.openapi = schemas.describe(app)  # type: ignore[method-assign]
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        """Open to all (load balancers probe it): which store this replica serves, and its name."""
+        return {"status": "ok", "store": store.store_id, "replica": replica}
 
     @app.get("/v1/openapi.json", include_in_schema=False)
     async def openapi(who: Principal = Depends(principal)) -> JSONResponse:
@@ -69,6 +72,7 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.include_router(routes_traffic.router, prefix="/v1")
     app.include_router(routes_groups.router, prefix="/v1")
     app.include_router(routes_tasks.router, prefix="/v1")
+    app.include_router(routes_leader.router, prefix="/v1")
     app.include_router(routes_metrics.router)  # /metrics, where Prometheus looks by default
 
     @app.exception_handler(BallastError)
@@ -108,7 +112,47 @@ def create_app(store: Store, *, token_policy: TokenPolicy = TokenPolicy(),
     app.add_middleware(BoundBody, limits={("POST", "/v1/artifacts"): artifact_limits.max_bytes})
     app.add_middleware(AuditAttempts, store=store, refusals=refusals)
     app.add_middleware(Authenticate, store=store, refusals=refusals)
+    app.add_middleware(StoreHeader, store=store, replica=replica)
     return app
+
+
+STORE_HEADER = "X-Ballast-Store"      # every answer names the store it came from (clients pin it: client.py)
+REPLICA_HEADER = "X-Ballast-Replica"
+
+
+class StoreHeader:
+    """ASGI middleware, outermost: every response, refusals included, says which store and replica answered; a
+    store that cannot be reached (even to authenticate) is a 503 StoreUnavailable, on which clients try another
+    replica."""
+
+    def __init__(self, app: Any, store: Store, replica: str) -> None:
+        self.app = app
+        self.store = store
+        self.replica = replica.encode("latin-1", "replace")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        started = False
+
+        async def send_with_headers(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []),
+                                      (STORE_HEADER.lower().encode(), self.store.store_id.encode()),
+                                      (REPLICA_HEADER.lower().encode(), self.replica)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started or not is_unavailable(exc):
+                raise
+            log.warning("store unavailable: %r", exc)
+            await JSONResponse(StoreUnavailable(f"the store is unavailable: {exc}"[:500]).to_dict(),
+                               status_code=503)(scope, receive, send_with_headers)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -171,10 +215,17 @@ class AuditAttempts:
 
             try:
                 await self.app(scope, receive, send_and_note)
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, request.url.path)
+            except Exception as exc:
                 if started:
+                    log.exception("unhandled error in %s %s", request.method, request.url.path)
                     raise
+                if is_unavailable(exc):   # another replica may reach it: clients try the next URL on this 503
+                    log.warning("store unavailable in %s %s: %r", request.method, request.url.path, exc)
+                    status = 503
+                    await JSONResponse(StoreUnavailable(f"the store is unavailable: {exc}"[:500]).to_dict(),
+                                       status_code=503)(scope, receive, send)
+                    return
+                log.exception("unhandled error in %s %s", request.method, request.url.path)
                 status = 500
                 await JSONResponse({"error": "InternalError", "message": "internal error; see the server log"},
                                    status_code=500)(scope, receive, send)

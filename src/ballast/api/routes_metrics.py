@@ -194,6 +194,12 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
     for scope in store_of(request).memo.get("node-disruption", ()):
         suspended.add_metric([scope], 1.0)
     families.append(suspended)
+    fenced = CounterMetricFamily("ballast_leader_fenced_writes", "writes of this replica's controllers refused "
+                                 "because it no longer held the leadership lease at their epoch (epoch: the store "
+                                 "refused; deadline: its own renewal deadline had passed)", labels=["reason"])
+    for reason in ("epoch", "deadline"):
+        fenced.add_metric([reason], store_of(request).fenced_writes.get(reason, 0))
+    families.append(fenced)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -533,6 +533,25 @@ class AppMetrics(_Body):
 
 class Health(_Body):
     status: str
+    store: str
+    replica: str
+
+
+class LeaseView(_Body):
+    name: str
+    holder: str
+    epoch: int
+    acquiredAt: float
+    renewedAt: float
+    expiresAt: float
+    expired: bool
+
+
+class Leader(_Body):
+    lease: LeaseView | None
+    answeredBy: str
+    store: str
+    fencedWrites: dict[str, int]
 
 
 class JoinTokenMade(_Body):
@@ -587,6 +606,7 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("POST", "/v1/nodes/{name}/uncordon"): ((200,), Drained),
     ("POST", "/v1/instances/{instance_id}/move"): ((200,), Moved),
     ("GET", "/v1/whoami"): ((200,), WhoAmI),
+    ("GET", "/v1/leader"): ((200,), Leader),
     ("GET", "/v1/users"): ((200,), Users),
     ("POST", "/v1/users"): ((201,), UserView),
     ("DELETE", "/v1/users/{name}"): ((200,), Deleted),

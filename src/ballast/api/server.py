@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +19,7 @@ from ballast.api.app import create_app
 from ballast.controllers import (checkpoints, endpoints, hearing, node_lifecycle, orders, releases, scheduler, tasks,
                                  verification)
 from ballast.controllers.checkpoints import AuditAnchor
+from ballast.controllers.leadership import LeaseSettings, lead
 from ballast.core.archive import ArchiveLimits
 from ballast.core.nodes import DisruptionPolicy
 from ballast.core.outbound import OutboundPolicy
@@ -90,16 +92,26 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def replica_name(host: str, port: int) -> str:
+    """How this replica names itself as a lease holder: where it listens, and its process."""
+    where = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    return f"{where}:{port}/{os.getpid()}"
+
+
 async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path | None,
                 token_policy: TokenPolicy = TokenPolicy(), anchor: AuditAnchor | None = None,
                 disruption: DisruptionPolicy = DisruptionPolicy(), *, artifact_limits: ArchiveLimits = ArchiveLimits(),
-                outbound: OutboundPolicy = OutboundPolicy()) -> None:
+                outbound: OutboundPolicy = OutboundPolicy(), lease_settings: LeaseSettings = LeaseSettings()) -> None:
+    """Serve the API until a signal; run the controllers only while this replica holds the controllers lease
+    (controllers/leadership.py): any number of replicas may share one PostgreSQL store."""
     if anchor is None:
         log.warning("the audit log is NOT anchored: without --audit-key no checkpoint is signed, and whoever can "
                     "write the database can rewrite the audit chain undetected")
     else:
         anchor.file.open_for_append()   # before anything else: a second writer is refused at once
-    store = await Store.open(store_url)
+    holder = replica_name(host, port)
+    store = await Store.open(store_url, name=f"ballast-server {holder}")
+    log.info("replica %s of store %s", holder, store.store_id)
     store.node_grace_seconds = disruption.grace_seconds
     token = await bootstrap_admin(store)
     if token is not None:
@@ -111,18 +123,24 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     if outbound.allowed:
         log.warning("calls on users' behalf (webhooks, PromQL) may aim at %s", ", ".join(map(str, outbound.allowed)))
     app = create_app(store, token_policy=token_policy, audit_anchor=anchor, artifact_limits=artifact_limits,
-                     outbound=outbound)
+                     outbound=outbound, replica=holder)
     stop = asyncio.Event()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off", http=_HeadTimeoutH11)
     server = _Server(config, store)
-    controllers = [asyncio.create_task(scheduler.run(store, stop), name="scheduler"),
-                   asyncio.create_task(releases.run(store, stop), name="releases"),
-                   asyncio.create_task(endpoints.run(store, stop, policy=disruption), name="registry"),
-                   asyncio.create_task(orders.run(store, stop), name="orders"),
-                   asyncio.create_task(verification.run(store, stop, policy=outbound), name="verification"),
-                   asyncio.create_task(tasks.run(store, stop), name="tasks"),
-                   asyncio.create_task(node_lifecycle.run(store, stop, policy=disruption), name="node-lifecycle"),
+
+    def start_controllers(halt: asyncio.Event) -> list[asyncio.Task[None]]:
+        store.hearing_since = max(store.hearing_since, store.clock())   # a new leader judges no silence it did not hear
+        return [asyncio.create_task(scheduler.run(store, halt), name="scheduler"),
+                asyncio.create_task(releases.run(store, halt), name="releases"),
+                asyncio.create_task(endpoints.run(store, halt, policy=disruption), name="registry"),
+                asyncio.create_task(orders.run(store, halt), name="orders"),
+                asyncio.create_task(verification.run(store, halt, policy=outbound), name="verification"),
+                asyncio.create_task(tasks.run(store, halt), name="tasks"),
+                asyncio.create_task(node_lifecycle.run(store, halt, policy=disruption), name="node-lifecycle")]
+
+    controllers = [asyncio.create_task(lead(store, stop, holder, start_controllers, lease_settings),
+                                       name="leadership"),
                    asyncio.create_task(hearing.run(store, stop), name="hearing")]
     refusals = asyncio.create_task(record_refusals(store, app.state.refusals, stop), name="refusals")
     signing = asyncio.Event()   # set last: the final checkpoint signs every record written before it
@@ -130,7 +148,8 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
     try:
         await server.serve()
     finally:
-        stop.set()
+        stop.set()   # the leadership stops its controllers, then lets its lease expire for a standby to take
+        await asyncio.wait(controllers, timeout=10)
         for task in controllers:
             task.cancel()
         await asyncio.gather(*controllers, return_exceptions=True)

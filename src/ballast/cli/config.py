@@ -21,8 +21,17 @@ class ConfigMissing(BallastError):
 
 @dataclass(frozen=True)
 class ClientConfig:
-    server: str
+    server: str          # one URL, or the replicas' URLs comma-separated (client.Client takes either)
     token: str | None
+
+
+def _servers(value: object, path: Path) -> str:
+    """`server:` is one URL or a list of the control plane replicas' URLs."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    if isinstance(value, str) or value is None:
+        return value or ""
+    raise ConfigMissing(f"client config {path}: server: expected a URL or a list of URLs, got {value!r}")
 
 
 def candidate_files(explicit: str | None) -> list[Path]:
@@ -50,17 +59,19 @@ def load(explicit: str | None = None, server: str | None = None, token: str | No
                 data = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
                 raise ConfigMissing(f"client config {path} is not valid YAML: {exc}") from exc
-            return ClientConfig(server or data.get("server", ""), token or data.get("token"))
+            return ClientConfig(server or _servers(data.get("server"), path), token or data.get("token"))
     if server:
         return ClientConfig(server, token)
     raise ConfigMissing("no control plane configured: run 'ballast up', or set BALLAST_SERVER and BALLAST_TOKEN, "
                         "or pass --config FILE")
 
 
-def write(path: Path, server: str, token: str) -> None:
+def write(path: Path, server: str | list[str], token: str) -> None:
+    """`server`: one URL, or several (the replicas'), written as a list."""
+    urls = [u.strip() for u in (server.split(",") if isinstance(server, str) else server) if u.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump({"server": server, "token": token}, fh)
+        yaml.safe_dump({"server": urls[0] if len(urls) == 1 else urls, "token": token}, fh)
     os.replace(tmp, path)

@@ -23,7 +23,7 @@ import yaml
 from ballast.cli import output, packaging
 from ballast.cli.task_cmds import task
 from ballast.cli.traffic_cmds import traffic
-from ballast.cli.common import KINDS, _fail, command, console
+from ballast.cli.common import KINDS, _fail, command, console, print_as
 from ballast.cli.manifest_file import MAX_BYTES, ManifestFileError, read_documents
 from ballast.client import Client
 from ballast.core.archive import ArchiveLimits
@@ -34,7 +34,7 @@ from ballast.owner_only import make_private, read_token, restrict_new_files, sql
 
 @click.group()
 @click.option("--config", envvar="BALLAST_CONFIG", help="client config file (server URL and token)")
-@click.option("--server", help="control plane URL (overrides the config file)")
+@click.option("--server", help="control plane URL, or the replicas' URLs comma-separated (overrides the config file)")
 @click.option("--token", help="API token (overrides the config file; prefer BALLAST_TOKEN)")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None, server: str | None, token: str | None) -> None:
@@ -75,21 +75,35 @@ def _run_until_signal(make: Callable[[asyncio.Event], Awaitable[None]]) -> None:
               help="clients in this network keep the baggage (color) they send through the gateway (repeatable)")
 @click.option("--node-grace-seconds", type=click.FloatRange(min=2, max=3600), default=4.0, show_default=True,
               help="nodeGraceSeconds: a node silent this long is NotReady; its instances are replaced in its cell")
+@click.option("--replicas", default=1, show_default=True, type=int,
+              help="control plane replicas on consecutive ports from --port, sharing the --store (PostgreSQL); "
+                   "one leads (runs the controllers), all serve the API")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="the replicas' leadership lease (ballast server --lease-seconds)")
+@click.option("--renew-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="how often the leader renews it (ballast server --renew-seconds)")
 def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | None, first_node_ip: str,
        node_cpu: str, node_memory: str, no_user_config: bool, gateway_port: int, metrics_port: int,
-       trusted_color_networks: tuple[str, ...], node_grace_seconds: float) -> None:
+       trusted_color_networks: tuple[str, ...], replicas: int, lease_seconds: float | None,
+       renew_seconds: float | None, node_grace_seconds: float) -> None:
     """Start the local platform (control plane, agents in two zones, a gateway) until Ctrl-C."""
-    from ballast.cli.up import UpSettings, run
+    from ballast.cli.up import UpSettings, check_replicas, run
+    from ballast.controllers.leadership import LeaseSettings
     from ballast.preflight import require_binaries
-    try:
-        require_binaries(console)
-    except BallastError as exc:
-        _fail(f"error: {exc.message}")
     settings = UpSettings(data_dir=data_dir, zones=zones, nodes_per_zone=nodes_per_zone, port=port, store=store,
                           first_node_ip=first_node_ip, node_cpu=node_cpu, node_memory=node_memory,
                           write_user_config=not no_user_config, gateway_port=gateway_port,
                           metrics_port=metrics_port, trusted_color_networks=_networks(trusted_color_networks),
+                          replicas=replicas, lease_seconds=lease_seconds, renew_seconds=renew_seconds,
                           node_grace_seconds=node_grace_seconds)
+    try:
+        check_replicas(settings)
+        if lease_seconds or renew_seconds:
+            LeaseSettings(seconds=lease_seconds or LeaseSettings.seconds,
+                          renew_seconds=renew_seconds or LeaseSettings.renew_seconds).check()
+        require_binaries(console)
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
     _run_until_signal(lambda stop: run(settings, console, stop))
 
 
@@ -125,15 +139,21 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
 @click.option("--allow-outbound", "allow_outbound", multiple=True, metavar="CIDR",
               help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
                    "aim at (refused by default; the control plane's own API port never)")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+              help="how long the controllers lease lasts without renewal: replicas sharing one PostgreSQL store run "
+                   "the controllers on one of them (the leader); a standby takes over once it expires")
+@click.option("--renew-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="how often the leader renews its lease (the lease must be at least twice as long, plus a margin)")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
            node_disruption_share: float, node_disruption_min: int, node_grace_seconds: float,
            audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float,
            max_artifact_bytes: int, max_artifact_files: int, max_artifact_unpacked_bytes: int,
-           allow_outbound: tuple[str, ...]) -> None:
-    """Run the control plane."""
+           allow_outbound: tuple[str, ...], lease_seconds: float, renew_seconds: float) -> None:
+    """Run the control plane (one replica of it: several may share a PostgreSQL store)."""
     from ballast.api.server import serve
     from ballast.cli.audit_cmds import load_signer
     from ballast.controllers.checkpoints import AuditAnchor
+    from ballast.controllers.leadership import LeaseSettings
     from ballast.core.nodes import DisruptionPolicy
     from ballast.services.access import TokenPolicy
     from ballast.store.checkpoint_file import CheckpointFile
@@ -147,6 +167,11 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     limits = ArchiveLimits(max_artifact_bytes, max_artifact_files, max_artifact_unpacked_bytes)
+    try:
+        leases = LeaseSettings(seconds=lease_seconds, renew_seconds=renew_seconds,
+                               retry_seconds=min(0.5, renew_seconds)).check()
+    except BallastError as exc:
+        _fail(f"error: {exc.message}", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The store holds environment values in clear, the bootstrap file an admin token: the owner's alone.
     restrict_new_files()
@@ -162,13 +187,16 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
                           TokenPolicy(max_seconds=max_token_ttl), anchor,
                           DisruptionPolicy(max_silent_share=node_disruption_share, min_silent=node_disruption_min,
                                            grace_seconds=node_grace_seconds),
-                          artifact_limits=limits, outbound=outbound))
+                          artifact_limits=limits, outbound=outbound, lease_settings=leases))
     except BallastError as exc:
         _fail(f"error: {exc.message}")
 
 
+SERVER_URLS = "the control plane's URL, or its replicas' URLs comma-separated (tried in turn)"
+
+
 @cli.command()
-@click.option("--server", "server_url", required=True)
+@click.option("--server", "server_url", required=True, help=SERVER_URLS)
 @click.option("--name", required=True)
 @click.option("--ip", required=True, help="the node's IP; instances' endpoints (their sidecars) listen on it")
 @click.option("--cell", required=True)
@@ -220,6 +248,7 @@ def agent(server_url: str, name: str, ip: str, cell: str, data_dir: Path, cpu: s
         users.make_data_dir(data_dir, apps_user, "--data-dir")
     except BallastError as exc:
         _fail(f"error: {exc.message}", 2)
+    _same_store(server_url)
     token = _component_token("node", name, server_url, data_dir, credential_file, join_token, token_file)
     try:
         settings = AgentSettings(server=server_url, token=token, name=name, ip=ip, cell=cell, data_dir=data_dir.resolve(),
@@ -251,7 +280,7 @@ def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @cli.command()
-@click.option("--server", "server_url", required=True)
+@click.option("--server", "server_url", required=True, help=SERVER_URLS)
 @click.option("--name", required=True, help="the gateway's name in the registry")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="IP:PORT to serve on")
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
@@ -279,6 +308,7 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
     from ballast.dataplane.haproxy_config import Address
     from ballast.gateway.gateway import Gateway, GatewaySettings
     restrict_new_files()
+    _same_store(server_url)
     token = _component_token("gateway", name, server_url, data_dir, credential_file, join_token, token_file)
     def address(option: str, value: str) -> Address:
         host, _, port = value.rpartition(":")
@@ -298,6 +328,17 @@ def gateway(server_url: str, name: str, listen: str, data_dir: Path, token_file:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway/{name} %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     _run_until_signal(lambda stop: Gateway(settings).run(stop))
+
+
+def _same_store(server_url: str) -> None:
+    """Refuse to start when the --server URLs that answer serve different stores (not one control plane)."""
+    async def check() -> None:
+        async with Client(server_url, None) as client:
+            await client.check_replicas()
+    try:
+        asyncio.run(check())
+    except BallastError as exc:
+        _fail(f"error: --server {server_url}: {exc.message}", 2)
 
 
 def _component_token(kind: str, name: str, server_url: str, data_dir: Path, credential_file: Path | None,
@@ -671,6 +712,29 @@ async def user_bind(client: Client, name: str, role: str, apps: tuple[str, ...])
 async def user_unbind(client: Client, name: str, role: str) -> None:
     await client.delete(f"/v1/users/{name}/bindings/{role}")
     console.print(f"user {name} no longer has role {role}")
+
+
+@cli.command()
+@click.option("-o", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@command
+async def leader(client: Client, fmt: str) -> None:
+    """Which control plane replica leads (runs the controllers), at which epoch, and which answered."""
+    answer = await client.get("/v1/leader")
+
+    def render(a: dict[str, Any]) -> str:
+        held = a["lease"]
+        lines = [f"store:       {a['store']}", f"answered by: {a['answeredBy']} ({client.server})"]
+        if held is None:
+            lines.append("leader:      none yet")
+        else:
+            lines.append(f"leader:      {held['holder']}   epoch {held['epoch']}"
+                         + ("   (lease EXPIRED: a standby takes over)" if held["expired"] else ""))
+        if a["fencedWrites"]:
+            lines.append("fenced writes refused on this replica: "
+                         + ", ".join(f"{k}={v}" for k, v in sorted(a["fencedWrites"].items())))
+        return "\n".join(lines)
+
+    print_as(answer, fmt, render)
 
 
 @cli.command()

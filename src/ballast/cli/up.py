@@ -64,14 +64,23 @@ class UpSettings:
     metrics_port: int = 9464       # agents on their node IPs, the gateway on `host` one above; 0: not served
     trusted_color_networks: tuple[str, ...] = ()   # clients whose own baggage the gateway keeps
     node_grace_seconds: float = 4.0
+    replicas: int = 1              # control plane replicas, on consecutive ports from `port` (PostgreSQL only)
+    lease_seconds: float | None = None    # `ballast server --lease-seconds` (None: its default)
+    renew_seconds: float | None = None
 
     @property
     def gateway_metrics(self) -> str:
         return f"{self.host}:{self.metrics_port + 1}" if self.metrics_port else "off"
 
     @property
+    def servers(self) -> list[str]:
+        """Every replica's URL."""
+        return [f"http://{self.host}:{self.port + i}" for i in range(self.replicas)]
+
+    @property
     def server(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """What clients are given: every replica's URL, comma-separated (client.Client tries them in turn)."""
+        return ",".join(self.servers)
 
     @property
     def gateway_url(self) -> str:
@@ -270,10 +279,24 @@ def _lock(data_dir: Path) -> int:
     return fd
 
 
+def check_replicas(settings: UpSettings) -> None:
+    """Several replicas share one store, which only PostgreSQL can be (SQLite is one process's file)."""
+    if settings.replicas < 1 or settings.replicas > 9:
+        raise UpFailed(f"--replicas {settings.replicas}: expected 1..9")
+    if settings.replicas > 1 and not (settings.store or "").startswith(("postgresql:", "postgres:",
+                                                                        "postgresql+asyncpg:")):
+        raise UpFailed(f"--replicas {settings.replicas} needs a PostgreSQL store (--store postgresql://...): "
+                       "replicas share one store, and a SQLite file belongs to one process")
+    if settings.replicas > 1 and settings.port <= settings.gateway_port < settings.port + settings.replicas:
+        raise UpFailed(f"--gateway-port {settings.gateway_port} is one of the replicas' ports "
+                       f"({settings.port}..{settings.port + settings.replicas - 1})")
+
+
 def _check_ports(settings: UpSettings) -> None:
     """Refuse at once, naming the holder, rather than talk to whatever already answers on our ports."""
-    for what, flag, port in (("control plane", "--port", settings.port),
-                             ("gateway", "--gateway-port", settings.gateway_port)):
+    for what, flag, port in ([("control plane", "--port" + (f" + {i}" if i else ""), settings.port + i)
+                              for i in range(settings.replicas)]
+                             + [("gateway", "--gateway-port", settings.gateway_port)]):
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the servers bind: TIME_WAIT is fine
             try:
@@ -320,6 +343,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     left = await stop_leftovers(data_dir, agents_dir)   # before the port check: they may be what holds the ports
     if left:
         console.print(f"[yellow]stopped {left} process(es) an earlier `ballast up` of {data_dir} left running[/]")
+    check_replicas(settings)
     _check_ports(settings)
     _prepare_data_dir(data_dir, agents_dir, apps_user)
     if not agents_dir.is_relative_to(data_dir):
@@ -331,22 +355,30 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
     store = settings.store or f"sqlite:///{data_dir / 'ballast.db'}"
     bootstrap_file = data_dir / "bootstrap-token"
     audit_key = audit_signing_key(data_dir)
-    server = Child("control plane", _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port}",
-                                             "--bootstrap-token-file", str(bootstrap_file),
-                                             "--audit-key", str(audit_key),
-                                             "--audit-checkpoints", str(data_dir / AUDIT_CHECKPOINTS),
-                                             # the whole local platform lives on loopback, its webhooks and
-                                             # Prometheus too: calls there are what it is for
-                                             "--allow-outbound", "127.0.0.0/8",
-                                             "--node-grace-seconds", str(settings.node_grace_seconds)),
-                   data_dir / "logs" / "server.log")
+    lease = [*(["--lease-seconds", str(settings.lease_seconds)] if settings.lease_seconds else []),
+             *(["--renew-seconds", str(settings.renew_seconds)] if settings.renew_seconds else [])]
+    replicas = [Child("control plane" + (f" {i}" if settings.replicas > 1 else ""),
+                      _ballast("server", "--store", store, "--listen", f"{settings.host}:{settings.port + i}",
+                               "--bootstrap-token-file", str(bootstrap_file),
+                               "--audit-key", str(audit_key),
+                               # each replica its own checkpoint file (one writer each), of the one audit chain
+                               "--audit-checkpoints",
+                               str(data_dir / (AUDIT_CHECKPOINTS + (f"-{i}" if i else ""))),
+                               # the whole local platform lives on loopback, its webhooks and
+                               # Prometheus too: calls there are what it is for
+                               "--allow-outbound", "127.0.0.0/8", *lease,
+                               "--node-grace-seconds", str(settings.node_grace_seconds)),
+                      data_dir / "logs" / ("server.log" if i == 0 else f"server-{i}.log"))
+                for i in range(settings.replicas)]
     agents: list[Child] = []
     loop = asyncio.get_running_loop()
     try:
-        await server.start()
-        _remember(data_dir, [server])
-        async with Client(settings.server, None) as anon:
-            await _wait_healthy(anon, server, loop.time() + 60)
+        # The first alone (it makes the schema and the first admin), then the others.
+        for i, replica in enumerate(replicas):
+            await replica.start()
+            _remember(data_dir, replicas[:i + 1])
+            async with Client(settings.servers[i], None) as anon:
+                await _wait_healthy(anon, replica, loop.time() + 60)
         client_file = data_dir / "client.yaml"
         token = await _admin_token(settings, client_file, bootstrap_file)
         client_config.write(client_file, settings.server, token)
@@ -374,7 +406,7 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                               data_dir / "logs" / f"{name}.log", env=join_env)
                 await agent.start()
                 agents.append(agent)
-                _remember(data_dir, [server, *agents])
+                _remember(data_dir, [*replicas, *agents])
             gateway = Child("gateway", _ballast("gateway", "--server", settings.server, "--name", GATEWAY_NAME,
                                                 "--listen", f"{settings.host}:{settings.gateway_port}",
                                                 "--data-dir", str(data_dir / "gateway"), "--stop-proxy-on-exit",
@@ -385,15 +417,16 @@ async def run(settings: UpSettings, console: Console, stop: asyncio.Event) -> No
                             env=await _join_env(admin, settings.server, "gateway", GATEWAY_NAME, data_dir / "gateway"))
             await gateway.start()
             agents.append(gateway)
-            _remember(data_dir, [server, *agents])
+            _remember(data_dir, [*replicas, *agents])
             await _wait_nodes(admin, {p[0] for p in plan}, agents, loop.time() + 60)
             await _wait_gateway(admin, gateway, loop.time() + 60)
-        _announce(console, settings, client_file, plan, data_dir)
-        await _supervise(server, agents, stop, console, data_dir)
+            leader = (await admin.get("/v1/leader"))["lease"] if settings.replicas > 1 else None
+        _announce(console, settings, client_file, plan, data_dir, leader)
+        await _supervise(replicas, agents, stop, console, data_dir)
     finally:
         console.print("stopping: instances and agents first, then the control plane")
         await asyncio.gather(*(a.stop(60) for a in agents))
-        await server.stop(15)
+        await asyncio.gather(*(r.stop(15) for r in replicas))
         leftover = sweep_instances(data_dir, agents_dir)
         if leftover:
             console.print(f"[yellow]stopped {leftover} instance process(es) an agent left behind[/]")
@@ -427,13 +460,19 @@ async def _wait_nodes(admin: Client, names: set[str], agents: list[Child], deadl
     raise UpFailed("agents did not register in time; see " + ", ".join(str(a.log) for a in agents))
 
 
-def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path) -> None:
+def _announce(console: Console, settings: UpSettings, client_file: Path, plan: list[Any], data_dir: Path,
+              leader: dict[str, Any] | None = None) -> None:
+    first = settings.servers[0]
     console.print(f"[bold green]Ballast is up[/]  control plane: {settings.server}  "
-                  f"(API description: {settings.server}/v1/openapi.json, with a token)")
+                  f"(API description: {first}/v1/openapi.json, with a token)")
+    if leader is not None:
+        console.print(f"control plane replicas: {settings.replicas}, sharing {_safe_store(settings.store)}; "
+                      f"leader (runs the controllers): {leader['holder']} epoch {leader['epoch']}  "
+                      "(ballast leader)")
     console.print(f"gateway: {settings.gateway_url}")
     if settings.metrics_port:
         console.print(f"metrics: http://NODE-IP:{settings.metrics_port}/metrics (agents), "
-                      f"http://{settings.gateway_metrics}/metrics (gateway), {settings.server}/metrics "
+                      f"http://{settings.gateway_metrics}/metrics (gateway), {first}/metrics "
                       "(control plane, with a token)")
     console.print(f"data dir: {data_dir}   client config: {client_file}")
     console.print(f"audit checkpoints: {data_dir / AUDIT_CHECKPOINTS}, signed by {data_dir / AUDIT_KEY} "
@@ -443,19 +482,28 @@ def _announce(console: Console, settings: UpSettings, client_file: Path, plan: l
     console.print("try: ballast demo && ballast get instances shop     (Ctrl-C stops everything)", highlight=False)
 
 
-async def _supervise(server: Child, agents: list[Child], stop: asyncio.Event, console: Console,
+async def _supervise(replicas: list[Child], agents: list[Child], stop: asyncio.Event, console: Console,
                      data_dir: Path) -> None:
     """Restart a part that dies; a restarted agent adopts its running instances."""
-    _remember(data_dir, [server, *agents])
+    _remember(data_dir, [*replicas, *agents])
     while not stop.is_set():
-        for child in [server, *agents]:
+        for child in [*replicas, *agents]:
             if child.proc is not None and child.proc.returncode is not None:
                 child.restarts += 1
                 console.print(f"[yellow]{child.name} exited with code {child.proc.returncode}; restarting "
                               f"(restart {child.restarts})[/]")
                 await child.start()
-                _remember(data_dir, [server, *agents])
+                _remember(data_dir, [*replicas, *agents])
         try:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
+
+
+def _safe_store(url: str | None) -> str:
+    """The store URL without its password, for the announcement."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url or "").render_as_string(hide_password=True)
+    except Exception:
+        return "the store"

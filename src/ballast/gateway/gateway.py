@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ballast.client import Client
+from ballast.client import ANSWER_SECONDS, Client
 from ballast.core.request_metrics import Counts, Series
 from ballast.dataplane.collector import RequestStats, read_gateway
 from ballast.dataplane.component import Applied, TrafficComponent, register
@@ -54,7 +54,7 @@ class GatewaySettings:
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.client = Client(settings.server, settings.token, timeout=40.0)
+        self.client = Client(settings.server, settings.token, timeout=40.0, answer_seconds=ANSWER_SECONDS)
         self.proxy = HAProxy(settings.haproxy, ProxyFiles(settings.data_dir / "haproxy"),
                              label=f"gateway {settings.name}")
         self.weights: dict[str, int] = {}   # the weights map the rendered configuration reads

@@ -13,6 +13,9 @@ change without its record can never be committed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
+import secrets
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -21,16 +24,28 @@ from typing import Any, AsyncIterator, Iterable
 
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ballast.errors import BallastError
-from ballast.store import audit_log, migrate
+from ballast.store import audit_log, lease, migrate
 from ballast.store.schema import counters
+
+log = logging.getLogger("ballast.store")
+STORE_ID = "store-id"   # counters row: a random number made once per store, shown as the store's id
+# A PostgreSQL session that sits in an open transaction this long (its process paused or cut off) is ended by the
+# server, so it cannot hold the store's write lock for ever.
+IDLE_IN_TRANSACTION_MS = 10_000
 
 
 class StoreUnavailable(BallastError):
     status = 503
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the store cannot be reached (not that a statement was wrong): the API answers 503
+    StoreUnavailable, and a client with several replicas' URLs tries another."""
+    return isinstance(exc, (StoreUnavailable, OperationalError, InterfaceError, OSError, ConnectionError))
 
 
 def normalize_url(url: str) -> str:
@@ -141,15 +156,23 @@ class Store:
         self.memo: dict[str, Any] = {}           # values derived from the store, each keyed by what it derives from
         self.node_grace_seconds = 4.0            # nodeGraceSeconds: the platform's setting (core/nodes.py)
         self.hearing_since = 0.0                 # silence counts from here (controllers/hearing.py)
+        self.store_id = ""                       # set by `open`: this store's persistent random id
+        self.fenced_writes: dict[str, int] = {}  # reason -> writes of a former leader refused (lease.Fenced)
+        self._fence_reported: set[tuple[int, str]] = set()   # (epoch, controller) already on the audit record
+        self._background: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, url: str, *, migrate_schema: bool = True) -> "Store":
+    async def open(cls, url: str, *, migrate_schema: bool = True, name: str = "ballast") -> "Store":
+        """`name`: how this process shows in PostgreSQL's pg_stat_activity (application_name)."""
         async_url = normalize_url(url)
         kwargs: dict[str, Any] = {}
         if async_url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True,
+                          connect_args={"server_settings": {
+                              "application_name": name[:63],
+                              "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)}})
         engine = create_async_engine(async_url, **kwargs)
         if async_url.startswith("sqlite"):
             @event.listens_for(engine.sync_engine, "connect")
@@ -170,13 +193,19 @@ class Store:
         return store
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
         await self.engine.dispose()
 
     async def _seed(self) -> None:
         async with self.engine.begin() as conn:
             if (await conn.execute(select(counters.c.value).where(counters.c.name == "rv"))).first() is None:
                 await conn.execute(insert(counters).values(name="rv", value=0))
+            if (await conn.execute(select(counters.c.value).where(counters.c.name == STORE_ID))).first() is None:
+                await conn.execute(insert(counters).values(name=STORE_ID, value=secrets.randbits(62) + 1))
             await audit_log.ensure_head(conn)
+            value = (await conn.execute(select(counters.c.value).where(counters.c.name == STORE_ID))).scalar_one()
+        self.store_id = f"{int(value):016x}"
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -185,20 +214,67 @@ class Store:
 
     @asynccontextmanager
     async def write(self, *, urgent: bool = False) -> AsyncIterator[Tx]:
-        """One write transaction; `urgent` for the data plane's facts, which wait for no other writer."""
-        async with self._writer.turn(urgent):
-            async with self.engine.begin() as conn:
-                # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
-                rv = (await conn.execute(update(counters).where(counters.c.name == "rv")
-                                         .values(value=counters.c.value + 1).returning(counters.c.value))).scalar_one()
-                tx = Tx(conn=conn, rv=int(rv), now=self.clock(), node_grace_seconds=self.node_grace_seconds)
-                yield tx
-            self._seq += 1
-            self._local_rv = max(self._local_rv, tx.rv)
-            for topic in tx.topics:
-                self._topic_seq[topic] = self._seq
+        """One write transaction; `urgent` for the data plane's facts, which wait for no other writer.
+
+        In a leader's controllers (`lease.LEADERSHIP` set), the write first makes sure the lease is still theirs
+        at their epoch, holding the lease row until it commits; else it raises `lease.Fenced` and changes nothing.
+        """
+        lead = lease.LEADERSHIP.get()
+        try:
+            async with self._writer.turn(urgent):
+                async with self.engine.begin() as conn:
+                    # Row lock on PostgreSQL (FOR UPDATE via UPDATE) serializes writers across replicas.
+                    rv = (await conn.execute(update(counters).where(counters.c.name == "rv")
+                                             .values(value=counters.c.value + 1)
+                                             .returning(counters.c.value))).scalar_one()
+                    tx = Tx(conn=conn, rv=int(rv), now=self.clock(), node_grace_seconds=self.node_grace_seconds)
+                    if lead is not None:
+                        await lease.check_fence(conn, lead, tx.now)
+                    yield tx
+                self._seq += 1
+                self._local_rv = max(self._local_rv, tx.rv)
+                for topic in tx.topics:
+                    self._topic_seq[topic] = self._seq
+        except lease.Fenced as exc:
+            if lead is not None:
+                self._note_fenced(lead, exc)
+            raise
+        except asyncio.CancelledError:
+            if lead is not None:   # the leadership ended while this write was under way: nothing of it committed
+                task = asyncio.current_task()
+                log.info("a write of controller %s was abandoned: its leadership (epoch %d) ended",
+                         task.get_name() if task else "?", lead.epoch)
+            raise
         async with self._changed:
             self._changed.notify_all()
+
+    def _note_fenced(self, lead: lease.Leadership, exc: lease.Fenced) -> None:
+        """Count a refused write of a former leader; put it on the audit record once per controller and epoch, in
+        a write of its own that no lease conditions and no cancellation of the controllers stops."""
+        self.fenced_writes[exc.reason] = self.fenced_writes.get(exc.reason, 0) + 1
+        task = asyncio.current_task()
+        controller = task.get_name() if task is not None else "unknown"
+        log.warning("refused a write of controller %s: %s", controller, exc.message)
+        if (lead.epoch, controller) in self._fence_reported:
+            return
+        self._fence_reported.add((lead.epoch, controller))
+        current = exc.current
+
+        async def record() -> None:
+            try:
+                async with self.write() as tx:
+                    await tx.audit(actor=f"controller/{controller}", action="leader.fenced",
+                                   resource=f"lease/{lead.name}", result="refused",
+                                   detail={"holder": lead.holder, "epoch": lead.epoch, "reason": exc.reason,
+                                           "message": exc.message, "controller": controller,
+                                           "currentHolder": current.holder if current else None,
+                                           "currentEpoch": current.epoch if current else None})
+            except Exception:
+                log.exception("could not audit a refused write of a former leader")
+
+        background = asyncio.create_task(record(), name="audit-fenced", context=contextvars.Context())
+        self._background.add(background)
+        background.add_done_callback(self._background.discard)
 
     async def release_watchers(self) -> None:
         """Shutting down: every long-poll answers now instead of holding the server open."""
