@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -46,6 +47,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 @pytest.fixture(scope="module")
 def api(platform: Platform) -> Api:
+    return deploy(platform)
+
+
+def deploy(platform: Platform) -> Api:
+    """back (2 + 2) and front (2 + 2, calling back through its sidecar), all routed."""
     directory = platform.root / "apps"
     directory.mkdir()
     shutil.copy(DEMO_APP, directory / "app.py")
@@ -75,6 +81,13 @@ def _routed(platform: Platform) -> None:
         assert r.status == 200, (r.status, body[:200])
         seen.add(json.loads(body)["downstream"]["instance"])
     assert len(seen) == 4, seen
+
+
+def _proc_text(pid: int, what: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{what}").read_bytes().decode(errors="replace")
+    except OSError:   # gone meanwhile
+        return ""
 
 
 def _answers(api: Api) -> None:
@@ -240,7 +253,7 @@ def test_a_dead_host_is_replaced_in_its_cell_and_fenced_when_it_returns(platform
         "a stale endpoint was registered ready again"
     assert not [b for t, b in load.backs if b in doomed and t > back_at], "a stale instance served after its node returned"
     assert not [p for p in processes_mentioning(str(platform.data_dir / "agents" / victim_node))
-                if any(d in open(f"/proc/{p}/environ", "rb").read().decode(errors="replace") for d in doomed)], \
+                if any(d in _proc_text(p, "environ") for d in doomed)], \
         "a stale instance's process runs again"
     # Nothing serves twice: exactly the declared count, the replacements among them.
     assert len(api.instances("back")) == 4 and set(fresh) <= {i["metadata"]["name"] for i in api.instances("back")}
@@ -280,7 +293,7 @@ def test_the_data_plane_keeps_serving_while_no_control_plane_answers(platform: P
     before = {i["metadata"]["name"]: (i["status"]["pid"], i["status"]["restarts"])
               for app in ("front", "back") for i in api.instances(app)}
     server = [p for p in processes_mentioning(str(platform.data_dir))
-              if "server" in open(f"/proc/{p}/cmdline", "rb").read().decode(errors="replace").split("\0")]
+              if "server" in _proc_text(p, "cmdline").split("\0")]
     assert len(server) == 1, server
     load = Load(platform.gateway_port).start()
     eventually(lambda: _answered(load, 100), "the load runs")
