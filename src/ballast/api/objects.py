@@ -48,7 +48,9 @@ def node(n: NodeRecord) -> dict[str, Any]:
                  "stateSince": iso(n.lifecycle_since) if n.lifecycle_since is not None else None,
                  "stateReason": n.lifecycle_reason, "lastHeartbeat": iso(n.last_heartbeat),
                  "secondsSinceHeartbeat": round(n.seconds_since_heartbeat, 1), "instances": n.instances,
-                 "agentVersion": n.agent_version, "cordoned": n.cordoned, "conditions": n.conditions})
+                 "agentVersion": n.agent_version, "cordoned": n.cordoned,
+                 "conditions": None if n.conditions is None else {
+                     **n.conditions, "reportedAt": iso(n.conditions.get("reportedAt"))}})
 
 
 def app(a: AppRecord) -> dict[str, Any]:
