@@ -106,21 +106,19 @@ async def _hold(store: Store, stop: asyncio.Event, leadership: lease.Leadership,
     try:
         while not stop.is_set():
             now = leadership.monotonic()
-            zombie = lease.zombie_fault()
-            if now >= leadership.deadline and not zombie:
+            if now >= leadership.deadline:
                 why = "its local deadline passed without a renewal"
                 break
-            next_renewal = now + settings.renew_seconds if zombie else min(leadership.deadline,
-                                                                             now + settings.renew_seconds)
+            next_renewal = min(leadership.deadline, now + settings.renew_seconds)
             await _sleep_unless(stop, next_renewal - now)
             if stop.is_set():
                 break
             began = leadership.monotonic()
-            if began >= leadership.deadline and not zombie:
+            if began >= leadership.deadline:
                 why = "its local deadline passed without a renewal"
                 break
             try:
-                async with asyncio.timeout(settings.renew_seconds if zombie else leadership.deadline - began):
+                async with asyncio.timeout(leadership.deadline - began):
                     async with store.engine.begin() as conn:
                         renewed = await lease.renew(conn, leadership, store.clock(), settings.seconds)
             except TimeoutError:
@@ -130,10 +128,6 @@ async def _hold(store: Store, stop: asyncio.Event, leadership: lease.Leadership,
                 log.warning("could not renew the %s lease (epoch %d): %r", leadership.name, leadership.epoch, exc)
                 continue   # retried until the deadline
             if not renewed:
-                if zombie:
-                    log.error("FAULT INJECTED (%s): the lease is no longer this replica's, and it keeps acting",
-                              lease.ZOMBIE_FAULT)
-                    continue
                 why = "the lease is no longer its own"
                 break
             leadership.deadline = began + settings.seconds - settings.margin

@@ -15,7 +15,6 @@ happens. The local deadline is on the monotonic clock of the process that renewe
 from __future__ import annotations
 
 import contextvars
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -68,18 +67,7 @@ class Leadership:
     monotonic: Callable[[], float] = time.monotonic
 
     def expired_locally(self) -> bool:
-        return self.monotonic() >= self.deadline and not zombie_fault()
-
-
-ZOMBIE_FAULT = "BALLAST_FAULT_ZOMBIE_LEADER_FILE"
-
-
-def zombie_fault() -> bool:
-    """Fault injection for tests only: while the file this variable names exists, a leader ignores its own
-    deadline and a lost renewal (a "zombie" whose timing failed), so that only the epoch stands between its
-    controllers' writes and the store."""
-    path = os.environ.get(ZOMBIE_FAULT)
-    return bool(path) and os.path.exists(path)  # type: ignore[arg-type]
+        return self.monotonic() >= self.deadline
 
 
 LEADERSHIP: contextvars.ContextVar[Leadership | None] = contextvars.ContextVar("ballast_leadership", default=None)
