@@ -63,16 +63,19 @@ def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = D
     """Pure: silent nodes, and the scopes where their number means the control plane cannot hear (the
     zone-disruption rule: a control plane cut off from its nodes must not drain the fleet it cannot see)."""
     silent = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now, policy.grace_seconds))
+    # Nodes that went quiet together lapse one heartbeat apart: a node half-way to its grace already counts
+    # towards a disruption, so the first to lapse is not judged alone when the others are about to follow.
+    quiet_since = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now, policy.grace_seconds / 2))
     scopes: dict[str, list[NodeHeartbeat]] = {"platform": list(nodes)}
     for n in nodes:
         scopes.setdefault(f"cell/{n.cell}", []).append(n)
     disrupted = []
     suspended: set[str] = set()
     for scope, members in sorted(scopes.items()):
-        quiet = [n.name for n in members if n.name in silent]
+        quiet = [n.name for n in members if n.name in quiet_since]
         if len(quiet) >= policy.min_silent and len(quiet) > policy.max_silent_share * len(members):
             disrupted.append(scope)
-            suspended.update(quiet)
+            suspended.update(q for q in quiet if q in silent)
     return Hearing(known=frozenset(n.name for n in nodes), silent=silent, disrupted=tuple(disrupted),
                    suspended=frozenset(suspended))
 class Readiness(str, Enum):
