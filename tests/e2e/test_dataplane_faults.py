@@ -311,7 +311,9 @@ def test_an_anonymous_flood_costs_no_write_and_drains_nothing(platform: Platform
             started = time.monotonic()
             nodes = api.get("/v1/nodes")["items"]     # the admin is answered meanwhile (10 s timeout each)
             api_calls.append(time.monotonic() - started)
-            not_ready_seen |= {n["metadata"]["name"] for n in nodes if not n["status"]["ready"]}
+            # Heartbeats may arrive late meanwhile (`ready` is "heard within its grace"); what must not happen is
+            # the judgement that drains and replaces a node.
+            not_ready_seen |= {n["metadata"]["name"] for n in nodes if n["status"]["state"] == "NotReady"}
             time.sleep(0.5)
         flood.join()
     assert sent["requests"] > 2000, sent          # a flood, not a trickle

@@ -21,8 +21,8 @@ GRACE = 4.0
 
 
 def facts(name: str = "n1", state: NodeState = NodeState.READY, silent: bool = False, suspended: bool = False,
-          conditions: dict[str, Any] | None = None) -> NodeFacts:
-    return NodeFacts(name, state, 5.0 if silent else 0.5, silent, suspended, conditions)
+          conditions: dict[str, Any] | None = None, answering: bool = False) -> NodeFacts:
+    return NodeFacts(name, state, 5.0 if silent else 0.5, silent, suspended, conditions, answering)
 
 
 HEALTHY = {"clockOffsetSeconds": 0.01, "dataDirFreeBytes": 10 * 2**30, "dataDirTotalBytes": 20 * 2**30,
@@ -33,6 +33,8 @@ HEALTHY = {"clockOffsetSeconds": 0.01, "dataDirFreeBytes": 10 * 2**30, "dataDirT
     (facts(), []),
     (facts(silent=True), [NodeState.NOT_READY]),
     (facts(silent=True, suspended=True), []),                  # the control plane may be the deaf one
+    (facts(silent=True, answering=True), []),                  # its agent answers a probe: alive, only unheard
+    (facts(state=NodeState.DEGRADED, silent=True, answering=True), []),
     (facts(state=NodeState.NOT_READY, silent=True), []),       # judged once
     (facts(state=NodeState.NOT_READY), [NodeState.READY]),     # heartbeats again
     (facts(conditions={**HEALTHY, "clockOffsetSeconds": -7.5}), [NodeState.DEGRADED]),

@@ -3,6 +3,8 @@ instances' readiness Unknown (since the last heartbeat) once it is not ready."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ballast.core.nodes import (NODE_TIMEOUT_SECONDS, DisruptionPolicy, InstanceReadiness, NodeHeartbeat, Readiness,
@@ -78,3 +80,60 @@ def test_an_instance_on_a_silent_node_is_ready_unknown_since_its_last_heartbeat(
         reported: bool, seconds_silent: float | None, expected: InstanceReadiness) -> None:
     heartbeat = None if seconds_silent is None else NOW - seconds_silent
     assert instance_readiness(reported, heartbeat, NOW) == expected
+
+
+def test_a_silent_node_whose_agent_answers_is_alive_routable_and_not_judged() -> None:
+    heard = hearing(_nodes({"a-0", "b-0"}, {"a": 2, "b": 2}), 1000.0, answering=frozenset({"a-0", "a-1"}))
+    assert heard.silent == {"a-0", "b-0"} and not heard.disrupted
+    assert heard.answering == {"a-0"}, "an answer counts only for a silent node"
+    assert heard.routable("a-0") and not heard.judged_dead("a-0")
+    assert not heard.routable("b-0") and heard.judged_dead("b-0")
+    assert not heard.judged_dead("a-1")
+
+
+def test_a_disruption_counts_and_names_the_nodes_quiet_for_half_their_grace() -> None:
+    now, grace = 1000.0, 4.0
+    beats = [NodeHeartbeat("a-0", "a", now - 5.0), NodeHeartbeat("a-1", "a", now - 2.5),   # silent, quiet
+             NodeHeartbeat("b-0", "b", now - 2.5), NodeHeartbeat("b-1", "b", now - 0.5)]   # quiet, heard
+    heard = hearing(beats, now, DisruptionPolicy(grace_seconds=grace))
+    assert heard.disrupted == ("cell/a", "platform")
+    assert heard.counted == {"a-0", "a-1", "b-0"}
+    assert heard.suspended == {"a-0"}, "only a silent node has a judgement to suspend"
+
+
+async def test_the_leader_probes_quiet_agents_and_only_a_live_listener_answers(tmp_path: Any) -> None:
+    """Real loopback sockets: a quiet node whose agent listens answers; one whose port is closed does not; a node
+    heard from recently is not probed at all."""
+    import asyncio
+    import socket
+
+    from ballast.controllers import hearing as hearing_controller
+    from ballast.store.engine import Store
+    from ballast.store.schema import nodes
+
+    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    alive = listener.sockets[0].getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    try:
+        now = store.clock()
+        async with store.write() as tx:
+            for name, beat, port in (("busy", now - 3, alive), ("dead", now - 3, closed), ("heard", now, alive)):
+                await tx.conn.execute(nodes.insert().values(
+                    name=name, cell="a", zone="z", ip="127.0.0.1", cpu_millis=1000, memory_bytes=2**30, labels={},
+                    agent_version="t", last_heartbeat=beat, registered_at=now, resource_version=tx.rv,
+                    metrics_address=f"127.0.0.1:{port}"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(hearing_controller.probe_quiet_agents(store, stop))
+        for _ in range(100):
+            if "busy" in store.agent_answered:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        assert hearing_controller.agent_answering(store, store.clock()) == {"busy"}
+    finally:
+        listener.close()
+        await store.close()

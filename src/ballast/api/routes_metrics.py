@@ -191,7 +191,7 @@ async def metrics(request: Request, traffic: bool = Query(True, description="inc
     families.append(refused)
     suspended = GaugeMetricFamily("ballast_node_judgement_suspended", "1 where so many nodes fell silent at once that "
                                   "the control plane assumes it cannot hear them and drains none", labels=["scope"])
-    for scope in store_of(request).memo.get("node-disruption", ()):
+    for scope in store_of(request).memo.get("node-disruption", ((), frozenset()))[0]:
         suspended.add_metric([scope], 1.0)
     families.append(suspended)
     fenced = CounterMetricFamily("ballast_leader_fenced_writes", "writes of this replica's controllers refused "

@@ -137,7 +137,8 @@ async def serve(store_url: str, host: str, port: int, bootstrap_token_file: Path
                 asyncio.create_task(orders.run(store, halt), name="orders"),
                 asyncio.create_task(verification.run(store, halt, policy=outbound), name="verification"),
                 asyncio.create_task(tasks.run(store, halt), name="tasks"),
-                asyncio.create_task(node_lifecycle.run(store, halt, policy=disruption), name="node-lifecycle")]
+                asyncio.create_task(node_lifecycle.run(store, halt, policy=disruption), name="node-lifecycle"),
+                asyncio.create_task(hearing.probe_quiet_agents(store, halt), name="agent-probe")]
 
     controllers = [asyncio.create_task(lead(store, stop, holder, start_controllers, lease_settings),
                                        name="leadership"),

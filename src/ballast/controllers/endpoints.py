@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ballast.controllers.hearing import agent_answering
 from ballast.controllers.loop import run_passes
 from ballast.core.digests import digest
 from ballast.core.endpoints import (MESH, Component, EndpointRecord, InstanceFacts, RegistryDecision, TrafficPolicy, decide,
@@ -34,16 +35,19 @@ ACTOR = "controller/registry"
 State = tuple[list[InstanceFacts], dict[str, EndpointRecord], list[Component], dict[str, TrafficPolicy]]
 
 
-async def heard_nodes(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float) -> Hearing:
+async def heard_nodes(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float,
+                      answering: frozenset[str] = frozenset()) -> Hearing:
     """Which nodes are silent. Silence counts only from `hearing_since`, the moment this process last began to
     hear (it started, or its event loop stalled): a stalled control plane judges nobody by the heartbeats it
-    could not process."""
+    could not process. `answering`: nodes whose agent answers a probe (controllers/hearing.py)."""
     rows = (await conn.execute(select(nodes.c.name, nodes.c.cell, nodes.c.last_heartbeat))).all()
-    return hearing([NodeHeartbeat(r.name, r.cell, max(r.last_heartbeat, hearing_since)) for r in rows], now, policy)
+    return hearing([NodeHeartbeat(r.name, r.cell, max(r.last_heartbeat, hearing_since)) for r in rows], now, policy,
+                   answering)
 
 
-async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float) -> State:
-    heard = await heard_nodes(conn, now, policy, hearing_since)
+async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hearing_since: float,
+                answering: frozenset[str]) -> State:
+    heard = await heard_nodes(conn, now, policy, hearing_since, answering)
     facts = [InstanceFacts(id=i.id, app=i.app, node=i.node, cell=i.cell, zone=i.zone, ip=i.ip, port=i.port,
                            revision=i.revision, desired=i.desired, granted_revision=i.granted_revision,
                            granted_desired=i.granted_desired, running_revision=i.running_revision,
@@ -61,9 +65,10 @@ async def _read(conn: AsyncConnection, now: float, policy: DisruptionPolicy, hea
 
 
 async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPolicy()) -> int:
+    answering = agent_answering(store, store.clock())
     async with store.read() as conn:
-        state = await _read(conn, store.clock(), policy, store.hearing_since)
-        heard = await heard_nodes(conn, store.clock(), policy, store.hearing_since)
+        state = await _read(conn, store.clock(), policy, store.hearing_since, answering)
+        heard = await heard_nodes(conn, store.clock(), policy, store.hearing_since, answering)
     await _record_disruption(store, heard)
     _, eps, comps, _ = state
     log_acknowledged(store.memo, eps, {c.key: c.acked_generation for c in comps}, store.clock())
@@ -71,7 +76,7 @@ async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPoli
         return 0  # the common pass: nothing to do, nothing written
     async with store.write() as tx:
         # Decide again inside the write: what is written follows from exactly what this transaction sees.
-        facts, eps, comps, policies = await _read(tx.conn, tx.now, policy, store.hearing_since)
+        facts, eps, comps, policies = await _read(tx.conn, tx.now, policy, store.hearing_since, answering)
         decision = decide(facts, eps, comps, policies, tx.now)
         await _write(tx, decision, {f.id: f for f in facts}, eps)
     return len(decision.puts) + len(decision.notes) + len(decision.drops) + len(decision.grants)
@@ -79,21 +84,21 @@ async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPoli
 
 async def _record_disruption(store: Store, heard: Hearing) -> None:
     """Say it loudly, once per change, when the control plane stops (or resumes) judging silent nodes."""
-    previous = store.memo.get("node-disruption", ())
-    if previous == heard.disrupted:
+    previous, previous_nodes = store.memo.get("node-disruption", ((), frozenset()))
+    if previous == heard.disrupted and previous_nodes == heard.counted:
         return
     if heard.disrupted:
-        log.warning("node judgement suspended: %d node(s) silent (%s) in %s; the control plane assumes it cannot "
-                    "hear them and drains nothing until heartbeats flow again", len(heard.silent),
-                    ", ".join(sorted(heard.silent)), ", ".join(heard.disrupted))
+        log.warning("node judgement suspended: %d node(s) quiet or silent (%s) in %s; the control plane assumes it "
+                    "cannot hear them and drains nothing until heartbeats flow again", len(heard.counted),
+                    ", ".join(sorted(heard.counted)), ", ".join(heard.disrupted))
     else:
         log.warning("node judgement resumed: heartbeats flow again")
     async with store.write() as tx:
         await tx.audit(actor=ACTOR, action="node-disruption.suspend" if heard.disrupted else "node-disruption.resume",
                        resource="Nodes", result="suspended" if heard.disrupted else "ok",
                        before=_judgement_digest(previous), after=_judgement_digest(heard.disrupted),
-                       detail={"scopes": list(heard.disrupted), "silentNodes": sorted(heard.silent)})
-    store.memo["node-disruption"] = heard.disrupted
+                       detail={"scopes": list(heard.disrupted), "silentNodes": sorted(heard.counted)})
+    store.memo["node-disruption"] = (heard.disrupted, heard.counted)
 
 
 def _judgement_digest(disrupted: tuple[str, ...]) -> str:

@@ -1,8 +1,13 @@
-"""When this control plane last began to hear its nodes.
+"""When this control plane last began to hear its nodes, and which quiet nodes are alive all the same.
 
 A node's silence is judged from heartbeats this process recorded. If the process itself stalled (its event
 loop blocked, the machine paused it) or has just started (a new leader), the heartbeats it did not process
 say nothing about the nodes: silence counts only from the moment it hears again (`Store.hearing_since`).
+
+Silence alone does not tell a dead host from a busy agent or an overloaded control plane. Once a node has
+been quiet for half its grace, the leader probes its agent directly (a TCP connection to the agent's own
+endpoint, which the kernel completes for a live process however busy): a node that answers is alive and is
+not judged NotReady (`agent_answering`); a dead host refuses or times out.
 """
 
 from __future__ import annotations
@@ -10,12 +15,58 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy import select
+
 from ballast.store.engine import Store
+from ballast.store.schema import nodes
 
 log = logging.getLogger("ballast.hearing")
 
 TICK_SECONDS = 0.25
 STALL_SECONDS = 1.0   # a tick this much later than due: the process did not run, so it heard nothing
+PROBE_EVERY_SECONDS = 0.5
+PROBE_TIMEOUT_SECONDS = 1.0
+ANSWER_FRESH_SECONDS = 1.5   # an answer older than this says nothing about the node now
+
+
+def agent_answering(store: Store, now: float) -> frozenset[str]:
+    """Nodes whose agent answered a probe within the last ANSWER_FRESH_SECONDS."""
+    return frozenset(n for n, at in store.agent_answered.items() if now - at <= ANSWER_FRESH_SECONDS)
+
+
+async def _answers(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), PROBE_TIMEOUT_SECONDS)
+    except (OSError, ValueError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def probe_quiet_agents(store: Store, stop: asyncio.Event) -> None:
+    """Leader only: probe the agent of every node quiet for half its grace, twice a second."""
+    store.agent_answered.clear()   # another leader's answers are not this one's
+    while not stop.is_set():
+        now = store.clock()
+        quiet_after = store.node_grace_seconds / 2
+        async with store.read() as conn:
+            rows = (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat, nodes.c.metrics_address))).all()
+        quiet = [r for r in rows if r.metrics_address and now - max(r.last_heartbeat, store.hearing_since) >= quiet_after]
+        results = await asyncio.gather(*(_answers(r.metrics_address) for r in quiet))
+        answered_at = store.clock()
+        for r, answered in zip(quiet, results):
+            if answered:
+                if r.name not in agent_answering(store, answered_at):
+                    log.warning("node %s is quiet (%.1fs without a heartbeat) but its agent answers at %s: alive, "
+                                "not judged", r.name, now - r.last_heartbeat, r.metrics_address)
+                store.agent_answered[r.name] = answered_at
+            else:
+                store.agent_answered.pop(r.name, None)
+        try:
+            await asyncio.wait_for(stop.wait(), PROBE_EVERY_SECONDS)
+        except TimeoutError:
+            pass
 
 
 async def run(store: Store, stop: asyncio.Event) -> None:

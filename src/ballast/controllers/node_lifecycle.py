@@ -1,6 +1,6 @@
 """The node lifecycle controller: heartbeats and reports → Ready / NotReady / Degraded, and what follows.
 
-- NotReady (silent past nodeGraceSeconds): the registry takes its endpoints out of routing at once (nobody
+- NotReady (silent past nodeGraceSeconds, and its agent does not answer a direct probe): the registry takes its endpoints out of routing at once (nobody
   waits for the dead node's acknowledgement); this controller retires its instances so the scheduler replaces
   them on ready nodes of the same cell. Ordered instances keep their data there: they wait for the node, or for
   `ballast instance move`. Apps under a release belong to the release engine and are left to it.
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ballast.controllers.endpoints import heard_nodes
+from ballast.controllers.hearing import agent_answering
 from ballast.controllers.loop import run_passes
 from ballast.core.digests import digest
 from ballast.core.manifests import stored_spec
@@ -38,19 +39,21 @@ REPLACED = "replaced: node {node} is NotReady"
 async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPolicy(),
                          health: HealthPolicy = HealthPolicy()) -> int:
     now = store.clock()
+    answering = agent_answering(store, now)
     async with store.read() as conn:
         rows = (await conn.execute(select(nodes))).all()
-        heard = await heard_nodes(conn, now, policy, store.hearing_since)
+        heard = await heard_nodes(conn, now, policy, store.hearing_since, answering)
     facts = [NodeFacts(name=r.name, state=NodeState(r.lifecycle),
                        silent_seconds=now - max(r.last_heartbeat, store.hearing_since),
-                       silent=r.name in heard.silent, suspended=r.name in heard.suspended, conditions=r.conditions)
+                       silent=r.name in heard.silent, suspended=r.name in heard.suspended,
+                       answering=r.name in heard.answering, conditions=r.conditions)
              for r in rows]
     changes = judge(facts, policy.grace_seconds, health)
     for change in changes:
         await _record(store, change)
     state = {r.name: NodeState(r.lifecycle) for r in rows} | {c.node: c.state for c in changes}
     retired = 0
-    for name in sorted(n for n, s in state.items() if s is NodeState.NOT_READY and n not in heard.suspended):
+    for name in sorted(n for n, s in state.items() if s is NodeState.NOT_READY and heard.judged_dead(n)):
         retired += await _retire_instances(store, name)
     return len(changes) + retired
 

@@ -1,8 +1,9 @@
 """The node lifecycle judgement, decided from values. Pure.
 
 A node is `Ready` while its agent's heartbeats arrive and its reports say it is healthy; `NotReady` once it has
-been silent for nodeGraceSeconds (unless the control plane has suspended judgement because too many are silent
-at once: core/nodes.py `hearing`); `Degraded` while it heartbeats but reports a sidecar that keeps failing, a
+been silent for nodeGraceSeconds and its agent does not answer a direct probe either (a busy or frozen agent,
+or a control plane too loaded to hear, is not a dead node), unless the control plane has suspended judgement
+because too many are silent at once (core/nodes.py `hearing`); `Degraded` while it heartbeats but reports a sidecar that keeps failing, a
 nearly full data directory or a clock too far from the control plane's. NotReady nodes lose their endpoints and
 their instances (replaced in their cell); Degraded nodes are cordoned and evacuated losslessly.
 """
@@ -38,6 +39,7 @@ class NodeFacts:
     silent: bool                      # silent past nodeGraceSeconds
     suspended: bool                   # silent, but judgement is suspended (the control plane may be the deaf one)
     conditions: Mapping[str, Any] | None
+    answering: bool = False           # silent, but its agent answers a direct probe: alive, only unheard
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def judge(nodes: Sequence[NodeFacts], grace_seconds: float, policy: HealthPolicy
     out = []
     for n in nodes:
         if n.silent:
-            if n.suspended or n.state is NodeState.NOT_READY:
+            if n.suspended or n.answering or n.state is NodeState.NOT_READY:
                 continue
             out.append(Judgement(n.name, NodeState.NOT_READY,
                                  f"no heartbeat for {n.silent_seconds:.1f}s (nodeGraceSeconds {grace_seconds:g})"))

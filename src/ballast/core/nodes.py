@@ -53,15 +53,25 @@ class Hearing:
     silent: frozenset[str]
     disrupted: tuple[str, ...]
     suspended: frozenset[str]          # silent nodes whose judgement is suspended
+    answering: frozenset[str] = frozenset()   # silent nodes whose agent still answers a probe: alive, not heard
+    counted: frozenset[str] = frozenset()     # the quiet nodes that made a scope disrupted
 
     def routable(self, node: str) -> bool:
         """Whether traffic may keep going to `node`'s instances (a node nobody registered: never)."""
-        return node in self.known and (node not in self.silent or node in self.suspended)
+        return node in self.known and (node not in self.silent or node in self.suspended or node in self.answering)
+
+    def judged_dead(self, node: str) -> bool:
+        """Silent past its grace, its agent does not answer, and the control plane trusts its own hearing."""
+        return node in self.silent and node not in self.suspended and node not in self.answering
 
 
-def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = DisruptionPolicy()) -> Hearing:
+def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = DisruptionPolicy(),
+            answering: frozenset[str] = frozenset()) -> Hearing:
     """Pure: silent nodes, and the scopes where their number means the control plane cannot hear (the
-    zone-disruption rule: a control plane cut off from its nodes must not drain the fleet it cannot see)."""
+    zone-disruption rule: a control plane cut off from its nodes must not drain the fleet it cannot see).
+    `answering`: nodes whose agent answered a direct probe just now. A silent node that answers is alive but
+    unheard (its agent busy or frozen, or the control plane overloaded): it is not judged dead, its instances
+    keep serving and its mesh is still waited for."""
     silent = frozenset(n.name for n in nodes if not node_ready(n.last_heartbeat, now, policy.grace_seconds))
     # Nodes that went quiet together lapse one heartbeat apart: a node half-way to its grace already counts
     # towards a disruption, so the first to lapse is not judged alone when the others are about to follow.
@@ -71,13 +81,15 @@ def hearing(nodes: list[NodeHeartbeat], now: float, policy: DisruptionPolicy = D
         scopes.setdefault(f"cell/{n.cell}", []).append(n)
     disrupted = []
     suspended: set[str] = set()
+    counted: set[str] = set()
     for scope, members in sorted(scopes.items()):
         quiet = [n.name for n in members if n.name in quiet_since]
         if len(quiet) >= policy.min_silent and len(quiet) > policy.max_silent_share * len(members):
             disrupted.append(scope)
+            counted.update(quiet)
             suspended.update(q for q in quiet if q in silent)
     return Hearing(known=frozenset(n.name for n in nodes), silent=silent, disrupted=tuple(disrupted),
-                   suspended=frozenset(suspended))
+                   suspended=frozenset(suspended), answering=silent & answering, counted=frozenset(counted))
 class Readiness(str, Enum):
     TRUE = "True"
     FALSE = "False"

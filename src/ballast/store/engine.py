@@ -156,6 +156,7 @@ class Store:
         self.memo: dict[str, Any] = {}           # values derived from the store, each keyed by what it derives from
         self.node_grace_seconds = 4.0            # nodeGraceSeconds: the platform's setting (core/nodes.py)
         self.hearing_since = 0.0                 # silence counts from here (controllers/hearing.py)
+        self.agent_answered: dict[str, float] = {}   # node -> when its agent last answered a probe (hearing.py)
         self.store_id = ""                       # set by `open`: this store's persistent random id
         self.fenced_writes: dict[str, int] = {}  # reason -> writes of a former leader refused (lease.Fenced)
         self._fence_reported: set[tuple[int, str]] = set()   # (epoch, controller) already on the audit record
