@@ -2,7 +2,7 @@
 
 Every `ballast server` runs `lead()`. A standby tries to take the lease every `retry_seconds`; the holder starts
 the controllers (with `lease.LEADERSHIP` set in their context, so each of their writes is fenced by the epoch)
-and renews every `renew_seconds`. It stops them BEFORE its lease could have ended: at a local deadline on the
+and renews every `renew_seconds`. It halts them BEFORE its lease could have ended: at a local deadline on the
 monotonic clock, the start of the last successful renewal plus the lease minus a safety margin, whether or not
 a renewal has answered since (a store that hangs or is cut off cannot keep a leader acting). Then it contends
 again like any standby. A clean shutdown lets the lease expire at once, so a standby takes over without waiting.
@@ -22,6 +22,7 @@ from ballast.store.engine import Store
 
 log = logging.getLogger("ballast.leadership")
 
+STOP_GRACE_SECONDS = 2.0   # a halted controller's pass under way may end by itself; then it is cancelled
 StartControllers = Callable[[asyncio.Event], list["asyncio.Task[None]"]]
 
 
@@ -132,9 +133,13 @@ async def _hold(store: Store, stop: asyncio.Event, leadership: lease.Leadership,
                 break
             leadership.deadline = began + settings.seconds - settings.margin
     finally:
+        # Halted, not cut off: a pass under way ends by itself, and any write it still tries is refused by the
+        # fence and counted (Store.write), which is what a paused former leader's stale work must meet.
         halt.set()
-        for task in tasks:
-            task.cancel()
+        if tasks:
+            _, unfinished = await asyncio.wait(tasks, timeout=STOP_GRACE_SECONDS)
+            for task in unfinished:
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if stop.is_set():
             await _release(store, leadership)

@@ -7,6 +7,7 @@ import logging
 from typing import Awaitable, Callable
 
 from ballast.store.engine import EVERYTHING, Store
+from ballast.store.lease import Fenced
 
 
 async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], store: Store, stop: asyncio.Event, *,
@@ -24,6 +25,10 @@ async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], st
         seen = store.topic_version(topics)  # a write during the pass makes the wait below return at once
         try:
             await reconcile(store)
+        except Fenced as exc:   # this replica no longer leads: its halt follows (no traceback, nothing to retry)
+            log.warning("%s pass refused: %s", name, exc.message)
+            await asyncio.sleep(0.5)
+            continue
         except Exception:
             log.exception("%s pass failed; retrying", name)
             await asyncio.sleep(1.0)

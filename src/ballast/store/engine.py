@@ -34,8 +34,9 @@ from ballast.store.schema import counters
 log = logging.getLogger("ballast.store")
 STORE_ID = "store-id"   # counters row: a random number made once per store, shown as the store's id
 # A PostgreSQL session that sits in an open transaction this long (its process paused or cut off) is ended by the
-# server, so it cannot hold the store's write lock for ever.
-IDLE_IN_TRANSACTION_MS = 10_000
+# server, so it cannot hold the store's write lock (or the lease row a takeover must update) for long: a leader
+# paused inside a write delays its successor by at most this.
+IDLE_IN_TRANSACTION_MS = 4_000
 
 
 class StoreUnavailable(BallastError):
