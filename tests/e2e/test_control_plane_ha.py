@@ -5,8 +5,8 @@ the controllers, fenced by the lease's epoch); all serve the API. Under continuo
 east-west: the leader is SIGKILLed in the middle of a grouped release, and again in the middle of a release
 order's rollback; a new leader carries both on exactly where they were (the audit log shows every instance set
 once per direction, none skipped; each instance's own start log agrees) and no request fails. Then the leader
-is SIGSTOPped past its lease during a release's pause: another replica takes over and carries the release on;
-on SIGCONT the former leader stops its controllers at its local deadline, and nothing is done twice.
+is SIGSTOPped past its lease while it waits for a verification webhook: another replica takes over and carries
+the release on; on SIGCONT the former leader's stale verdict is refused by the fence, and nothing is done twice.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
@@ -110,15 +112,85 @@ APPS: dict[str, Item] = {
     "back": app_spec(cells={"cell-a": 1, "cell-b": 1}),
     "front": front("v1"),
     "client": app_spec(cells={"cell-a": 1, "cell-b": 1}),
-    # Automatic pauses between groups: the release engine's next write comes at a moment known in advance.
-    "timed": app_spec(cells={"cell-a": 2, "cell-b": 2}, strategy={"pause": "auto", "pauseSeconds": 6}),
 }
+
+
+def gated(greeting: str, hook: str) -> Item:
+    """Two groups, each judged by its traffic and by a webhook the test answers when it chooses."""
+    spec = app_spec(cells={"cell-a": 2, "cell-b": 2}, greeting=greeting,
+                    strategy={"groups": 2, "pause": "none",
+                              "verify": {"windowSeconds": 2, "minRequests": 1,
+                                         "webhooks": [{"url": hook, "timeoutSeconds": 90}]}})
+    spec["expose"] = {"host": "gated.local", "path": "/"}
+    return spec
+
+
+class HeldHooks:
+    """A verification webhook on loopback that holds each call until the test lets it answer 200 (or, once told
+    so, answers every later call at once)."""
+
+    def __init__(self) -> None:
+        self.calls: list[threading.Event] = []
+        self.answered: list[threading.Event] = []
+        self.changed = threading.Condition()
+        self.at_once = False
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                gate, done = threading.Event(), threading.Event()
+                with hooks.changed:
+                    if hooks.at_once:
+                        gate.set()
+                    hooks.calls.append(gate)
+                    hooks.answered.append(done)
+                    hooks.changed.notify_all()
+                gate.wait(300)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                self.wfile.flush()
+                done.set()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def wait_for_calls(self, count: int, timeout: float) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.calls) >= count, timeout), f"{len(self.calls)} call(s)"
+
+    def answer_from_now_on(self) -> None:
+        with self.changed:
+            self.at_once = True
+            for gate in self.calls[1:]:
+                gate.set()
+
+    def answer_held(self) -> None:
+        """Answer the first call (held until now) and wait until the answer is written to its socket."""
+        self.calls[0].set()
+        assert self.answered[0].wait(30), "the held call was not answered"
+
+    def close(self) -> None:
+        for gate in self.calls:
+            gate.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @dataclass
 class Env:
     platform: Platform
     api: HaApi
+    hooks: HeldHooks
 
     def apply(self, name: str, spec: Item) -> None:
         doc = {"apiVersion": "ballast.io/v1alpha1", "kind": "AppService", "metadata": {"name": name}, "spec": spec}
@@ -157,16 +229,22 @@ def platform(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def env(platform: Platform) -> Env:
+def hooks() -> Iterator[HeldHooks]:
+    held = HeldHooks()
+    yield held
+    held.close()
+
+
+@pytest.fixture(scope="module")
+def env(platform: Platform, hooks: HeldHooks) -> Env:
     (platform.root / "apps").mkdir()
     shutil.copy(DEMO_APP, platform.root / "apps" / "app.py")
-    env = Env(platform, HaApi(platform))
-    for name, spec in APPS.items():
+    env = Env(platform, HaApi(platform), hooks)
+    apps = {**APPS, "gated": gated("v1", hooks.url("/check"))}
+    for name, spec in apps.items():
         env.apply(name, spec)
-    for name, spec in APPS.items():
+    for name, spec in apps.items():
         wait_steady(env.api, name, sum(spec["cells"].values()), 1, timeout=120)
-    env.apply("timed", app_spec(cells={"cell-a": 2, "cell-b": 2}, greeting="v2",
-                                strategy={"pause": "auto", "pauseSeconds": 6}))
     eventually(lambda: _all_routable(env), "the gateway and the sidecars route to every front instance")
     return env
 
@@ -280,42 +358,60 @@ def _log_of(env: Env, port: int) -> str:
     return (env.platform.data_dir / "logs" / ("server.log" if index == 0 else f"server-{index}.log")).read_text()
 
 
-def test_a_paused_leader_stops_acting_at_its_deadline_and_nothing_is_done_twice(env: Env) -> None:
-    """SIGSTOP the leader during a release's automatic pause, past its lease: another replica takes over and
-    finishes the release; on SIGCONT the former leader finds its local deadline passed and stops its controllers
-    before they write. (That a stale write already under way is refused by the epoch is shown by
-    tests/unit/test_leadership.py on SQLite and PostgreSQL: here the deadline comes first.)"""
-    env.platform.cli("release", "start", "timed")
-    release = wait_release(env.api, "timed", "the automatic pause after the first group",
-                           lambda s: s["pauseUntil"] is not None and s["pauseUntil"] - time.time() > 2, timeout=90)
-    stale = leader(env.api)
-    os.kill(stale.pid, signal.SIGSTOP)
-    try:
-        def taken_over() -> Leader:
-            now = leader(_others(env, stale.port))
-            assert now.epoch > stale.epoch, now
-            return now
-        now = eventually(taken_over, "another replica takes the lease over", timeout=30)
-        wait_release(_others(env, stale.port), "timed", "the new leader carries the release on past the pause",
-                     lambda s: s["completedGroups"] >= 2 or s["phase"] == "Succeeded", 60)
-    finally:
-        os.kill(stale.pid, signal.SIGCONT)
-    eventually(lambda: _more(_log_of(env, stale.port).count(
-        f"({stale.holder}) stopped leading at epoch {stale.epoch}: its local deadline passed"), 1),
-        "the former leader stopped its controllers at its deadline", timeout=15)
-    seen = env.api.get_from([stale.port], "/v1/leader")
-    assert seen["lease"]["holder"] == now.holder and seen["answeredBy"] == stale.holder, seen
+def test_a_paused_leaders_stale_write_is_refused_and_nothing_is_done_twice(env: Env) -> None:
+    """SIGSTOP the leader while its verification controller waits for a webhook's answer, past its lease: another
+    replica takes over, verifies the group again and finishes the release. The webhook then answers the paused
+    one and it is SIGCONTinued: its verification pass carries on with a verdict to write, and that stale write is
+    refused (a `leader.fenced` record for its epoch, its fenced-writes counter) - the group is judged once."""
+    hooks = env.hooks
+    env.apply("gated", gated("v2", hooks.url("/check")))
+    with BackgroundLoad([Target("gateway", "127.0.0.1", env.platform.gateway_port, "gated.local", ("/",), 4)]) as load:
+        _warm(load)
+        env.platform.cli("release", "start", "gated")
+        hooks.wait_for_calls(1, timeout=90)   # the leader's verification of the first group, held
+        stale = leader(env.api)
+        release = env.api.release("gated")
+        os.kill(stale.pid, signal.SIGSTOP)
+        try:
+            hooks.answer_from_now_on()
+
+            def taken_over() -> Leader:
+                now = leader(_others(env, stale.port))
+                assert now.epoch > stale.epoch, now
+                return now
+            now = eventually(taken_over, "another replica takes the lease over", timeout=30)
+            wait_release(_others(env, stale.port), "gated", "the new leader verifies both groups and finishes",
+                         phase_is("Succeeded"), 120)
+            hooks.answer_held()   # the paused replica's answer waits in its socket
+        finally:
+            os.kill(stale.pid, signal.SIGCONT)
+
+        def refused() -> Item:
+            found = [r for r in env.audit() if r["action"] == "leader.fenced" and r["detail"]["epoch"] == stale.epoch]
+            assert found, "no leader.fenced record for the paused leader's epoch yet"
+            return found[0]
+        record = eventually(refused, "the paused leader's stale write is refused", timeout=30)
+    assert record["detail"]["holder"] == stale.holder and record["detail"]["controller"] == "verification", record
     print(f"\n  paused leader {stale.holder} epoch {stale.epoch}; {now.holder} took over at epoch {now.epoch}; "
-          f"the former leader's refused writes: {seen['fencedWrites'] or 'none (it stopped before writing)'}")
-    token = env.api.token
+          f"refused: {record['detail']['message']}")
+    seen = env.api.get_from([stale.port], "/v1/leader")
+    assert seen["lease"]["holder"] != stale.holder and seen["answeredBy"] == stale.holder, seen
+    assert sum(seen["fencedWrites"].values()) >= 1, seen
     request = urllib.request.Request(f"http://127.0.0.1:{stale.port}/metrics?traffic=false",
-                                     headers={"Authorization": f"Bearer {token}"})
+                                     headers={"Authorization": f"Bearer {env.api.token}"})
     with urllib.request.urlopen(request, timeout=10) as r:
         assert _metric(r.read().decode(), "ballast_leader_fenced_writes_total") == sum(seen["fencedWrites"].values())
+    assert load.failed == 0, f"{load.failed} of {load.requests} failed: {dict(load.failures())}; {load.evidence()}"
 
-    wait_release(env.api, "timed", "the release succeeds under the new leader", phase_is("Succeeded"), 120)
-    now_items = wait_steady(env.api, "timed", 4, 2)
-    assert env.set_revisions("timed", release["id"]) == Counter({i: 1 for i in now_items}), "no double action"
+    status = env.api.release("gated")
+    assert status["phase"] == "Succeeded" and status["id"] == release["id"], status
+    judged = {g["name"] for g in status["groups"] if g.get("verification")}
+    assert judged and all(g["verification"]["state"] == "passed" for g in status["groups"] if g["name"] in judged)
+    verdicts = [r["detail"]["group"] for r in env.audit() if r["action"] == "release.verify"
+                and (r["detail"] or {}).get("release") == release["id"]]
+    assert sorted(verdicts) == sorted(judged), f"each group judged once, by the leader of the moment: {verdicts}"
+    now_items = wait_steady(env.api, "gated", 4, 2)
+    assert env.set_revisions("gated", release["id"]) == Counter({i: 1 for i in now_items}), "no double action"
     for item in now_items.values():
         assert starts(env.platform, item) == [1, 2], (item["metadata"]["name"], starts(env.platform, item))
     acquired = [r["detail"]["epoch"] for r in env.audit() if r["action"] == "leader.acquired"]
