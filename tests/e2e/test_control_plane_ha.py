@@ -267,8 +267,10 @@ def _kill_leader(env: Env) -> Leader:
     after = eventually(taken_over, "another replica takes the lease over", timeout=30)
     print(f"\n  leader {before.holder} (epoch {before.epoch}) killed; {after.holder} leads at epoch {after.epoch} "
           f"{time.monotonic() - killed:.1f}s later")
-    acquired = [r for r in env.audit() if r["action"] == "leader.acquired" and r["detail"]["epoch"] == after.epoch]
-    assert [r["detail"]["holder"] for r in acquired] == [after.holder], acquired
+    def recorded() -> None:   # the lease is taken first, then its record written in a fenced write of its own
+        acquired = [r for r in env.audit() if r["action"] == "leader.acquired" and r["detail"]["epoch"] == after.epoch]
+        assert [r["detail"]["holder"] for r in acquired] == [after.holder], acquired
+    eventually(recorded, f"epoch {after.epoch} is on the audit record, taken by {after.holder} alone", timeout=20)
     return after
 
 
