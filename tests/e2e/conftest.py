@@ -58,18 +58,24 @@ _TEST_PORTS = range(61000, 65500)
 _handed_out: set[int] = set()
 
 
+def _take(host: str, port: int) -> bool:
+    """Hand `port` out if nobody was given it and it can be bound on `host` now."""
+    if port in _handed_out:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    _handed_out.add(port)
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     for _ in range(200):
         port = random.choice(_TEST_PORTS)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+        if _take(host, port):
+            return port
     raise RuntimeError(f"no free port in {_TEST_PORTS.start}-{_TEST_PORTS.stop - 1}")
 
 
@@ -77,15 +83,8 @@ def free_port_pair(host: str = "127.0.0.1") -> int:
     """A port p such that p and p + 1 are free (`ballast up --metrics-port p` puts the gateway's on p + 1)."""
     for _ in range(50):
         port = free_port(host)
-        if port + 1 in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((host, port + 1))
-            except OSError:
-                continue
-        _handed_out.add(port + 1)
-        return port
+        if _take(host, port + 1):
+            return port
     raise RuntimeError("no two adjacent free ports")
 
 
