@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -28,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ballast.loadgen import BackgroundLoad, Target
-from tests.e2e.conftest import Platform, _handed_out, eventually, free_port, postgres_database, start_platform
+from tests.e2e.conftest import Platform, _take, eventually, free_port, postgres_database, start_platform
 from tests.e2e.test_releases import DEMO_APP, SLOW_HEALTH, Api, app_spec, phase_is, starts, wait_release, wait_steady
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -43,17 +42,7 @@ def free_ports(count: int) -> int:
     """A port p with p .. p + count - 1 all free (the replicas listen on consecutive ports)."""
     for _ in range(100):
         first = free_port()
-        ok = True
-        for port in range(first + 1, first + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-            if port in _handed_out:
-                ok = False
-        if ok:
-            _handed_out.update(range(first, first + count))
+        if all(_take("127.0.0.1", port) for port in range(first + 1, first + count)):
             return first
     raise RuntimeError("no consecutive free ports")
 
