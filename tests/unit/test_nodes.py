@@ -101,18 +101,21 @@ def test_a_disruption_counts_and_names_the_nodes_quiet_for_half_their_grace() ->
     assert heard.suspended == {"a-0"}, "only a silent node has a judgement to suspend"
 
 
-async def test_the_leader_probes_quiet_agents_and_only_a_live_listener_answers(tmp_path: Any) -> None:
-    """Real loopback sockets: a quiet node whose agent listens answers; one whose port is closed does not; a node
+async def test_the_leader_probes_quiet_agents_and_only_a_turning_agent_answers(tmp_path: Any) -> None:
+    """Real loopback sockets: a quiet node whose agent's liveness thread answers is alive; one whose port is closed
+    (dead), or accepts but says nothing (a frozen process: the kernel completes the connection), is not; a node
     heard from recently is not probed at all."""
     import asyncio
     import socket
 
+    from ballast.agent.liveness import Liveness
     from ballast.controllers import hearing as hearing_controller
     from ballast.store.engine import Store
     from ballast.store.schema import nodes
 
-    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    alive = listener.sockets[0].getsockname()[1]
+    busy = Liveness("127.0.0.1")
+    busy.start()
+    frozen = socket.create_server(("127.0.0.1", 0))   # listens, never accepts
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -120,20 +123,33 @@ async def test_the_leader_probes_quiet_agents_and_only_a_live_listener_answers(t
     try:
         now = store.clock()
         async with store.write() as tx:
-            for name, beat, port in (("busy", now - 3, alive), ("dead", now - 3, closed), ("heard", now, alive)):
+            for name, beat, port in (("busy", now - 3, busy.port), ("frozen", now - 3, frozen.getsockname()[1]),
+                                     ("dead", now - 3, closed), ("heard", now, busy.port), ("old-agent", now - 3, None)):
                 await tx.conn.execute(nodes.insert().values(
                     name=name, cell="a", zone="z", ip="127.0.0.1", cpu_millis=1000, memory_bytes=2**30, labels={},
                     agent_version="t", last_heartbeat=beat, registered_at=now, resource_version=tx.rv,
-                    metrics_address=f"127.0.0.1:{port}"))
+                    conditions={"livenessPort": port}))
         stop = asyncio.Event()
         task = asyncio.create_task(hearing_controller.probe_quiet_agents(store, stop))
         for _ in range(100):
             if "busy" in store.agent_answered:
                 break
             await asyncio.sleep(0.05)
+        await asyncio.sleep(hearing_controller.PROBE_TIMEOUT_SECONDS + 0.2)   # the frozen one has had its time
         stop.set()
         await task
         assert hearing_controller.agent_answering(store, store.clock()) == {"busy"}
     finally:
-        listener.close()
+        busy.close()
+        frozen.close()
         await store.close()
+
+
+def test_an_agent_whose_event_loop_stopped_turning_says_so() -> None:
+    import time
+
+    from ballast.agent.liveness import STALLED_SECONDS, Liveness
+    live = Liveness("127.0.0.1")
+    assert live.answer() == b"ok\n"
+    live._last_tick = time.monotonic() - STALLED_SECONDS - 1
+    assert live.answer().startswith(b"stalled")

@@ -29,6 +29,7 @@ from ballast.agent.artifacts import ArtifactCache
 from ballast.agent import fence
 from ballast.agent.fence import FenceMode
 from ballast.agent.instance_user import InstanceUser, open_the_way
+from ballast.agent.liveness import Liveness
 from ballast.agent.artifacts import NODE_LIMITS, working_dir
 from ballast.agent.mesh import NodeMesh
 from ballast.agent.plan import Begin, Replace, ReportStopped, Retire, plan
@@ -103,6 +104,7 @@ class Agent:
             app = build_app(self.request_stats, lambda: request_families("ballast", "node", settings.name,
                                                                                 self.request_stats))
             self.telemetry = TelemetryServer(app, settings.ip, settings.metrics_port)
+        self.liveness = Liveness(settings.ip)
         self.node: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -119,10 +121,12 @@ class Agent:
         await fence.install(self.private_ip, self.settings.private_fence)
         if self.telemetry is not None:
             await self.telemetry.start()
+        self.liveness.start()
+        ticking = asyncio.create_task(self.liveness.tick(stop))
         await self._register(stop)
         if stop.is_set():
             return await self._shutdown()
-        tasks = [asyncio.create_task(self.mesh.run(stop)), asyncio.create_task(self.request_stats.run(stop))]
+        tasks = [ticking, asyncio.create_task(self.mesh.run(stop)), asyncio.create_task(self.request_stats.run(stop))]
         # Sidecars start from the registry: wait (bounded) for a first snapshot before starting instances.
         try:
             await asyncio.wait_for(self.mesh.received.wait(), FIRST_SNAPSHOT_SECONDS)
@@ -166,6 +170,7 @@ class Agent:
             await asyncio.gather(*(s.detach() for s in sups), return_exceptions=True)
             await asyncio.gather(*(c.detach() for c in self.sidecars.values()), return_exceptions=True)
         self.state.save(self.local)
+        self.liveness.close()
         if self.telemetry is not None:
             await self.telemetry.stop()
         await self.client.close()
@@ -366,7 +371,8 @@ class Agent:
         failing = [FailingSidecar(instance=i, restarts=n) for i, c in sorted(self.sidecars.items())
                    if (n := c.recent_restarts()) > 0]
         return NodeConditions(clock=time.time(), data_dir_free_bytes=disk.f_bavail * disk.f_frsize,
-                              data_dir_total_bytes=disk.f_blocks * disk.f_frsize, failing_sidecars=failing)
+                              data_dir_total_bytes=disk.f_blocks * disk.f_frsize, failing_sidecars=failing,
+                              liveness_port=self.liveness.port)
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

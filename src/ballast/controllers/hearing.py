@@ -4,16 +4,17 @@ A node's silence is judged from heartbeats this process recorded. If the process
 loop blocked, the machine paused it) or has just started (a new leader), the heartbeats it did not process
 say nothing about the nodes: silence counts only from the moment it hears again (`Store.hearing_since`).
 
-Silence alone does not tell a dead host from a busy agent or an overloaded control plane. Once a node has
-been quiet for half its grace, the leader probes its agent directly (a TCP connection to the agent's own
-endpoint, which the kernel completes for a live process however busy): a node that answers is alive and is
-not judged NotReady (`agent_answering`); a dead host refuses or times out.
+Silence alone does not tell a dead or hung host from a busy agent or an overloaded control plane. Once a node
+has been quiet for half its grace, the leader asks its agent directly, twice a second (agent/liveness.py: a
+thread of the agent answers `ok` while its event loop still turns). A node that answers is alive, only unheard,
+and is not judged NotReady (`agent_answering`); a dead, frozen or hung one refuses, times out or says nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from sqlalchemy import select
 
@@ -34,14 +35,22 @@ def agent_answering(store: Store, now: float) -> frozenset[str]:
     return frozenset(n for n, at in store.agent_answered.items() if now - at <= ANSWER_FRESH_SECONDS)
 
 
-async def _answers(address: str) -> bool:
-    host, _, port = address.rpartition(":")
+async def _answers(host: str, port: int) -> bool:
+    writer = None
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), PROBE_TIMEOUT_SECONDS)
-    except (OSError, ValueError, TimeoutError):
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            reader, writer = await asyncio.open_connection(host, port)
+            return (await reader.read(64)).startswith(b"ok")
+    except (OSError, TimeoutError):
         return False
-    writer.close()
-    return True
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _liveness_port(conditions: Any) -> int | None:
+    port = conditions.get("livenessPort") if isinstance(conditions, dict) else None
+    return port if isinstance(port, int) and 0 < port < 65536 else None
 
 
 async def probe_quiet_agents(store: Store, stop: asyncio.Event) -> None:
@@ -51,15 +60,18 @@ async def probe_quiet_agents(store: Store, stop: asyncio.Event) -> None:
         now = store.clock()
         quiet_after = store.node_grace_seconds / 2
         async with store.read() as conn:
-            rows = (await conn.execute(select(nodes.c.name, nodes.c.last_heartbeat, nodes.c.metrics_address))).all()
-        quiet = [r for r in rows if r.metrics_address and now - max(r.last_heartbeat, store.hearing_since) >= quiet_after]
-        results = await asyncio.gather(*(_answers(r.metrics_address) for r in quiet))
+            rows = (await conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.last_heartbeat,
+                                              nodes.c.conditions))).all()
+        # The node's own registered IP, only the port from its report: a probe goes nowhere a node could choose.
+        quiet = [(r, port) for r in rows if (port := _liveness_port(r.conditions)) is not None
+                 and now - max(r.last_heartbeat, store.hearing_since) >= quiet_after]
+        results = await asyncio.gather(*(_answers(r.ip, port) for r, port in quiet))
         answered_at = store.clock()
-        for r, answered in zip(quiet, results):
+        for (r, port), answered in zip(quiet, results):
             if answered:
                 if r.name not in agent_answering(store, answered_at):
-                    log.warning("node %s is quiet (%.1fs without a heartbeat) but its agent answers at %s: alive, "
-                                "not judged", r.name, now - r.last_heartbeat, r.metrics_address)
+                    log.warning("node %s is quiet (%.1fs without a heartbeat) but its agent answers at %s:%d: alive, "
+                                "not judged", r.name, now - r.last_heartbeat, r.ip, port)
                 store.agent_answered[r.name] = answered_at
             else:
                 store.agent_answered.pop(r.name, None)

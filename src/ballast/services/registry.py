@@ -76,7 +76,7 @@ def conditions_record(conditions: NodeConditions, now: float) -> dict[str, Any]:
     return {"clockOffsetSeconds": round(conditions.clock - now, 3), "dataDirFreeBytes": conditions.data_dir_free_bytes,
             "dataDirTotalBytes": conditions.data_dir_total_bytes,
             "failingSidecars": [{"instance": f.instance, "restarts": f.restarts} for f in conditions.failing_sidecars],
-            "reportedAt": now}
+            "livenessPort": conditions.liveness_port, "reportedAt": now}
 
 
 async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport],

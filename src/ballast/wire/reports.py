@@ -85,6 +85,8 @@ class NodeConditions(StrictMessage):
     data_dir_free_bytes: int = Field(ge=0, le=2**53)
     data_dir_total_bytes: int = Field(ge=0, le=2**53)
     failing_sidecars: list[FailingSidecar] = Field(default_factory=list, max_length=5000)
+    liveness_port: int | None = Field(None, ge=1, le=65535,
+                                      description="where, on the node's IP, the agent answers the leader's probe")
 
 
 class StatusReport(StrictMessage):
