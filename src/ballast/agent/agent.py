@@ -105,6 +105,7 @@ class Agent:
                                                                                 self.request_stats))
             self.telemetry = TelemetryServer(app, settings.ip, settings.metrics_port)
         self.liveness = Liveness(settings.ip)
+        self._clock_estimate: tuple[float, float] | None = None   # (offset, uncertainty) from the last report
         self.node: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -360,9 +361,14 @@ class Agent:
                     for i in self.stopped_ids if i not in self.supervisors]
         # Bounded: a replica that hangs (paused, partitioned) must not hold heartbeats back past nodeGraceSeconds;
         # the next report, a second later, goes to the next replica.
-        await self.client.request("POST", f"/v1/nodes/{self.settings.name}/status",
-                                  json=StatusReport(instances=reports, conditions=self._conditions()).to_json(),
-                                  timeout=REPORT_SECONDS)
+        sent = time.time()
+        answer = await self.client.request("POST", f"/v1/nodes/{self.settings.name}/status",
+                                           json=StatusReport(instances=reports, conditions=self._conditions()).to_json(),
+                                           timeout=REPORT_SECONDS)
+        received = time.time()
+        server_time = answer.get("serverTime") if isinstance(answer, dict) else None
+        if isinstance(server_time, (int, float)):   # told in the next report
+            self._clock_estimate = ((sent + received) / 2 - server_time, (received - sent) / 2)
         self.stopped_ids -= {r.id for r in reports if r.phase == "Stopped"}
 
     def _conditions(self) -> NodeConditions:
@@ -372,6 +378,8 @@ class Agent:
                    if (n := c.recent_restarts()) > 0]
         return NodeConditions(clock=time.time(), data_dir_free_bytes=disk.f_bavail * disk.f_frsize,
                               data_dir_total_bytes=disk.f_blocks * disk.f_frsize, failing_sidecars=failing,
+                              clock_offset_seconds=self._clock_estimate[0] if self._clock_estimate else None,
+                              clock_uncertainty_seconds=self._clock_estimate[1] if self._clock_estimate else None,
                               liveness_port=self.liveness.port)
 
     async def _report_loop(self, stop: asyncio.Event) -> None:

@@ -55,7 +55,7 @@ async def report_status(body: StatusReport, request: Request, name: str = NodeNa
     reports = body.instances
 
     await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports, body.conditions))
-    return {"ok": True}
+    return {"ok": True, "serverTime": store_of(request).clock()}   # the agent estimates its clock's offset from it
 
 
 @router.get("/nodes/{name}/assignments", tags=["nodes"])

@@ -54,9 +54,12 @@ def degradation(conditions: Mapping[str, Any] | None, policy: HealthPolicy) -> s
     if not conditions:
         return ""
     problems = []
-    offset = float(conditions.get("clockOffsetSeconds", 0.0))
-    if abs(offset) > policy.max_clock_offset_seconds:
-        problems.append(f"clock off by {offset:+.1f}s (bound {policy.max_clock_offset_seconds:g}s)")
+    offset, uncertainty = conditions.get("clockOffsetSeconds"), conditions.get("clockUncertaintySeconds")
+    # Judged only when measured, and only beyond what the measurement cannot tell apart from transit time.
+    if offset is not None and uncertainty is not None \
+            and abs(float(offset)) - float(uncertainty) > policy.max_clock_offset_seconds:
+        problems.append(f"clock off by {float(offset):+.1f}s (±{float(uncertainty):.2f}s; bound "
+                        f"{policy.max_clock_offset_seconds:g}s)")
     free, total = int(conditions.get("dataDirFreeBytes", 0)), int(conditions.get("dataDirTotalBytes", 0))
     if total and (free < policy.min_free_bytes or free < policy.min_free_ratio * total):
         problems.append(f"data dir nearly full ({free // (1024 * 1024)} MiB free of {total // (1024 * 1024)} MiB)")

@@ -72,8 +72,18 @@ async def register_node(tx: Tx, name: str, body: NodeRegistration, actor: str) -
 
 
 def conditions_record(conditions: NodeConditions, now: float) -> dict[str, Any]:
-    """What is kept of an agent's health report: its figures, and its clock's offset to the control plane's."""
-    return {"clockOffsetSeconds": round(conditions.clock - now, 3), "dataDirFreeBytes": conditions.data_dir_free_bytes,
+    """What is kept of an agent's health report: its figures, and its clock's offset to the control plane's.
+
+    The offset is the agent's own round-trip estimate, with its uncertainty. Without one (an agent's first
+    report) the difference of the two clocks on arrival is shown but has no uncertainty, so nobody judges it:
+    a report that waited in a loaded control plane's queue would look like a clock running behind."""
+    if conditions.clock_offset_seconds is not None and conditions.clock_uncertainty_seconds is not None:
+        offset, uncertainty = conditions.clock_offset_seconds, conditions.clock_uncertainty_seconds
+    else:
+        offset, uncertainty = conditions.clock - now, None
+    return {"clockOffsetSeconds": round(offset, 3),
+            "clockUncertaintySeconds": round(uncertainty, 3) if uncertainty is not None else None,
+            "dataDirFreeBytes": conditions.data_dir_free_bytes,
             "dataDirTotalBytes": conditions.data_dir_total_bytes,
             "failingSidecars": [{"instance": f.instance, "restarts": f.restarts} for f in conditions.failing_sidecars],
             "livenessPort": conditions.liveness_port, "reportedAt": now}

@@ -85,6 +85,10 @@ class NodeConditions(StrictMessage):
     data_dir_free_bytes: int = Field(ge=0, le=2**53)
     data_dir_total_bytes: int = Field(ge=0, le=2**53)
     failing_sidecars: list[FailingSidecar] = Field(default_factory=list, max_length=5000)
+    clock_offset_seconds: float | None = Field(
+        None, ge=-1e9, le=1e9, description="the agent's clock minus the control plane's, from its last report's round "
+                                           "trip: the midpoint of send and answer against the time in the answer")
+    clock_uncertainty_seconds: float | None = Field(None, ge=0, le=1e9, description="half that round trip")
     liveness_port: int | None = Field(None, ge=1, le=65535,
                                       description="where, on the node's IP, the agent answers the leader's probe")
 
