@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -291,6 +292,7 @@ async def measure(loadgen: Path, work: Path, platform: Platform, variant: Varian
     families = {name: family(proxy.pid or 0) for name, proxy in platform.proxies.items()}
     ours = [pid for pids in families.values() for pid in pids] + [platform.app.proc.pid if platform.app.proc else 0]
     before = {name: cpu_of(pids) for name, pids in families.items()}
+    app_before = cpu_of(ours[-1:])
     ours_before, busy_before, began = cpu_of(ours), process_seconds(), time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         str(loadgen), variant.address.ip, str(variant.address.port), variant.host, f"{rate:g}", f"{args.seconds:g}",
@@ -307,6 +309,7 @@ async def measure(loadgen: Path, work: Path, platform: Platform, variant: Varian
     wall = time.monotonic() - began
     summary = {k: float(v) for k, v in (item.split("=") for item in stdout.decode().split())}
     cpu = {name: cpu_of(pids) - before[name] for name, pids in families.items()}
+    cpu["app"] = cpu_of(ours[-1:]) - app_before
     ours_used = cpu_of(ours) - ours_before + summary["cpu_s"]
     others = max(0.0, process_seconds() - busy_before - ours_used) / (wall * (os.cpu_count() or 1))
     due, sent = [], []
@@ -375,10 +378,11 @@ def report_rate(rate: float, variants: list[Variant], args: argparse.Namespace, 
     print(f"(goal: p99 added per hop <= {GOAL_P99_PER_HOP_MS} ms at 1,000 req/s)")
     print("\nproxy CPU (utime+stime of master and worker, warm-up included), vCPU per 1,000 req/s "
           f"(goal per sidecar: <= {GOAL_VCPU_PER_1K})")
-    for v in variants[1:]:
+    for v in variants:
         requests = sum(m.summary["requests_total"] for m in v.rounds)
-        parts = [f"{name} {sum(m.cpu[name] for m in v.rounds) / requests * 1000:.4f}" for name in v.proxies]
+        parts = [f"{name} {sum(m.cpu[name] for m in v.rounds) / requests * 1000:.4f}" for name in (*v.proxies, "app")]
         print(f"  {v.name:<20} " + ", ".join(parts))
+    print("  (app: the HAProxy that answers, a floor for what one HAProxy costs per request on this machine)")
 
 
 def report_memory(platform: Platform) -> None:
@@ -429,7 +433,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                     v.rounds.append(await measure(loadgen, work, platform, v, rate, args))
             report_rate(rate, variants, args, load_before)
         report_memory(platform)
-        print(f"\ncommand: .venv/bin/python benchmarks/hop_fixed_rate.py {' '.join(sys.argv[1:])}".rstrip())
+        print(f"\ncommand: .venv/bin/python benchmarks/hop_fixed_rate.py {shlex.join(sys.argv[1:])}".rstrip())
     finally:
         await platform.stop()
         left = kill_leftovers(work)
