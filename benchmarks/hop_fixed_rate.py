@@ -34,8 +34,11 @@ minus ours): a shared machine's disturbance, shown beside the figures it disturb
 
 Run (short, to see it work):  .venv/bin/python benchmarks/hop_fixed_rate.py --seconds 3 --rounds 2
 Run (the figures):            .venv/bin/python benchmarks/hop_fixed_rate.py            (10 s x 5 rounds, ~17 min)
+Check the generator:          .venv/bin/python benchmarks/hop_fixed_rate.py --check-generator   (the app frozen
+                              0.5 s: ~450 requests over 50 ms from their due time, at most N from their sending)
 Options: --rates 1000,5000  --connections 32  --warmup 0.5  --tune http-reuse=always,no-delay[,bufsize=N]
-         --tuned-gateway-threads 1  --no-tuned (only what Ballast renders)  --only 'sidecar,sidecar tuned' 
+         --tuned-gateway-threads 1  --no-tuned (only what Ballast renders)  --only 'sidecar,sidecar tuned'
+         (--tune '' keeps the tuned proxies as rendered: then "gateway tuned" differs only by its threads)
 """
 
 from __future__ import annotations
@@ -411,6 +414,36 @@ def describe(platform: Platform, args: argparse.Namespace) -> None:
               f"{platform.gateway_threads} (Ballast's gateway default: 2)")
 
 
+async def check_generator(loadgen: Path, work: Path, platform: Platform, args: argparse.Namespace) -> None:
+    """Show that the correction works: the app frozen (SIGSTOP) for 0.5 s in a 3 s run at 1,000 req/s must delay
+    about 500 requests, counted from when each was due, not only the few that were on the wire."""
+    app = Variant("direct", Address(APP_IP, platform.app_port), "app", 0, ())
+    assert platform.app.proc is not None
+    pid, stall = platform.app.proc.pid, 0.5
+
+    async def freeze() -> None:
+        await asyncio.sleep(args.warmup + 1.0)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(stall)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    check = argparse.Namespace(**{**vars(args), "seconds": 3.0})
+    frozen = asyncio.create_task(freeze())
+    try:
+        m = await measure(loadgen, work, platform, app, 1000.0, check)
+    finally:
+        await frozen
+    slow_due = sum(1 for x in m.due_ns if x > 50e6)
+    slow_sent = sum(1 for x in m.sent_ns if x > 50e6)
+    print(f"\ngenerator check: app stopped {stall:g} s during 3 s at 1,000 req/s over {args.connections} connections; "
+          f"requests over 50 ms counted from due time {slow_due}, from sent time {slow_sent} (expected: about "
+          f"{int((stall - 0.05) * 1000)} and at most {args.connections}); p90 from due {ms(percentile(m.due_ns, 90.0))}"
+          f" ms, from sent {ms(percentile(m.sent_ns, 90.0))} ms")
+    if not (slow_due >= 0.8 * (stall - 0.05) * 1000 and slow_sent <= args.connections):
+        raise BenchFailed("the load generator does not count a stall from the requests' due times")
+
+
 async def run(args: argparse.Namespace, work: Path) -> None:
     binary = find_binary()
     loadgen = build_loadgen(work)
@@ -424,6 +457,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         unknown = set(args.only) - {v.name for v in platform.variants()}
         if unknown:
             raise BenchFailed(f"--only: no variant {sorted(unknown)}; there are {[v.name for v in platform.variants()]}")
+        if args.check_generator:
+            await check_generator(loadgen, work, platform, args)
+            return
         for rate in args.rates:
             load_before = loadavg()
             variants = [v for v in platform.variants() if v.name == "direct" or not args.only or v.name in args.only]
@@ -452,6 +488,8 @@ def main() -> int:
                         help="the tuned proxies: http-reuse=MODE, bufsize=N, no-delay (comma-separated)")
     parser.add_argument("--tuned-gateway-threads", type=int, default=1)
     parser.add_argument("--no-tuned", action="store_true", help="only the proxies as Ballast renders them")
+    parser.add_argument("--check-generator", action="store_true",
+                        help="only show that the generator counts a 0.5 s stall of the app from due times")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",")], default=[],
                         help="measure only these variants (and direct), e.g. 'sidecar,sidecar tuned'")
     args = parser.parse_args()
