@@ -493,7 +493,11 @@ def main() -> int:
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",")], default=[],
                         help="measure only these variants (and direct), e.g. 'sidecar,sidecar tuned'")
     args = parser.parse_args()
-    return run_in_workdir("ballast-bench-hop-", lambda work: asyncio.run(run(args, work)))
+    try:
+        return run_in_workdir("ballast-bench-hop-", lambda work: asyncio.run(run(args, work)))
+    except KeyboardInterrupt:   # the proxies, the app and the generator were stopped on the way out
+        print("interrupted; every process this run started is stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
