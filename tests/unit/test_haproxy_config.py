@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ballast.dataplane.haproxy import find_binary
-from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, Server, SidecarConfig,
-                                              render_gateway, render_sidecar, route_order, structure_digest)
+from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, ProxyTuning, Server,
+                                              SidecarConfig, render_gateway, render_sidecar, route_order,
+                                              structure_digest)
 
 GLOBAL_AND_DEFAULTS = """\
 global
@@ -147,11 +148,25 @@ def test_nothing_unchecked_reaches_the_text(bad: str) -> None:
         render_sidecar(SidecarConfig(**{**SIDECAR.__dict__, "instance": bad}))
 
 
-def test_haproxy_accepts_what_is_rendered(tmp_path: Path) -> None:
+TUNED = ProxyTuning(http_reuse="always", bufsize=8192, http_no_delay=True)
+
+
+def test_tuning_adds_its_lines_and_nothing_else() -> None:
+    """A proxy tuned (as benchmarks/hop_fixed_rate.py measures it) differs from the default by exactly its knobs."""
+    default = render_sidecar(SIDECAR)
+    tuned = render_sidecar(SidecarConfig(**{**SIDECAR.__dict__, "tuning": TUNED}))
+    expected = (default.replace("    maxconn 4096\n", "    tune.bufsize 8192\n    maxconn 4096\n", 1)
+                .replace("    option http-keep-alive\n",
+                         "    option http-keep-alive\n    http-reuse always\n    option http-no-delay\n", 1))
+    assert tuned == expected != default
+
+
+@pytest.mark.parametrize("tuning", [ProxyTuning(), TUNED])
+def test_haproxy_accepts_what_is_rendered(tmp_path: Path, tuning: ProxyTuning) -> None:
     """The real `haproxy -c` (Debian's package, installed by the set-up) validates both kinds of configuration."""
     gateway = GatewayConfig(name="edge", admin_socket=str(tmp_path / "g.sock"), listen=Address("127.0.0.1", 8080),
-                            routes=(GatewayRoute("shop.local", "/api", "back"),), backends=(BACK,))
-    sidecar = SidecarConfig(**{**SIDECAR.__dict__, "admin_socket": str(tmp_path / "s.sock")})
+                            routes=(GatewayRoute("shop.local", "/api", "back"),), backends=(BACK,), tuning=tuning)
+    sidecar = SidecarConfig(**{**SIDECAR.__dict__, "admin_socket": str(tmp_path / "s.sock"), "tuning": tuning})
     for name, text in (("sidecar.cfg", render_sidecar(sidecar)), ("gateway.cfg", render_gateway(gateway))):
         path = tmp_path / name
         path.write_text(text)

@@ -22,7 +22,7 @@ from ballast.core.backoff import Backoff
 from ballast.core.request_metrics import Counts
 from ballast.dataplane.collector import read_sidecar
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles
-from ballast.dataplane.haproxy_config import Address, Backend, SidecarConfig, render_sidecar
+from ballast.dataplane.haproxy_config import Address, Backend, ProxyTuning, SidecarConfig, render_sidecar
 from ballast.wire.registry import Snapshot
 from ballast.dataplane.request_stats import StatsHooks
 from ballast.dataplane.runtime import RuntimeApiError
@@ -46,11 +46,12 @@ class SidecarPorts:
 class Sidecar:
     def __init__(self, instance_id: str, ip: str, private_ip: str, cell: str, ports: SidecarPorts, binary: str,
                  state_dir: Path, on_change: Callable[[], None], stats: StatsHooks | None = None,
-                 app: str | None = None, group: str = "") -> None:
+                 app: str | None = None, group: str = "", tuning: ProxyTuning = ProxyTuning()) -> None:
         self.id = instance_id
         self.app = app           # whose calls its outbound side makes: the caller TrafficRules scope
         self.group = group       # the isolation group it belongs to: its calls stay in that unit
         self.stats = stats
+        self.tuning = tuning     # process knobs; the default is what the agent runs (benchmarks vary it)
         self.ip = ip
         self.private_ip = private_ip
         self.cell = cell
@@ -81,7 +82,7 @@ class Sidecar:
                             inbound=Address(self.ip, self.ports.endpoint), app=Address(self.private_ip, self.ports.app),
                             outbound=Address(self.private_ip, self.ports.mesh), backends=tables.backends,
                             stats=self.stats, rules=tables.rules, marking=tables.marking,
-                            weights_map=str(self.weights_map), units=tables.units)
+                            weights_map=str(self.weights_map), units=tables.units, tuning=self.tuning)
         self.weights = weight_entries(tables.rules)
         return render_sidecar(cfg), tables.backends
 

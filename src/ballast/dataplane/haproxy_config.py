@@ -41,6 +41,16 @@ class GatewayRoute:
 
 
 @dataclass(frozen=True)
+class ProxyTuning:
+    """How a proxy process runs, apart from what it routes. The defaults are what Ballast renders; the other
+    values are there so that `benchmarks/hop_fixed_rate.py` can measure them beside the defaults, in one run."""
+
+    http_reuse: str | None = None   # `http-reuse` towards servers; None: HAProxy's default (safe)
+    bufsize: int | None = None      # `tune.bufsize`; None: HAProxy's 16384 (it bounds a request's headers too)
+    http_no_delay: bool = False     # `option http-no-delay`: no merging of small writes
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     instance: str
     admin_socket: str
@@ -53,6 +63,7 @@ class SidecarConfig:
     marking: tuple[ColoringInEffect, ...] = ()         # coloring at this app's inbound side
     weights_map: str | None = None                     # the map file weighted routes read their bounds from
     units: UnitTables = UnitTables()                   # the instance's unit (self-convergence), stress confinement
+    tuning: ProxyTuning = ProxyTuning()
 
 
 @dataclass(frozen=True)
@@ -70,15 +81,20 @@ class GatewayConfig:
     weights_map: str | None = None
     units: UnitTables = UnitTables()
     task_socket: str | None = None                     # the scheduled-task executor's way into the mesh
+    tuning: ProxyTuning = ProxyTuning()
 
 
-def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
+def _global(admin_socket: str, threads: int, stats: StatsHooks | None, tuning: ProxyTuning) -> str:
     lua = "" if stats is None else (f"    # request statistics {_safe(stats.digest)}\n"
                                      f"    lua-load {_safe(stats.script_path)}\n")
+    bufsize = "" if tuning.bufsize is None else f"    tune.bufsize {int(tuning.bufsize)}\n"
+    reuse = "" if tuning.http_reuse is None else f"    http-reuse {_safe(tuning.http_reuse)}\n"
+    no_delay = "    option http-no-delay\n" if tuning.http_no_delay else ""
     return ("global\n"
             "    master-worker\n"
             f"    nbthread {int(threads)}\n"
             f"{lua}"
+            f"{bufsize}"
             "    maxconn 4096\n"
             f"    stats socket {_safe(admin_socket)} mode 600 level admin expose-fd listeners\n"
             "    stats timeout 30s\n"
@@ -88,6 +104,7 @@ def _global(admin_socket: str, threads: int, stats: StatsHooks | None) -> str:
             "defaults\n"
             "    mode http\n"
             "    option http-keep-alive\n"
+            f"{reuse}{no_delay}"
             # An old worker answers the next request on an idle keep-alive connection with
             # `Connection: close` instead of closing it under a client that is about to send.
             "    option idle-close-on-response\n"
@@ -168,7 +185,7 @@ def _hand_off_backend(name: str, listener: Address) -> str:
 
 def render_sidecar(cfg: SidecarConfig) -> str:
     timed = cfg.stats is not None
-    out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1, cfg.stats),
+    out = [f"# ballast sidecar for instance {_safe(cfg.instance)}\n", _global(cfg.admin_socket, 1, cfg.stats, cfg.tuning),
            "\nfrontend inbound\n",
            f"    bind {cfg.inbound}\n",
            _STAMP_ARRIVAL if timed else "",
@@ -222,7 +239,7 @@ def route_order(routes: tuple[GatewayRoute, ...]) -> list[GatewayRoute]:
 
 def render_gateway(cfg: GatewayConfig) -> str:
     timed = cfg.stats is not None
-    out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads, cfg.stats),
+    out = [f"# ballast gateway {_safe(cfg.name)}\n", _global(cfg.admin_socket, cfg.threads, cfg.stats, cfg.tuning),
            "\nfrontend gateway\n",
            f"    bind {cfg.listen}\n",
            _ONE_HOST,

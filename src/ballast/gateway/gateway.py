@@ -22,7 +22,7 @@ from ballast.core.request_metrics import Counts, Series
 from ballast.dataplane.collector import RequestStats, read_gateway
 from ballast.dataplane.component import Applied, TrafficComponent, register
 from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFailed, ProxyFiles, install_stats_script
-from ballast.dataplane.haproxy_config import Address, GatewayConfig, render_gateway
+from ballast.dataplane.haproxy_config import Address, GatewayConfig, ProxyTuning, render_gateway
 from ballast.wire.registry import Snapshot
 from ballast.wire.reports import GatewayRegistration
 from ballast.dataplane.request_stats import SERVICE_PREFIX, SUBSET_SEPARATOR
@@ -49,6 +49,7 @@ class GatewaySettings:
     metrics_listen: Address | None = None   # /metrics and /v1/request-metrics; None: not served
     metrics_interval: float = 1.0
     trusted_color_networks: tuple[str, ...] = ()   # clients whose own baggage (color) is kept; others' is removed
+    tuning: ProxyTuning = ProxyTuning()             # process knobs; the default is what `ballast gateway` runs
 
 
 class Gateway:
@@ -91,7 +92,7 @@ class Gateway:
                             threads=self.settings.threads, stats=self.stats_hooks, rules=tables.rules,
                             marking=tables.marking, trusted_color_networks=self.settings.trusted_color_networks,
                             weights_map=str(self.weights_map), units=tables.units,
-                            task_socket=str(self.task_socket))
+                            task_socket=str(self.task_socket), tuning=self.settings.tuning)
         self.weights = weight_entries(tables.rules)
         return render_gateway(cfg), cfg
 
