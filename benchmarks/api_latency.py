@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Read latency of the instance list at 10,000 instances: `GET /v1/instances` and `GET /v1/instances?app=X`.
+"""Read latency of the instance list at 10,000 instances: `GET /v1/instances`, `GET /v1/instances?app=X`, and
+pages of 500 (`?limit=500`, the first and a middle one through `continue`, with and without `cell=` filtering).
 
 Builds a store (a SQLite file in a temp dir, or a PostgreSQL database given
 with --store) holding APPS apps x PER_APP instances (default 10 x 1,000), with
@@ -71,6 +72,7 @@ from ballast.wire.reports import NodeRegistration  # noqa: E402
 
 DEMO_MANIFEST = Path(ballast.__file__).resolve().parent / "demo" / "shop.yaml"
 CELLS = {"cell-a": "zone-a", "cell-b": "zone-b"}
+PAGE = 500   # instances per page in the paged measurements
 NODES = [("node-a1", "cell-a", "127.0.31.2"), ("node-a2", "cell-a", "127.0.31.3"),
          ("node-b1", "cell-b", "127.0.31.4"), ("node-b2", "cell-b", "127.0.31.5")]
 
@@ -266,6 +268,34 @@ def measure(api: httpx.Client, server_pid: int, path: str, params: dict[str, str
             "min": min(latencies), "max": max(latencies), "bytes": max(sizes), "server_cpu": cpu, "items": got}
 
 
+def page_token(api: httpx.Client, filters: dict[str, str], limit: int, skip: int) -> str:
+    """The continue token of the page after the first `skip` pages (walked once, unmeasured)."""
+    token = ""
+    for _ in range(skip):
+        answer = api.get("/v1/instances", params={**filters, "limit": limit, **({"continue": token} if token else {})})
+        token = answer.raise_for_status().json()["metadata"].get("continue") or ""
+        if not token:
+            raise BenchFailed(f"GET /v1/instances {filters} has fewer than {skip + 1} pages of {limit}")
+    return token
+
+
+def measure_pages(api: httpx.Client, server_pid: int, args: argparse.Namespace,
+                  deadline: float) -> list[tuple[str, dict[str, float]]]:
+    """A page of PAGE instances (the first, and one in the middle reached through `continue`), of all and of one
+    cell (a filter the server applies in its query), beside the unpaged lists measured in the same run."""
+    total = args.apps * args.per_app
+    out = []
+    for label, filters, count in (("", {}, total), ("cell=cell-a&", {"cell": "cell-a"}, total // 2)):
+        limit = min(PAGE, count)
+        middle = max(0, count // limit // 2)
+        for where, skip in (("first", 0), (f"page {middle + 1} via continue", middle)):
+            token = page_token(api, filters, limit, skip)
+            params = {**filters, "limit": str(limit), **({"continue": token} if token else {})}
+            out.append((f"GET /v1/instances?{label}limit={limit}, {where}", measure(api, server_pid, "/v1/instances", params, limit,
+                                                                   args.warmup, args.requests, deadline)))
+    return out
+
+
 class Heartbeats:
     """Each node's agent, reduced to its steady-state traffic: a status report of all its instances every 2 s.
 
@@ -359,12 +389,12 @@ def report(args: argparse.Namespace, store_kind: str, timings: dict[str, float],
           f"{args.requests} sequential requests per endpoint after {args.warmup} warm-up, one keep-alive connection"
           + ("; with simulated agent heartbeats" if args.heartbeats else ""))
     print()
-    print(f"  {'request':<32} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'min ms':>8} {'max ms':>8} "
+    print(f"  {'request':<60} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'min ms':>8} {'max ms':>8} "
           f"{'items':>7} {'body':>10} {'server CPU/req':>15}")
     if args.heartbeats:
         print("  (server CPU/req here includes its share of the concurrent heartbeats' cost)")
     for label, r in results:
-        print(f"  {label:<32} {r['p50'] * 1000:8.1f} {r['p99'] * 1000:8.1f} {r['mean'] * 1000:8.1f} "
+        print(f"  {label:<60} {r['p50'] * 1000:8.1f} {r['p99'] * 1000:8.1f} {r['mean'] * 1000:8.1f} "
               f"{r['min'] * 1000:8.1f} {r['max'] * 1000:8.1f} {int(r['items']):>7,} {r['bytes'] / 1024:8.0f} KiB "
               f"{r['server_cpu'] * 1000:11.1f} ms")
     print(f"  server peak RSS after the run: {rss:.0f} MiB" if rss is not None else "  server peak RSS: unknown")
@@ -420,6 +450,7 @@ def main() -> int:
                 (f"GET /v1/instances?app={one_app}", measure(api, server.proc.pid, "/v1/instances", {"app": one_app},
                                                              args.per_app, args.warmup, args.requests, deadline)),
             ]
+            results += measure_pages(api, server.proc.pid, args, deadline)
             noise = _other_processes_share(noise_before, _noise_counters(server.proc.pid))
         rss = peak_rss_mib(server.proc.pid)
         report(args, store_kind, timings, results, rss, idle, args.idle_window)

@@ -46,6 +46,18 @@ class InvalidInput(BallastError):
     status = 422
 
 
+class BadRequest(InvalidInput):
+    """A request the server cannot act on as sent, though each parameter has a valid form: a `continue` token
+    that does not decode, or one made for another list or other filters (400, as Kubernetes answers it)."""
+    status = 400
+
+
+class Gone(BallastError):
+    """What was asked for is no longer kept: a watch from a resource version older than the deletions the
+    store still remembers (410, as Kubernetes answers it: list again, then watch from the list's version)."""
+    status = 410
+
+
 class NotFound(BallastError):
     status = 404
 

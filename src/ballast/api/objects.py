@@ -20,7 +20,7 @@ from ballast.services.artifacts import ArtifactRecord
 from ballast.core.audit_anchor import AnchorCheck
 from ballast.services.audit_trail import ChainCheck
 from ballast.services.endpoints import GatewayRecord
-from ballast.services.instances import InstanceRecord
+from ballast.services.instances import Change, Changes, InstanceRecord, Tombstone
 from ballast.services.topology import CellRecord, NodeRecord
 
 
@@ -94,6 +94,34 @@ def instance(i: InstanceRecord) -> dict[str, Any]:
                  # What the agent has been told: the intent in spec, once the drain protocol allowed it.
                  "grantedRevision": i.granted_revision, "grantedDesired": i.granted_desired,
                  "lastDrain": i.drain})
+
+
+def deleted_instance(t: Tombstone) -> dict[str, Any]:
+    """A deleted instance as a watch reports it: the fields it can be filtered by, as they last were."""
+    return _obj("Instance", t.id, {"app": t.app, "resourceVersion": t.resource_version, "deletionTimestamp": iso(t.deleted_at)},
+                {"app": t.app, "revision": t.revision, "node": t.node, "cell": t.cell, "desired": t.desired},
+                {"node": t.node, "cell": t.cell, "zone": None, "ip": None, "port": None, "revision": t.revision,
+                 "phase": t.phase, "ready": t.ready, "restarts": None, "message": ""})
+
+
+def change(c: Change) -> dict[str, Any]:
+    obj = instance(c.instance) if c.instance is not None else deleted_instance(c.tombstone)  # type: ignore[arg-type]
+    return {"type": c.type.value, "object": obj}
+
+
+def list_metadata(resource_version: int | None = None, next_token: str | None = None) -> dict[str, Any]:
+    """A list's `metadata`, as Kubernetes writes it: `continue` only when a next page exists; the store's
+    version when the list was read (a string: an opaque version, for a watch to go on from)."""
+    meta: dict[str, Any] = {}
+    if next_token is not None:
+        meta["continue"] = next_token
+    if resource_version is not None:
+        meta["resourceVersion"] = str(resource_version)
+    return meta
+
+
+def changes(found: Changes) -> dict[str, Any]:
+    return {"events": [change(c) for c in found.changes], "metadata": list_metadata(found.resource_version)}
 
 
 def endpoint(e: EndpointRecord, acked: dict[str, int], credentials: dict[str, str | None] | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ballast.api.deps import (AppName, Name, audited_write, one, principal, requ
                               store_of, telemetry_write)
 from ballast.core.authz import Action
 from ballast.core.endpoints import GATEWAY, MESH
-from ballast.core import identity
+from ballast.core import identity, paging
 from ballast.core.manifests import NAME_PATTERN
 from ballast.core.outbound import gateway_home
 from ballast.services import endpoints as registry
@@ -91,11 +91,20 @@ async def delete_gateway(request: Request, name: str = ComponentName, who: Princ
 
 
 @router.get("/apps/{app}/endpoints", tags=["registry"])
-async def list_endpoints(app: AppName, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    """Each endpoint of the service: its state, and which components have acknowledged it."""
+async def list_endpoints(app: AppName, request: Request,
+                         limit: int | None = Query(None, ge=1, le=5000, description="at most this many (absent: "
+                                                   "all); metadata.continue then names the next page"),
+                         continue_: str | None = Query(None, alias="continue", max_length=paging.MAX_TOKEN,
+                                                       description="the previous page's metadata.continue"),
+                         who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Each endpoint of the service, by cell and id: its state, and which components have acknowledged it."""
     require(who, Action.READ, app)
+    filters = {"app": app}
+    after = paging.decode(continue_, registry.ENDPOINTS_LIST, filters, registry.ENDPOINT_KEY_SHAPE) if continue_ else None
     async with store_of(request).read() as conn:
-        found = await registry.list_endpoints(conn, app)
+        page = await registry.list_endpoints(conn, app, after=after, limit=limit)
         acked = await registry.acknowledged(conn)
         credentials = await registry.acknowledging_credentials(conn)
-    return {"items": [objects.endpoint(e, acked, credentials) for e in found]}
+    token = paging.encode(registry.ENDPOINTS_LIST, page.next_after, filters) if page.next_after else None
+    return {"items": [objects.endpoint(e, acked, credentials) for e in page.items],
+            "metadata": objects.list_metadata(None, token)}

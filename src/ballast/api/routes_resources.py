@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field
@@ -12,13 +12,15 @@ from ballast.api import objects
 from ballast.api.deps import (AppName, InstanceId, Name, RequestBody, audited_write, mark_audited, may_read_app, one,
                               principal, require, require_person, require_topology_read, retrying, store_of)
 from ballast.core.archive import ArchiveLimits
-from ballast.core.authz import Action, may_fetch_artifact
+from ballast.core import paging
+from ballast.core.authz import Action, may_fetch_artifact, readable_apps
 from ballast.core.identity import NODE, component_of
 from ballast.core.manifests import DIGEST_PATTERN, parse_documents
 from ballast.errors import FieldProblem, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from ballast.services import apply as apply_service
 from ballast.services import apps, artifacts, audit_trail, change_control, instances, registry, topology
 from ballast.services.access import Principal
+from ballast.wire.reports import InstancePhase
 from ballast.wire.text import COUNTER_MAX, INT32_MAX
 
 router = APIRouter()
@@ -111,24 +113,70 @@ async def get_revision(name: AppName, number: Annotated[int, Path(ge=1, le=INT32
     return one(await _revisions(request, who, name, number), f"app {name!r} has no revision {number}")
 
 
-async def _instances(request: Request, who: Principal, *, app: str | None = None, node: str | None = None,
-                     instance_id: str | None = None) -> list[dict[str, Any]]:
-    """Instances matching every filter given; those of apps the caller may not read are, to them, not there."""
+async def _instances(request: Request, who: Principal, *, instance_id: str) -> list[dict[str, Any]]:
+    """The instance, if it exists and the caller may read its app (else, to them, it is not there)."""
     require_person(who)
     store = store_of(request)
     async with store.read() as conn:
-        found = await instances.list_instances(conn, store.clock(), app=app, node=node, instance_id=instance_id,
+        found = await instances.list_instances(conn, store.clock(), instance_id=instance_id,
                                                  grace=store.node_grace_seconds)
     return [objects.instance(i) for i in found if may_read_app(who, i.app)]
 
 
+PAGE_MAX = 5000
+WATCH_SECONDS = 30.0
+
+
 @router.get("/instances", tags=["resources"])
-async def list_instances(request: Request, app: str | None = Query(None, max_length=63),
-                         node: str | None = Query(None, max_length=63),
-                         who: Principal = Depends(principal)) -> dict[str, Any]:
+async def list_instances(
+        request: Request,
+        app: str | None = Query(None, max_length=63), node: str | None = Query(None, max_length=63),
+        cell: str | None = Query(None, max_length=63),
+        revision: int | None = Query(None, ge=1, le=INT32_MAX, description="the desired revision (spec.revision)"),
+        phase: InstancePhase | None = Query(None, description="the phase its agent last reported"),
+        ready: bool | None = Query(None, description="ready as its agent last reported"),
+        desired: Literal["running", "deleted"] | None = Query(None),
+        limit: int | None = Query(None, ge=1, le=PAGE_MAX, description="at most this many (absent: all); "
+                                  "metadata.continue then names the next page"),
+        continue_: str | None = Query(None, alias="continue", max_length=paging.MAX_TOKEN,
+                                      description="the previous page's metadata.continue, with the same filters"),
+        watch: bool = Query(False, description="long-poll for changes after resourceVersion instead of listing"),
+        resource_version: int | None = Query(None, alias="resourceVersion", ge=0, le=COUNTER_MAX,
+                                             description="watch: report changes after this version (a list's "
+                                             "metadata.resourceVersion, or the last watch answer's)"),
+        timeout: float = Query(WATCH_SECONDS, ge=0, le=60, description="watch: answer by then, changes or not"),
+        who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Instances by app, cell and id, filtered (all filters ANDed) and paged on the server; or, with `watch`,
+    the changes after `resourceVersion` (ADDED, MODIFIED, DELETED) as soon as there are any."""
+    require_person(who)
     if app is not None:
         require(who, Action.READ, app)
-    return {"items": await _instances(request, who, app=app, node=node)}
+    filters = instances.InstanceFilter(app=app, node=node, cell=cell, revision=revision, phase=phase, ready=ready,
+                                       desired=desired)
+    readable = readable_apps(who.bindings)    # authorization inside the query: full pages, no other app's rows
+    store = store_of(request)
+    if watch:
+        _refuse_with_watch(resource_version, limit=limit, continue_=continue_)
+        assert resource_version is not None
+        return objects.changes(await instances.watch(store, resource_version, filters, readable=readable,
+                                                     timeout=timeout))
+    after = paging.decode(continue_, instances.LIST, filters.as_dict(), instances.KEY_SHAPE) if continue_ else None
+    async with store.read() as conn:
+        version = await instances.current_version(conn)   # first: everything up to it is in the page
+        page = await instances.list_page(conn, store.clock(), filters, readable=readable, after=after, limit=limit,
+                                         grace=store.node_grace_seconds)
+    token = paging.encode(instances.LIST, page.next_after, filters.as_dict()) if page.next_after else None
+    return {"items": [objects.instance(i) for i in page.items], "metadata": objects.list_metadata(version, token)}
+
+
+def _refuse_with_watch(resource_version: int | None, **paged: Any) -> None:
+    problems = [FieldProblem(name.rstrip("_"), value, "nothing with watch=true: a watch answers changes, not pages")
+                for name, value in paged.items() if value is not None]
+    if resource_version is None:
+        problems.append(FieldProblem("resourceVersion", None, "with watch=true, the metadata.resourceVersion of a "
+                                     "list (or of the last watch answer) to report changes after"))
+    if problems:
+        raise InvalidInput("invalid watch", problems=problems)
 
 
 @router.get("/instances/{instance_id}", tags=["resources"])
@@ -193,11 +241,21 @@ async def list_audit(request: Request, limit: int = Query(100, ge=1, le=10_000),
                      oldest: bool = Query(False, description="with after=0: the first records, not the newest"),
                      resource: str | None = Query(None, max_length=200, description="only records of this resource, "
                                                   "e.g. Node/node-a1"),
+                     continue_: str | None = Query(None, alias="continue", max_length=paging.MAX_TOKEN,
+                                                   description="the previous page's metadata.continue: the next "
+                                                   "`limit` records (older ones when the first page was the newest)"),
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     require(who, Action.READ)
+    # after=0 without `oldest` pages back from the newest record; otherwise forward from `after`.
+    newest = after == 0 and not oldest
+    filters = {"resource": resource, "order": "newest" if newest else "oldest"}
+    key = paging.decode(continue_, audit_trail.LIST, filters, audit_trail.KEY_SHAPE) if continue_ else None
     async with store_of(request).read() as conn:
-        recs = await audit_trail.recent(conn, after=after, limit=limit, oldest=oldest, resource=resource)
-    return {"items": [objects.audit_record(r) for r in recs]}
+        page = await audit_trail.page(conn, after=key[0] if key and not newest else after,
+                                      before=key[0] if key and newest else None, newest=newest, limit=limit,
+                                      resource=resource)
+    token = paging.encode(audit_trail.LIST, page.next_after, filters) if page.next_after else None
+    return {"items": [objects.audit_record(r) for r in page.items], "metadata": objects.list_metadata(None, token)}
 
 
 async def _anchor(request: Request) -> audit_trail.Anchor | None:

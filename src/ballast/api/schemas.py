@@ -43,12 +43,14 @@ class Error(_Body):
 
 
 ERRORS: dict[int, str] = {
-    400: "the URL holds a NUL or non-text character",
+    400: "the URL holds a NUL or non-text character, or a `continue` token that does not decode or was made for "
+         "another list or other filters",
     401: "no token, or an unknown, expired or revoked one",
     403: "the token's user may not do this",
     404: "no such object (or route)",
     405: "the route has no such method; `Allow` names those it has",
     409: "a conflict with the current state (or a race lost on every retry): nothing changed",
+    410: "a watch from a resourceVersion older than the deletions still kept: list again, watch from its version",
     413: "the body exceeds the limit",
     422: "an invalid request: every problem names the field, the value and what was expected",
 }
@@ -76,6 +78,29 @@ class ApiObject(_Body):
 
 class Items(_Body):
     items: list[ApiObject]
+
+
+class ListMeta(_Body):
+    continue_: str | None = Field(None, alias="continue", description="the next page's token; absent on the last")
+    resourceVersion: str | None = Field(None, description="the store's version when the list was read: a watch "
+                                        "from it reports every later change")
+
+
+class PagedItems(_Body):
+    items: list[ApiObject]
+    metadata: ListMeta
+
+
+class WatchEvent(_Body):
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    object: ApiObject
+
+
+class InstanceList(_Body):
+    """A page of instances, or (watch=true) the changes after a resourceVersion."""
+    items: list[ApiObject] | None = Field(None, description="a list's page")
+    events: list[WatchEvent] | None = Field(None, description="watch=true: changes in version order")
+    metadata: ListMeta
 
 
 class Deleted(_Body):
@@ -130,6 +155,7 @@ class AuditRecord(_Body):
 
 class AuditRecords(_Body):
     items: list[AuditRecord]
+    metadata: ListMeta
 
 
 class Break(_Body):
@@ -588,7 +614,7 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("DELETE", "/v1/apps/{name}"): ((200,), AppDeleted),
     ("GET", "/v1/apps/{name}/revisions"): ((200,), Items),
     ("GET", "/v1/apps/{name}/revisions/{number}"): ((200,), ApiObject),
-    ("GET", "/v1/instances"): ((200,), Items),
+    ("GET", "/v1/instances"): ((200,), InstanceList),
     ("GET", "/v1/instances/{instance_id}"): ((200,), ApiObject),
     ("GET", "/v1/artifacts"): ((200,), Artifacts),
     ("POST", "/v1/artifacts"): ((201, 200), Pushed),   # 200: that content was there already
@@ -631,7 +657,7 @@ SUCCESS: dict[tuple[str, str], tuple[tuple[int, ...], Body]] = {
     ("DELETE", "/v1/gateways/{name}"): ((200,), Deleted),
     ("POST", "/v1/gateways/{name}/ack"): ((200,), Acknowledged),
     ("GET", "/v1/gateways"): ((200,), Items),
-    ("GET", "/v1/apps/{app}/endpoints"): ((200,), Items),
+    ("GET", "/v1/apps/{app}/endpoints"): ((200,), PagedItems),
     ("GET", "/v1/orders"): ((200,), Orders),
     ("GET", "/v1/orders/{name}"): ((200,), ApiObject),
     ("GET", "/v1/orders/{name}/report"): ((200,), OrderReport),   # or Markdown with ?format=markdown
@@ -683,6 +709,8 @@ def error_statuses(method: str, path: str) -> list[int]:
         statuses.append(409)
     if (method, path) == ("POST", "/v1/artifacts"):
         statuses.append(413)
+    if (method, path) == ("GET", "/v1/instances"):
+        statuses.append(410)   # a watch from a version older than the deletions kept
     if (method, path) == ("POST", "/v1/apply"):
         statuses.append(404)   # a manifest that refers to a cell (or app) that does not exist
     return sorted(statuses)

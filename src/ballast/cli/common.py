@@ -68,6 +68,8 @@ def command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
             _fail(exc.render())
         except BallastError as exc:
             _fail(f"error: {exc.message}")
+        except KeyboardInterrupt:   # Ctrl-C: the way a watch ends
+            sys.exit(130)
     return wrapper
 
 

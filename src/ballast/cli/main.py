@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Awaitable, Callable
 import click
 import yaml
 
-from ballast.cli import output, packaging
+from ballast.cli import instance_cmds, output, packaging
 from ballast.cli.task_cmds import task
 from ballast.cli.traffic_cmds import traffic
 from ballast.cli.common import KINDS, _fail, command, console, print_as
@@ -448,13 +449,32 @@ def _kind(kind: str) -> str:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "wide", "yaml", "json"]), default="table",
               help="wide: taskruns also list every shard")
 @click.option("--node", help="instances: only those on this node")
+@click.option("--cell", help="instances: only those in this cell")
+@click.option("--revision", type=click.IntRange(min=1), help="instances: only those meant to run this revision")
+@click.option("--phase", help="instances: only those in this phase (Running, Pending, Failed, ...)")
+@click.option("--ready", type=click.Choice(["true", "false"]), help="instances: only those (not) ready")
+@click.option("--desired", type=click.Choice(["running", "deleted"]), help="instances: only those meant to run "
+              "(or being deleted)")
+@click.option("--limit", type=click.IntRange(1, 5000), default=instance_cmds.PAGE, show_default=True,
+              help="instances: fetched this many at a time")
+@click.option("-w", "--watch", is_flag=True, help="instances: after the list, print each change (ADDED, MODIFIED, "
+              "DELETED) as it happens, until Ctrl-C")
 @command
-async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None) -> None:
+async def get(client: Client, kind: str, name: str | None, fmt: str, node: str | None, cell: str | None,
+              revision: int | None, phase: str | None, ready: str | None, desired: str | None, limit: int,
+              watch: bool) -> None:
     """List resources. `get instances APP`, `get revisions APP` and `get endpoints APP` take an app name;
     `get groups APP` lists the app's isolation groups (or names one group); `get taskruns TASK` a scheduled
     task's, with each shard of the newest run (-o wide: of every run): status, attempts, duration, instance and
-    its isolation group."""
+    its isolation group. Instances are filtered on the server and fetched page by page; `-w` streams changes."""
     resolved = _kind(kind)
+    if watch and resolved != "instances":
+        raise click.UsageError("--watch: only `get instances` can watch")
+    if resolved == "instances":
+        filters = {"app": name, "node": node, "cell": cell, "revision": revision, "phase": phase, "ready": ready,
+                   "desired": desired}
+        await _get_instances(client, {k: v for k, v in filters.items() if v is not None}, fmt, limit, watch)
+        return
     if resolved == "taskruns":
         if not name:
             raise click.UsageError("get taskruns TASK: name the scheduled task")
@@ -472,10 +492,6 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
         single = False
         if not items:
             items, single = [await client.get(f"/v1/isolationgroups/{name}")], True
-    elif resolved == "instances":
-        items = (await client.get("/v1/instances", app=name, node=node))["items"]
-        if name and not items:
-            await client.get(f"/v1/apps/{name}")  # an unknown app is an error (404), not an empty list
     elif resolved == "revisions":
         if not name:
             raise click.UsageError("get revisions APP: name the app")
@@ -489,6 +505,36 @@ async def get(client: Client, kind: str, name: str | None, fmt: str, node: str |
     else:
         items = (await client.get(f"/v1/{resolved}"))["items"]
     output.render(resolved, items, fmt, console, single=single)
+
+
+async def _get_instances(client: Client, filters: dict[str, Any], fmt: str, limit: int, watch: bool) -> None:
+    """The list a page at a time (a table prints as it comes; JSON and YAML once whole), then, with `watch`, each
+    change as a line (a JSON line with -o json)."""
+    fmt = "table" if fmt == "wide" else fmt
+
+    async def listed() -> str:
+        collected: list[dict[str, Any]] = []
+        pages = 0
+
+        def each_page(items: list[dict[str, Any]]) -> None:
+            nonlocal pages
+            if fmt == "table" and (items or not pages):
+                output.render("instances", items, fmt, console, header=not pages)
+            collected.extend(items)
+            pages += 1
+
+        version = await instance_cmds.list_pages(client, filters, limit, each_page)
+        if fmt != "table":
+            output.render("instances", collected, fmt, console)
+        if not collected and "app" in filters:
+            await client.get(f"/v1/apps/{filters['app']}")  # an unknown app is an error (404), not an empty list
+        return version
+
+    version = await listed()
+    if watch:
+        each = ((lambda event: console.out(json.dumps(event), highlight=False)) if fmt == "json"
+                else instance_cmds.printer(console))
+        await instance_cmds.watch(client, filters, version, each, listed)
 
 
 @cli.command()

@@ -45,9 +45,9 @@ COLUMNS: dict[str, tuple[list[str], Row]] = {
                         _app_message(o)]),
     "instances": (["ID", "GROUP", "NODE", "CELL", "ADDRESS", "REVISION", "PHASE", "READY", "RESTARTS", "MESSAGE"],
                   lambda o: [o["metadata"]["name"], o["spec"].get("group") or "-", o["status"]["node"], o["status"]["cell"],
-                             f"{o['status']['ip']}:{o['status']['port'] or '-'}", str(o["status"]["revision"]),
+                             f"{o['status']['ip'] or '-'}:{o['status']['port'] or '-'}", str(o["status"]["revision"]),
                              o["status"]["phase"] + (" (deleting)" if o["spec"]["desired"] == "deleted" else ""),
-                             _instance_ready(o), str(o["status"]["restarts"]), o["status"]["message"][:60]]),
+                             _instance_ready(o), _or_dash(o["status"]["restarts"]), o["status"]["message"][:60]]),
     "revisions": (["REVISION", "HASH", "CREATED", "DEPLOYED"],
                   lambda o: [str(o["metadata"]["number"]), o["status"]["hash"][:19], o["metadata"]["creationTimestamp"],
                              "yes" if o["status"]["deployed"] else ""]),
@@ -129,6 +129,11 @@ def _route_summary(route: dict[str, Any]) -> str:
     return f"{route['name']} -> " + ", ".join(sides)
 
 
+def _or_dash(value: Any) -> str:
+    """A value, or "-" where there is none (a deleted instance, as a watch reports it, has no restarts)."""
+    return "-" if value is None else str(value)
+
+
 def _instance_ready(o: dict[str, Any]) -> str:
     """True / False as the agent reported; Unknown (since the node's last heartbeat) once the node went silent."""
     status = o["status"]
@@ -145,14 +150,15 @@ def _app_message(o: dict[str, Any]) -> str:
     return str(o["status"].get("message", ""))
 
 
-def render(kind: str, items: list[dict[str, Any]], fmt: str, console: Console, *, single: bool = False) -> None:
+def render(kind: str, items: list[dict[str, Any]], fmt: str, console: Console, *, single: bool = False,
+           header: bool = True) -> None:
     if fmt == "json":
         console.out(json.dumps(items[0] if single else {"items": items}, indent=2), highlight=False)
     elif fmt == "yaml":
         console.out(yaml.safe_dump(items[0] if single else {"items": items}, sort_keys=False), highlight=False)
     else:
         headers, row = COLUMNS[kind]
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", show_header=header)
         for h in headers:
             table.add_column(h, overflow="fold")
         for item in items:

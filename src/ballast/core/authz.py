@@ -87,6 +87,20 @@ def allowed(bindings: tuple[Binding, ...], action: Action, app: str | None = Non
     return False
 
 
+def readable_apps(bindings: tuple[Binding, ...]) -> frozenset[str] | None:
+    """The apps `allowed(bindings, READ, app)` is true of, as a set a query can hold: None when some binding
+    reads every app (no restriction), else the union of the reading bindings' scopes (maybe empty). Lists push
+    this into their query, so a page is full and holds no app the reader may not read."""
+    scopes: set[str] = set()
+    for b in bindings:
+        if Action.READ not in _GRANTS[b.role]:
+            continue
+        if b.apps is None:
+            return None
+        scopes.update(b.apps)
+    return frozenset(scopes)
+
+
 def may_fetch_artifact(bindings: tuple[Binding, ...], referencing_apps: tuple[str, ...]) -> bool:
     """Whether a caller may download an artifact that the templates of `referencing_apps` (any revision) run:
     an unscoped admin always (run or not); anyone else when they may read one of those apps. Nodes do not come

@@ -16,6 +16,7 @@ from ballast.core import audit_anchor
 from ballast.core.audit_anchor import AnchorCheck
 from ballast.core.audit_chain import AuditRecord, ChainBreak, mismatches
 from ballast.core.audit_signing import PublicKey
+from ballast.core.paging import Page, cut
 from ballast.store import audit_log
 
 
@@ -40,13 +41,19 @@ class Anchor:
     key: PublicKey
 
 
-async def recent(conn: AsyncConnection, *, after: int, limit: int, oldest: bool = False,
-                 resource: str | None = None) -> list[AuditRecord]:
-    """Up to `limit` records after seq `after` (of one `resource`, when given), oldest first; `after=0`: the newest
-    `limit` (the first with `oldest`, where a reader of the whole chain starts)."""
-    recs = await audit_log.records(conn, after_seq=after, limit=limit, newest_first=after == 0 and not oldest,
+LIST = "audit"            # the list's name in its continue tokens
+KEY_SHAPE = (int,)        # (seq,)
+
+
+async def page(conn: AsyncConnection, *, after: int, before: int | None, newest: bool, limit: int,
+               resource: str | None = None) -> Page[AuditRecord]:
+    """One page of records (of one `resource`, when given), oldest first within the page. `newest`: the newest
+    `limit` records before seq `before` (None: the newest of all), the next page holding older ones; else the
+    first `limit` after seq `after`, the next page newer ones."""
+    recs = await audit_log.records(conn, after_seq=after, before_seq=before, limit=limit + 1, newest_first=newest,
                                    resource=resource)
-    return sorted(recs, key=lambda r: r.seq)
+    found = cut(recs, limit, lambda r: (r.seq,))
+    return Page(tuple(sorted(found.items, key=lambda r: r.seq)), found.next_after)
 
 
 async def head(conn: AsyncConnection) -> tuple[int, str]:

@@ -14,12 +14,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.core.digests import digest
 from ballast.core.endpoints import GATEWAY, EndpointRecord, EndpointState
 from ballast.core.manifests import IsolationGroupSpec, stored_spec
+from ballast.core.paging import Page, cut
 from ballast.core.traffic import group_routing, routing
 from ballast.errors import FieldProblem, InvalidInput, NotFound
 from ballast.services import component_credentials, rules_in_effect
@@ -195,10 +196,20 @@ async def acknowledging_credentials(conn: AsyncConnection) -> dict[str, str | No
     return {f"{r.kind}/{r.name}": r.acked_by for r in rows}
 
 
-async def list_endpoints(conn: AsyncConnection, service: str) -> list[EndpointRecord]:
-    """The service's endpoints by cell and id; NotFound if there is no such app and none are left of it."""
-    rows = (await conn.execute(select(endpoints).where(endpoints.c.service == service)
-                               .order_by(endpoints.c.cell, endpoints.c.id))).all()
-    if not rows and (await conn.execute(select(apps.c.name).where(apps.c.name == service))).first() is None:
+ENDPOINTS_LIST = "endpoints"     # the list's name in its continue tokens
+ENDPOINT_KEY_SHAPE = (str, str)  # (cell, id): the list order
+
+
+async def list_endpoints(conn: AsyncConnection, service: str, *, after: tuple[Any, ...] | None = None,
+                         limit: int | None = None) -> Page[EndpointRecord]:
+    """The service's endpoints by cell and id, after key `after`, at most `limit` (None: all); NotFound if there
+    is no such app and none are left of it."""
+    query = select(endpoints).where(endpoints.c.service == service)
+    if after is not None:
+        query = query.where(tuple_(endpoints.c.cell, endpoints.c.id) > tuple_(*after))
+    query = query.order_by(endpoints.c.cell, endpoints.c.id)
+    rows = (await conn.execute(query.limit(limit + 1) if limit is not None else query)).all()
+    if not rows and after is None and (await conn.execute(select(apps.c.name).where(apps.c.name == service))).first() is None:
         raise NotFound(f"app {service!r} not found")
-    return [endpoint_record(r) for r in rows]
+    page = cut(rows, limit, lambda r: (r.cell, r.id))
+    return Page(tuple(endpoint_record(r) for r in page.items), page.next_after)

@@ -22,6 +22,7 @@ from ballast.errors import Conflict, FieldProblem, InvalidInput, NotFound
 from ballast.core.identity import NODE
 from ballast.services import component_credentials
 from ballast.services.endpoints import bump_registry
+from ballast.services.instances import record_deletions
 from ballast.store.engine import EVERYTHING, GRANTS, HEARTBEAT, INSTANCE_STATUS, Store, Tx
 from ballast.store.schema import apps, cells, components, instances, isolation_groups, nodes, release_events, releases, revisions
 from ballast.wire.assignments import Assignment, Assignments, DrainSettings, Template
@@ -108,6 +109,7 @@ async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport],
                                "running_revision": report.revision,
                                "drain": report.drain.to_json() if report.drain is not None else row.drain}
         if row.granted_desired == "deleted" and rep["phase"] == "Stopped":
+            await record_deletions(tx, instances.c.id == row.id)
             await tx.conn.execute(delete(instances).where(instances.c.id == row.id))
             tx.touch(EVERYTHING)  # an instance is gone: capacity, endpoints and releases may all move
             continue
@@ -178,6 +180,7 @@ async def delete_node(tx: Tx, name: str, actor: str) -> None:
     row = (await tx.conn.execute(select(nodes).where(nodes.c.name == name))).first()
     if row is None:
         raise NotFound(f"node {name!r} not found")
+    await record_deletions(tx, instances.c.node == name)
     gone = (await tx.conn.execute(delete(instances).where(instances.c.node == name))).rowcount
     await tx.conn.execute(delete(nodes).where(nodes.c.name == name))
     await tx.conn.execute(delete(components).where(components.c.kind == MESH, components.c.name == name))

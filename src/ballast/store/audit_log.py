@@ -48,8 +48,11 @@ def _record(row: Any) -> AuditRecord:
 
 
 async def records(conn: AsyncConnection, *, after_seq: int = 0, limit: int | None = None,
-                  newest_first: bool = False, resource: str | None = None) -> list[AuditRecord]:
+                  newest_first: bool = False, resource: str | None = None,
+                  before_seq: int | None = None) -> list[AuditRecord]:
     query = select(audit).where(audit.c.seq > after_seq)
+    if before_seq is not None:
+        query = query.where(audit.c.seq < before_seq)
     if resource is not None:
         query = query.where(audit.c.resource == resource)
     query = query.order_by(audit.c.seq.desc() if newest_first else audit.c.seq)

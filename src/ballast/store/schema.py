@@ -117,8 +117,28 @@ instances = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("resource_version", BigInteger, nullable=False),
-    Index("ix_instances_app", "app"),
+    # The list's order (GET /v1/instances pages by it) and, by its prefix, an app's instances.
+    Index("ix_instances_app_cell_id", "app", "cell", "id"),
     Index("ix_instances_node", "node"),
+    Index("ix_instances_resource_version", "resource_version"),   # a watch: what changed after a version
+)
+
+# What a watch of instances reports as DELETED: an instance row is deleted when the instance is gone, so the
+# transaction that deletes it writes its tombstone here (its filterable fields as they last were, at the
+# deleting transaction's version). Tombstones are pruned by age in a later deleting transaction; the highest
+# version pruned is the counters row `instance-tombstones-pruned`, and a watch from before it is 410 Gone.
+instance_tombstones = Table(
+    "instance_tombstones", metadata,
+    Column("resource_version", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", String(80), primary_key=True),
+    Column("app", String(63), nullable=False),
+    Column("cell", String(63), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("ready", Boolean, nullable=False),
+    Column("desired", String(16), nullable=False),
+    Column("deleted_at", Float, nullable=False),
 )
 
 users = Table(
