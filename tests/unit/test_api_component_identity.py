@@ -127,7 +127,8 @@ async def test_a_node_cannot_report_status_for_another_node(api: Api) -> None:
     await registry_controller.reconcile_once(api.store)
     assert await instances(api) == before
     assert (await ok(api.http.get("/v1/apps/shop/endpoints")))["items"] == endpoints_before
-    added = [r for r in await audit(api) if r["seq"] > seen]
+    # (A slow run may also see the registry say its quiet test nodes suspend judgement: its own observation.)
+    added = [r for r in await audit(api) if r["seq"] > seen and not r["action"].startswith("node-disruption.")]
     assert not [r for r in added if r["actor"] == "node/n-b1"], added
     assert added and all(r["actor"] == "node/n-a1" and r["result"] != "ok" for r in added), added
 
