@@ -3,6 +3,8 @@ gateways, and endpoint reads for people."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -21,6 +23,7 @@ from ballast.services.access import Principal
 from ballast.wire.reports import Acknowledgement, GatewayRegistration
 from ballast.wire.text import COUNTER_MAX
 
+log = logging.getLogger("ballast.registry")
 router = APIRouter()
 ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
 
@@ -30,7 +33,13 @@ async def registry_snapshot(request: Request, known: int | None = Query(None, ge
                             timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
     """Every service with its routes and endpoints; long-polls while the generation equals `known`."""
     require(who, Action.READ_REGISTRY)
-    return await registry.snapshot(store_of(request), known, timeout)
+    answer = await registry.snapshot(store_of(request), known, timeout)
+    if answer["generation"] != known:
+        # When a long-poll is answered with a new generation (before the answer is serialized and sent): the
+        # control plane's share of propagation, measured by benchmarks/propagation.py.
+        log.info("registry-answer to=%s known=%s generation=%s at=%.6f", who.user, known, answer["generation"],
+                 time.time())
+    return answer
 
 
 async def _ack(request: Request, who: Principal, kind: str, name: str, body: Acknowledgement) -> dict[str, Any]:

@@ -124,9 +124,9 @@ class TrafficComponent:
                 continue
             backoff = backoff.reset()
             snapshot = Snapshot.from_json(answer)
-            self._received_at = time.time()
             if not self.received.is_set() or snapshot.generation != self.snapshot.generation:
                 self.snapshot = snapshot
+                self._received_at = time.time()   # when this generation arrived, not a later repeat of it
                 self.received.set()
                 self._dirty.set()
 
@@ -140,21 +140,27 @@ class TrafficComponent:
             self._dirty.clear()
             if not self.received.is_set():
                 continue
-            snapshot = self.snapshot
-            began = time.monotonic()
+            snapshot, received_at = self.snapshot, self._received_at
+            began_at, began = time.time(), time.monotonic()
             self.last = await self.applier.apply(snapshot)
             applied = time.monotonic()
-            await self._acknowledge(stop, self.last)
-            log.info("registry-apply %s generation=%s received=%.3f apply=%.3f ack=%.3f", self.label,
-                     snapshot.generation, self._received_at, applied - began, time.monotonic() - applied)
+            acked = await self._acknowledge(stop, self.last)
+            # Wall-clock times (received, began) and durations, so that a benchmark can line them up with the
+            # control plane's `registry-commit` and `registry-answer` lines (benchmarks/propagation.py).
+            log.info("registry-apply %s generation=%s acked=%s ok=%s received=%.6f began=%.6f apply=%.6f ack=%.6f",
+                     self.label, snapshot.generation, self.last.generation, "yes" if acked else "no", received_at,
+                     began_at, applied - began, time.monotonic() - applied)
 
-    async def _acknowledge(self, stop: asyncio.Event, applied: Applied) -> None:
+    async def _acknowledge(self, stop: asyncio.Event, applied: Applied) -> bool:
+        """Whether the control plane recorded the acknowledgement (else it is sent again soon)."""
         ack = Acknowledgement(generation=applied.generation, applied_hash=applied.digest, error=applied.error[:4000])
         try:
             await self.client.post(self.ack_path, ack.to_json())
+            return True
         except (Unreachable, ApiError) as exc:
             if not await self._unknown(stop, exc):
                 log.warning("%s: acknowledging generation %s failed (%s); will retry", self.label,
                             applied.generation, exc)
                 await asyncio.sleep(0.5)
             self._dirty.set()
+            return False

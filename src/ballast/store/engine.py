@@ -237,6 +237,10 @@ class Store:
                 self._local_rv = max(self._local_rv, tx.rv)
                 for topic in tx.topics:
                     self._topic_seq[topic] = self._seq
+                if REGISTRY in tx.topics:
+                    # Committed: the registry generation is now tx.rv (services/endpoints.bump_registry). The wall
+                    # clock, for lining up with the components' `registry-apply` lines (benchmarks/propagation.py).
+                    log.info("registry-commit generation=%d at=%.6f", tx.rv, time.time())
         except lease.Fenced as exc:
             if lead is not None:
                 self._note_fenced(lead, exc)
