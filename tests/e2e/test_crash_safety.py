@@ -94,7 +94,7 @@ def kill_control_plane(platform: Platform, where: str, kills: list[tuple[Any, ..
     """
     pid = eventually(lambda: _require(_server_pid(platform)), "the control plane process exists")
     s = api(platform, "/v1/apps/crash/release")
-    revisions = sorted((i["spec"]["revision"], i["status"]["revision"], i["status"]["ready"])
+    revisions = sorted((i["spec"]["revision"], i["status"]["revision"], str(i["status"]["ready"]))   # None: Unknown
                        for i in api(platform, "/v1/instances?app=crash")["items"])
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: _require(_server_pid(platform) not in (None, pid)), f"control plane restarted after kill at {where}")

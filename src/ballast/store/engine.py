@@ -233,9 +233,13 @@ class Store:
                     if lead is not None:
                         await lease.check_fence(conn, lead, tx.now)
                     yield tx
+                # Writers commit in rv order (the counter row is held to the commit), so a gap below this rv is
+                # another replica's writes: they touched topics nobody here knows, so every watcher wakes. Without
+                # this, a replica busy with its own writes (heartbeats, acks) would never see another's change.
+                foreign = tx.rv > self._local_rv + 1
                 self._seq += 1
                 self._local_rv = max(self._local_rv, tx.rv)
-                for topic in tx.topics:
+                for topic in (*tx.topics, EVERYTHING) if foreign else tx.topics:
                     self._topic_seq[topic] = self._seq
                 if REGISTRY in tx.topics:
                     # Committed: the registry generation is now tx.rv (services/endpoints.bump_registry). The wall
