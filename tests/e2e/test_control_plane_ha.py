@@ -372,7 +372,7 @@ def test_a_paused_leaders_stale_write_is_refused_and_nothing_is_done_twice(env: 
                 return now
             now = eventually(taken_over, "another replica takes the lease over", timeout=30)
             wait_release(_others(env, stale.port), "gated", "the new leader verifies both groups and finishes",
-                         phase_is("Succeeded"), 120)
+                         phase_is("Succeeded"), 180)
             hooks.answer_held()   # the paused replica's answer waits in its socket
         finally:
             os.kill(stale.pid, signal.SIGCONT)

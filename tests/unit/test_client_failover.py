@@ -111,3 +111,11 @@ def test_the_client_config_holds_one_url_or_a_list(tmp_path: Path) -> None:
     assert client_config.load(str(path)).server == f"{A},{B}"
     client_config.write(path, A, "tok")
     assert client_config.load(str(path)).server == A
+
+
+def test_with_several_replicas_a_long_poll_is_short_so_a_paused_one_is_left_within_seconds() -> None:
+    from ballast.client import Client
+    from ballast.dataplane.component import POLL_SECONDS, REPLICATED_POLL_SECONDS, poll_seconds
+    assert poll_seconds(Client("http://127.0.0.1:1", None)) == POLL_SECONDS
+    assert poll_seconds(Client(["http://127.0.0.1:1", "http://127.0.0.1:2"], None)) == REPLICATED_POLL_SECONDS
+    assert REPLICATED_POLL_SECONDS < POLL_SECONDS

@@ -41,7 +41,7 @@ from ballast.core.loopback import private_address
 from ballast.core.archive import ArchiveLimits
 from ballast.core.request_metrics import Series
 from ballast.dataplane.collector import RequestStats
-from ballast.dataplane.component import POLL_BACKOFF, POLL_SECONDS, TrafficComponent, register
+from ballast.dataplane.component import POLL_BACKOFF, TrafficComponent, poll_seconds, register
 from ballast.dataplane.haproxy import install_stats_script
 from ballast.dataplane.telemetry import TelemetryServer, build_app, request_families
 from ballast.owner_only import make_private
@@ -184,7 +184,7 @@ class Agent:
         while not stop.is_set():
             try:
                 answer = await self.client.get(f"/v1/nodes/{self.settings.name}/assignments", known=known,
-                                               timeout=POLL_SECONDS)
+                                               timeout=poll_seconds(self.client))
             except (Unreachable, ApiError) as exc:
                 if isinstance(exc, ApiError) and exc.status == 404:
                     await self._register(stop)

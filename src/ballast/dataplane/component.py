@@ -30,6 +30,13 @@ from ballast.wire.reports import Acknowledgement
 log = logging.getLogger("ballast.dataplane")
 T = TypeVar("T")
 POLL_SECONDS = 25.0          # a long-poll's bound; the control plane answers at once on a new generation
+# With several replicas, a paused one accepts the long-poll and says nothing: a short bound lets the client move
+# to another within seconds (ANSWER_SECONDS more), instead of missing changes for a whole long-poll.
+REPLICATED_POLL_SECONDS = 3.0
+
+
+def poll_seconds(client: Client) -> float:
+    return REPLICATED_POLL_SECONDS if len(client.servers) > 1 else POLL_SECONDS
 IDLE_SECONDS = 10.0          # re-apply this often anyway (a proxy may have been restarted meanwhile)
 TROUBLED_SECONDS = 3.0       # ... and this often while something was refused (e.g. a deletion HAProxy postponed)
 FATAL = (401, 403, 422)      # a registration refused for these will not succeed by trying again
@@ -115,7 +122,7 @@ class TrafficComponent:
         while not stop.is_set():
             known = self.snapshot.generation if self.received.is_set() else None
             try:
-                answer = await self.client.get("/v1/registry", known=known, timeout=POLL_SECONDS)
+                answer = await self.client.get("/v1/registry", known=known, timeout=poll_seconds(self.client))
             except (Unreachable, ApiError) as exc:
                 if not await self._unknown(stop, exc):
                     log.warning("%s: registry unavailable (%s); retrying in %gs", self.label, exc, backoff.delay)
