@@ -57,28 +57,33 @@ async def probe_quiet_agents(store: Store, stop: asyncio.Event) -> None:
     """Leader only: probe the agent of every node quiet for half its grace, twice a second."""
     store.agent_answered.clear()   # another leader's answers are not this one's
     while not stop.is_set():
-        now = store.clock()
-        quiet_after = store.node_grace_seconds / 2
-        async with store.read() as conn:
-            rows = (await conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.last_heartbeat,
-                                              nodes.c.conditions))).all()
-        # The node's own registered IP, only the port from its report: a probe goes nowhere a node could choose.
-        quiet = [(r, port) for r in rows if (port := _liveness_port(r.conditions)) is not None
-                 and now - max(r.last_heartbeat, store.hearing_since) >= quiet_after]
-        results = await asyncio.gather(*(_answers(r.ip, port) for r, port in quiet))
-        answered_at = store.clock()
-        for (r, port), answered in zip(quiet, results):
-            if answered:
-                if r.name not in agent_answering(store, answered_at):
-                    log.warning("node %s is quiet (%.1fs without a heartbeat) but its agent answers at %s:%d: alive, "
-                                "not judged", r.name, now - r.last_heartbeat, r.ip, port)
-                store.agent_answered[r.name] = answered_at
-            else:
-                store.agent_answered.pop(r.name, None)
+        await probe_once(store)
         try:
             await asyncio.wait_for(stop.wait(), PROBE_EVERY_SECONDS)
         except TimeoutError:
             pass
+
+
+async def probe_once(store: Store) -> None:
+    """One round: every quiet node's agent asked at once; returns when each has answered or timed out."""
+    now = store.clock()
+    quiet_after = store.node_grace_seconds / 2
+    async with store.read() as conn:
+        rows = (await conn.execute(select(nodes.c.name, nodes.c.ip, nodes.c.last_heartbeat,
+                                          nodes.c.conditions))).all()
+    # The node's own registered IP, only the port from its report: a probe goes nowhere a node could choose.
+    quiet = [(r, port) for r in rows if (port := _liveness_port(r.conditions)) is not None
+             and now - max(r.last_heartbeat, store.hearing_since) >= quiet_after]
+    results = await asyncio.gather(*(_answers(r.ip, port) for r, port in quiet))
+    answered_at = store.clock()
+    for (r, port), answered in zip(quiet, results):
+        if answered:
+            if r.name not in agent_answering(store, answered_at):
+                log.warning("node %s is quiet (%.1fs without a heartbeat) but its agent answers at %s:%d: alive, "
+                            "not judged", r.name, now - r.last_heartbeat, r.ip, port)
+            store.agent_answered[r.name] = answered_at
+        else:
+            store.agent_answered.pop(r.name, None)
 
 
 async def run(store: Store, stop: asyncio.Event) -> None:

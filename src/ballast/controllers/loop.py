@@ -27,7 +27,10 @@ async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], st
             await reconcile(store)
         except Fenced as exc:   # this replica no longer leads: its halt follows (no traceback, nothing to retry)
             log.warning("%s pass refused: %s", name, exc.message)
-            await asyncio.sleep(0.5)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
             continue
         except Exception:
             log.exception("%s pass failed; retrying", name)
