@@ -91,27 +91,39 @@ class Client:
             wait = (params or {}).get("timeout")   # a long-poll's own bound (the API's convention)
             timeout = self._answer_seconds + (float(wait) if isinstance(wait, (int, float)) else 0.0)
         failures: list[str] = []
-        for _ in range(len(self.servers)):
-            url = self.server
+        tried: set[int] = set()
+        while len(tried) < len(self.servers):
+            # The one in use, unless this request already failed there (another request may have moved on).
+            index = next(i for i in self._from_current() if i not in tried)
+            tried.add(index)
+            url = self.servers[index]
             try:
                 response = await self._http.request(method, url + path, json=json, params=params, content=content,
                                                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
             except httpx.TransportError as exc:
                 failures.append(f"{url}: {exc!r}")
-                self._next()
+                self._leave(index)
                 if method in IDEMPOTENT or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
                     continue   # never reached a server, or repeating it changes nothing
                 raise Unreachable(f"the control plane at {url} did not answer {method} {path} (not repeated "
                                   f"elsewhere: it may have been done): {exc!r}") from exc
             if response.status_code == 503 and len(self.servers) > 1 and _store_down(response):
                 failures.append(f"{url}: its store is unavailable")
-                self._next()
+                self._leave(index)
                 continue
             return self._answer(url, response)
         raise Unreachable("cannot reach the control plane: " + "; ".join(failures))
 
-    def _next(self) -> None:
-        self._current = (self._current + 1) % len(self.servers)
+    def _from_current(self) -> list[int]:
+        n = len(self.servers)
+        return [(self._current + k) % n for k in range(n)]
+
+    def _leave(self, index: int) -> None:
+        """Move on from a replica that failed, if it is still the one in use. Several requests in flight on a
+        paused replica all fail there; each moving the pointer one step would walk it round, back onto the
+        paused one, again and again."""
+        if self._current == index:
+            self._current = (index + 1) % len(self.servers)
 
     def _answer(self, url: str, response: httpx.Response) -> Any:
         store = response.headers.get(STORE_HEADER)

@@ -190,3 +190,25 @@ async def test_the_snapshot_long_poll_waits_for_a_new_generation(api: Api) -> No
     await ok(api.http.delete("/v1/apps/shop"))
     answer = (await asyncio.wait_for(poll, 10)).json()
     assert answer["generation"] > generation and answer["services"] == []
+
+
+async def test_a_report_older_than_one_recorded_changes_nothing(api: Api) -> None:
+    """A report that waited in a paused replica's socket arrives after newer ones: its sequence gives it away and
+    it is answered without being recorded, so an instance's phase never steps back."""
+    agent = await world(api)
+    one = (await instances(api))[0]
+    node, name = one["spec"]["node"], one["metadata"]["name"]
+
+    def body(sequence: int, phase: str, ready: bool) -> dict[str, Any]:
+        return {"sequence": sequence, "instances": [{"id": name, "phase": phase, "ready": ready, "restarts": 0,
+                                                     "revision": 1, "port": 20000}]}
+    assert (await ok(agent.post(f"/v1/nodes/{node}/status", json=body(2_000, "Unhealthy", False))))["recorded"]
+    stale = await ok(agent.post(f"/v1/nodes/{node}/status", json=body(1_000, "Running", True)))
+    assert stale["recorded"] is False
+    now = next(i for i in await instances(api) if i["metadata"]["name"] == name)
+    assert (now["status"]["phase"], now["status"]["ready"]) == ("Unhealthy", False)
+    assert (await ok(agent.post(f"/v1/nodes/{node}/status", json=body(2_001, "Running", True))))["recorded"]
+    now = next(i for i in await instances(api) if i["metadata"]["name"] == name)
+    assert (now["status"]["phase"], now["status"]["ready"]) == ("Running", True)
+    node_seen = await ok(api.http.get(f"/v1/nodes/{node}"))
+    assert node_seen["status"]["conditions"]["reportSequence"] == 2_001

@@ -4,6 +4,7 @@ acted on elsewhere, and refuses an answer from a store other than the one it fir
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Callable
 
@@ -71,6 +72,33 @@ async def test_a_request_the_server_may_have_acted_on_is_not_repeated_elsewhere(
             await client.post("/v1/tokens", {})
         assert calls == [f"POST {A}/v1/tokens"]
         assert (await client.post("/v1/tokens", {}))["answered"] == "b", "the next request goes to the next replica"
+
+
+async def test_requests_in_flight_on_a_paused_replica_all_leave_it_for_the_same_next_one() -> None:
+    """A paused replica holds every request sent to it (the agent's report, its assignments and registry polls)
+    until each times out. The first failure moves the client on; the later ones find it moved already and must not
+    step it further: three steps round three replicas would land it back on the paused one, again and again."""
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        calls.append(f"{base}{request.url.path}")
+        if base == A:
+            await release.wait()
+            raise httpx.ReadTimeout("paused", request=request)
+        return httpx.Response(200, json={"answered": str(request.url.host)}, headers={"X-Ballast-Store": "s1"})
+
+    async with Client([A, B, C], "t", transport=httpx.MockTransport(handle)) as client:
+        held = [asyncio.create_task(client.get(path)) for path in ("/v1/report", "/v1/assignments", "/v1/registry")]
+        while len(calls) < 3:
+            await asyncio.sleep(0)
+        release.set()
+        answers = await asyncio.gather(*held)
+        assert [a["answered"] for a in answers] == ["b", "b", "b"]
+        assert client.server == B
+        assert (await client.get("/v1/later"))["answered"] == "b"
+    assert [c for c in calls if c.startswith(A)] == [f"{A}/v1/report", f"{A}/v1/assignments", f"{A}/v1/registry"]
 
 
 async def test_every_replica_down_is_one_error_naming_each() -> None:

@@ -106,6 +106,7 @@ class Agent:
             self.telemetry = TelemetryServer(app, settings.ip, settings.metrics_port)
         self.liveness = Liveness(settings.ip)
         self._clock_estimate: tuple[float, float] | None = None   # (offset, uncertainty) from the last report
+        self._report_sequence = 0   # of the last status report sent
         self.node: NodeIdentity | None = None
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -362,8 +363,10 @@ class Agent:
         # Bounded: a replica that hangs (paused, partitioned) must not hold heartbeats back past nodeGraceSeconds;
         # the next report, a second later, goes to the next replica.
         sent = time.time()
-        answer = await self.client.request("POST", f"/v1/nodes/{self.settings.name}/status",
-                                           json=StatusReport(instances=reports, conditions=self._conditions()).to_json(),
+        # Newer than any report before it, this agent's or a previous one's: a stale one is refused (registry.py).
+        self._report_sequence = max(self._report_sequence + 1, time.time_ns() // 1000)
+        report = StatusReport(instances=reports, conditions=self._conditions(), sequence=self._report_sequence)
+        answer = await self.client.request("POST", f"/v1/nodes/{self.settings.name}/status", json=report.to_json(),
                                            timeout=REPORT_SECONDS)
         received = time.time()
         server_time = answer.get("serverTime") if isinstance(answer, dict) else None

@@ -54,8 +54,9 @@ async def report_status(body: StatusReport, request: Request, name: str = NodeNa
     require_self(who, NODE, name)
     reports = body.instances
 
-    await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports, body.conditions))
-    return {"ok": True, "serverTime": store_of(request).clock()}   # the agent estimates its clock's offset from it
+    recorded = await telemetry_write(request, lambda tx: registry.report_status(tx, name, reports, body.conditions,
+                                                                                 body.sequence))
+    return {"ok": True, "recorded": recorded, "serverTime": store_of(request).clock()}   # the agent estimates its clock's offset from it
 
 
 @router.get("/nodes/{name}/assignments", tags=["nodes"])

@@ -91,13 +91,21 @@ def conditions_record(conditions: NodeConditions, now: float) -> dict[str, Any]:
 
 
 async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport],
-                        conditions: NodeConditions | None = None) -> None:
+                        conditions: NodeConditions | None = None, sequence: int = 0) -> bool:
+    """Record a node's report; False (nothing changed) for a report older than one already recorded."""
+    row = (await tx.conn.execute(select(nodes.c.conditions).where(nodes.c.name == name))).first()
+    if row is None:
+        raise NotFound(f"node {name!r} is not registered")
+    kept = row.conditions if isinstance(row.conditions, dict) else {}
+    if sequence and int(kept.get("reportSequence") or 0) >= sequence:
+        tx.only(HEARTBEAT)
+        return False
     heard: dict[str, Any] = {"last_heartbeat": tx.now}
     if conditions is not None:
-        heard["conditions"] = conditions_record(conditions, tx.now)
-    moved = await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(**heard))
-    if moved.rowcount != 1:
-        raise NotFound(f"node {name!r} is not registered")
+        heard["conditions"] = {**conditions_record(conditions, tx.now), "reportSequence": sequence}
+    elif sequence:
+        heard["conditions"] = {**kept, "reportSequence": sequence}
+    await tx.conn.execute(update(nodes).where(nodes.c.name == name).values(**heard))
     rows = {r.id: r for r in (await tx.conn.execute(select(instances).where(instances.c.node == name))).all()}
     tx.only(HEARTBEAT)  # the node is alive; anything more is said below
     for report in reports:
@@ -120,6 +128,7 @@ async def report_status(tx: Tx, name: str, reports: Sequence[InstanceReport],
             tx.touch(INSTANCE_STATUS)
             await tx.conn.execute(update(instances).where(instances.c.id == row.id).values(
                 updated_at=tx.now, resource_version=tx.rv, **changed))
+    return True
 
 
 async def _drain_timed_out(tx: Tx, node: str, row: Any, drain: dict[str, Any]) -> None:

@@ -96,6 +96,9 @@ class NodeConditions(StrictMessage):
 class StatusReport(StrictMessage):
     instances: list[InstanceReport] = Field(default_factory=list, max_length=5000)
     conditions: NodeConditions | None = None
+    # Grows with every report of a node, across agent restarts (seeded from the clock in microseconds): a report
+    # that waited in a paused replica's socket and arrives after newer ones is recognised and changes nothing.
+    sequence: int = Field(0, ge=0, le=COUNTER_MAX)
 
 
 class Acknowledgement(StrictMessage):
