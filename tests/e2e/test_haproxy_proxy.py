@@ -17,7 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFiles, find_binary
+from ballast.dataplane import runtime
+from ballast.dataplane.collector import read_gateway
+from ballast.dataplane.haproxy import ConfigRejected, HAProxy, ProxyFiles, find_binary, install_stats_script
 from ballast.dataplane.haproxy_config import (Address, Backend, GatewayConfig, GatewayRoute, Server, SidecarConfig,
                                              render_gateway, render_sidecar)
 from ballast.loadgen import Load, Target
@@ -132,6 +134,27 @@ async def test_runtime_changes_route_around_a_server_without_a_reload(tmp_path: 
         await proxy.stop(2)
 
 
+async def test_one_runtime_session_answers_each_command_in_turn(tmp_path: Path, apps: list[int]) -> None:
+    """Many commands over one connection: one answer each, in order, a refusal named where it happened."""
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, backends = sidecar_config(proxy, apps, inbound, outbound, 0)
+    await proxy.start(text)
+    try:
+        lines = ["set server svc_back/b0 state maint", "set server svc_back/nobody state ready",
+                 "show servers state svc_back", "set server svc_back/b0 state ready"]
+        answers = await runtime.session(proxy.files.admin_socket, lines)
+        assert len(answers) == 4
+        assert answers[0].strip() == "" and answers[3].strip() == ""
+        assert "No such server" in answers[1]
+        assert " b0 " in answers[2] and " b1 " in answers[2] and "No such server" not in answers[2]
+        refused = await proxy.run(["set server svc_back/b1 state maint", "set server svc_back/ghost state maint"])
+        assert refused == ["set server svc_back/ghost state maint: No such server."], refused
+        assert {await _instance_via(outbound) for _ in range(4)} == {"app-0"}, "b1 in maintenance, b0 serving"
+    finally:
+        await proxy.stop(2)
+
+
 async def _instance_via(port: int) -> str:
     import json
     reader, writer = await asyncio.open_connection(IP, port)
@@ -198,6 +221,39 @@ async def test_the_gateway_refuses_a_request_that_names_no_one_host(tmp_path: Pa
         assert await status("GET / HTTP/1.1\r\nHost: shop.local\r\nHost: other.local\r\n") == b"400"
         assert await status("GET http://other.local/ HTTP/1.1\r\nHost: shop.local\r\n") == b"400"
         assert await status("GET http://other.local/ HTTP/1.1\r\nHost: other.local\r\n") == b"200"
+    finally:
+        await proxy.stop(2)
+
+
+async def test_the_gateways_statistics_read_under_load_never_crash_its_worker(tmp_path: Path, apps: list[int]) -> None:
+    """`ballast stats` (Lua) of a gateway with many servers, each with its response-time buckets, walks past
+    HAProxy's 10,000-instruction forced yield; HAProxy 2.6 kills its worker (code 139) when a CLI command yields
+    there, and every connection to the gateway is refused until it is started again."""
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test gateway")
+    listen = free_port(IP)
+    services = [f"s{k}" for k in range(3)]
+    backends = tuple(Backend(svc, tuple(Server(f"{svc}-{n}", Address(IP, apps[n % 2])) for n in range(24)))
+                     for svc in services)
+    cfg = GatewayConfig(name="t", admin_socket=str(proxy.files.admin_socket), listen=Address(IP, listen),
+                        routes=tuple(GatewayRoute(f"{svc}.local", "/", svc) for svc in services), backends=backends,
+                        threads=2, stats=install_stats_script(tmp_path / "stats"))
+    await proxy.start(render_gateway(cfg))
+    worker = await runtime.command(proxy.files.admin_socket, "show info")
+    try:
+        load = Load([Target(svc, IP, listen, f"{svc}.local", connections=4) for svc in services], timeout=10)
+        load.start()
+        biggest = 0
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            epoch, counts = await read_gateway(proxy.files.admin_socket)
+            biggest = max(biggest, len(counts))
+        await load.stop()
+        assert biggest == 72 and load.requests > 500, (biggest, load.requests)
+        assert load.failed == 0, dict(load.failures())
+        log = (tmp_path / "proxy" / "haproxy.log").read_text()
+        assert "exited with code" not in log, log[-2000:]
+        pid = next(line for line in worker.splitlines() if line.startswith("Pid:"))
+        assert pid in await runtime.command(proxy.files.admin_socket, "show info"), "the same worker serves"
     finally:
         await proxy.stop(2)
 

@@ -264,12 +264,13 @@ class HAProxy:
                 await self.reload(rendered)
             # Same structure: only servers differ, and the runtime API changes them. The file is rewritten at
             # the next reload or start, always from a fresh rendering, so it need not follow every change.
-        commands = runtime_commands(backends, await self.servers())
-        for path, entries in (maps or {}).items():
-            if not entries:
-                continue   # no weighted route reads the map; one that stopped reading it went with a reload
-            live = parse_map(await runtime.command(self.files.admin_socket, f"show map {path}"))
-            commands += map_commands(path, entries, live)
+        # One connection reads the servers and the maps, one more (if anything differs) changes them.
+        read_maps = [path for path, entries in (maps or {}).items() if entries]   # an empty map: no route reads it
+        answers = await runtime.session(self.files.admin_socket,
+                                        ["show servers state", *(f"show map {path}" for path in read_maps)])
+        commands = runtime_commands(backends, parse_servers_state(answers[0]))
+        for path, answer in zip(read_maps, answers[1:]):
+            commands += map_commands(path, (maps or {})[path], parse_map(answer))
         return await self.run(commands)
 
     # --- runtime API -----------------------------------------------------------------
@@ -280,10 +281,14 @@ class HAProxy:
         return parse_stat(await runtime.command(self.files.admin_socket, "show stat"))
 
     async def run(self, commands: list[str]) -> list[str]:
-        """Run commands in order; return the ones HAProxy refused, with its answer."""
-        refused = []
-        for line in commands:
-            answer = await runtime.command(self.files.admin_socket, line)
-            if not runtime.succeeded(line, answer):
-                refused.append(f"{line}: {answer.strip()[:200]}")
-        return refused
+        """Run commands in order, over one connection; return the ones HAProxy refused, with its answer."""
+        answers = await runtime.session(self.files.admin_socket, commands)
+        refused = [(line, answer) for line, answer in zip(commands, answers) if not runtime.succeeded(line, answer)]
+        # A server put in maintenance in this session still holds its idle connections until HAProxy's next
+        # pass closes them: its deletion is tried once more, after the session.
+        again = [line for line, _ in refused if line.startswith("del server ")]
+        if again:
+            retried = dict(zip(again, await runtime.session(self.files.admin_socket, again)))
+            refused = [(line, retried.get(line, answer)) for line, answer in refused
+                       if not (line in retried and runtime.succeeded(line, retried[line]))]
+        return [f"{line}: {answer.strip()[:200]}" for line, answer in refused]

@@ -84,9 +84,15 @@ class GatewayConfig:
     tuning: ProxyTuning = ProxyTuning()
 
 
+LUA_FORCED_YIELD = 2_000_000_000
+
+
 def _global(admin_socket: str, threads: int, stats: StatsHooks | None, tuning: ProxyTuning) -> str:
+    # HAProxy 2.6 crashes its worker (code 139) when a Lua CLI command is forced to yield, which happens after
+    # 10,000 Lua instructions: `ballast stats` of a gateway under load walks that many. It yields never.
     lua = "" if stats is None else (f"    # request statistics {_safe(stats.digest)}\n"
-                                     f"    lua-load {_safe(stats.script_path)}\n")
+                                     f"    lua-load {_safe(stats.script_path)}\n"
+                                     f"    tune.lua.forced-yield {LUA_FORCED_YIELD}\n")
     bufsize = "" if tuning.bufsize is None else f"    tune.bufsize {int(tuning.bufsize)}\n"
     reuse = "" if tuning.http_reuse is None else f"    http-reuse {_safe(tuning.http_reuse)}\n"
     no_delay = "    option http-no-delay\n" if tuning.http_no_delay else ""

@@ -1,6 +1,8 @@
 """HAProxy's runtime API over its UNIX sockets (the worker's stats socket and the master CLI).
 
-One connection per command: write it, half-close, read the answer to EOF.
+`command`: one connection per command (write it, half-close, read the answer to EOF). `session`: many commands
+over one connection in HAProxy's interactive mode, each answer ended by its prompt; a node applying a change to
+all its sidecars opens one or two connections per sidecar instead of one per command.
 Errors become `RuntimeApiError`, so callers never see socket exceptions.
 """
 
@@ -32,6 +34,37 @@ async def command(socket_path: Path | str, line: str, *, timeout: float = 5.0) -
         raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {line!r} failed: {exc!r}") from exc
     finally:
         writer.close()
+
+
+PROMPT = "\n> "
+
+
+async def session(socket_path: Path | str, lines: list[str], *, timeout: float = 5.0) -> list[str]:
+    """Send `lines` over one connection (interactive mode); return one answer per line, in order."""
+    if not lines:
+        return []
+    for line in lines:
+        if "\n" in line or ";" in line:
+            raise ValueError(f"one runtime command per line, got {line!r}")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path} is unreachable: {exc!r}") from exc
+    try:
+        writer.write(("prompt\n" + "".join(f"{line}\n" for line in lines) + "quit\n").encode())
+        await writer.drain()
+        text = (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {len(lines)} commands failed: {exc!r}") from exc
+    finally:
+        writer.close()
+    # "\n> " after `prompt`, then each answer followed by "\n> ", then `quit` closes the connection.
+    pieces = text.split(PROMPT)
+    answers = pieces[1:-1]
+    if len(answers) != len(lines) or pieces[-1] != "":
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {len(lines)} commands sent, "
+                              f"{len(answers)} answers read: {text[-200:]!r}")
+    return answers
 
 
 def succeeded(line: str, answer: str) -> bool:
