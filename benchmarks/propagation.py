@@ -496,7 +496,6 @@ def main() -> int:
                         help="through the gateway (half as many east-west)")
     parser.add_argument("--per-change", action="store_true", help="also one line per change")
     parser.add_argument("--store", help="a PostgreSQL server URL: the platform gets a fresh database on it")
-    parser.add_argument("--keep", action="store_true", help="keep the platform's directory (logs) afterwards")
     args = parser.parse_args()
     exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="ballast-bench-prop-"))
@@ -507,10 +506,7 @@ def main() -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        if args.keep:
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
