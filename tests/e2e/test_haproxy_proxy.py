@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -151,6 +151,41 @@ async def test_one_runtime_session_answers_each_command_in_turn(tmp_path: Path, 
         refused = await proxy.run(["set server svc_back/b1 state maint", "set server svc_back/ghost state maint"])
         assert refused == ["set server svc_back/ghost state maint: No such server."], refused
         assert {await _instance_via(outbound) for _ in range(4)} == {"app-0"}, "b1 in maintenance, b0 serving"
+    finally:
+        await proxy.stop(2)
+
+
+async def test_what_haproxy_confirmed_stands_in_for_a_read_until_it_may_be_stale(
+        tmp_path: Path, apps: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An apply that changes nothing opens no connection; one that changes a server opens one (the change);
+    a change made by hand on the runtime API is repaired once what was confirmed is older than KNOWN_SECONDS."""
+    from ballast.dataplane import haproxy
+    proxy = HAProxy(find_binary(), ProxyFiles(tmp_path / "proxy"), label="test sidecar")
+    inbound, outbound = free_port(IP), free_port(IP)
+    text, backends = sidecar_config(proxy, apps, inbound, outbound, 0)
+    await proxy.start(text)
+    sessions: list[list[str]] = []
+    real = runtime.session
+
+    async def counted(path: Any, lines: list[str], **kw: Any) -> list[str]:
+        sessions.append(lines)
+        return await real(path, lines, **kw)
+    monkeypatch.setattr(runtime, "session", counted)
+    try:
+        assert await proxy.converge(text, backends) == []
+        assert [s[0] for s in sessions] == ["show servers state"], "the first apply after a start reads"
+        sessions.clear()
+        assert await proxy.converge(text, backends) == [] and sessions == [], "nothing to change, nothing sent"
+        b0_off = (Backend("back", (Server("b0", Address(IP, apps[0]), enabled=False),
+                                   Server("b1", Address(IP, apps[1])))),)
+        assert await proxy.converge(text, b0_off) == []
+        assert sessions == [["set server svc_back/b0 state maint"]], sessions
+        sessions.clear()
+        await runtime.command(proxy.files.admin_socket, "set server svc_back/b1 state maint")   # by hand
+        monkeypatch.setattr(haproxy, "KNOWN_SECONDS", 0.0)
+        assert await proxy.converge(text, b0_off) == []
+        assert sessions == [["show servers state"], ["set server svc_back/b1 state ready"]], sessions
+        assert {await _instance_via(outbound) for _ in range(4)} == {"app-1"}
     finally:
         await proxy.stop(2)
 

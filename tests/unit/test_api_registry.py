@@ -212,3 +212,27 @@ async def test_a_report_older_than_one_recorded_changes_nothing(api: Api) -> Non
     assert (now["status"]["phase"], now["status"]["ready"]) == ("Running", True)
     node_seen = await ok(api.http.get(f"/v1/nodes/{node}"))
     assert node_seen["status"]["conditions"]["reportSequence"] == 2_001
+
+
+async def test_components_waking_on_one_change_get_one_snapshot_built_once(api: Api, monkeypatch: Any) -> None:
+    """Every traffic component long-polls the registry and all wake on the same change: the snapshot of the new
+    generation is built once and encoded once, and each gets the same answer."""
+    from ballast.services import endpoints as registry_service
+    agent = await world(api)
+    await registry_controller.reconcile_once(api.store)
+    generation = (await ok(agent.get("/v1/registry")))["generation"]
+    builds: list[int] = []
+    real = registry_service._snapshot
+
+    async def counted(conn: Any) -> Any:
+        builds.append(1)
+        await asyncio.sleep(0.05)   # long enough for every waiting poll to arrive while it is built
+        return await real(conn)
+    monkeypatch.setattr(registry_service, "_snapshot", counted)
+    polls = [asyncio.create_task(agent.get("/v1/registry", params={"known": generation, "timeout": 30}))
+             for _ in range(5)]
+    await asyncio.sleep(0.3)
+    await ok(api.http.delete("/v1/apps/shop"))
+    answers = [r.content for r in await asyncio.wait_for(asyncio.gather(*polls), 10)]
+    assert len(set(answers)) == 1 and b'"services":[]' in answers[0], answers[0][:200]
+    assert len(builds) == 1, f"built {len(builds)} times for one generation"

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from ballast.api import objects
 from ballast.api.deps import (AppName, Name, audited_write, one, principal, require, require_self, require_topology_read,
@@ -30,16 +30,15 @@ ComponentName = Path(pattern=NAME_PATTERN, max_length=63)
 
 @router.get("/registry", tags=["registry"])
 async def registry_snapshot(request: Request, known: int | None = Query(None, ge=0, le=COUNTER_MAX),
-                            timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> dict[str, Any]:
+                            timeout: float = Query(0.0, ge=0, le=60), who: Principal = Depends(principal)) -> Response:
     """Every service with its routes and endpoints; long-polls while the generation equals `known`."""
     require(who, Action.READ_REGISTRY)
-    answer = await registry.snapshot(store_of(request), known, timeout)
-    if answer["generation"] != known:
-        # When a long-poll is answered with a new generation (before the answer is serialized and sent): the
+    generation, body = await registry.snapshot_body(store_of(request), known, timeout)
+    if generation != known:
+        # When a long-poll is answered with a new generation (its JSON encoded once for every component): the
         # control plane's share of propagation, measured by benchmarks/propagation.py.
-        log.info("registry-answer to=%s known=%s generation=%s at=%.6f", who.user, known, answer["generation"],
-                 time.time())
-    return answer
+        log.info("registry-answer to=%s known=%s generation=%s at=%.6f", who.user, known, generation, time.time())
+    return Response(content=body, media_type="application/json")
 
 
 async def _ack(request: Request, who: Principal, kind: str, name: str, body: Acknowledgement) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Mapping
 from pathlib import Path
@@ -85,6 +86,18 @@ def install_stats_script(directory: Path, table_size: int = 100_000) -> StatsHoo
     return StatsHooks(paths[0], paths[1], script_digest(*texts), table_size)
 
 
+# How long what HAProxy confirmed stands in for a read of its servers and maps: nothing but `converge` changes them,
+# and a change by hand on its runtime API is seen within this long.
+KNOWN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class KnownState:
+    servers: Mapping[str, Mapping[str, LiveServer]]   # backend -> server -> state
+    maps: Mapping[str, Mapping[str, str]]              # map file -> key -> value
+    read_at: float                                     # monotonic time of the read it started from
+
+
 @dataclass(frozen=True)
 class ProxyFiles:
     state_dir: Path
@@ -117,6 +130,7 @@ class HAProxy:
         self.label = label
         self.handle: ProcessHandle | None = None
         self._structure: str | None = None   # structure digest of the configuration the process runs
+        self._known: KnownState | None = None   # its servers and maps, as HAProxy last confirmed them
 
     # --- process -------------------------------------------------------------------
     def alive(self) -> bool:
@@ -129,6 +143,7 @@ class HAProxy:
     def adopt(self, pid: int, started: int) -> bool:
         self.handle = adopt(pid, started)
         self._structure = None
+        self._known = None
         return self.handle is not None
 
     async def answers(self) -> bool:
@@ -167,6 +182,7 @@ class HAProxy:
         for stale in (self.files.admin_socket, self.files.master_socket):
             stale.unlink(missing_ok=True)
         self._install(text)
+        self._known = None
         argv = [self.binary, "-W", "-S", f"{self.files.master_socket},mode,600", "-f", str(self.files.config)]
         self.handle = await launch(argv, cwd=self.files.state_dir, env={"PATH": os.environ.get("PATH", "")},
                                    log_path=self.files.log)
@@ -201,6 +217,7 @@ class HAProxy:
         await self.validate(text)
         before, failed_before = await self._master_counts()
         previous = self._install(text)
+        self._known = None   # the new worker runs the file's servers
         try:
             try:
                 await runtime.command(self.files.master_socket, "reload")
@@ -264,14 +281,35 @@ class HAProxy:
                 await self.reload(rendered)
             # Same structure: only servers differ, and the runtime API changes them. The file is rewritten at
             # the next reload or start, always from a fresh rendering, so it need not follow every change.
-        # One connection reads the servers and the maps, one more (if anything differs) changes them.
-        read_maps = [path for path, entries in (maps or {}).items() if entries]   # an empty map: no route reads it
+        wanted_maps = {path: entries for path, entries in (maps or {}).items() if entries}   # empty: nobody reads it
+        known = await self._known_state(list(wanted_maps))
+        commands = runtime_commands(backends, known.servers)
+        for path, entries in wanted_maps.items():
+            commands += map_commands(path, entries, known.maps.get(path, {}))
+        if not commands:
+            return []
+        self._known = None   # until HAProxy said yes to every command
+        refused = await self.run(commands)
+        if not refused:
+            servers = {**known.servers, **{b.name: {s.name: LiveServer(s.name, s.address, s.enabled)
+                                                    for s in b.servers} for b in backends}}
+            self._known = KnownState(servers, {**known.maps, **{path: {k: str(int(v)) for k, v in entries.items()}
+                                                                for path, entries in wanted_maps.items()}},
+                                     known.read_at)
+        return refused
+
+    async def _known_state(self, map_paths: list[str]) -> "KnownState":
+        """The servers and maps the worker runs: as HAProxy last confirmed them (every command it accepted since a
+        read), read again over one connection after a start or reload, a refusal, or KNOWN_SECONDS."""
+        known = self._known
+        now = time.monotonic()
+        if known is not None and now - known.read_at < KNOWN_SECONDS and all(p in known.maps for p in map_paths):
+            return known
         answers = await runtime.session(self.files.admin_socket,
-                                        ["show servers state", *(f"show map {path}" for path in read_maps)])
-        commands = runtime_commands(backends, parse_servers_state(answers[0]))
-        for path, answer in zip(read_maps, answers[1:]):
-            commands += map_commands(path, (maps or {})[path], parse_map(answer))
-        return await self.run(commands)
+                                        ["show servers state", *(f"show map {path}" for path in map_paths)])
+        self._known = KnownState(parse_servers_state(answers[0]),
+                                 {path: parse_map(answer) for path, answer in zip(map_paths, answers[1:])}, now)
+        return self._known
 
     # --- runtime API -----------------------------------------------------------------
     async def servers(self) -> dict[str, dict[str, LiveServer]]:

@@ -11,6 +11,7 @@ they are not audited; registering and deleting a gateway is.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,14 +81,47 @@ async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str,
         async with store.read() as conn:
             current = await generation(conn)
             if current != known or loop.time() >= deadline or store.closing:
-                # Every component asks for the same generation at once: build it once. The generation moves
-                # with every change a snapshot holds, so a cached one of the same generation is the same.
-                cached = store.memo.get("registry-snapshot")
-                if cached is None or cached["generation"] != current:
-                    cached = (await _snapshot(conn)).to_json()
-                    store.memo["registry-snapshot"] = cached
-                return cached  # type: ignore[no-any-return]
+                return await _built(store, conn, current)
         await store.wait_for_topics(SNAPSHOT_TOPICS, seen, max(0.0, deadline - loop.time()))
+
+
+async def snapshot_body(store: Store, known: int | None, timeout: float) -> tuple[int, bytes]:
+    """`snapshot` as its generation and its JSON, encoded once per generation for every component that asks."""
+    answer = await snapshot(store, known, timeout)
+    encoded = store.memo.get("registry-snapshot-json")
+    if encoded is None or encoded[0] != answer["generation"]:
+        encoded = (answer["generation"], json.dumps(answer, separators=(",", ":")).encode())
+        store.memo["registry-snapshot-json"] = encoded
+    return encoded  # type: ignore[no-any-return]
+
+
+async def _built(store: Store, conn: AsyncConnection, current: int) -> dict[str, Any]:
+    """The snapshot of generation `current`, built once however many components ask for it at the same moment
+    (they all wake on the same change). The generation moves with every change a snapshot holds, so one of the
+    same generation is the same snapshot."""
+    cached = store.memo.get("registry-snapshot")
+    if cached is not None and cached["generation"] == current:
+        return cached  # type: ignore[no-any-return]
+    building = store.memo.get("registry-snapshot-building")
+    if building is not None and building[0] == current:
+        return await asyncio.shield(building[1])  # type: ignore[no-any-return]
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    store.memo["registry-snapshot-building"] = (current, future)
+    try:
+        built = (await _snapshot(conn)).to_json()
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()   # those waiting get it; nobody else needs to see it
+        raise
+    finally:
+        if store.memo.get("registry-snapshot-building") == (current, future):
+            del store.memo["registry-snapshot-building"]
+    future.set_result(built)
+    store.memo["registry-snapshot"] = built
+    return built
 
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -27,4 +28,8 @@ async def upgrade(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # The store's sessions end a transaction left idle for seconds (a paused leader's); a migration on a
+            # loaded machine may pause that long between statements, and must not be cut off half way.
+            await conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         await conn.run_sync(_upgrade)
