@@ -189,7 +189,11 @@ async def test_the_snapshot_long_poll_waits_for_a_new_generation(api: Api) -> No
     assert not poll.done(), "nothing changed: the poll waits"
     await ok(api.http.delete("/v1/apps/shop"))
     answer = (await asyncio.wait_for(poll, 10)).json()
-    assert answer["generation"] > generation and answer["services"] == []
+    assert answer["generation"] > generation
+    assert (answer["base"], answer["changed"], answer["removed"]) == (generation, [], ["shop"]), \
+        "a component holding a kept generation gets what changed since"
+    whole = await ok(agent.get("/v1/registry"))
+    assert "base" not in whole and whole["services"] == [] and whole["generation"] == answer["generation"]
 
 
 async def test_a_report_older_than_one_recorded_changes_nothing(api: Api) -> None:
@@ -234,5 +238,5 @@ async def test_components_waking_on_one_change_get_one_snapshot_built_once(api: 
     await asyncio.sleep(0.3)
     await ok(api.http.delete("/v1/apps/shop"))
     answers = [r.content for r in await asyncio.wait_for(asyncio.gather(*polls), 10)]
-    assert len(set(answers)) == 1 and b'"services":[]' in answers[0], answers[0][:200]
+    assert len(set(answers)) == 1 and b'"removed":["shop"]' in answers[0], answers[0][:200]
     assert len(builds) == 1, f"built {len(builds)} times for one generation"

@@ -25,6 +25,7 @@ from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 from ballast.client import ApiError, Client, Unreachable
 from ballast.core.backoff import Backoff
 from ballast.wire.registry import Snapshot
+from ballast.wire.registry_delta import absorb
 from ballast.wire.reports import Acknowledgement
 
 log = logging.getLogger("ballast.dataplane")
@@ -95,6 +96,7 @@ class TrafficComponent:
         self.received = asyncio.Event()      # a first snapshot has arrived
         self.last: Applied | None = None     # what the last apply achieved
         self._dirty = asyncio.Event()
+        self._ask_whole = False              # the last answer could not be applied: ask for a whole snapshot
         self._received_at = 0.0
 
     def poke(self) -> None:
@@ -120,7 +122,8 @@ class TrafficComponent:
     async def _poll(self, stop: asyncio.Event) -> None:
         backoff = POLL_BACKOFF
         while not stop.is_set():
-            known = self.snapshot.generation if self.received.is_set() else None
+            holding = self.received.is_set() and not self._ask_whole
+            known = self.snapshot.generation if holding else None
             try:
                 answer = await self.client.get("/v1/registry", known=known, timeout=poll_seconds(self.client))
             except (Unreachable, ApiError) as exc:
@@ -130,7 +133,13 @@ class TrafficComponent:
                     backoff = backoff.failed()
                 continue
             backoff = backoff.reset()
-            snapshot = Snapshot.from_json(answer)
+            absorbed = absorb(self.snapshot if holding else None, answer)
+            self._ask_whole = absorbed is None
+            if absorbed is None:   # a delta from a generation not held (another replica's): ask for all of it
+                log.info("%s: a registry delta from generation %s does not apply to %s; asking for all of it",
+                         self.label, answer.get("base"), self.snapshot.generation)
+                continue
+            snapshot = absorbed
             if not self.received.is_set() or snapshot.generation != self.snapshot.generation:
                 self.snapshot = snapshot
                 self._received_at = time.time()   # when this generation arrived, not a later repeat of it

@@ -29,6 +29,7 @@ from ballast.store.engine import ACKS, EVERYTHING, REGISTRY, Store, Tx
 from ballast.store.schema import apps, components, counters, endpoints, isolation_groups, nodes
 from ballast.wire.registry import Endpoint as WireEndpoint
 from ballast.wire.registry import GroupInEffect, Service, Snapshot
+from ballast.wire.registry_delta import answer_for, remember
 
 REGISTRY_COUNTER = "registry"
 SNAPSHOT_TOPICS = frozenset({EVERYTHING, REGISTRY})
@@ -72,8 +73,33 @@ async def _snapshot(conn: AsyncConnection) -> Snapshot:
     return Snapshot(generation=gen, services=tuple(services), coloring=coloring)
 
 
+# Snapshots kept by generation, the bases a delta can be made from: a component a few changes behind (it was
+# applying while more came) still gets a delta; one further behind, or new, gets the whole snapshot.
+DELTA_BASES = 16
+
+
 async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str, Any]:
-    """Long-poll: answer once the registry generation differs from `known`, or at `timeout`."""
+    """Long-poll: the whole snapshot, once the registry generation differs from `known`, or at `timeout`."""
+    return (await _current(store, known, timeout)).to_json()
+
+
+async def snapshot_body(store: Store, known: int | None, timeout: float) -> tuple[int, bytes]:
+    """The long-poll's answer as its generation and its JSON: a delta from `known` when that snapshot is still
+    kept (wire/registry_delta.py), else the whole snapshot; each answer encoded once for every component that
+    holds the same generation."""
+    current = await _current(store, known, timeout)
+    history: dict[int, Snapshot] = store.memo.setdefault("registry-history", {})
+    base = known if known is not None and known in history and known != current.generation else None
+    answers: dict[tuple[int | None, int], bytes] = store.memo.setdefault("registry-answers", {})
+    key = (base, current.generation)
+    if key not in answers:
+        if len(answers) > 4 * DELTA_BASES:
+            answers.clear()
+        answers[key] = json.dumps(answer_for(base, current, history), separators=(",", ":")).encode()
+    return current.generation, answers[key]
+
+
+async def _current(store: Store, known: int | None, timeout: float) -> Snapshot:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -85,30 +111,20 @@ async def snapshot(store: Store, known: int | None, timeout: float) -> dict[str,
         await store.wait_for_topics(SNAPSHOT_TOPICS, seen, max(0.0, deadline - loop.time()))
 
 
-async def snapshot_body(store: Store, known: int | None, timeout: float) -> tuple[int, bytes]:
-    """`snapshot` as its generation and its JSON, encoded once per generation for every component that asks."""
-    answer = await snapshot(store, known, timeout)
-    encoded = store.memo.get("registry-snapshot-json")
-    if encoded is None or encoded[0] != answer["generation"]:
-        encoded = (answer["generation"], json.dumps(answer, separators=(",", ":")).encode())
-        store.memo["registry-snapshot-json"] = encoded
-    return encoded  # type: ignore[no-any-return]
-
-
-async def _built(store: Store, conn: AsyncConnection, current: int) -> dict[str, Any]:
+async def _built(store: Store, conn: AsyncConnection, current: int) -> Snapshot:
     """The snapshot of generation `current`, built once however many components ask for it at the same moment
     (they all wake on the same change). The generation moves with every change a snapshot holds, so one of the
     same generation is the same snapshot."""
-    cached = store.memo.get("registry-snapshot")
-    if cached is not None and cached["generation"] == current:
-        return cached  # type: ignore[no-any-return]
+    history: dict[int, Snapshot] = store.memo.setdefault("registry-history", {})
+    if current in history:
+        return history[current]
     building = store.memo.get("registry-snapshot-building")
     if building is not None and building[0] == current:
         return await asyncio.shield(building[1])  # type: ignore[no-any-return]
-    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
     store.memo["registry-snapshot-building"] = (current, future)
     try:
-        built = (await _snapshot(conn)).to_json()
+        built = await _snapshot(conn)
     except asyncio.CancelledError:
         future.cancel()
         raise
@@ -120,9 +136,8 @@ async def _built(store: Store, conn: AsyncConnection, current: int) -> dict[str,
         if store.memo.get("registry-snapshot-building") == (current, future):
             del store.memo["registry-snapshot-building"]
     future.set_result(built)
-    store.memo["registry-snapshot"] = built
+    remember(history, built, DELTA_BASES)
     return built
-
 
 
 async def acknowledge(tx: Tx, kind: str, name: str, acked: int, applied_hash: str, error: str,

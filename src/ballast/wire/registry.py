@@ -1,7 +1,8 @@
 """The registry snapshot every traffic component applies (`GET /v1/registry`).
 
-A component applies the whole snapshot and acknowledges its generation, which tells the control plane
-that every change up to that generation is in effect. What a service's entry holds besides its endpoints
+A component applies the whole snapshot (rebuilt from a delta, wire/registry_delta.py, when it held the
+base) and acknowledges its generation, which tells the control plane that every change up to that generation
+is in effect. What a service's entry holds besides its endpoints
 is exactly its `ServiceRouting` (core/traffic.py decides it from the app's spec), so a new kind of rule is
 a field there and reaches every component with the generation that announces it.
 """
