@@ -9,6 +9,8 @@ from typing import Awaitable, Callable
 from ballast.store.engine import EVERYTHING, Store
 from ballast.store.lease import Fenced
 
+IDLE_DUTY = 4.0
+
 
 async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], store: Store, stop: asyncio.Event, *,
                      idle_seconds: float, min_interval: float = 0.0,
@@ -35,7 +37,9 @@ async def run_passes(name: str, reconcile: Callable[[Store], Awaitable[int]], st
         except Exception:
             log.exception("%s pass failed; retrying", name)
             await asyncio.sleep(1.0)
-        idle = idle_seconds
+        # A pass of T seconds is followed by at least IDLE_DUTY x T of quiet when nothing changes: at 10,000
+        # instances the registry's idle pass alone kept most of a core busy. Changes still wake it at once.
+        idle = max(idle_seconds, IDLE_DUTY * (loop.time() - began))
         at = wake_at() if wake_at is not None else None
         if at is not None:
             idle = max(0.0, min(idle, at - store.clock()))
