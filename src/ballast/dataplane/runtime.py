@@ -19,21 +19,9 @@ class RuntimeApiError(BallastError):
 
 async def command(socket_path: Path | str, line: str, *, timeout: float = 5.0) -> str:
     """Send one command; return HAProxy's answer (which may itself describe a refusal)."""
-    if "\n" in line or ";" in line:
-        raise ValueError(f"one runtime command at a time, got {line!r}")
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeApiError(f"HAProxy runtime API at {socket_path} is unreachable: {exc!r}") from exc
-    try:
-        writer.write(line.encode() + b"\n")
-        await writer.drain()
-        writer.write_eof()
-        return (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {line!r} failed: {exc!r}") from exc
-    finally:
-        writer.close()
+    _one_per_line([line])
+    # Half-closing ends the exchange: HAProxy answers and closes.
+    return await _exchange(socket_path, line + "\n", timeout, repr(line), half_close=True)
 
 
 PROMPT = "\n> "
@@ -43,21 +31,9 @@ async def session(socket_path: Path | str, lines: list[str], *, timeout: float =
     """Send `lines` over one connection (interactive mode); return one answer per line, in order."""
     if not lines:
         return []
-    for line in lines:
-        if "\n" in line or ";" in line:
-            raise ValueError(f"one runtime command per line, got {line!r}")
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeApiError(f"HAProxy runtime API at {socket_path} is unreachable: {exc!r}") from exc
-    try:
-        writer.write(("prompt\n" + "".join(f"{line}\n" for line in lines) + "quit\n").encode())
-        await writer.drain()
-        text = (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
-    except (OSError, TimeoutError) as exc:
-        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {len(lines)} commands failed: {exc!r}") from exc
-    finally:
-        writer.close()
+    _one_per_line(lines)
+    text = await _exchange(socket_path, "prompt\n" + "".join(f"{line}\n" for line in lines) + "quit\n", timeout,
+                           f"{len(lines)} commands", half_close=False)
     # "\n> " after `prompt`, then each answer followed by "\n> ", then `quit` closes the connection.
     pieces = text.split(PROMPT)
     answers = pieces[1:-1]
@@ -65,6 +41,30 @@ async def session(socket_path: Path | str, lines: list[str], *, timeout: float =
         raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {len(lines)} commands sent, "
                               f"{len(answers)} answers read: {text[-200:]!r}")
     return answers
+
+
+def _one_per_line(lines: list[str]) -> None:
+    for line in lines:
+        if "\n" in line or ";" in line:
+            raise ValueError(f"one runtime command per line, got {line!r}")
+
+
+async def _exchange(socket_path: Path | str, payload: str, timeout: float, what: str, *, half_close: bool) -> str:
+    """Write `payload` on a new connection and read HAProxy's answer to EOF."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path} is unreachable: {exc!r}") from exc
+    try:
+        writer.write(payload.encode())
+        await writer.drain()
+        if half_close:
+            writer.write_eof()
+        return (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeApiError(f"HAProxy runtime API at {socket_path}: {what} failed: {exc!r}") from exc
+    finally:
+        writer.close()
 
 
 def succeeded(line: str, answer: str) -> bool:
