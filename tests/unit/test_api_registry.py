@@ -240,3 +240,91 @@ async def test_components_waking_on_one_change_get_one_snapshot_built_once(api: 
     answers = [r.content for r in await asyncio.wait_for(asyncio.gather(*polls), 10)]
     assert len(set(answers)) == 1 and b'"removed":["shop"]' in answers[0], answers[0][:200]
     assert len(builds) == 1, f"built {len(builds)} times for one generation"
+
+
+async def test_a_pass_that_would_see_what_the_last_quiet_one_saw_reads_nothing(api: Api, monkeypatch: Any,
+                                                                              store_url: str) -> None:
+    """At 10,000 instances a registry pass reads and decides for most of a second. A pass is skipped only while
+    nothing it reads has changed: heartbeats do not count, but any other write, another replica's write, and an
+    acknowledgement that times out make the next pass read and decide again."""
+    from sqlalchemy import update
+
+    from ballast.store.engine import Store
+    from ballast.store.schema import instances as instance_rows
+    agent = await world(api)
+    reads: list[int] = []
+    real = registry_controller._read
+
+    async def counted(conn: Any, heard: Any) -> Any:
+        reads.append(1)
+        return await real(conn, heard)
+    monkeypatch.setattr(registry_controller, "_read", counted)
+
+    async def passes() -> int:
+        before = len(reads)
+        await registry_controller.reconcile_once(api.store)
+        return len(reads) - before
+
+    assert await passes() >= 1
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"])
+    assert await passes() == 1
+    assert await passes() == 0, "nothing changed: the pass reads nothing"
+    await report(api, agent)             # a heartbeat with nothing new
+    assert await passes() == 0
+
+    await ok(api.http.post("/v1/apply", json={"items": [shop("2", traffic={"ackTimeoutSeconds": 1})]}))
+    assert await passes() == 1, "an apply is read"
+    await ok(api.http.post("/v1/apps/shop/releases", json={"strategy": {"groups": 1}}), 201)
+    await release_engine.reconcile_once(api.store)
+    assert await passes() == 2, "the release engine's intent is read, and decided again inside the write"
+    await ack_all(agent, (await ok(agent.get("/v1/registry")))["generation"], skip="n-b1")
+    assert await passes() == 1
+    assert await passes() == 0
+    assert all(e["status"]["note"] == "" for e in (await endpoints(api)).values())
+    await asyncio.sleep(1.1)             # the pending acknowledgement times out with no write at all
+    assert await passes() >= 1
+    assert all("mesh/n-b1" in e["status"]["note"] for e in (await endpoints(api)).values())
+    await passes()
+    assert await passes() == 0
+
+    other = await Store.open(store_url)  # another replica of the same store
+    try:
+        async with other.write() as tx:
+            await tx.conn.execute(update(instance_rows).where(instance_rows.c.node == "n-a1").values(ready=False))
+    finally:
+        await other.close()
+    assert await passes() >= 1, "another replica's write is read"
+
+
+async def test_the_scheduler_skips_a_pass_only_while_its_inputs_and_the_nodes_readiness_stand_still(
+        api: Api, monkeypatch: Any) -> None:
+    """The scheduler's pass reads every instance. It is skipped while nothing but heartbeats and acknowledgements
+    was written and every node is as ready as before; a node falling silent past its grace (time alone, no write)
+    or an apply makes it place again."""
+    agent = await world(api)
+    runs: list[int] = []
+    real = scheduler._pass
+
+    async def counted(store: Any) -> int:
+        runs.append(1)
+        return await real(store)
+    monkeypatch.setattr(scheduler, "_pass", counted)
+
+    async def passes() -> int:
+        before = len(runs)
+        await scheduler.reconcile_once(api.store)
+        return len(runs) - before
+
+    assert await passes() == 1, "the reports since the last pass are read"
+    assert await passes() == 0
+    await report(api, agent)
+    await ok(agent.post("/v1/nodes/n-a1/ack", json={"generation": 0}))
+    assert await passes() == 0, "heartbeats and acknowledgements change no placement input"
+    api.store.node_grace_seconds = 0.3
+    await asyncio.sleep(0.4)             # every node is now silent past its grace: none takes new instances
+    assert await passes() == 1
+    assert await passes() == 0
+    await ok(api.http.post("/v1/apply", json={"items": [shop(cells={"cell-a": 2, "cell-b": 1})]}))
+    assert await passes() == 1
+    unplaced = (await ok(api.http.get("/v1/apps/shop")))["status"]["unplaced"]
+    assert unplaced and unplaced[0]["cell"] == "cell-a", unplaced

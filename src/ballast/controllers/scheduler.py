@@ -27,14 +27,15 @@ from ballast.core.scheduling import (condensed, enforce_fixed_port, highest_ordi
                                      instance_id_for, ordinals_for, spill_to_failover, wanted_per_cell)
 from ballast.errors import RetryableConflict
 from ballast.services import releases as release_records
-from ballast.services.placement import insert_instance, placement_inputs
-from ballast.store.engine import Store, Tx
+from ballast.services.placement import insert_instance, node_inputs, placement_inputs
+from ballast.store.engine import ACKS, HEARTBEAT, Store, Tx
 from ballast.store.schema import apps, cells, instances, isolation_groups, nodes, releases
 from ballast.services.isolation_groups import wanted as group_wanted
 from ballast.core.manifests import IsolationGroupSpec
 
 log = logging.getLogger("ballast.scheduler")
 ACTOR = "controller/scheduler"
+QUIET = "scheduler-quiet"   # memo: (content mark, node views) of the last pass that changed nothing
 
 
 async def _snapshot(conn: AsyncConnection, now: float, grace: float) -> tuple[list[Any], list[str], list[NodeView], list[PlacedInstance]]:
@@ -49,6 +50,22 @@ async def _snapshot(conn: AsyncConnection, now: float, grace: float) -> tuple[li
 
 async def reconcile_once(store: Store) -> int:
     """One pass over every app; returns how many instance records it created or retired."""
+    # Heartbeats and acknowledgements change no placement input but the nodes' readiness, read every pass;
+    # anything else written moves the mark. A pass that would see what the last quiet one saw is skipped.
+    mark = store.content_mark(ignoring=frozenset({HEARTBEAT, ACKS}))
+    caught_up = await store.caught_up()
+    async with store.read() as conn:
+        views = sorted(await node_inputs(conn, store.clock(), store.node_grace_seconds), key=lambda v: v.name)
+        if caught_up and store.memo.get(QUIET) == (mark, views):
+            return 0
+    store.memo.pop(QUIET, None)
+    changes = await _pass(store)
+    if changes == 0:
+        store.memo[QUIET] = (mark, views)
+    return changes
+
+
+async def _pass(store: Store) -> int:
     async with store.read() as conn:
         app_rows, cell_names, node_views, placed = await _snapshot(conn, store.clock(), store.node_grace_seconds)
         live = (await conn.execute(select(instances.c.id, instances.c.app, instances.c.cell, instances.c.ordinal)

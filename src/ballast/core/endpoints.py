@@ -25,6 +25,7 @@ records alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 from ballast.wire.assignments import DEFAULT_DRAIN_TIMEOUT_SECONDS
 
 GATEWAY, MESH = "gateway", "mesh"
+FORGET_AFTER_SECONDS = 600.0        # a removed endpoint some component never acknowledged is dropped after this
 DEFAULT_ACK_TIMEOUT_SECONDS = 30.0   # the longest wait for a component's acknowledgement before a release pauses
 
 
@@ -178,7 +180,7 @@ def _healthy(i: InstanceFacts) -> bool:
 
 def decide(instances: Sequence[InstanceFacts], endpoints: Mapping[str, EndpointRecord],
            components: Sequence[Component], policies: Mapping[str, TrafficPolicy], now: float,
-           *, forget_after_seconds: float = 600.0) -> RegistryDecision:
+           *, forget_after_seconds: float = FORGET_AFTER_SECONDS) -> RegistryDecision:
     out = RegistryDecision()
     acked = {c.key: c.acked_generation for c in components}
     seen: set[str] = set()
@@ -222,6 +224,23 @@ def decide(instances: Sequence[InstanceFacts], endpoints: Mapping[str, EndpointR
         if not pending_acks(ep, acked) or now - ep.since > forget_after_seconds:
             out.drops.append(DropEndpoint(ep.id))
     return out
+
+
+def decided_until(endpoints: Mapping[str, EndpointRecord], components: Sequence[Component],
+                  policies: Mapping[str, TrafficPolicy], now: float, *,
+                  forget_after_seconds: float = FORGET_AFTER_SECONDS) -> float:
+    """Until when `decide` gives the same answer from the same inputs: time alone changes it only when an
+    acknowledgement still pending times out, or a removed endpoint is forgotten."""
+    acked = {c.key: c.acked_generation for c in components}
+    until = math.inf
+    for ep in endpoints.values():
+        if not pending_acks(ep, acked):
+            continue
+        timeout = policies.get(ep.service, UNKNOWN_APP_POLICY).ack_timeout_seconds
+        for moment in (ep.since + timeout, ep.since + forget_after_seconds):
+            if moment >= now:
+                until = min(until, moment)
+    return until
 
 
 def _note(out: RegistryDecision, ep: EndpointRecord, acked: Mapping[str, int], policy: TrafficPolicy,

@@ -18,16 +18,21 @@ from ballast.store.engine import Tx
 from ballast.store.schema import apps, instances, nodes
 
 
+async def node_inputs(conn: AsyncConnection, now: float, grace: float = DEFAULT_NODE_GRACE_SECONDS) -> list[NodeView]:
+    """Every node as placement sees it: whether it takes new instances now, and its capacity."""
+    return [NodeView(name=n.name, cell=n.cell,
+                     ready=schedulable(n.last_heartbeat, n.cordoned, now, grace) and n.lifecycle != "NotReady",
+                     capacity=Resources(n.cpu_millis, n.memory_bytes))
+            for n in (await conn.execute(select(nodes))).all()]
+
+
 async def placement_inputs(conn: AsyncConnection, now: float, grace: float = DEFAULT_NODE_GRACE_SECONDS
                            ) -> tuple[list[NodeView], list[PlacedInstance]]:
     """Nodes and every live instance with its app's request: what `place()` needs, for any caller.
 
     Requests come from every app, those under release included: their instances occupy capacity too.
     """
-    node_views = [NodeView(name=n.name, cell=n.cell,
-                           ready=schedulable(n.last_heartbeat, n.cordoned, now, grace) and n.lifecycle != "NotReady",
-                           capacity=Resources(n.cpu_millis, n.memory_bytes))
-                  for n in (await conn.execute(select(nodes))).all()]
+    node_views = await node_inputs(conn, now, grace)
     requests = {a.name: stored_spec(a.spec).template.resources.request()
                 for a in (await conn.execute(select(apps.c.name, apps.c.spec))).all()}
     placed = [PlacedInstance(id=i.id, app=i.app, node=i.node, cell=i.cell,
