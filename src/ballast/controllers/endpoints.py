@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ballast.controllers.hearing import agent_answering
@@ -132,9 +132,7 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
         tx.touch(ENDPOINT_NOTES)
     if decision.grants:
         tx.touch(GRANTS)
-    for put in decision.puts:
-        fact = facts.get(put.id)
-        await _put(tx, put, eps.get(put.id), fact.group if fact is not None else "")
+    await _put_all(tx, decision.puts, facts, eps)
     for note in decision.notes:
         await tx.conn.execute(update(endpoints).where(endpoints.c.id == note.id).values(note=note.note))
         if note.note:
@@ -142,14 +140,18 @@ async def _write(tx: Tx, decision: RegistryDecision, facts: dict[str, InstanceFa
             await tx.audit(actor=ACTOR, action="endpoint.ack-timeout", resource=f"Endpoint/{note.id}",
                            before=digest({"note": was}), after=digest({"note": note.note}), result="waiting",
                            detail={"note": note.note})
-    for drop in decision.drops:
-        await tx.conn.execute(delete(endpoints).where(endpoints.c.id == drop.id))
+    if decision.drops:
+        await tx.conn.execute(delete(endpoints).where(endpoints.c.id == bindparam("drop_id")),
+                              [{"drop_id": d.id} for d in decision.drops])
     granted = [g.instance for g in decision.grants]
     before = await _grants_digest(tx, granted) if granted else ""
-    for grant in decision.grants:
-        await tx.conn.execute(update(instances).where(instances.c.id == grant.instance).values(
-            granted_revision=grant.revision, granted_desired=grant.desired, desired_version=tx.rv,
-            resource_version=tx.rv))
+    if decision.grants:   # one statement for many rows: a long write would hold up the leader's lease renewal
+        await tx.conn.execute(
+            update(instances).where(instances.c.id == bindparam("grant_id")).values(
+                granted_revision=bindparam("grant_revision"), granted_desired=bindparam("grant_desired"),
+                desired_version=tx.rv, resource_version=tx.rv),
+            [{"grant_id": g.instance, "grant_revision": g.revision, "grant_desired": g.desired}
+             for g in decision.grants])
     if decision.grants:
         await tx.audit(actor=ACTOR, action="drain.grant", resource="Instances", before=before,
                        after=await _grants_digest(tx, granted), detail={"grants": [{"instance": g.instance, "revision": g.revision, "desired": g.desired,
@@ -181,14 +183,24 @@ def log_acknowledged(memo: dict[str, Any], eps: dict[str, EndpointRecord], acked
         logged.clear()
 
 
-async def _put(tx: Tx, put: Any, old: EndpointRecord | None, group: str) -> None:
-    values = dict(service=put.service, node=put.node, cell=put.cell, zone=put.zone, ip=put.ip, port=put.port,
-                  revision=put.revision, state=put.state.value, generation=tx.rv, since=tx.now,
-                  required=list(put.required), note="")
-    if old is None:   # an instance's group never changes: its endpoint is of that group from the start
-        await tx.conn.execute(insert(endpoints).values(id=put.id, group_code=group, **values))
-    else:
-        await tx.conn.execute(update(endpoints).where(endpoints.c.id == put.id).values(**values))
+async def _put_all(tx: Tx, puts: list[Any], facts: dict[str, InstanceFacts], eps: dict[str, EndpointRecord]) -> None:
+    """Every put in two statements (new endpoints, changed ones): registering or removing a node's thousands of
+    endpoints one statement each held the store's writer for seconds."""
+    added: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    for put in puts:
+        values = dict(service=put.service, node=put.node, cell=put.cell, zone=put.zone, ip=put.ip, port=put.port,
+                      revision=put.revision, state=put.state.value, generation=tx.rv, since=tx.now,
+                      required=list(put.required), note="")
+        if put.id not in eps:   # an instance's group never changes: its endpoint is of that group from the start
+            fact = facts.get(put.id)
+            added.append(dict(id=put.id, group_code=fact.group if fact is not None else "", **values))
+        else:
+            changed.append(dict(endpoint_id=put.id, **values))
+    if added:
+        await tx.conn.execute(insert(endpoints), added)
+    if changed:
+        await tx.conn.execute(update(endpoints).where(endpoints.c.id == bindparam("endpoint_id")), changed)
 
 
 async def run(store: Store, stop: asyncio.Event, *, idle_seconds: float = 1.0,
