@@ -7,8 +7,10 @@ with --store) holding APPS apps x PER_APP instances (default 10 x 1,000), with
 consistent cells, nodes, apps and revisions: the admin is bootstrapped and the
 cells and apps are applied through Ballast's own services, the nodes are
 registered through the registry, and the instance rows are inserted directly
-(one transaction per app). A scheduler pass over the store must then decide
-nothing, which checks the data is consistent.
+(one transaction per app). A registry pass registers their endpoints, and
+every node's mesh is marked as having acknowledged that generation, as its
+agent would have. A scheduler pass over the store must then decide nothing,
+which checks the data is consistent.
 
 It then starts the real control plane as a subprocess (`ballast server --store
 URL --listen 127.0.0.1:PORT --bootstrap-token-file F`) and, after warm-up,
@@ -49,7 +51,7 @@ from typing import Any
 
 import httpx
 import yaml
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +61,7 @@ from _harness import (BenchFailed, Child, code_version, cpu_seconds, exit_on_sig
 import ballast  # noqa: E402
 from ballast.api import objects  # noqa: E402
 from ballast.api.app import create_app  # noqa: E402
+from ballast.controllers import endpoints as endpoints_controller  # noqa: E402
 from ballast.controllers import releases as releases_controller  # noqa: E402
 from ballast.controllers import scheduler  # noqa: E402
 from ballast.core.manifests import parse_documents  # noqa: E402
@@ -67,7 +70,8 @@ from ballast.services import instances as instances_service  # noqa: E402
 from ballast.services import registry  # noqa: E402
 from ballast.services.access import bootstrap_admin  # noqa: E402
 from ballast.store.engine import Store  # noqa: E402
-from ballast.store.schema import apps, instances  # noqa: E402
+from ballast.services.endpoints import REGISTRY_COUNTER  # noqa: E402
+from ballast.store.schema import apps, components, counters, endpoints, instances  # noqa: E402
 from ballast.wire.reports import NodeRegistration  # noqa: E402
 
 DEMO_MANIFEST = Path(ballast.__file__).resolve().parent / "demo" / "shop.yaml"
@@ -174,6 +178,17 @@ async def build_store(url: str, n_apps: int, per_app: int) -> tuple[str, dict[st
                                          resource_version=tx.rv))
                 await tx.conn.execute(insert(instances), rows)
         timings["insert"] = time.perf_counter() - started
+        # The registry's endpoints, acknowledged by every node's mesh as its agent would have: a server started on
+        # this store finds nothing to do, and its idle figures are those of a settled platform.
+        await endpoints_controller.reconcile_once(store)
+        async with store.write() as tx:
+            generation = (await tx.conn.execute(select(counters.c.value).where(
+                counters.c.name == REGISTRY_COUNTER))).scalar_one()
+            await tx.conn.execute(update(components).values(acked_generation=generation))
+        async with store.read() as conn:
+            registered = len((await conn.execute(select(endpoints.c.id))).all())
+        if registered != n_apps * per_app:
+            raise BenchFailed(f"the registry pass registered {registered} endpoints, expected {n_apps * per_app}")
         timings.update(await in_process_timings(store, token, app_rows[0].name))
     finally:
         await store.close()

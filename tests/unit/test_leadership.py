@@ -209,3 +209,28 @@ def test_a_lease_not_clearly_longer_than_the_renewal_interval_is_refused(seconds
     else:
         with pytest.raises(BadLeaseSettings, match="not clearly longer"):
             settings.check()
+
+
+async def test_a_holder_that_ended_on_this_machine_is_not_waited_for_on_sqlite(store: Store) -> None:
+    """A SQLite store lives on one machine with its one replica: a replica killed and restarted there takes the
+    lease at once instead of waiting out its long lease. A holder whose process lives is waited for as ever."""
+    import os
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        async def acquire(name: str, now: float) -> lease.LeaseRecord | None:
+            async with store.engine.begin() as conn:
+                return await lease.try_acquire(conn, lease.CONTROLLERS, name, now, 15.0, lease.local_holder_gone)
+
+        first = await acquire(f"127.0.0.1:7700/{holder.pid}", 1000.0)
+        assert first is not None and first.epoch == 1
+        assert await acquire(f"127.0.0.1:7700/{os.getpid()}", 1001.0) is None, "its process lives: waited for"
+        holder.kill()
+        holder.wait()
+        second = await acquire(f"127.0.0.1:7700/{os.getpid()}", 1002.0)
+        assert second is not None and second.epoch == 2, "its holder ended: taken over before expiry, a new epoch"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not lease.local_holder_gone("a"), "a name without a process is never judged gone"

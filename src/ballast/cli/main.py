@@ -140,16 +140,19 @@ def up(data_dir: Path, zones: int, nodes_per_zone: int, port: int, store: str | 
 @click.option("--allow-outbound", "allow_outbound", multiple=True, metavar="CIDR",
               help="repeatable: a loopback or private range that verification webhooks and Prometheus URLs may "
                    "aim at (refused by default; the control plane's own API port never)")
-@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True),
               help="how long the controllers lease lasts without renewal: replicas sharing one PostgreSQL store run "
-                   "the controllers on one of them (the leader); a standby takes over once it expires")
-@click.option("--renew-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="how often the leader renews its lease (the lease must be at least twice as long, plus a margin)")
+                   "the controllers on one of them (the leader); a standby takes over once it expires "
+                   "[default: 3; 15 on SQLite when neither is given: it has no standby to hand over to, so a short "
+                   "lease only costs a CPU-starved control plane its controllers]")
+@click.option("--renew-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="how often the leader renews its lease (the lease must be at least twice as long, plus a margin) "
+                   "[default: 1; 3 on SQLite when neither is given]")
 def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token_ttl: float,
            node_disruption_share: float, node_disruption_min: int, node_grace_seconds: float,
            audit_key: Path | None, audit_checkpoints: Path | None, audit_checkpoint_interval: float,
            max_artifact_bytes: int, max_artifact_files: int, max_artifact_unpacked_bytes: int,
-           allow_outbound: tuple[str, ...], lease_seconds: float, renew_seconds: float) -> None:
+           allow_outbound: tuple[str, ...], lease_seconds: float | None, renew_seconds: float | None) -> None:
     """Run the control plane (one replica of it: several may share a PostgreSQL store)."""
     from ballast.api.server import serve
     from ballast.cli.audit_cmds import load_signer
@@ -168,6 +171,10 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
     except ValueError as exc:
         _fail(f"error: {exc}", 2)
     limits = ArchiveLimits(max_artifact_bytes, max_artifact_files, max_artifact_unpacked_bytes)
+    if store.startswith("sqlite") and lease_seconds is None and renew_seconds is None:
+        lease_seconds, renew_seconds = SQLITE_LEASE_SECONDS, SQLITE_RENEW_SECONDS
+    lease_seconds = lease_seconds or LeaseSettings.seconds
+    renew_seconds = renew_seconds or LeaseSettings.renew_seconds
     try:
         leases = LeaseSettings(seconds=lease_seconds, renew_seconds=renew_seconds,
                                retry_seconds=min(0.5, renew_seconds)).check()
@@ -193,6 +200,9 @@ def server(store: str, listen: str, bootstrap_token_file: Path | None, max_token
         _fail(f"error: {exc.message}")
 
 
+# A SQLite store has one replica and no standby: its lease only needs to outlast a starved event loop.
+SQLITE_LEASE_SECONDS = 15.0
+SQLITE_RENEW_SECONDS = 3.0
 SERVER_URLS = "the control plane's URL, or its replicas' URLs comma-separated (tried in turn)"
 
 

@@ -15,8 +15,10 @@ happens. The local deadline is on the monotonic clock of the process that renewe
 from __future__ import annotations
 
 import contextvars
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import insert, select, update
@@ -83,9 +85,26 @@ async def read(conn: AsyncConnection, name: str) -> LeaseRecord | None:
     return _record(row) if row is not None else None
 
 
-async def try_acquire(conn: AsyncConnection, name: str, holder: str, now: float, seconds: float) -> LeaseRecord | None:
+def local_holder_gone(holder: str) -> bool:
+    """Whether the process named in a holder (`where:port/pid`) is known to have ended on this machine. Only for a
+    store that lives on this machine (SQLite), where every replica does too; an unreadable name counts as alive."""
+    pid_text = holder.rpartition("/")[2]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        stat = Path(f"/proc/{pid_text}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+async def try_acquire(conn: AsyncConnection, name: str, holder: str, now: float, seconds: float,
+                      holder_gone: Callable[[str], bool] | None = None) -> LeaseRecord | None:
     """Take the lease if nobody holds it or its holder let it expire: a new epoch. None when another holds it.
-    (A holder that finds its own unexpired lease keeps its epoch: that is a renewal.)"""
+    (A holder that finds its own unexpired lease keeps its epoch: that is a renewal.) `holder_gone`: a holder it
+    says has ended is not waited for (a replica killed and restarted on a SQLite store takes over at once)."""
     current = await read(conn, name)
     if current is None:
         try:
@@ -97,7 +116,7 @@ async def try_acquire(conn: AsyncConnection, name: str, holder: str, now: float,
         return LeaseRecord(name, holder, 1, now, now, now + seconds)
     if current.holder == holder and current.expires_at > now:
         return current if await renew(conn, current, now, seconds) else None
-    if current.expires_at > now:
+    if current.expires_at > now and not (holder_gone is not None and holder_gone(current.holder)):
         return None
     # Conditioned on the epoch we read: of two replicas taking over at once, one wins.
     taken = await conn.execute(update(leases).where(leases.c.name == name, leases.c.epoch == current.epoch)
