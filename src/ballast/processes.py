@@ -1,9 +1,13 @@
 """OS processes Ballast runs (instances, sidecars, gateways): start, identify, watch and stop them.
 
-Instances run in their own session (process group) so they outlive an agent
-that crashes or restarts; an agent that comes back adopts them by pid plus
-the kernel's start time (a reused pid has another start time). Adopted
-processes are not our children, so their exit is noticed by polling /proc.
+Instances run in their own process group so they outlive an agent that
+crashes or restarts, and are signalled as a group; an agent that comes back
+adopts them by pid plus the kernel's start time (a reused pid has another
+start time). Adopted processes are not our children, so their exit is noticed
+by polling /proc. They stay in the agent's session: where the kernel groups
+CPU time by session (autogroup), a session each would give every one of a
+node's apps and proxies the CPU share of the whole control plane, and 400 of
+them starting at once starved it for a minute.
 """
 
 from __future__ import annotations
@@ -75,14 +79,14 @@ class ProcessHandle:
 
 async def launch(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
                  user: tuple[int, int] | None = None) -> ProcessHandle:
-    """Start `argv` in its own session, its output appended to `log_path`; as (uid, gid) `user` if given.
+    """Start `argv` in its own process group, its output appended to `log_path`; as (uid, gid) `user` if given.
 
     The log is opened here and inherited: a child of another user writes a file it could not open itself."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     uid, gid = user if user is not None else (None, None)
     with open(log_path, "ab") as log:
         child = await asyncio.create_subprocess_exec(*argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                     stdout=log, stderr=log, start_new_session=True,
+                                                     stdout=log, stderr=log, process_group=0,
                                                      user=uid, group=gid, extra_groups=None if user is None else [])
     started = start_time(child.pid)
     return ProcessHandle(pid=child.pid, started=started if started is not None else -1, child=child)

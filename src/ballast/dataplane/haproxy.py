@@ -5,8 +5,8 @@ a rejected one leaves the running process and the file as they were and
 raises `ConfigRejected` with HAProxy's own words. Reloads go through the
 master CLI: the master re-executes itself and hands the listening sockets to
 the new worker, so no connection is refused while it happens; the old worker
-finishes its requests. The master runs in its own session, so it outlives the
-component that started it and is adopted by the next one.
+finishes its requests. The master runs in its own process group, so it
+outlives the component that started it and is adopted by the next one.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 It registers itself and runs the same registry loop as a node's mesh
 (`dataplane/component.py`); what it applies is each snapshot to its HAProxy
 (runtime API for endpoints, seamless reload for route changes). Its HAProxy
-runs in its own session and is adopted after a gateway restart (a state file
+runs in its own process group and is adopted after a gateway restart (a state file
 keeps its pid), so a restart of this process costs no request.
 """
 
