@@ -43,6 +43,20 @@ async def test_one_holder_at_a_time_and_each_takeover_raises_the_epoch(store: St
     assert c is not None and c.epoch == 3
 
 
+async def test_a_leader_that_halted_begins_a_new_term_even_on_its_own_unexpired_lease(store: Store) -> None:
+    """A leader that missed its local deadline halted its controllers; when it contends again and finds its own
+    lease still unexpired, it takes a new epoch: each epoch is one unbroken term, acquired (and audited) once."""
+    a = await _acquire(store, "a", 1000.0)
+    assert a is not None and a.epoch == 1
+    async with store.engine.begin() as conn:
+        again = await lease.try_acquire(conn, lease.CONTROLLERS, "a", 1001.0, 3.0, new_term=True)
+    assert again is not None and again.epoch == 2 and again.holder == "a"
+    assert not await _renew(store, a, 1001.5), "the halted term cannot renew"
+    async with store.engine.begin() as conn:
+        assert await lease.try_acquire(conn, lease.CONTROLLERS, "b", 1002.0, 3.0, new_term=True) is None, \
+            "another replica still waits for the lease to expire"
+
+
 async def _app_names(store: Store) -> list[str]:
     async with store.read() as conn:
         return list((await conn.execute(select(apps.c.name))).scalars())

@@ -74,7 +74,8 @@ async def _acquire(store: Store, holder: str, name: str, settings: LeaseSettings
         async with asyncio.timeout(settings.seconds - settings.margin):
             async with store.engine.begin() as conn:
                 record = await lease.try_acquire(conn, name, holder, store.clock(), settings.seconds,
-                                                 lease.local_holder_gone if store.dialect == "sqlite" else None)
+                                                 lease.local_holder_gone if store.dialect == "sqlite" else None,
+                                                 new_term=True)
     except Exception as exc:   # the store is down or slow: stay a standby and try again
         log.warning("could not contend for the %s lease: %r", name, exc)
         return None

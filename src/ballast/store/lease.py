@@ -101,10 +101,12 @@ def local_holder_gone(holder: str) -> bool:
 
 
 async def try_acquire(conn: AsyncConnection, name: str, holder: str, now: float, seconds: float,
-                      holder_gone: Callable[[str], bool] | None = None) -> LeaseRecord | None:
+                      holder_gone: Callable[[str], bool] | None = None, *, new_term: bool = False) -> LeaseRecord | None:
     """Take the lease if nobody holds it or its holder let it expire: a new epoch. None when another holds it.
-    (A holder that finds its own unexpired lease keeps its epoch: that is a renewal.) `holder_gone`: a holder it
-    says has ended is not waited for (a replica killed and restarted on a SQLite store takes over at once)."""
+    A holder that finds its own unexpired lease keeps its epoch (a renewal), unless `new_term`: a leader that
+    halted its controllers begins again at a new epoch, so each epoch is one unbroken term. `holder_gone`: a
+    holder it says has ended is not waited for (a replica killed and restarted on a SQLite store takes over at
+    once)."""
     current = await read(conn, name)
     if current is None:
         try:
@@ -114,9 +116,10 @@ async def try_acquire(conn: AsyncConnection, name: str, holder: str, now: float,
         except IntegrityError:
             return None    # another replica inserted it first
         return LeaseRecord(name, holder, 1, now, now, now + seconds)
-    if current.holder == holder and current.expires_at > now:
+    if current.holder == holder and current.expires_at > now and not new_term:
         return current if await renew(conn, current, now, seconds) else None
-    if current.expires_at > now and not (holder_gone is not None and holder_gone(current.holder)):
+    own = current.holder == holder
+    if current.expires_at > now and not own and not (holder_gone is not None and holder_gone(current.holder)):
         return None
     # Conditioned on the epoch we read: of two replicas taking over at once, one wins.
     taken = await conn.execute(update(leases).where(leases.c.name == name, leases.c.epoch == current.epoch)
