@@ -67,15 +67,14 @@ async def _read(conn: AsyncConnection, heard: Hearing) -> State:
 async def reconcile_once(store: Store, policy: DisruptionPolicy = DisruptionPolicy()) -> int:
     answering = agent_answering(store, store.clock())
     # Heartbeats change only who is heard, which is read every pass; anything else written moves the mark.
-    mark = store.content_mark(ignoring=frozenset({HEARTBEAT}))
-    caught_up = await store.caught_up()
+    mark = await store.content_mark(ignoring=frozenset({HEARTBEAT}))
     async with store.read() as conn:
         heard = await heard_nodes(conn, store.clock(), policy, store.hearing_since, answering)
         routable = frozenset(n for n in heard.known if heard.routable(n))
         still = store.memo.get(QUIET)
         # At 10,000 instances a pass reads and decides for most of a second: one that would see exactly what
         # the last empty one saw, before any acknowledgement can time out, is skipped.
-        if caught_up and still is not None and still[:2] == (mark, routable) and store.clock() < still[2]:
+        if mark is not None and still is not None and still[:2] == (mark, routable) and store.clock() < still[2]:
             state = None
         else:
             state = await _read(conn, heard)

@@ -52,11 +52,10 @@ async def reconcile_once(store: Store) -> int:
     """One pass over every app; returns how many instance records it created or retired."""
     # Heartbeats and acknowledgements change no placement input but the nodes' readiness, read every pass;
     # anything else written moves the mark. A pass that would see what the last quiet one saw is skipped.
-    mark = store.content_mark(ignoring=frozenset({HEARTBEAT, ACKS}))
-    caught_up = await store.caught_up()
+    mark = await store.content_mark(ignoring=frozenset({HEARTBEAT, ACKS}))
     async with store.read() as conn:
         views = sorted(await node_inputs(conn, store.clock(), store.node_grace_seconds), key=lambda v: v.name)
-        if caught_up and store.memo.get(QUIET) == (mark, views):
+        if mark is not None and store.memo.get(QUIET) == (mark, views):
             return 0
     store.memo.pop(QUIET, None)
     changes = await _pass(store)

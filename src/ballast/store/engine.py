@@ -300,16 +300,12 @@ class Store:
         """Moves only when a local write touched exactly this topic (not when one touched everything)."""
         return self._topic_seq.get(topic, 0)
 
-    def content_mark(self, ignoring: frozenset[str]) -> int:
+    async def content_mark(self, ignoring: frozenset[str]) -> int | None:
         """A number that moves with every local write touching anything but `ignoring`, and with every write of
-        another replica noticed so far (see `caught_up`): a controller whose inputs only such writes change may
-        skip re-reading them while it stands still."""
-        return max([seq for topic, seq in self._topic_seq.items() if topic not in ignoring], default=0)
-
-    async def caught_up(self) -> bool:
-        """Whether no other replica has written since this one last noticed (one query). Until it has noticed,
-        `content_mark` does not cover that write."""
-        return await self.resource_version() <= self._local_rv
+        another replica noticed so far; None while another replica has written unnoticed (one query). A
+        controller whose inputs only such writes change may skip re-reading them while the mark stands still."""
+        mark = max([seq for topic, seq in self._topic_seq.items() if topic not in ignoring], default=0)
+        return mark if await self.resource_version() <= self._local_rv else None
 
     def topic_version(self, topics: Iterable[str]) -> int:
         """A number that grows whenever a write touched one of `topics` (or everything)."""
